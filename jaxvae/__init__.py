@@ -1,0 +1,58 @@
+"""jaxvae: pure-functional Variational Autoencoders in JAX and Flax.
+
+Every function takes its parameters and PRNG keys as arguments; nothing holds hidden state.
+"""
+
+from jaxvae.config import TrainConfig, validate_config
+from jaxvae.data import Dataset, load_digits, load_mnist5k
+from jaxvae.distributions import (bernoulli_nll, gaussian_kl, gaussian_log_prob, gaussian_nll,
+                                  reparameterize, standard_normal_log_prob)
+from jaxvae.trainer import FitResult, fit
+from jaxvae.models import (VAE, Decoder, Encoder, decode, encode, from_torch, init, interpolate,
+                           mlp_vae, reconstruct, reference_vae, sample, slerp)
+from jaxvae.objectives import elbo_terms, likelihood_mean, loss
+from jaxvae.train import (TrainState, create_train_state, make_evaluate, make_optimizer,
+                          make_train_epoch, make_train_step, vae_loss_fn)
+from jaxvae.validation import check_data
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Dataset",
+    "Decoder",
+    "Encoder",
+    "FitResult",
+    "TrainConfig",
+    "TrainState",
+    "VAE",
+    "bernoulli_nll",
+    "check_data",
+    "create_train_state",
+    "decode",
+    "elbo_terms",
+    "encode",
+    "fit",
+    "from_torch",
+    "gaussian_kl",
+    "gaussian_log_prob",
+    "gaussian_nll",
+    "init",
+    "interpolate",
+    "likelihood_mean",
+    "load_digits",
+    "load_mnist5k",
+    "loss",
+    "make_evaluate",
+    "make_optimizer",
+    "make_train_epoch",
+    "make_train_step",
+    "mlp_vae",
+    "reconstruct",
+    "reference_vae",
+    "reparameterize",
+    "sample",
+    "slerp",
+    "standard_normal_log_prob",
+    "vae_loss_fn",
+    "validate_config",
+]

@@ -1,0 +1,95 @@
+"""The VAE objective: the negative ELBO with Bernoulli or Gaussian reconstruction terms.
+
+    -ELBO(x) = E_q(z|x)[-log p(x | z)] + KL(q(z | x) || p(z))          (Kingma & Welling 2014)
+
+estimated with one reparameterized sample z = mean + exp(logvar / 2) * eps per example and the
+analytic Gaussian KL. ``beta`` weights the KL term (Higgins et al. 2017).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxvae import distributions, models
+
+# name -> (nll(decoder_outputs, x) -> nll_B, mean(decoder_outputs) -> E[x | z])
+LIKELIHOODS: dict[str, tuple[Callable, Callable]] = {
+    # Bernoulli: outputs are logits.
+    "bernoulli": (distributions.bernoulli_nll, jax.nn.sigmoid),
+    # Gaussian with unit variance: outputs are the mean (the "MSE" VAE, see gaussian_nll).
+    "gaussian": (lambda out, x: distributions.gaussian_nll(out, x), lambda out: out),
+}
+
+
+def check_likelihood(likelihood: str) -> None:
+    """Raises ValueError for a likelihood name that is not in LIKELIHOODS."""
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {sorted(LIKELIHOODS)}")
+
+
+def reconstruction_nll(likelihood: str, out: jax.Array, x: jax.Array) -> jax.Array:
+    """-log p(x | z) per example for the named likelihood, from the decoder outputs."""
+    return LIKELIHOODS[likelihood][0](out, x)
+
+
+def likelihood_mean(likelihood: str, out: jax.Array) -> jax.Array:
+    """E[x | z] from decoder outputs: sigmoid(logits) for Bernoulli, the mean for Gaussian."""
+    return LIKELIHOODS[likelihood][1](out)
+
+
+def elbo_terms(model: nn.Module, params: Any, x_BxD: jax.Array,
+               draw_eps: Callable[[jax.Array], jax.Array], likelihood: str = "bernoulli"
+               ) -> tuple[jax.Array, jax.Array]:
+    """Per-example reconstruction NLL and KL, with the noise eps = draw_eps(mean_BxZ).
+
+    ``draw_eps`` lets data-parallel steps draw the noise of the global batch and keep their own
+    rows, so that every parallel form sees the same eps as the single-device step.
+
+    Returns:
+      ``(recon_B, kl_B)``.
+    """
+    mean_BxZ, logvar_BxZ = models.encode(model, params, x_BxD)
+    eps_BxZ = draw_eps(mean_BxZ)
+    z_BxZ = distributions.shift_and_scale(mean_BxZ, logvar_BxZ, eps_BxZ)
+    out_BxD = models.decode(model, params, z_BxZ)
+    recon_B = reconstruction_nll(likelihood, out_BxD, x_BxD)
+    kl_B = distributions.gaussian_kl(mean_BxZ, logvar_BxZ)
+    return recon_B, kl_B
+
+
+def batch_metrics(recon_B: jax.Array, kl_B: jax.Array, beta: float) -> tuple[jax.Array, dict]:
+    """loss = mean(recon + beta * kl), and the batch means of loss, recon and kl."""
+    loss_B = recon_B + beta * kl_B
+    loss = jnp.mean(loss_B)
+    return loss, {"loss": loss, "recon": jnp.mean(recon_B), "kl": jnp.mean(kl_B)}
+
+
+def loss(model: nn.Module, params: Any, x: jax.Array, key: jax.Array, beta: float = 1.0,
+         likelihood: str = "bernoulli") -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The beta-weighted negative ELBO, averaged over the batch.
+
+        loss = mean_b [ -log p(x_b | z_b) + beta * KL(q(z | x_b) || N(0, I)) ],
+        z = reparameterize(key, mean, logvar)
+
+    For beta = 1 and the Bernoulli likelihood this is the PyTorch reference's
+    ``BCE(recon_x, x, reduction='sum') + KLD`` divided by the batch size.
+
+    Args:
+      model: a VAE module (``encode`` / ``decode``).
+      params: its parameters.
+      x: ``x_BxD`` (in [0, 1] for the Bernoulli likelihood).
+      key: the key of the reparameterization noise, used as given.
+      beta: the weight of the KL term.
+      likelihood: ``"bernoulli"`` or ``"gaussian"``.
+
+    Returns:
+      ``(loss, metrics)``; metrics holds the batch means of ``loss``, ``recon`` and ``kl`` (nats).
+    """
+    draw = lambda mean: jax.random.normal(key, mean.shape, mean.dtype)  # == reparameterize's eps
+    recon_B, kl_B = elbo_terms(model, params, x, draw, likelihood)
+    return batch_metrics(recon_B, kl_B, beta)

@@ -1,0 +1,201 @@
+"""Training: the train state, the jitted step, whole epochs under ``lax.scan``, evaluation.
+
+A training objective is any pure ``loss_fn(params, batch, key) -> (loss, metrics)`` (a scalar
+and a dict of scalars); ``vae_loss_fn`` makes the VAE's. Every function here is built from a
+loss_fn and an optax optimizer, so the model zoo plugs in without new training code.
+
+Randomness: the step with ``state.step == s`` uses the key ``fold_in(run_key, s)``, so a run
+resumed from a checkpoint draws exactly the numbers the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxvae import objectives
+
+LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training (a pytree; the optimizer itself is not in it)."""
+
+    step: jax.Array  # int32 scalar: the number of updates applied so far
+    params: Any
+    opt_state: Any
+
+
+def create_train_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+    """The state before the first step."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def make_optimizer(lr: float = 1e-3) -> optax.GradientTransformation:
+    """Adam (Kingma & Ba 2015) with PyTorch's defaults: b1 0.9, b2 0.999, eps 1e-8."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise TypeError(f"learning rate must be a number, got {type(lr).__name__}")
+    if not lr > 0 or lr != lr or lr == float("inf"):
+        raise ValueError(f"learning rate must be a finite number > 0, got {lr}")
+    return optax.adam(float(lr))
+
+
+def _global_noise(axis_name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """Noise for this device's rows of the global batch, inside pmap/shard_map over axis_name.
+
+    Draws N(0, I) for all devices' rows with the shared key and keeps this device's slice, so a
+    data-parallel step uses exactly the single-device step's eps.
+    """
+
+    def draw(key: jax.Array, mean_BxZ: jax.Array) -> jax.Array:
+        num_devices = jax.lax.psum(1, axis_name)
+        local = mean_BxZ.shape[0]
+        eps_GxZ = jax.random.normal(key, (num_devices * local,) + mean_BxZ.shape[1:],
+                                    mean_BxZ.dtype)
+        start = jax.lax.axis_index(axis_name) * local
+        return jax.lax.dynamic_slice_in_dim(eps_GxZ, start, local, axis=0)
+
+    return draw
+
+
+def vae_loss_fn(model: nn.Module, beta: float = 1.0, likelihood: str = "bernoulli",
+                axis_name: str | None = None) -> LossFn:
+    """``loss_fn(params, x, key)`` of ``jaxvae.loss`` for a fixed model, beta and likelihood.
+
+    With ``axis_name`` (inside pmap or shard_map) each device draws its rows of the global
+    batch's noise, so data-parallel training matches single-device training exactly.
+    """
+    objectives.check_likelihood(likelihood)
+    if axis_name is None:
+        return lambda params, x, key: objectives.loss(model, params, x, key, beta, likelihood)
+    draw = _global_noise(axis_name)
+
+    def loss_fn(params, x, key):
+        recon_B, kl_B = objectives.elbo_terms(model, params, x, lambda m: draw(key, m),
+                                              likelihood)
+        return objectives.batch_metrics(recon_B, kl_B, beta)
+
+    return loss_fn
+
+
+def train_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation,
+                  axis_name: str | None = None) -> Callable:
+    """The un-jitted ``step(state, batch, run_key) -> (state, metrics)``.
+
+    One gradient step on ``loss_fn`` with the key ``fold_in(run_key, state.step)``. With
+    ``axis_name``, gradients and metrics are averaged over that named axis (``lax.pmean``).
+    """
+
+    def step(state: TrainState, batch: Any, run_key: jax.Array):
+        key = jax.random.fold_in(run_key, state.step)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (_, metrics), grads = grad_fn(state.params, batch, key)
+        if axis_name is not None:
+            grads = jax.lax.pmean(grads, axis_name)
+            metrics = jax.lax.pmean(metrics, axis_name)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    return step
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation) -> Callable:
+    """The jitted ``train_step(state, batch, run_key) -> (state, metrics)``, state donated.
+
+    The key of the step is ``fold_in(run_key, state.step)``. Do not reuse a donated state.
+    """
+    return jax.jit(train_step_fn(loss_fn, tx), donate_argnums=0)
+
+
+def _take(data: Any, idx: jax.Array) -> Any:
+    return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
+
+
+def _num_examples(data: Any) -> int:
+    return jax.tree.leaves(data)[0].shape[0]
+
+
+def _weighted_mean(full: dict, rest: dict | None, batch_size: int, remainder: int) -> dict:
+    """Per-example mean of per-batch means: full batches (stacked) and one smaller remainder."""
+    total = jax.tree.map(lambda m: jnp.sum(m) * batch_size, full)
+    if rest is not None:
+        total = jax.tree.map(lambda t, r: t + r * remainder, total, rest)
+    count = full[next(iter(full))].shape[0] * batch_size + remainder
+    return jax.tree.map(lambda t: t / count, total)
+
+
+class EpochOutput(NamedTuple):
+    state: TrainState
+    metrics: dict  # per-example means over the epoch
+    step_metrics: dict  # per-step values, shape (num_steps,)
+
+
+def make_train_epoch(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: int
+                     ) -> Callable:
+    """One jitted call per epoch: ``train_epoch(state, data, shuffle_key, run_key)``.
+
+    The data (a pytree of arrays with a leading example axis) stays on the device; each epoch
+    draws a permutation from ``shuffle_key`` and runs the full batches under ``lax.scan``, then
+    one smaller batch with the remainder (as a PyTorch DataLoader with drop_last=False does), in
+    the same compiled program. The state is donated.
+
+    Returns:
+      ``EpochOutput(state, metrics, step_metrics)``.
+    """
+    step = train_step_fn(loss_fn, tx)
+
+    def train_epoch(state: TrainState, data: Any, shuffle_key: jax.Array, run_key: jax.Array):
+        n = _num_examples(data)
+        num_full, remainder = divmod(n, batch_size)
+        perm = jax.random.permutation(shuffle_key, n)
+        idx_SxB = perm[:num_full * batch_size].reshape(num_full, batch_size)
+
+        def body(state, idx_B):
+            return step(state, _take(data, idx_B), run_key)
+
+        state, full = jax.lax.scan(body, state, idx_SxB)
+        rest = None
+        if remainder:
+            state, rest = step(state, _take(data, perm[num_full * batch_size:]), run_key)
+        steps = full if rest is None else jax.tree.map(
+            lambda f, r: jnp.concatenate([f, r[None]]), full, rest)
+        return EpochOutput(state, _weighted_mean(full, rest, batch_size, remainder), steps)
+
+    return jax.jit(train_epoch, donate_argnums=0)
+
+
+def make_evaluate(loss_fn: LossFn, batch_size: int = 500) -> Callable:
+    """Jitted ``evaluate(params, data, key) -> metrics``: per-example means over all of data.
+
+    Batches in order (a scan plus one remainder batch), the key of batch i is fold_in(key, i).
+    """
+
+    def evaluate(params: Any, data: Any, key: jax.Array) -> dict:
+        n = _num_examples(data)
+        num_full, remainder = divmod(n, batch_size)
+        idx = jnp.arange(n)
+
+        def body(_, i):
+            batch = _take(data, jax.lax.dynamic_slice_in_dim(idx, i * batch_size, batch_size))
+            return None, loss_fn(params, batch, jax.random.fold_in(key, i))[1]
+
+        full = {}
+        if num_full:
+            _, full = jax.lax.scan(body, None, jnp.arange(num_full))
+        rest = None
+        if remainder:
+            rest = loss_fn(params, _take(data, idx[num_full * batch_size:]),
+                           jax.random.fold_in(key, num_full))[1]
+        if not num_full:
+            return rest
+        return _weighted_mean(full, rest, batch_size, remainder)
+
+    return jax.jit(evaluate)

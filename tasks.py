@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""The two Quick-start commands, on a machine with only Python 3.11 and pip.
+
+    python3 tasks.py train [train.py flags]   # train the reference VAE on mnist5k -> runs/quickstart
+    python3 tasks.py test  [pytest flags]     # install the test dependencies, run the whole suite
+
+Each creates (or reuses) the virtual environment .venv in this folder and installs the project
+into it (re-installing only when pyproject.toml or the requested extras change).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("JAXVAE_VENV", ROOT / ".venv"))
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / "python"
+
+EXTRAS = {"train": "", "test": "test"}
+
+
+def ensure_env(extras: str) -> None:
+    """Creates the venv if missing and installs jaxvae[extras] when the request changed."""
+    if not PYTHON.exists():
+        print(f"creating virtual environment {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    stamp = VENV / f".jaxvae-installed-{extras or 'core'}"
+    if stamp.exists() and stamp.read_text() == wanted:
+        return
+    spec = f"{ROOT}[{extras}]" if extras else str(ROOT)
+    print(f"installing {spec} into {VENV}", flush=True)
+    subprocess.check_call([str(PYTHON), "-m", "pip", "install", "-q", "-e", spec])
+    stamp.write_text(wanted)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in EXTRAS:
+        print(__doc__)
+        return 2
+    command, rest = argv[0], argv[1:]
+    ensure_env(EXTRAS[command])
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if command == "train":
+        args = rest or ["--outdir", "runs/quickstart"]
+        return subprocess.call([str(PYTHON), str(ROOT / "experiments" / "train.py"), *args],
+                               cwd=ROOT, env=env)
+    return subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -28,7 +28,7 @@ from tqdm import tqdm  # noqa: E402
 import jaxvae  # noqa: E402
 from jaxvae import data as data_lib  # noqa: E402
 from jaxvae import trainer  # noqa: E402
-from jaxvae import models, objectives, plots  # noqa: E402
+from jaxvae import models, objectives, plots, registry  # noqa: E402
 from jaxvae.config import TrainConfig  # noqa: E402
 
 
@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--dataset", default=d.dataset,
                    help=f"dataset name, one of {sorted(data_lib.LOADERS)} (default %(default)s)")
+    p.add_argument("--model", default=d.model, choices=sorted(registry.MODELS),
+                   help="model (default %(default)s)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help="batch size (default %(default)s)")
@@ -56,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
+    return TrainConfig(dataset=args.dataset, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, latent_dim=args.latent_dim, hidden=tuple(args.hidden),
                        beta=args.beta, likelihood=args.likelihood, seed=args.seed)
 

@@ -13,6 +13,7 @@ class TrainConfig:
     """A training run. The defaults reproduce the pytorch/examples VAE on mnist5k."""
 
     dataset: str = "mnist5k"  # a name from jaxvae.data.LOADERS (or a file path, see data)
+    model: str = "mlp"  # a name from jaxvae.registry.MODELS
     epochs: int = 10  # passes over the training split
     batch_size: int = 128  # examples per gradient step (the reference's 128)
     lr: float = 1e-3  # Adam learning rate (the reference's 1e-3)
@@ -52,3 +53,6 @@ def validate_config(config: TrainConfig) -> None:
     if config.beta < 0:
         raise ValueError(f"beta must be >= 0, got {config.beta}")
     objectives.check_likelihood(config.likelihood)
+    from jaxvae import registry  # registry imports models, which import nothing of config
+
+    registry.check_model(config.model)

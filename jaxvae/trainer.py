@@ -14,7 +14,7 @@ import jax
 
 from jaxvae import config as config_lib
 from jaxvae import data as data_lib
-from jaxvae import models, train, validation
+from jaxvae import models, registry, train, validation
 
 
 class RunKeys(NamedTuple):
@@ -35,11 +35,6 @@ class FitResult(NamedTuple):
     state: train.TrainState
     history: list[dict]  # one record per epoch (see ``fit``)
     compile_seconds: float  # compiling the epoch and evaluation programs
-
-
-def build_model(config: config_lib.TrainConfig, example_shape: tuple[int, ...]) -> nn.Module:
-    """The MLP VAE of the config for examples of ``example_shape``."""
-    return models.mlp_vae(config.hidden, config.latent_dim, example_shape)
 
 
 def check_inputs(config: config_lib.TrainConfig, data: data_lib.Dataset) -> data_lib.Dataset:
@@ -65,28 +60,29 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     training time, compilation excluded). Losses are in nats per example.
     """
     data = check_inputs(config, data)
-    model = build_model(config, data.example_shape)
+    model, loss_fn = registry.build(config, data.example_shape)
     keys = run_keys(config.seed)
     tx = train.make_optimizer(config.lr)
-    loss_fn = train.vae_loss_fn(model, config.beta, config.likelihood)
     state = train.create_train_state(models.init(model, keys.init), tx)
-    x_train, x_test = jax.device_put(data.x_train), jax.device_put(data.x_test)
+    train_data = jax.device_put({"x": data.x_train, "y": data.y_train})
+    test_data = jax.device_put({"x": data.x_test, "y": data.y_test})
 
     start = time.perf_counter()
     train_epoch = train.make_train_epoch(loss_fn, tx, config.batch_size).lower(
-        state, x_train, keys.shuffle, keys.train).compile()
-    evaluate = train.make_evaluate(loss_fn, min(config.eval_batch_size, len(x_test))).lower(
-        state.params, x_test, keys.eval).compile()
+        state, train_data, keys.shuffle, keys.train).compile()
+    eval_batch_size = min(config.eval_batch_size, len(data.x_test))
+    evaluate = train.make_evaluate(loss_fn, eval_batch_size).lower(
+        state.params, test_data, keys.eval).compile()
     compile_seconds = time.perf_counter() - start
 
     history = []
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
-        state, metrics, _ = train_epoch(state, x_train, jax.random.fold_in(keys.shuffle, epoch),
+        state, metrics, _ = train_epoch(state, train_data, jax.random.fold_in(keys.shuffle, epoch),
                                         keys.train)
         metrics = jax.device_get(metrics)
         seconds = time.perf_counter() - start
-        test = jax.device_get(evaluate(state.params, x_test, keys.eval))
+        test = jax.device_get(evaluate(state.params, test_data, keys.eval))
         record = {"epoch": epoch,
                   **{f"train_{k}": float(v) for k, v in metrics.items()},
                   **{f"test_{k}": float(v) for k, v in test.items()},

@@ -1,7 +1,7 @@
 """Models by name: ``build(config, example_shape)`` returns the model and its training objective.
 
 Every entry is a function ``(config, example_shape) -> Built``. The objective is a pure
-``loss_fn(params, batch, key) -> (loss, metrics)`` where ``batch`` is a dict with ``"x"``
+``loss_fn(params, batch, key, step) -> (loss, metrics)`` where ``batch`` is a dict with ``"x"``
 (examples) and ``"y"`` (int labels, -1 where a dataset has none), so label-conditioned models
 use the same training code as the others. ``metrics`` holds batch means in nats per example;
 ``loss``, ``recon`` and ``kl`` at least.
@@ -19,13 +19,13 @@ from jaxvae import models, train
 
 class Built(NamedTuple):
     model: nn.Module
-    loss_fn: train.LossFn  # (params, batch, key) -> (loss, metrics), batch = {"x": ..., "y": ...}
+    loss_fn: train.LossFn  # (params, batch, key, step) -> (loss, metrics); batch {"x", "y"}
 
 
 def _mlp(config, example_shape: tuple[int, ...]) -> Built:
     model = models.mlp_vae(config.hidden, config.latent_dim, example_shape)
     vae_loss = train.vae_loss_fn(model, config.beta, config.likelihood)
-    return Built(model, lambda params, batch, key: vae_loss(params, batch["x"], key))
+    return Built(model, lambda params, batch, key, step: vae_loss(params, batch["x"], key, step))
 
 
 MODELS: dict[str, Callable[[Any, tuple[int, ...]], Built]] = {

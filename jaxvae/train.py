@@ -1,7 +1,8 @@
 """Training: the train state, the jitted step, whole epochs under ``lax.scan``, evaluation.
 
-A training objective is any pure ``loss_fn(params, batch, key) -> (loss, metrics)`` (a scalar
-and a dict of scalars); ``vae_loss_fn`` makes the VAE's. Every function here is built from a
+A training objective is any pure ``loss_fn(params, batch, key, step) -> (loss, metrics)`` (a
+scalar and a dict of scalars; ``step`` is the int32 number of updates applied so far, for
+schedules such as KL warm-up); ``vae_loss_fn`` makes the VAE's. Every function here is built from a
 loss_fn and an optax optimizer, so the model zoo plugs in without new training code.
 
 Randomness: the step with ``state.step == s`` uses the key ``fold_in(run_key, s)``, so a run
@@ -21,7 +22,7 @@ import optax
 
 from jaxvae import objectives
 
-LossFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+LossFn = Callable[[Any, Any, jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 
 
 @flax.struct.dataclass
@@ -67,17 +68,19 @@ def _global_noise(axis_name: str) -> Callable[[jax.Array, jax.Array], jax.Array]
 
 def vae_loss_fn(model: nn.Module, beta: float = 1.0, likelihood: str = "bernoulli",
                 axis_name: str | None = None) -> LossFn:
-    """``loss_fn(params, x, key)`` of ``jaxvae.loss`` for a fixed model, beta and likelihood.
+    """``loss_fn(params, x, key, step)`` of ``jaxvae.loss`` for a fixed model, beta, likelihood.
 
     With ``axis_name`` (inside pmap or shard_map) each device draws its rows of the global
     batch's noise, so data-parallel training matches single-device training exactly.
     """
     objectives.check_likelihood(likelihood)
     if axis_name is None:
-        return lambda params, x, key: objectives.loss(model, params, x, key, beta, likelihood)
+        return lambda params, x, key, step=None: objectives.loss(model, params, x, key, beta,
+                                                                 likelihood)
     draw = _global_noise(axis_name)
 
-    def loss_fn(params, x, key):
+    def loss_fn(params, x, key, step=None):
+        del step  # a constant beta
         recon_B, kl_B = objectives.elbo_terms(model, params, x, lambda m: draw(key, m),
                                               likelihood)
         return objectives.batch_metrics(recon_B, kl_B, beta)
@@ -96,7 +99,7 @@ def train_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation,
     def step(state: TrainState, batch: Any, run_key: jax.Array):
         key = jax.random.fold_in(run_key, state.step)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (_, metrics), grads = grad_fn(state.params, batch, key)
+        (_, metrics), grads = grad_fn(state.params, batch, key, state.step)
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
             metrics = jax.lax.pmean(metrics, axis_name)
@@ -173,19 +176,20 @@ def make_train_epoch(loss_fn: LossFn, tx: optax.GradientTransformation, batch_si
 
 
 def make_evaluate(loss_fn: LossFn, batch_size: int = 500) -> Callable:
-    """Jitted ``evaluate(params, data, key) -> metrics``: per-example means over all of data.
+    """Jitted ``evaluate(params, data, key, step) -> metrics``: per-example means over all of data.
 
-    Batches in order (a scan plus one remainder batch), the key of batch i is fold_in(key, i).
+    Batches in order (a scan plus one remainder batch), the key of batch i is fold_in(key, i);
+    ``step`` (the training step reached) is passed to the loss for its schedules.
     """
 
-    def evaluate(params: Any, data: Any, key: jax.Array) -> dict:
+    def evaluate(params: Any, data: Any, key: jax.Array, step: jax.Array) -> dict:
         n = _num_examples(data)
         num_full, remainder = divmod(n, batch_size)
         idx = jnp.arange(n)
 
         def body(_, i):
             batch = _take(data, jax.lax.dynamic_slice_in_dim(idx, i * batch_size, batch_size))
-            return None, loss_fn(params, batch, jax.random.fold_in(key, i))[1]
+            return None, loss_fn(params, batch, jax.random.fold_in(key, i), step)[1]
 
         full = {}
         if num_full:
@@ -193,7 +197,7 @@ def make_evaluate(loss_fn: LossFn, batch_size: int = 500) -> Callable:
         rest = None
         if remainder:
             rest = loss_fn(params, _take(data, idx[num_full * batch_size:]),
-                           jax.random.fold_in(key, num_full))[1]
+                           jax.random.fold_in(key, num_full), step)[1]
         if not num_full:
             return rest
         return _weighted_mean(full, rest, batch_size, remainder)

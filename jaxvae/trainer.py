@@ -72,7 +72,7 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
         state, train_data, keys.shuffle, keys.train).compile()
     eval_batch_size = min(config.eval_batch_size, len(data.x_test))
     evaluate = train.make_evaluate(loss_fn, eval_batch_size).lower(
-        state.params, test_data, keys.eval).compile()
+        state.params, test_data, keys.eval, state.step).compile()
     compile_seconds = time.perf_counter() - start
 
     history = []
@@ -82,7 +82,7 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
                                         keys.train)
         metrics = jax.device_get(metrics)
         seconds = time.perf_counter() - start
-        test = jax.device_get(evaluate(state.params, test_data, keys.eval))
+        test = jax.device_get(evaluate(state.params, test_data, keys.eval, state.step))
         record = {"epoch": epoch,
                   **{f"train_{k}": float(v) for k, v in metrics.items()},
                   **{f"test_{k}": float(v) for k, v in test.items()},

@@ -35,7 +35,12 @@ class TrainState:
 
 
 def create_train_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
-    """The state before the first step."""
+    """The state before the first step.
+
+    The parameters are copied: the jitted steps donate the state, and the caller's ``params``
+    must stay usable after the first step.
+    """
+    params = jax.tree.map(jnp.copy, params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 

@@ -1,0 +1,152 @@
+"""Training: determinism, no recompilation, the scan epoch and the data-parallel forms agree."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxvae
+from jaxvae import parallel, train
+
+B, D, Z = 16, 12, 3
+
+
+@pytest.fixture(scope="module")
+def small():
+    model = jaxvae.mlp_vae(hidden=(8,), latent_dim=Z, data_shape=(D,))
+    rng = np.random.default_rng(0)
+    x = (rng.uniform(size=(40, D)) > 0.5).astype(np.float32)
+    return model, x
+
+
+def _train(model, x, steps, seed=0, lr=1e-2):
+    tx = train.make_optimizer(lr)
+    step = train.make_train_step(train.vae_loss_fn(model), tx)
+    state = train.create_train_state(jaxvae.init(model, jax.random.key(seed)), tx)
+    run_key = jax.random.key(seed + 1)
+    losses = []
+    for i in range(steps):
+        state, metrics = step(state, x[(i * B) % 32:(i * B) % 32 + B], run_key)
+        losses.append(float(metrics["loss"]))
+    return state, losses, step
+
+
+def test_same_seed_gives_bitwise_identical_parameters(small):
+    model, x = small
+    a, _, _ = _train(model, x, 6)
+    b, _, _ = _train(model, x, 6)
+    jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+    c, _, _ = _train(model, x, 6, seed=5)
+    assert not np.array_equal(a.params["decoder"]["out"]["bias"],
+                              c.params["decoder"]["out"]["bias"])
+
+
+def test_train_step_compiles_once_over_many_steps(small):
+    model, x = small
+    state, losses, step = _train(model, x, 12)
+    assert step._cache_size() == 1
+    assert int(state.step) == 12
+    assert losses[-1] < losses[0]
+
+
+def test_step_key_is_fold_in_of_the_run_key_and_step(small):
+    model, x = small
+    tx = train.make_optimizer(1e-3)
+    params = jaxvae.init(model, jax.random.key(0))
+    state = train.create_train_state(params, tx)
+    state = state.replace(step=jnp.int32(7))
+    run_key = jax.random.key(3)
+    _, metrics = train.make_train_step(train.vae_loss_fn(model), tx)(state, x[:B], run_key)
+    _, expected = jaxvae.loss(model, params, x[:B], jax.random.fold_in(run_key, 7))
+    chex.assert_trees_all_close(metrics, expected, rtol=1e-6)
+
+
+def test_scan_epoch_equals_the_same_steps_one_by_one(small):
+    model, x = small
+    tx = train.make_optimizer(1e-2)
+    loss_fn = train.vae_loss_fn(model)
+    params = jaxvae.init(model, jax.random.key(0))
+    shuffle_key, run_key = jax.random.key(1), jax.random.key(2)
+    batch = 16  # 40 examples: two full batches and a remainder of 8
+
+    epoch = train.make_train_epoch(loss_fn, tx, batch)
+    out = epoch(train.create_train_state(params, tx), jnp.asarray(x), shuffle_key, run_key)
+
+    step = train.make_train_step(loss_fn, tx)
+    state = train.create_train_state(params, tx)
+    perm = np.asarray(jax.random.permutation(shuffle_key, len(x)))
+    losses, sizes = [], []
+    for start in range(0, len(x), batch):
+        idx = perm[start:start + batch]
+        state, metrics = step(state, x[idx], run_key)
+        losses.append(float(metrics["loss"]))
+        sizes.append(len(idx))
+    assert int(out.state.step) == int(state.step) == 3
+    chex.assert_trees_all_close(out.state.params, state.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.step_metrics["loss"], losses, rtol=1e-5)
+    np.testing.assert_allclose(out.metrics["loss"], np.average(losses, weights=sizes), rtol=1e-5)
+
+
+def test_evaluate_is_the_per_example_mean_over_all_batches(small):
+    model, x = small
+    params = jaxvae.init(model, jax.random.key(0))
+    loss_fn = train.vae_loss_fn(model)
+    key = jax.random.key(4)
+    metrics = train.make_evaluate(loss_fn, batch_size=16)(params, jnp.asarray(x), key,
+                                                           jnp.int32(0))
+    parts = [jaxvae.loss(model, params, x[s:s + 16], jax.random.fold_in(key, i))[1]["recon"]
+             for i, s in enumerate(range(0, 40, 16))]
+    np.testing.assert_allclose(metrics["recon"], np.average(parts, weights=[16, 16, 8]),
+                               rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def parallel_setup(small):
+    model, x = small
+    assert jax.local_device_count() == 4, "tests/conftest.py forces 4 CPU devices"
+    tx = train.make_optimizer(1e-2)
+    params = jaxvae.init(model, jax.random.key(0))
+    run_key = jax.random.key(9)
+    batches = [x[i * B:(i + 1) * B] for i in range(2)]
+    state = train.create_train_state(params, tx)
+    step = train.make_train_step(train.vae_loss_fn(model), tx)
+    for batch in batches:
+        state, metrics = step(state, batch, run_key)
+    return model, tx, params, run_key, batches, state, metrics
+
+
+def test_pmap_step_matches_the_single_device_step(parallel_setup):
+    model, tx, params, run_key, batches, expected, expected_metrics = parallel_setup
+    step = parallel.make_pmap_train_step(train.vae_loss_fn(model, axis_name=parallel.AXIS), tx)
+    state = parallel.replicate(train.create_train_state(params, tx))
+    for batch in batches:
+        state, metrics = step(state, parallel.shard_batch(batch, 4), run_key)
+    chex.assert_trees_all_close(parallel.unreplicate(state).params, expected.params,
+                                rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(metrics["loss"][0], expected_metrics["loss"], rtol=1e-5)
+
+
+def test_sharded_jit_step_matches_the_single_device_step(parallel_setup):
+    model, tx, params, run_key, batches, expected, expected_metrics = parallel_setup
+    mesh = parallel.make_mesh()
+    step = parallel.make_sharded_train_step(train.vae_loss_fn(model), tx, mesh)
+    state = parallel.put_replicated(train.create_train_state(params, tx), mesh)
+    for batch in batches:
+        state, metrics = step(state, parallel.put_sharded(batch, mesh), run_key)
+    assert len(state.params["decoder"]["out"]["bias"].sharding.device_set) == 4
+    chex.assert_trees_all_close(state.params, expected.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(metrics["loss"], expected_metrics["loss"], rtol=1e-5)
+
+
+def test_parallel_batches_must_split_evenly_over_devices(small):
+    _, x = small
+    with pytest.raises(ValueError, match="does not split evenly over 4 devices"):
+        parallel.shard_batch(x[:10], 4)
+
+
+def test_learning_rate_must_be_positive():
+    with pytest.raises(ValueError, match="learning rate must be a finite number > 0"):
+        train.make_optimizer(0.0)
+    with pytest.raises(TypeError, match="learning rate must be a number"):
+        train.make_optimizer("fast")

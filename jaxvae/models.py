@@ -200,9 +200,9 @@ def reconstruct(model: nn.Module, params: Params, x_BxD: jax.Array, key: jax.Arr
 def slerp(z0: jax.Array, z1: jax.Array, t: jax.Array) -> jax.Array:
     """Spherical interpolation: sin((1-t) w)/sin(w) z0 + sin(t w)/sin(w) z1, w = angle(z0, z1).
 
-    Falls back to linear interpolation when z0 and z1 are (nearly) parallel.
+    z0, z1: ``(Z,)``; t: ``(T,)``; returns ``(T, Z)``. Falls back to linear interpolation when z0 and z1 are (nearly) parallel.
     """
-    t = t[:, None]
+    t, z0, z1 = t[:, None], z0[None, :], z1[None, :]
     cos = jnp.sum(z0 * z1) / (jnp.linalg.norm(z0) * jnp.linalg.norm(z1) + 1e-12)
     omega = jnp.arccos(jnp.clip(cos, -1.0, 1.0))
     sin = jnp.sin(omega)
@@ -234,7 +234,7 @@ def interpolate(model: nn.Module, params: Params, x0: jax.Array, x1: jax.Array, 
     if spherical:
         z_SxZ = slerp(mean_2xZ[0], mean_2xZ[1], t_S)
     else:
-        z_SxZ = (1.0 - t_S[:, None]) * mean_2xZ[0] + t_S[:, None] * mean_2xZ[1]
+        z_SxZ = (1.0 - t_S[:, None]) * mean_2xZ[:1] + t_S[:, None] * mean_2xZ[1:]
     return decode(model, params, z_SxZ)
 
 

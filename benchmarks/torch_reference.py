@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -98,6 +100,7 @@ def main(argv=None):
     parser.add_argument("--json", help="write the per-epoch test losses here")
     args = parser.parse_args(argv)
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from jaxvae.data import load_mnist5k
 
     data = load_mnist5k()

@@ -10,7 +10,8 @@ from jaxvae.distributions import (bernoulli_nll, gaussian_kl, gaussian_log_prob,
 from jaxvae.trainer import FitResult, fit
 from jaxvae.models import (VAE, Decoder, Encoder, decode, encode, from_torch, init, interpolate,
                            mlp_vae, reconstruct, reference_vae, sample, slerp)
-from jaxvae.objectives import elbo_terms, likelihood_mean, loss
+from jaxvae.objectives import (elbo_terms, iwae_bound, likelihood_mean, log_importance_weights,
+                               loss)
 from jaxvae.train import (TrainState, create_train_state, make_evaluate, make_optimizer,
                           make_train_epoch, make_train_step, vae_loss_fn)
 from jaxvae.validation import check_data
@@ -38,9 +39,11 @@ __all__ = [
     "gaussian_nll",
     "init",
     "interpolate",
+    "iwae_bound",
     "likelihood_mean",
     "load_digits",
     "load_mnist5k",
+    "log_importance_weights",
     "loss",
     "make_evaluate",
     "make_optimizer",

@@ -79,3 +79,16 @@ def load(name: str, seed: int = 0) -> Dataset:
     if name not in LOADERS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(LOADERS)}")
     return LOADERS[name](seed=seed)
+
+
+def process_shard(num_examples: int, process_index: int, process_count: int) -> np.ndarray:
+    """The example indices one process reads: a contiguous block of ``np.array_split``.
+
+    The blocks of processes 0..process_count-1 are disjoint and together cover
+    ``range(num_examples)``; their sizes differ by at most one.
+    """
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
+    if num_examples < process_count:
+        raise ValueError(f"{num_examples} examples cannot be shared by {process_count} processes")
+    return np.array_split(np.arange(num_examples), process_count)[process_index]

@@ -93,3 +93,42 @@ def loss(model: nn.Module, params: Any, x: jax.Array, key: jax.Array, beta: floa
     draw = lambda mean: jax.random.normal(key, mean.shape, mean.dtype)  # == reparameterize's eps
     recon_B, kl_B = elbo_terms(model, params, x, draw, likelihood)
     return batch_metrics(recon_B, kl_B, beta)
+
+
+def log_importance_weights(model: nn.Module, params: Any, x_BxD: jax.Array, key: jax.Array,
+                           num_samples: int, likelihood: str = "bernoulli",
+                           log_prior: Callable[[jax.Array], jax.Array]
+                           = distributions.standard_normal_log_prob) -> jax.Array:
+    """log w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x),  z_k ~ q(z | x), k = 1..K.
+
+    The building block of the importance-weighted bound (Burda et al. 2016): the IWAE bound is
+    ``logsumexp_k log w_k - log K`` (``iwae_bound``), which is the one-sample ELBO estimate at
+    K = 1 and tends to log p(x) as K grows. Memory is O(K * B * D): chunk K for large K.
+
+    Args:
+      model: a VAE module (``encode`` / ``decode``).
+      params: its parameters.
+      x_BxD: a batch of examples.
+      key: the key of the K samples; eps_KxBxZ = jax.random.normal(key, (K, B, Z)).
+      num_samples: K >= 1.
+      likelihood: the name of p(x | z) (see ``LIKELIHOODS``).
+      log_prior: log p(z) summed over the last axis (default: the standard normal).
+
+    Returns:
+      ``log_w_KxB``.
+    """
+    mean_BxZ, logvar_BxZ = models.encode(model, params, x_BxD)
+    eps_KxBxZ = jax.random.normal(key, (num_samples,) + mean_BxZ.shape, mean_BxZ.dtype)
+    mean_1xBxZ, logvar_1xBxZ = mean_BxZ[None], logvar_BxZ[None]
+    z_KxBxZ = distributions.shift_and_scale(mean_1xBxZ, logvar_1xBxZ, eps_KxBxZ)
+    batch = mean_BxZ.shape[0]
+    out_KBxD = models.decode(model, params, z_KxBxZ.reshape((-1,) + mean_BxZ.shape[1:]))
+    x_KBxD = jnp.broadcast_to(x_BxD[None], (num_samples,) + x_BxD.shape).reshape(out_KBxD.shape)
+    log_px_KxB = -reconstruction_nll(likelihood, out_KBxD, x_KBxD).reshape(num_samples, batch)
+    log_q_KxB = distributions.gaussian_log_prob(z_KxBxZ, mean_1xBxZ, logvar_1xBxZ)
+    return log_px_KxB + log_prior(z_KxBxZ) - log_q_KxB
+
+
+def iwae_bound(log_w_KxB: jax.Array) -> jax.Array:
+    """log (1/K) sum_k w_k = logsumexp_k log w_k - log K, per example: ``(B,)``."""
+    return jax.nn.logsumexp(log_w_KxB, axis=0) - jnp.log(log_w_KxB.shape[0])

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-epochs", type=int,
                    help="mnist5k epochs of the jaxvae.fit vs torch epoch row, the first one "
                         "a warm-up; 0 to skip (default 6; --quick 2)")
+    p.add_argument("--fit-examples", type=int,
+                   help="use only this many mnist5k training examples in the fit row "
+                        "(default: all 4,000)")
     p.add_argument("--torch-threads", type=int,
                    help="torch.set_num_threads on CPU (default: the core count, as JAX uses "
                         "every core)")
@@ -87,9 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def settings(args: argparse.Namespace) -> dict:
-    """The effective settings: explicit flags win, then the --quick or the full defaults."""
+MAX_SAMPLES_PER_CALL = 131072  # bounds the pre-placed batches (400 MB of float32 at 784)
+
+
+def settings(args: argparse.Namespace, backend: str = "cpu") -> dict:
+    """The effective settings: explicit flags win, then the --quick or the full defaults.
+
+    Accelerators get more work per timed call (--call-gflop), so that one call lasts long
+    enough to time; the CPU defaults keep the full run within about 8 minutes on 2 cores.
+    """
     q = args.quick
+    cpu = backend == "cpu"
 
     def pick(value, quick, full):
         return value if value is not None else (quick if q else full)
@@ -101,12 +112,13 @@ def settings(args: argparse.Namespace) -> dict:
         "methods": pick(args.methods, [m for m in TRAIN_METHODS if m != "compile"],
                         list(TRAIN_METHODS)),
         "repeats": pick(args.repeats, 2, 5),
-        "call_gflop": pick(args.call_gflop, 0.3, 12.0),
+        "call_gflop": pick(args.call_gflop, 0.3, 12.0 if cpu else 500.0),
         "gemm_size": pick(args.gemm_size, 512, 2048),
         "nll_samples": pick(args.nll_samples, [100], [1000, 5000]),
-        "nll_gflop": pick(args.nll_gflop, 0.2, 10.0),
+        "nll_gflop": pick(args.nll_gflop, 0.2, 10.0 if cpu else 200.0),
         "fit_epochs": pick(args.fit_epochs, 2, 6),
-        "torch_threads": args.torch_threads or os.cpu_count() or 1,
+        "fit_examples": args.fit_examples,
+        "torch_threads": pick(args.torch_threads, os.cpu_count() or 1, os.cpu_count() or 1),
         "quick": q,
     }
     for name in ("repeats", "gemm_size", "torch_threads"):
@@ -120,6 +132,8 @@ def settings(args: argparse.Namespace) -> dict:
         raise ValueError(f"--nll-samples must be >= 1, got {s['nll_samples']}")
     if not s["call_gflop"] > 0 or not s["nll_gflop"] > 0:
         raise ValueError("--call-gflop and --nll-gflop must be > 0")
+    if s["fit_examples"] is not None and not 128 <= s["fit_examples"] <= 4000:
+        raise ValueError(f"--fit-examples must be in [128, 4000], got {s['fit_examples']}")
     if s["fit_epochs"] == 1 or s["fit_epochs"] < 0:
         raise ValueError(f"--fit-epochs must be 0 (skip) or >= 2 (the first is a warm-up), "
                          f"got {s['fit_epochs']}")
@@ -159,9 +173,11 @@ def versions(torch) -> dict:
     import numpy as np
     import optax
 
+    import jaxlib
+
     import jaxvae
-    v = {"jaxvae": jaxvae.__version__, "jax": jax.__version__, "jaxlib": jax.lib.__version__
-         if hasattr(jax.lib, "__version__") else None, "flax": flax.__version__,
+    v = {"jaxvae": jaxvae.__version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+         "flax": flax.__version__,
          "optax": optax.__version__, "numpy": np.__version__}
     if torch is not None:
         v["torch"] = torch.__version__
@@ -218,7 +234,8 @@ def train_section(s, jax, torch, torch_device, backend, devices, x_train, notes)
         model = jaxvae.mlp_vae(hidden, latent, (784,))
         per_sample = harness.mlp_train_flops(784, hidden, latent)
         for batch in s["batch_sizes"][model_name]:
-            steps = max(1, round(s["call_gflop"] * 1e9 / (per_sample * batch)))
+            steps = max(1, min(round(s["call_gflop"] * 1e9 / (per_sample * batch)),
+                               MAX_SAMPLES_PER_CALL // batch))
             x = tiled(x_train, steps * batch)
             log(f"train {model_name} batch {batch}: {steps} steps per call, "
                 f"{s['repeats']} rounds")
@@ -258,6 +275,8 @@ def nll_section(s, jax, torch, torch_device, backend, devices, x_test, notes) ->
     for k in s["nll_samples"]:
         per_example = harness.mlp_nll_flops(784, (400,), 20, k)
         examples = max(1, min(len(x_test), round(s["nll_gflop"] * 1e9 / per_example)))
+        if s["nll_gflop"] * 1e9 / per_example > len(x_test):
+            notes.append(f"nll K={k}: capped at the {len(x_test)} mnist5k test examples")
         x = x_test[:examples]
         torch_chunk = math.gcd(k, 100)  # the per-example loop's chunk (100, as in its style)
         chunk = math.gcd(k, max(1, 8192 // examples))  # K-chunk of the vectorized versions
@@ -286,6 +305,9 @@ def fit_section(s, jax, torch, backend, devices, data, notes) -> list[dict]:
     from jaxvae import trainer
 
     epochs = s["fit_epochs"]
+    if s["fit_examples"]:
+        data = data._replace(x_train=data.x_train[:s["fit_examples"]],
+                             y_train=data.y_train[:s["fit_examples"]])
     torch_seconds = []
     if torch is not None:
         from benchmarks import torch_reference
@@ -302,7 +324,8 @@ def fit_section(s, jax, torch, backend, devices, data, notes) -> list[dict]:
         torch_reference.train_epoch(net, opt, x_t, 128, gen)
         torch_seconds.append(time.perf_counter() - start)
 
-    log(f"fit: {epochs} mnist5k epochs at batch 128, jaxvae.fit and the torch epoch alternating")
+    log(f"fit: {epochs} mnist5k epochs ({len(data.x_train)} examples) at batch 128, jaxvae.fit "
+        "and the torch epoch alternating")
     config = jaxvae.TrainConfig(epochs=epochs, batch_size=128)
     result = trainer.fit(config, data, on_epoch=on_epoch)
     n = len(data.x_train)
@@ -424,7 +447,8 @@ def markdown(result: dict) -> str:
         lines.append("")
     fit = [r for r in result["rows"] if r["benchmark"] == "fit_mnist5k"]
     if fit:
-        lines += ["The path users take: one mnist5k epoch (4,000 examples) at batch 128, "
+        lines += [f"The path users take: one mnist5k epoch ({fit[0]['samples_per_call']:,} "
+                  "examples) at batch 128, "
                   "jaxvae.fit (experiments/train.py) vs the pytorch/examples epoch loop, "
                   "alternating epochs.", "",
                   "| method | samples/s | min-max | x torch loop | epoch s | compile s |",
@@ -501,18 +525,21 @@ def plot(result: dict, path: Path) -> Path | None:
 
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
-    s = settings(args)
-    outdir = Path(args.outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    settings(args)  # bad flags fail before jax starts
     started = time.perf_counter()
-
     import jax
     backend = args.device or jax.default_backend()
     try:
         devices = jax.local_devices(backend=BACKENDS[backend])
     except RuntimeError as e:
-        raise ValueError(f"--device {backend}: jax has no such backend here "
-                         f"({jax.devices()[0].platform} only): {e}") from None
+        raise ValueError(f"--device {backend}: jax cannot use that backend here ({e}); "
+                         f"run without --device to use {jax.default_backend()}") from None
+    s = settings(args, backend)
+    outdir = Path(args.outdir)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create --outdir {outdir}: {e.strerror or e}") from None
     torch, torch_device, torch_note = setup_torch(backend, s["torch_threads"])
     notes = [torch_note] if torch_note else []
     if len(devices) == 1:

@@ -212,6 +212,11 @@ def tiled(x, n: int):
     return np.ascontiguousarray(np.concatenate([x] * reps)[:n]) if reps > 1 else x[:n]
 
 
+def largest_divisor(k: int, limit: int) -> int:
+    """The largest divisor of k that is <= limit (chunks of K must tile K exactly)."""
+    return max(d for d in range(1, min(k, limit) + 1) if k % d == 0)
+
+
 def row(timing, benchmark: str, model: str, batch_size, backend: str, device_kind: str,
         peak_gflops: float | None) -> dict:
     r = timing.runner
@@ -249,7 +254,9 @@ def train_section(s, jax, torch, torch_device, backend, devices, x_train, notes)
                                                       torch_device, s["methods"]) + runners
             timings = harness.round_robin([gemm] + runners, s["repeats"], log=log)
             peak = timings[0].stats()["gflops"]
-            xla = jax_methods.xla_flops_per_sample(model, batch, devices[0])
+            # XLA's count, once per model (a cross-check of the formula; compiling costs)
+            xla = (jax_methods.xla_flops_per_sample(model, batch, devices[0])
+                   if batch == s["batch_sizes"][model_name][0] else None)
             for t in timings[1:]:
                 rows.append(row(t, "train", model_name, batch, backend, devices[0].device_kind,
                                 peak))
@@ -279,7 +286,7 @@ def nll_section(s, jax, torch, torch_device, backend, devices, x_test, notes) ->
             notes.append(f"nll K={k}: capped at the {len(x_test)} mnist5k test examples")
         x = x_test[:examples]
         torch_chunk = math.gcd(k, 100)  # the per-example loop's chunk (100, as in its style)
-        chunk = math.gcd(k, max(1, 8192 // examples))  # K-chunk of the vectorized versions
+        chunk = largest_divisor(k, max(1, 8192 // examples))  # ~8192 decoder rows a chunk
         log(f"nll K={k}: {examples} examples, chunks {chunk} (vectorized) / {torch_chunk} "
             f"(per-example loop)")
         gemm = harness.gemm_runner(s["gemm_size"], devices[0])

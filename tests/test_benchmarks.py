@@ -78,6 +78,14 @@ def test_bad_arguments_stop_with_a_clear_message(capsys, tmp_path):
     assert "--repeats must be >= 1" in capsys.readouterr().err
     assert run.main(["--quick", "--fit-epochs", "1", "--outdir", str(tmp_path)]) == 2
     assert "first is a warm-up" in capsys.readouterr().err
+    assert run.main(["--quick", "--device", "tpu", "--outdir", str(tmp_path)]) == 2
+    assert "--device tpu: jax cannot use that backend here" in capsys.readouterr().err
+
+
+def test_nll_chunks_tile_k_exactly():
+    assert run.largest_divisor(1000, 512) == 500
+    assert run.largest_divisor(5000, 2730) == 2500
+    assert run.largest_divisor(7, 3) == 1
 
 
 @pytest.fixture(scope="module")

@@ -157,11 +157,15 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def machine(jax, backend: str, devices, torch_note: str | None) -> dict:
+def load_average() -> list[float] | None:
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def machine(backend: str, devices, torch_note: str | None, load_start) -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(),
             "cpu": cpu_model(), "cpu_count": os.cpu_count(), "backend": backend,
             "device_kind": devices[0].device_kind, "num_local_devices": len(devices),
-            "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+            "load_average_start": load_start, "load_average_end": load_average()}
     if torch_note:
         info["torch_note"] = torch_note
     return info
@@ -430,8 +434,8 @@ def markdown(result: dict) -> str:
              f"({m['device_kind']}, {m['num_local_devices']} local device(s)); "
              f"jax {v['jax']}, torch {v.get('torch', '-')}"
              + (f" ({v['torch_num_threads']} threads)" if "torch_num_threads" in v else "")
-             + f". Load average at start {m['load_average_start']}, end "
-               f"{m.get('load_average_end')}.", ""]
+             + f". Load average (1, 5, 15 min) at start {m['load_average_start']}, end "
+               f"{m['load_average_end']}.", ""]
     if result["settings"]["command"]:
         lines += [f"Command: `{result['settings']['command']}`", ""]
     train = [r for r in result["rows"] if r["benchmark"] == "train"]
@@ -533,7 +537,7 @@ def plot(result: dict, path: Path) -> Path | None:
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     settings(args)  # bad flags fail before jax starts
-    started = time.perf_counter()
+    started, load_start = time.perf_counter(), load_average()
     import jax
     backend = args.device or jax.default_backend()
     try:
@@ -564,8 +568,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
             rows += nll_section(s, jax, torch, torch_device, backend, devices, data.x_test,
                                 notes)
     add_ratios(rows)
-    m = machine(jax, backend, devices, torch_note)
-    m["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    m = machine(backend, devices, torch_note, load_start)
     command = "python benchmarks/run.py " + " ".join(argv) if argv is not None else None
     result = {"machine": m, "versions": versions(torch),
               "settings": {**s, "command": command,

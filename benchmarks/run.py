@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--call-gflop", type=float,
                    help="matmul GFLOP of one timed call; sets the steps per call (default 12; "
                         "--quick 0.3)")
-    p.add_argument("--gemm-size", type=int, help="n of the n x n x n GEMM peak (default 2048; "
-                                                 "--quick 512)")
+    p.add_argument("--gemm-size", type=int, help="n of the n x n x n GEMM peak (default 2048 "
+                                                 "on CPU, 8192 on accelerators; --quick 512)")
     p.add_argument("--nll-samples", type=int, nargs="*",
                    help="K of the importance-sampled NLL; none to skip (default 1000 5000; "
                         "--quick 100)")
@@ -113,7 +113,7 @@ def settings(args: argparse.Namespace, backend: str = "cpu") -> dict:
                         list(TRAIN_METHODS)),
         "repeats": pick(args.repeats, 2, 5),
         "call_gflop": pick(args.call_gflop, 0.3, 12.0 if cpu else 500.0),
-        "gemm_size": pick(args.gemm_size, 512, 2048),
+        "gemm_size": pick(args.gemm_size, 512, 2048 if cpu else 8192),
         "nll_samples": pick(args.nll_samples, [100], [1000, 5000]),
         "nll_gflop": pick(args.nll_gflop, 0.2, 10.0 if cpu else 200.0),
         "fit_epochs": pick(args.fit_epochs, 2, 6),

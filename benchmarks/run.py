@@ -1,7 +1,7 @@
 """Benchmark harness: jaxvae vs the PyTorch reference formulas, on CPU, GPU or TPU.
 
-    python benchmarks/run.py                       # the full run (CPU: about 6-8 minutes)
-    python benchmarks/run.py --quick               # a smoke test, well under a minute
+    python benchmarks/run.py                       # the full run, all defaults
+    python benchmarks/run.py --quick               # a smoke test (tiny settings)
     python benchmarks/run.py --device gpu --outdir runs/bench-gpu
 
 Measures training throughput (samples/s of a full step: forward, loss, backward, Adam) for
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "a warm-up; 0 to skip (default 6; --quick 2)")
     p.add_argument("--fit-examples", type=int,
                    help="use only this many mnist5k training examples in the fit row "
-                        "(default: all 4,000)")
+                        "(default: all 4,000; --quick 1024)")
     p.add_argument("--torch-threads", type=int,
                    help="torch.set_num_threads on CPU (default: the core count, as JAX uses "
                         "every core)")
@@ -117,7 +117,7 @@ def settings(args: argparse.Namespace, backend: str = "cpu") -> dict:
         "nll_samples": pick(args.nll_samples, [100], [1000, 5000]),
         "nll_gflop": pick(args.nll_gflop, 0.2, 10.0 if cpu else 200.0),
         "fit_epochs": pick(args.fit_epochs, 2, 6),
-        "fit_examples": args.fit_examples,
+        "fit_examples": pick(args.fit_examples, 1024, None),
         "torch_threads": pick(args.torch_threads, os.cpu_count() or 1, os.cpu_count() or 1),
         "quick": q,
     }

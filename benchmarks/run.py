@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-threads", type=int,
                    help="torch.set_num_threads on CPU (default: the core count, as JAX uses "
                         "every core)")
+    p.add_argument("--matmul-precision", choices=("float32", "tf32"), default="float32",
+                   help="float32 matmuls in both frameworks (default), or TF32 in both on GPUs "
+                        "that have it (jax's GPU default and torch's default differ)")
     p.add_argument("--quick", action="store_true",
                    help="tiny settings for a smoke test (under a minute on 2 cores)")
     p.add_argument("--json", help="also write the JSON here")
@@ -119,6 +122,7 @@ def settings(args: argparse.Namespace, backend: str = "cpu") -> dict:
         "fit_epochs": pick(args.fit_epochs, 2, 6),
         "fit_examples": pick(args.fit_examples, 1024, None),
         "torch_threads": pick(args.torch_threads, os.cpu_count() or 1, os.cpu_count() or 1),
+        "matmul_precision": args.matmul_precision,
         "quick": q,
     }
     for name in ("repeats", "gemm_size", "torch_threads"):
@@ -171,7 +175,7 @@ def machine(backend: str, devices, torch_note: str | None, load_start) -> dict:
     return info
 
 
-def versions(torch) -> dict:
+def versions(torch, torch_threads: int | None) -> dict:
     import flax
     import jax
     import numpy as np
@@ -185,8 +189,23 @@ def versions(torch) -> dict:
          "optax": optax.__version__, "numpy": np.__version__}
     if torch is not None:
         v["torch"] = torch.__version__
-        v["torch_num_threads"] = torch.get_num_threads()
+        v["torch_num_threads"] = torch_threads
     return v
+
+
+def _torch_globals():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.get_num_threads(), torch.get_float32_matmul_precision()
+
+
+def _restore_torch_globals(saved) -> None:
+    if saved is not None:
+        import torch
+        torch.set_num_threads(saved[0])
+        torch.set_float32_matmul_precision(saved[1])
 
 
 def setup_torch(backend: str, threads: int):
@@ -551,7 +570,12 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ValueError(f"cannot create --outdir {outdir}: {e.strerror or e}") from None
+    torch_saved = _torch_globals()
     torch, torch_device, torch_note = setup_torch(backend, s["torch_threads"])
+    tf32 = s["matmul_precision"] == "tf32"
+    torch_threads = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
     notes = [torch_note] if torch_note else []
     if len(devices) == 1:
         notes.append("one local device: pmap and sharded run on it alone (on CPU, set "
@@ -560,17 +584,24 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     data = data_lib.load_mnist5k()
 
     rows = []
-    with jax.default_device(devices[0]):
-        rows += train_section(s, jax, torch, torch_device, backend, devices, data.x_train, notes)
-        if s["fit_epochs"]:
-            rows += fit_section(s, jax, torch, backend, devices, data, notes)
-        if s["nll_samples"]:
-            rows += nll_section(s, jax, torch, torch_device, backend, devices, data.x_test,
-                                notes)
+    # The same matmul arithmetic in both frameworks: on recent GPUs JAX would use TF32 for
+    # float32 by default and torch would not.
+    try:
+        with jax.default_device(devices[0]), jax.default_matmul_precision(
+                "tensorfloat32" if tf32 else "float32"):
+            rows += train_section(s, jax, torch, torch_device, backend, devices, data.x_train,
+                                  notes)
+            if s["fit_epochs"]:
+                rows += fit_section(s, jax, torch, backend, devices, data, notes)
+            if s["nll_samples"]:
+                rows += nll_section(s, jax, torch, torch_device, backend, devices, data.x_test,
+                                    notes)
+    finally:
+        _restore_torch_globals(torch_saved)  # main() may run inside a larger program (tests)
     add_ratios(rows)
     m = machine(backend, devices, torch_note, load_start)
     command = "python benchmarks/run.py " + " ".join(argv) if argv is not None else None
-    result = {"machine": m, "versions": versions(torch),
+    result = {"machine": m, "versions": versions(torch, torch_threads),
               "settings": {**s, "command": command,
                            "total_seconds": round(time.perf_counter() - started, 1)},
               "notes": notes, "targets": targets(rows), "rows": rows}

@@ -95,7 +95,10 @@ def quick_run(tmp_path_factory):
             "--gemm-size", "128", "--nll-samples", "20", "--nll-gflop", "0.01",
             "--fit-examples", "256", "--torch-threads", "1",
             "--outdir", str(outdir), "--json", str(outdir / "copy.json")]
+    threads, precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
     assert run.main(argv) == 0
+    # main() may run inside a larger program: torch's global settings come back as they were
+    assert (torch.get_num_threads(), torch.get_float32_matmul_precision()) == (threads, precision)
     return outdir
 
 
@@ -108,6 +111,7 @@ def test_quick_run_writes_json_markdown_and_plot(quick_run):
     for key in ("cpu", "cpu_count", "backend", "device_kind", "num_local_devices"):
         assert key in result["machine"]
     assert {"jax", "flax", "optax", "torch", "jaxvae"} <= set(result["versions"])
+    assert result["versions"]["torch_num_threads"] == 1  # --torch-threads 1
     assert result["settings"]["command"].startswith("python benchmarks/run.py --quick")
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import jaxvae
-from benchmarks import harness, jax_methods, run, torch_reference
+from benchmarks import harness, run, torch_reference
 
 
 def test_train_flops_of_the_reference_model_are_3_28_mflop_per_sample():

@@ -56,6 +56,45 @@ class TorchVAE(nn.Module):
         return self.decode(z), mu, logvar
 
 
+class TorchMLPVAE(nn.Module):
+    """The reference's formulas with any number of hidden layers (the decoder mirrors them).
+
+    ``TorchMLPVAE(hidden=(400,))`` computes exactly what ``TorchVAE`` computes; the benchmark
+    uses it for the wider 784-1024-1024-64 model (jaxvae.mlp_vae((1024, 1024), 64)).
+    """
+
+    def __init__(self, data_dim: int = 784, hidden: tuple[int, ...] = (400,),
+                 latent_dim: int = 20):
+        super().__init__()
+        self.data_dim = data_dim
+        widths = [data_dim, *hidden]
+        self.enc = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.fc_mu = nn.Linear(widths[-1], latent_dim)
+        self.fc_logvar = nn.Linear(widths[-1], latent_dim)
+        back = [latent_dim, *reversed(hidden)]
+        self.dec = nn.ModuleList(nn.Linear(a, b) for a, b in zip(back[:-1], back[1:]))
+        self.out = nn.Linear(back[-1], data_dim)
+
+    def encode(self, x):
+        h = x
+        for layer in self.enc:
+            h = F.relu(layer(h))
+        return self.fc_mu(h), self.fc_logvar(h)
+
+    reparameterize = TorchVAE.reparameterize
+
+    def decode(self, z):
+        h = z
+        for layer in self.dec:
+            h = F.relu(layer(h))
+        return torch.sigmoid(self.out(h))
+
+    def forward(self, x, eps=None):
+        mu, logvar = self.encode(x.view(-1, self.data_dim))
+        z = self.reparameterize(mu, logvar, eps)
+        return self.decode(z), mu, logvar
+
+
 def loss_function(recon_x, x, mu, logvar):
     """The reference loss, summed over the batch: BCE(sum) + KLD."""
     bce = F.binary_cross_entropy(recon_x, x.view(-1, recon_x.shape[-1]), reduction="sum")
@@ -89,6 +128,59 @@ def evaluate(model, x_test: torch.Tensor, batch_size: int = 500) -> float:
         recon, mu, logvar = model(x)
         total += loss_function(recon, x, mu, logvar).item()
     return total / len(x_test)
+
+
+_HALF_LOG_2PI = 0.5 * float(np.log(2 * np.pi))
+
+
+def _log_weights(model, x_rep, mu, logvar):
+    """log p(x|z) + log p(z) - log q(z|x) for one draw z ~ q(z|x) per row (BCE on sigmoid)."""
+    std = torch.exp(0.5 * logvar)
+    eps = torch.randn_like(std)
+    z = mu + eps * std
+    log_q = torch.sum(-0.5 * eps.pow(2) - 0.5 * logvar - _HALF_LOG_2PI, dim=-1)
+    log_pz = torch.sum(-0.5 * z.pow(2) - _HALF_LOG_2PI, dim=-1)
+    recon = model.decode(z)
+    log_px = -F.binary_cross_entropy(recon, x_rep, reduction="none").sum(dim=-1)
+    return log_px + log_pz - log_q
+
+
+@torch.no_grad()
+def per_example_log_likelihood(model, x: torch.Tensor, num_samples: int,
+                               chunk_size: int = 100) -> torch.Tensor:
+    """Importance-sampled log p(x), one example at a time (the common PyTorch-library style).
+
+    As many PyTorch VAE libraries estimate the NLL (e.g. the ``get_nll`` methods of
+    pythae / benchmark_VAE): a Python loop over the examples and, inside it, over chunks of
+    ``chunk_size`` importance samples, each chunk re-encoding the example repeated chunk_size
+    times. log p(x) ~ logsumexp_k log w_k - log K.
+    """
+    model.eval()
+    out = []
+    for i in range(len(x)):
+        x_rep = x[i:i + 1].expand(chunk_size, -1)
+        log_w = []
+        for _ in range(num_samples // chunk_size):
+            mu, logvar = model.encode(x_rep)
+            log_w.append(_log_weights(model, x_rep, mu, logvar))
+        log_w = torch.cat(log_w)
+        out.append(torch.logsumexp(log_w, 0) - np.log(len(log_w)))
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def batched_log_likelihood(model, x: torch.Tensor, num_samples: int,
+                           chunk_size: int = 100) -> torch.Tensor:
+    """The same estimate, vectorized: encode the batch once, then chunks of K x B samples."""
+    model.eval()
+    mu, logvar = model.encode(x)
+    batch = len(x)
+    x_rep = x.repeat(chunk_size, 1)
+    mu_rep, logvar_rep = mu.repeat(chunk_size, 1), logvar.repeat(chunk_size, 1)
+    log_w = [_log_weights(model, x_rep, mu_rep, logvar_rep).view(chunk_size, batch)
+             for _ in range(num_samples // chunk_size)]
+    log_w = torch.cat(log_w)
+    return torch.logsumexp(log_w, 0) - np.log(len(log_w))
 
 
 def main(argv=None):

@@ -13,6 +13,8 @@ test splits, user files are split as ``jaxvae.user_data`` says.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -174,7 +176,7 @@ def load(name: str, seed: int = 0, *, data_dir: str | None = None, download: boo
     elif name in LOADERS:
         data = LOADERS[name](seed=seed)
         image_shape = _EMBEDDED_IMAGE_SHAPES[name]
-    elif user_data.is_user_file(name):
+    elif user_data.is_user_file(name) or os.sep in str(name) or Path(str(name)).suffix:
         data = Dataset(*user_data.load_file(name, seed=seed, label_column=label_column,
                                             test_fraction=test_fraction, likelihood=likelihood))
         image_shape = None

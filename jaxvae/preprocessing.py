@@ -58,7 +58,9 @@ def dequantize(key: jax.Array, x: jax.Array, levels: int = 256) -> jax.Array:
     """
     pixel = jnp.round(x * (levels - 1))
     u = jax.random.uniform(key, x.shape, x.dtype)
-    return (pixel + u) / levels
+    # In float32, pixel + u rounds up to pixel + 1 for u near 1: keep y inside the pixel's bin.
+    upper = jnp.nextafter((pixel + 1) / levels, jnp.zeros((), x.dtype))
+    return jnp.minimum((pixel + u) / levels, upper)
 
 
 def batch_preprocess(binarize_mode: str = "none", dequantize_pixels: bool = False

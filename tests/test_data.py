@@ -2,8 +2,11 @@
 binarization and dequantization, process shards, the streaming feed and user files."""
 
 import json
+import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +19,7 @@ import train as train_script  # experiments/train.py
 from jaxvae import data, feeding, preprocessing, registry, tfds_data, train, user_data
 from jaxvae.config import TrainConfig
 
+ROOT = Path(__file__).resolve().parent.parent
 MOCK_EXAMPLES = 12
 TFDS_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1),
                "binarized_mnist": (28, 28, 1), "cifar10": (32, 32, 3), "celeb_a": (16, 16, 3)}
@@ -255,8 +259,8 @@ def test_bad_preprocessing_options_fail_in_the_config(binarize, dequantize, mess
 
 def _tiny_data(seed=0):
     rng = np.random.default_rng(seed)
-    x = rng.uniform(size=(40, 12)).astype(np.float32)
-    return data.Dataset(x[:32], np.zeros(32, np.int32), x[32:], np.zeros(8, np.int32))
+    x = rng.uniform(size=(40, 12)).astype(np.float32)  # 30 train: 3 batches of 8 and one of 6
+    return data.Dataset(x[:30], np.zeros(30, np.int32), x[30:], np.zeros(10, np.int32))
 
 
 TINY = dict(hidden=(8,), latent_dim=2, batch_size=8, epochs=2, lr=1e-2)
@@ -265,15 +269,15 @@ TINY = dict(hidden=(8,), latent_dim=2, batch_size=8, epochs=2, lr=1e-2)
 @pytest.fixture(scope="module")
 def dynamic_runs():
     ds = _tiny_data()
-    return {(mode, seed): jaxvae.fit(TrainConfig(binarize=mode, seed=seed, **TINY), ds)
-            for mode, seed in (("dynamic", 0), ("dynamic", 1), ("none", 0))}
+    return {mode: jaxvae.fit(TrainConfig(binarize=mode, **TINY), ds)
+            for mode in ("dynamic", "none")}
 
 
-def test_dynamic_binarization_in_fit_depends_on_the_seed(dynamic_runs):
-    # (the same seed gives the same model: test_fit_with_the_stream_feed_matches_the_device_feed)
+def test_fit_applies_dynamic_binarization(dynamic_runs):
+    # (its determinism by seed: the probe epoch above, and the stream-feed equality below)
     bias = {k: np.asarray(r.state.params["decoder"]["out"]["bias"]) for k, r in dynamic_runs.items()}
-    assert not np.array_equal(bias["dynamic", 0], bias["dynamic", 1])
-    assert not np.array_equal(bias["dynamic", 0], bias["none", 0])  # the hook is applied
+    assert not np.array_equal(bias["dynamic"], bias["none"])
+    assert dynamic_runs["dynamic"].history[0]["test_loss"] != dynamic_runs["none"].history[0]["test_loss"]
 
 
 # The streaming feed ---------------------------------------------------------------------------
@@ -297,37 +301,18 @@ def test_host_batches_follow_the_scan_epochs_permutation_and_cover_the_data():
     np.testing.assert_array_equal(order, np.asarray(jax.random.permutation(key, 21)))
 
 
-@pytest.mark.parametrize("mode", ["none", "dynamic"])
-def test_streaming_epoch_trains_the_same_model_as_the_scan_epoch(mode):
-    ds = _tiny_data()
-    config = TrainConfig(**TINY)
-    model, loss_fn = registry.build(config, (12,))
-    tx = train.make_optimizer(1e-2)
-    params = jaxvae.init(model, jax.random.key(0))
-    pre = preprocessing.batch_preprocess(mode)
-    extra = () if pre is None else (jax.random.key(9),)
-    host = {"x": ds.x_train[:29], "y": ds.y_train[:29]}  # 3 full batches and a remainder of 5
-    keys = (jax.random.key(1), jax.random.key(2)) + extra
-    scan = train.make_train_epoch(loss_fn, tx, 8, preprocess=pre)(
-        train.create_train_state(params, tx), jax.device_put(host), *keys)
-    stream = feeding.make_streaming_epoch(loss_fn, tx, 8, preprocess=pre)(
-        train.create_train_state(params, tx), host, *keys)
-    assert int(stream.state.step) == int(scan.state.step) == 4
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
-                 stream.state.params, scan.state.params)
-    for k in scan.metrics:
-        np.testing.assert_allclose(stream.metrics[k], scan.metrics[k], rtol=2e-5)
-        np.testing.assert_allclose(stream.step_metrics[k], scan.step_metrics[k], rtol=2e-5)
-
-
 def test_fit_with_the_stream_feed_matches_the_device_feed(dynamic_runs):
+    """Host batches prefetched to the device train the model of the on-device scan epoch:
+    the same permutation, remainder batch, step keys and binarization keys."""
     ds = _tiny_data()
     stream = jaxvae.fit(TrainConfig(binarize="dynamic", feed="stream", **TINY), ds)
-    device = dynamic_runs["dynamic", 0]
+    device = dynamic_runs["dynamic"]
+    assert int(stream.state.step) == int(device.state.step) == 2 * 4
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
                  stream.state.params, device.state.params)
-    assert stream.history[-1]["test_loss"] == pytest.approx(device.history[-1]["test_loss"],
-                                                            rel=1e-5)
+    for s, d in zip(stream.history, device.history):
+        for k in ("train_loss", "train_kl", "test_loss"):
+            assert s[k] == pytest.approx(d[k], rel=1e-5), k
 
 
 def test_fits_on_device_counts_cpu_memory_as_fitting_and_respects_a_limit():
@@ -518,3 +503,12 @@ def test_train_script_trains_on_tfds_mnist_with_dynamic_binarization(tmp_path, c
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["binarize"] == "dynamic" and summary["train_examples"] == 16
     assert (out / "samples.png").stat().st_size > 0  # (28, 28, 1) images make image grids
+
+
+def test_the_core_package_imports_and_loads_without_tensorflow_datasets():
+    code = ("import sys; sys.modules['tensorflow_datasets'] = None; import jaxvae; "
+            "d = jaxvae.load('digits'); assert d.x_train.shape == (1438, 64)")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    result = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

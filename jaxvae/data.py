@@ -21,7 +21,8 @@ import numpy as np
 
 
 class Dataset(NamedTuple):
-    """A train/test split. ``x_*`` float32 (N, *example_shape) in [0, 1]; ``y_*`` int32 (N,)."""
+    """A train/test split. ``x_*`` float32 (N, *example_shape) (images in [0, 1]); ``y_*`` int32
+    (N,), -1 where there are no labels."""
 
     x_train: np.ndarray
     y_train: np.ndarray

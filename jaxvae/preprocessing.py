@@ -40,6 +40,17 @@ def check_options(binarize: str, dequantize: bool) -> None:
                          f"{binarize!r} exclude each other; choose one")
 
 
+def check_range(x, binarize_mode: str, dequantize_pixels: bool, name: str = "data") -> None:
+    """Binarization and dequantization read x as intensities in [0, 1]: ValueError otherwise."""
+    if binarize_mode == "none" and not dequantize_pixels:
+        return
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if lo < 0.0 or hi > 1.0:
+        what = f"binarize {binarize_mode!r}" if binarize_mode != "none" else "dequantize"
+        raise ValueError(f"{what} needs intensities in [0, 1], but the {name} lie in "
+                         f"[{lo:g}, {hi:g}]: scale the data to [0, 1] or turn it off")
+
+
 def data_key(seed: int) -> jax.Array:
     """The root key of a run's data stream (binarization and dequantization noise)."""
     return jax.random.fold_in(jax.random.key(seed), DATA_STREAM)

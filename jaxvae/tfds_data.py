@@ -69,7 +69,7 @@ def import_tfds():
 
 
 def default_data_dir(tfds) -> str:
-    """The folder TFDS searches when no data_dir is given ($TFDS_DATA_DIR or ~/tensorflow_datasets)."""
+    """The folder TFDS searches without a data_dir: $TFDS_DATA_DIR or ~/tensorflow_datasets."""
     return os.environ.get("TFDS_DATA_DIR") or tfds.core.constants.get_default_data_dir()
 
 
@@ -100,7 +100,8 @@ def open_source(name: str, split: str, data_dir: str | None, download: bool):
         what = "could not be downloaded and prepared" if download else "is not prepared"
         raise DatasetNotPreparedError(
             f"TFDS dataset {name!r} (split {split!r}) {what} in data_dir {searched} "
-            f"(array_record files under {os.path.join(searched, name)}). {prepare_hint(name, searched)} "
+            f"(array_record files under {os.path.join(searched, name)}). "
+            f"{prepare_hint(name, searched)} "
             f"[tfds: {type(e).__name__}: {_first_line(e)}]") from None
 
 

@@ -66,6 +66,8 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     tx = train.make_optimizer(config.lr)
     state = train.create_train_state(models.init(model, keys.init), tx)
     # issue 4: data: binarization / dequantization, and data too large for the device streamed
+    for name in ("x_train", "x_test"):
+        preprocessing.check_range(getattr(data, name), config.binarize, config.dequantize, name)
     data_key = preprocessing.data_key(config.seed)
     data = data._replace(**{
         name: np.asarray(preprocessing.fixed_transform(config.binarize, config.dequantize,

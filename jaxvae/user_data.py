@@ -195,8 +195,8 @@ def load_file(path, *, seed: int = 0, label_column: str | int | None = None,
       likelihood: when ``"bernoulli"``, values outside [0, 1] are an error (with the fix).
 
     Raises:
-      DataFileNotFoundError (a FileNotFoundError and ValueError): no such file. TypeError / ValueError: empty file, ragged rows,
-      non-numeric values, NaN or Inf, labels of the wrong shape, values outside [0, 1] for the
+      DataFileNotFoundError (a FileNotFoundError and ValueError): no such file.
+      TypeError / ValueError: empty file, ragged rows, non-numeric values, NaN or Inf, labels of the wrong shape, values outside [0, 1] for the
       Bernoulli likelihood, fewer than 2 examples.
     """
     from jaxvae.data import stratified_split

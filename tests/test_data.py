@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 
 import jaxvae
 import train as train_script  # experiments/train.py
-from jaxvae import data, feeding, preprocessing, registry, tfds_data, train, user_data
+from jaxvae import data, feeding, preprocessing, registry, tfds_data, train
 from jaxvae.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -257,6 +257,15 @@ def test_bad_preprocessing_options_fail_in_the_config(binarize, dequantize, mess
         jaxvae.validate_config(TrainConfig(binarize=binarize, dequantize=dequantize))
 
 
+def test_binarizing_data_outside_0_1_fails_before_training():
+    ds = _tiny_data()
+    ds = ds._replace(x_train=ds.x_train * 3)
+    with pytest.raises(ValueError, match=r"binarize 'dynamic' needs intensities in \[0, 1\]"):
+        jaxvae.fit(TrainConfig(binarize="dynamic", likelihood="gaussian", **TINY), ds)
+    with pytest.raises(ValueError, match="dequantize needs intensities"):
+        jaxvae.fit(TrainConfig(dequantize=True, likelihood="gaussian", **TINY), ds)
+
+
 def _tiny_data(seed=0):
     rng = np.random.default_rng(seed)
     x = rng.uniform(size=(40, 12)).astype(np.float32)  # 30 train: 3 batches of 8 and one of 6
@@ -269,15 +278,19 @@ TINY = dict(hidden=(8,), latent_dim=2, batch_size=8, epochs=2, lr=1e-2)
 @pytest.fixture(scope="module")
 def dynamic_runs():
     ds = _tiny_data()
-    return {mode: jaxvae.fit(TrainConfig(binarize=mode, **TINY), ds)
-            for mode in ("dynamic", "none")}
+    return {"dynamic": jaxvae.fit(TrainConfig(binarize="dynamic", **TINY), ds),
+            "dequantize": jaxvae.fit(TrainConfig(dequantize=True, **TINY), ds),
+            "none": jaxvae.fit(TrainConfig(**TINY), ds)}
 
 
-def test_fit_applies_dynamic_binarization(dynamic_runs):
-    # (its determinism by seed: the probe epoch above, and the stream-feed equality below)
-    bias = {k: np.asarray(r.state.params["decoder"]["out"]["bias"]) for k, r in dynamic_runs.items()}
-    assert not np.array_equal(bias["dynamic"], bias["none"])
-    assert dynamic_runs["dynamic"].history[0]["test_loss"] != dynamic_runs["none"].history[0]["test_loss"]
+@pytest.mark.parametrize("mode", ["dynamic", "dequantize"])
+def test_fit_applies_the_preprocessing(dynamic_runs, mode):
+    # (determinism by seed: the probe epoch above, and the stream-feed equality below)
+    run, none = dynamic_runs[mode], dynamic_runs["none"]
+    assert not np.array_equal(run.state.params["decoder"]["out"]["bias"],
+                              none.state.params["decoder"]["out"]["bias"])
+    assert run.history[0]["test_loss"] != none.history[0]["test_loss"]
+    assert all(np.isfinite(r["test_loss"]) for r in run.history)
 
 
 # The streaming feed ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ with ``DatasetNotPreparedError``, naming the dataset, the folder searched and ho
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 from collections.abc import Callable
 from typing import NamedTuple
@@ -135,8 +136,8 @@ def center_crop_resize(images_NxHxWxC: np.ndarray, crop: int, size: int) -> np.n
 
 
 def read_split(name: str, split: str, *, data_dir: str | None = None, download: bool = False,
-               indices: Callable[[int], np.ndarray] | None = None, image_size: int = 64
-               ) -> tuple[np.ndarray, np.ndarray]:
+               indices: Callable[[int], np.ndarray] | None = None, image_size: int = 64,
+               num_workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decodes one split into ``(images uint8 (N, H, W, C), labels int32 (N,))``.
 
     Args:
@@ -145,6 +146,8 @@ def read_split(name: str, split: str, *, data_dir: str | None = None, download: 
       indices: ``indices(num_examples) -> example indices`` to read (a process's shard); all
         by default. Only those examples are read and decoded.
       image_size: CelebA's output side (after the center crop); ignored otherwise.
+      num_workers: threads reading and decoding examples (the image decoders release the
+        GIL); default min(8, cpu count). The result does not depend on it.
     """
     spec = SPECS[name]
     source = open_source(spec.tfds_name, split, data_dir, download)
@@ -153,19 +156,28 @@ def read_split(name: str, split: str, *, data_dir: str | None = None, download: 
     out_shape = (image_size, image_size, 3) if name == "celeb_a" else spec.shape
     images = np.empty((len(idx),) + out_shape, np.uint8)
     labels = np.full((len(idx),), -1, np.int32)
-    for start in range(0, len(idx), READ_CHUNK):
-        examples = [source[int(i)] for i in idx[start:start + READ_CHUNK]]
-        chunk = np.stack([np.asarray(ex["image"]) for ex in examples])
-        if name == "celeb_a":
-            chunk = center_crop_resize(chunk, CELEBA_CROP, image_size)
-        images[start:start + len(chunk)] = chunk
-        if spec.label is not None:
-            labels[start:start + len(chunk)] = [int(ex[spec.label]) for ex in examples]
+    workers = num_workers or min(8, os.cpu_count() or 1)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for start in range(0, len(idx), READ_CHUNK):
+            examples = list(pool.map(source.__getitem__,
+                                     (int(i) for i in idx[start:start + READ_CHUNK])))
+            _store(name, spec, examples, images, labels, start, image_size)
     if spec.max_pixel == 1 and images.size and images.max() > 1:
         raise ValueError(f"{name} should hold pixels in {{0, 1}}, found values up to "
                          f"{images.max()} in split {split!r}: the prepared copy is not the "
                          "binarized dataset")
     return images, labels
+
+
+def _store(name: str, spec: TfdsSpec, examples: list, images: np.ndarray, labels: np.ndarray,
+           start: int, image_size: int) -> None:
+    """Writes a chunk of decoded examples into the output arrays from row ``start``."""
+    chunk = np.stack([np.asarray(ex["image"]) for ex in examples])
+    if name == "celeb_a":
+        chunk = center_crop_resize(chunk, CELEBA_CROP, image_size)
+    images[start:start + len(chunk)] = chunk
+    if spec.label is not None:
+        labels[start:start + len(chunk)] = [int(ex[spec.label]) for ex in examples]
 
 
 def to_unit_interval(images: np.ndarray, name: str) -> np.ndarray:

@@ -107,6 +107,17 @@ def test_flatten_gives_flat_examples_and_images_on_request():
     np.testing.assert_array_equal(images.x_test.reshape(-1, 64), digits.x_test)
 
 
+def test_threaded_reading_keeps_the_examples_in_order():
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+        one = tfds_data.read_split("cifar10", "train", num_workers=1)
+        four = tfds_data.read_split("cifar10", "train", num_workers=4)
+        source = tfds.data_source("cifar10", split="train")
+        direct = np.stack([source[i]["image"] for i in range(MOCK_EXAMPLES)])
+    np.testing.assert_array_equal(one[0], direct)
+    np.testing.assert_array_equal(four[0], direct)
+    np.testing.assert_array_equal(four[1], one[1])
+
+
 def test_binarized_mnist_rejects_a_copy_that_is_not_binary():
     with pytest.raises(ValueError, match="should hold pixels in {0, 1}"):
         _load_mock("binarized_mnist")  # the raw mock holds 0..254

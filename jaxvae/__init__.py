@@ -16,7 +16,8 @@ from jaxvae.train import (TrainState, create_train_state, make_evaluate, make_op
                           make_train_epoch, make_train_step, vae_loss_fn)
 from jaxvae.validation import check_data
 # issue 4: data
-from jaxvae.data import dataset_names, load, process_shard
+from jaxvae.data import dataset_names, process_shard
+from jaxvae.data import load as load_dataset
 from jaxvae.feeding import make_streaming_epoch, prefetch_to_device
 from jaxvae.preprocessing import binarize, dequantize
 from jaxvae.tfds_data import DatasetNotPreparedError, MissingDependencyError
@@ -69,7 +70,7 @@ __all__ = [
     "binarize",
     "dataset_names",
     "dequantize",
-    "load",
+    "load_dataset",
     "make_streaming_epoch",
     "prefetch_to_device",
     "process_shard",

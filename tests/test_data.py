@@ -531,7 +531,7 @@ def test_train_script_trains_on_tfds_mnist_with_dynamic_binarization(tmp_path, c
 
 def test_the_core_package_imports_and_loads_without_tensorflow_datasets():
     code = ("import sys; sys.modules['tensorflow_datasets'] = None; import jaxvae; "
-            "d = jaxvae.load('digits'); assert d.x_train.shape == (1438, 64)")
+            "d = jaxvae.load_dataset('digits'); assert d.x_train.shape == (1438, 64)")
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     result = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), env=env,
                             capture_output=True, text=True)

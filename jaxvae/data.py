@@ -162,6 +162,8 @@ def load(name: str, seed: int = 0, *, data_dir: str | None = None, download: boo
     indices = _shard_indices(process_index, process_count)
     if flatten not in (None, True, False):
         raise TypeError(f"flatten must be None, True or False, got {flatten!r}")
+    if label_column is not None and (name in tfds_data.SPECS or name in LOADERS):
+        raise ValueError(f"label_column is for CSV files; dataset {name!r} has its own labels")
     if name in tfds_data.SPECS:
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
             raise ValueError(f"image_size must be a positive int, got {image_size!r}")

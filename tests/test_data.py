@@ -173,6 +173,8 @@ def test_missing_tfds_package_says_to_install_the_extra(monkeypatch):
 def test_unknown_dataset_names_the_choices():
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'.*mnist5k.*celeb_a.*\\.csv"):
         data.load("imagenet")
+    with pytest.raises(ValueError, match="label_column is for CSV files"):
+        data.load("mnist", label_column="label")
 
 
 # Binarization and dequantization ------------------------------------------------------------

@@ -30,13 +30,16 @@ from jaxvae import data as data_lib  # noqa: E402
 from jaxvae import trainer  # noqa: E402
 from jaxvae import models, objectives, plots, registry  # noqa: E402
 from jaxvae.config import TrainConfig  # noqa: E402
+from jaxvae import preprocessing  # noqa: E402  (issue 4)
+from jaxvae.config import FEEDS  # noqa: E402  (issue 4)
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--dataset", default=d.dataset,
-                   help=f"dataset name, one of {sorted(data_lib.LOADERS)} (default %(default)s)")
+                   help=f"dataset name, one of {data_lib.dataset_names()}, or a path to a "
+                        ".npy/.npz/.csv file (default %(default)s)")
     p.add_argument("--model", default=d.model, choices=sorted(registry.MODELS),
                    help="model (default %(default)s)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs (default %(default)s)")
@@ -54,13 +57,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
     p.add_argument("--outdir", default="runs/train", help="output directory (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    # issue 4: data
+    p.add_argument("--data-dir", default=d.data_dir,
+                   help="TFDS data_dir with prepared (array_record) datasets "
+                        "(default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    p.add_argument("--download", action="store_true", default=d.download,
+                   help="let TFDS download and prepare a missing dataset (off: fail at once)")
+    p.add_argument("--binarize", default=d.binarize, choices=list(preprocessing.BINARIZE),
+                   help="binarize the pixels: a fresh Bernoulli sample each epoch (dynamic) or "
+                        "one fixed sample (static) (default %(default)s)")
+    p.add_argument("--dequantize", action="store_true", default=d.dequantize,
+                   help="uniform dequantization of 8-bit pixels, for continuous likelihoods")
+    p.add_argument("--label-column", default=d.label_column,
+                   help="CSV datasets: the header name (or 0-based index) of the label column")
+    p.add_argument("--feed", default=d.feed, choices=list(FEEDS),
+                   help="training data on the device once, streamed from the host, or auto "
+                        "(device when it fits) (default %(default)s)")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(dataset=args.dataset, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, latent_dim=args.latent_dim, hidden=tuple(args.hidden),
-                       beta=args.beta, likelihood=args.likelihood, seed=args.seed)
+                       beta=args.beta, likelihood=args.likelihood, seed=args.seed,
+                       # issue 4: data
+                       data_dir=args.data_dir, download=args.download,
+                       label_column=args.label_column, binarize=args.binarize,
+                       dequantize=args.dequantize, feed=args.feed)
 
 
 def prepare_outdir(path: str) -> Path:
@@ -121,7 +144,9 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False) -> trainer.FitRes
     """Loads the data, trains, and writes every output file into outdir."""
     jaxvae.validate_config(config)
     out = prepare_outdir(outdir)
-    data = data_lib.load(config.dataset, seed=0)
+    data = data_lib.load(config.dataset, seed=0, data_dir=config.data_dir,
+                         download=config.download, label_column=config.label_column,
+                         likelihood=config.likelihood)
     metrics_path = out / "metrics.jsonl"
     metrics_path.write_text("")
     bar = tqdm(total=config.epochs, desc="epochs", unit="epoch", disable=quiet, file=sys.stderr)

@@ -15,6 +15,12 @@ from jaxvae.objectives import (elbo_terms, iwae_bound, likelihood_mean, log_impo
 from jaxvae.train import (TrainState, create_train_state, make_evaluate, make_optimizer,
                           make_train_epoch, make_train_step, vae_loss_fn)
 from jaxvae.validation import check_data
+# issue 4: data
+from jaxvae.data import dataset_names, process_shard
+from jaxvae.data import load as load_dataset
+from jaxvae.feeding import make_streaming_epoch, prefetch_to_device
+from jaxvae.preprocessing import binarize, dequantize
+from jaxvae.tfds_data import DatasetNotPreparedError, MissingDependencyError
 
 __version__ = "0.1.0"
 
@@ -58,4 +64,14 @@ __all__ = [
     "standard_normal_log_prob",
     "vae_loss_fn",
     "validate_config",
+    # issue 4: data
+    "DatasetNotPreparedError",
+    "MissingDependencyError",
+    "binarize",
+    "dataset_names",
+    "dequantize",
+    "load_dataset",
+    "make_streaming_epoch",
+    "prefetch_to_device",
+    "process_shard",
 ]

@@ -23,6 +23,13 @@ class TrainConfig:
     likelihood: str = "bernoulli"  # p(x | z): "bernoulli" (BCE) or "gaussian" (unit-variance MSE)
     seed: int = 0  # seeds the init, the shuffling and the noise (jax.random.key(seed))
     eval_batch_size: int = 500  # examples per evaluation batch (memory only, not the result)
+    # issue 4: data
+    data_dir: str | None = None  # TFDS data_dir (None: $TFDS_DATA_DIR or ~/tensorflow_datasets)
+    download: bool = False  # let TFDS download and prepare a missing dataset (needs network)
+    label_column: str | None = None  # CSV datasets: the header name (or index) of the labels
+    binarize: str = "none"  # "none", "dynamic" (fresh Bernoulli sample each epoch), "static"
+    dequantize: bool = False  # uniform dequantization of 8-bit pixels (continuous likelihoods)
+    feed: str = "auto"  # "device" (data on device once), "stream" (host batches), "auto"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -56,3 +63,14 @@ def validate_config(config: TrainConfig) -> None:
     from jaxvae import registry  # registry imports models, which import nothing of config
 
     registry.check_model(config.model)
+    # issue 4: data
+    from jaxvae import preprocessing
+
+    preprocessing.check_options(config.binarize, config.dequantize)
+    if config.feed not in FEEDS:
+        raise ValueError(f"unknown feed {config.feed!r}; choose one of {list(FEEDS)}")
+    if not isinstance(config.download, bool):
+        raise TypeError(f"download must be True or False, got {config.download!r}")
+
+
+FEEDS = ("auto", "device", "stream")  # issue 4: how fit feeds the training data

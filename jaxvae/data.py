@@ -1,18 +1,28 @@
-"""Datasets as arrays: the embedded offline ``mnist5k`` and scikit-learn's 8x8 ``digits``.
+"""Datasets as arrays: one entry point, ``load(name, ...)``, for every script.
 
-Every loader returns a ``Dataset`` of float32 numpy arrays scaled to [0, 1] with int labels.
-Splits are deterministic and stratified (the same examples of each class every time).
+Names: the embedded offline ``mnist5k``, scikit-learn's 8x8 ``digits``, the TFDS datasets
+``mnist``, ``fashion_mnist``, ``binarized_mnist``, ``cifar10`` and ``celeb_a`` (read through
+``tfds.data_source``, no TensorFlow; see ``jaxvae.tfds_data``), and paths to the user's own
+``.npy`` / ``.npz`` / ``.csv`` files (see ``jaxvae.user_data``).
+
+Every loader returns a ``Dataset`` of float32 numpy arrays (images scaled to [0, 1]) with int32
+labels (-1 where a dataset has none). Splits are deterministic: mnist5k and digits are split
+stratified (the same examples of each class every time), TFDS datasets use their own train and
+test splits, user files are split as ``jaxvae.user_data`` says.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 
 class Dataset(NamedTuple):
-    """A train/test split. ``x_*`` float32 (N, *example_shape) in [0, 1]; ``y_*`` int32 (N,)."""
+    """A train/test split. ``x_*`` float32 (N, *example_shape) (images in [0, 1]); ``y_*`` int32
+    (N,), -1 where there are no labels."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -73,12 +83,115 @@ def load_digits(seed: int = 0) -> Dataset:
 
 LOADERS = {"mnist5k": load_mnist5k, "digits": load_digits}
 
+# The natural image shape of the embedded datasets (they load flat).
+_EMBEDDED_IMAGE_SHAPES = {"mnist5k": (28, 28, 1), "digits": (8, 8, 1)}
 
-def load(name: str, seed: int = 0) -> Dataset:
-    """Loads a dataset by name (see ``LOADERS``)."""
-    if name not in LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(LOADERS)}")
-    return LOADERS[name](seed=seed)
+
+def dataset_names() -> list[str]:
+    """Every dataset name ``load`` accepts (besides paths to .npy / .npz / .csv files)."""
+    from jaxvae import tfds_data
+
+    return sorted(LOADERS) + sorted(tfds_data.SPECS)
+
+
+def _shard_indices(process_index: int | None, process_count: int | None):
+    """``indices(num_examples)`` of this process's shard, or None to read everything."""
+    if process_index is None and process_count is None:
+        return None
+    if process_index is None or process_count is None:
+        raise ValueError("give both process_index and process_count (e.g. jax.process_index(), "
+                         "jax.process_count()), or neither")
+    for what, value in (("process_index", process_index), ("process_count", process_count)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{what} must be an int, got {value!r}")
+    if process_count < 1:
+        raise ValueError(f"process_count must be >= 1, got {process_count}")
+    if not 0 <= process_index < process_count:  # before any file is read
+        raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
+    return lambda n: process_shard(n, int(process_index), int(process_count))
+
+
+def _reshape(x: np.ndarray, flatten: bool | None, image_shape: tuple[int, ...] | None,
+             name: str) -> np.ndarray:
+    if flatten:
+        return x.reshape(len(x), -1)
+    if flatten is False and x.ndim == 2:
+        if image_shape is None:
+            raise ValueError(f"dataset {name!r} has flat examples of size {x.shape[1]} and no "
+                             "image shape; use flatten=None or True")
+        return x.reshape((len(x),) + tuple(image_shape))
+    return x
+
+
+def load(name: str, seed: int = 0, *, data_dir: str | None = None, download: bool = False,
+         flatten: bool | None = None, train_split: str | None = None,
+         test_split: str | None = None, image_size: int = 64,
+         label_column: str | int | None = None, test_fraction: float = 0.2,
+         likelihood: str | None = None, process_index: int | None = None,
+         process_count: int | None = None) -> Dataset:
+    """Loads a dataset by name or path as a ``Dataset`` of float32 arrays in [0, 1].
+
+    Args:
+      name: one of ``dataset_names()`` or a path to a ``.npy``, ``.npz`` or ``.csv`` file.
+      seed: seeds the split of mnist5k, digits and user files (TFDS splits are fixed).
+      data_dir: TFDS only: the folder holding prepared datasets (default $TFDS_DATA_DIR or
+        ~/tensorflow_datasets).
+      download: TFDS only: download and prepare the dataset when it is missing (off: a
+        missing dataset raises ``DatasetNotPreparedError`` at once).
+      flatten: None keeps each dataset's natural shape (TFDS images (H, W, C); mnist5k,
+        digits and CSV rows flat); True flattens examples to (D,); False asks for images
+        (mnist5k (28, 28, 1), digits (8, 8, 1)).
+      train_split, test_split: TFDS only: the splits (slices allowed, e.g. ``"train[:5000]"``);
+        default each dataset's ``train`` and ``test``.
+      image_size: celeb_a only: the side of the output images (center crop, then resize).
+      label_column: CSV only: the header name or 0-based index of the label column.
+      test_fraction: user files only: the part held out for testing.
+      likelihood: when ``"bernoulli"``, a user file with values outside [0, 1] is an error.
+      process_index, process_count: read only this process's shard of each split
+        (``process_shard``: disjoint blocks that together cover the split), e.g.
+        ``jax.process_index(), jax.process_count()``; default off (the whole split).
+
+    Raises:
+      ValueError: an unknown name or a bad option. ``tfds_data.DatasetNotPreparedError`` (a
+        ValueError and FileNotFoundError) or ``tfds_data.MissingDependencyError`` (a
+        ValueError and ImportError) for TFDS data that cannot be read; see
+        ``user_data.load_file`` for the errors of user files.
+    """
+    from jaxvae import tfds_data, user_data
+
+    indices = _shard_indices(process_index, process_count)
+    if flatten not in (None, True, False):
+        raise TypeError(f"flatten must be None, True or False, got {flatten!r}")
+    if label_column is not None and (name in tfds_data.SPECS or name in LOADERS):
+        raise ValueError(f"label_column is for CSV files; dataset {name!r} has its own labels")
+    if name in tfds_data.SPECS:
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+        spec = tfds_data.SPECS[name]
+        parts = []
+        for split in (train_split or spec.train_split, test_split or spec.test_split):
+            images, labels = tfds_data.read_split(name, split, data_dir=data_dir,
+                                                  download=download, indices=indices,
+                                                  image_size=image_size)
+            parts += [tfds_data.to_unit_interval(images, name), labels]
+        data = Dataset(*parts)
+        image_shape = data.example_shape
+    elif name in LOADERS:
+        data = LOADERS[name](seed=seed)
+        image_shape = _EMBEDDED_IMAGE_SHAPES[name]
+    elif user_data.is_user_file(name) or os.sep in str(name) or Path(str(name)).suffix:
+        data = Dataset(*user_data.load_file(name, seed=seed, label_column=label_column,
+                                            test_fraction=test_fraction, likelihood=likelihood))
+        image_shape = None
+    else:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {dataset_names()} or give "
+                         f"a path to a {', '.join(user_data.SUFFIXES)} file")
+    if indices is not None and name not in tfds_data.SPECS:  # read whole, then sharded
+        train_idx, test_idx = indices(len(data.x_train)), indices(len(data.x_test))
+        data = Dataset(data.x_train[train_idx], data.y_train[train_idx],
+                       data.x_test[test_idx], data.y_test[test_idx])
+    return data._replace(x_train=_reshape(data.x_train, flatten, image_shape, name),
+                         x_test=_reshape(data.x_test, flatten, image_shape, name))
 
 
 def process_shard(num_examples: int, process_index: int, process_count: int) -> np.ndarray:

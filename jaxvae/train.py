@@ -146,8 +146,8 @@ class EpochOutput(NamedTuple):
     step_metrics: dict  # per-step values, shape (num_steps,)
 
 
-def make_train_epoch(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: int
-                     ) -> Callable:
+def make_train_epoch(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: int,
+                     *, preprocess: Callable[[jax.Array, Any], Any] | None = None) -> Callable:
     """One jitted call per epoch: ``train_epoch(state, data, shuffle_key, run_key)``.
 
     The data (a pytree of arrays with a leading example axis) stays on the device; each epoch
@@ -155,24 +155,36 @@ def make_train_epoch(loss_fn: LossFn, tx: optax.GradientTransformation, batch_si
     one smaller batch with the remainder (as a PyTorch DataLoader with drop_last=False does), in
     the same compiled program. The state is donated.
 
+    With ``preprocess(key, batch) -> batch`` (e.g. dynamic binarization, see
+    ``jaxvae.preprocessing``), the epoch takes a fifth argument ``preprocess_key`` and batch i
+    of the epoch is ``preprocess(fold_in(preprocess_key, i), batch)``, on the device.
+
     Returns:
       ``EpochOutput(state, metrics, step_metrics)``.
     """
     step = train_step_fn(loss_fn, tx)
 
-    def train_epoch(state: TrainState, data: Any, shuffle_key: jax.Array, run_key: jax.Array):
+    def train_epoch(state: TrainState, data: Any, shuffle_key: jax.Array, run_key: jax.Array,
+                    preprocess_key: jax.Array | None = None):
+        if preprocess is not None and preprocess_key is None:
+            raise TypeError("this epoch preprocesses its batches: pass preprocess_key")
         n = _num_examples(data)
         num_full, remainder = divmod(n, batch_size)
         perm = jax.random.permutation(shuffle_key, n)
         idx_SxB = perm[:num_full * batch_size].reshape(num_full, batch_size)
 
-        def body(state, idx_B):
-            return step(state, _take(data, idx_B), run_key)
+        def batch(idx_B, i):
+            b = _take(data, idx_B)
+            return b if preprocess is None else preprocess(jax.random.fold_in(preprocess_key, i), b)
 
-        state, full = jax.lax.scan(body, state, idx_SxB)
+        def body(state, i_and_idx):
+            i, idx_B = i_and_idx
+            return step(state, batch(idx_B, i), run_key)
+
+        state, full = jax.lax.scan(body, state, (jnp.arange(num_full), idx_SxB))
         rest = None
         if remainder:
-            state, rest = step(state, _take(data, perm[num_full * batch_size:]), run_key)
+            state, rest = step(state, batch(perm[num_full * batch_size:], num_full), run_key)
         steps = full if rest is None else jax.tree.map(
             lambda f, r: jnp.concatenate([f, r[None]]), full, rest)
         return EpochOutput(state, _weighted_mean(full, rest, batch_size, remainder), steps)

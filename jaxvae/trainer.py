@@ -11,10 +11,11 @@ from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
+import numpy as np
 
 from jaxvae import config as config_lib
 from jaxvae import data as data_lib
-from jaxvae import models, registry, train, validation
+from jaxvae import feeding, models, preprocessing, registry, train, validation
 
 
 class RunKeys(NamedTuple):
@@ -64,12 +65,34 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     keys = run_keys(config.seed)
     tx = train.make_optimizer(config.lr)
     state = train.create_train_state(models.init(model, keys.init), tx)
-    train_data = jax.device_put({"x": data.x_train, "y": data.y_train})
+    # issue 4: data: binarization / dequantization, and data too large for the device streamed
+    for name in ("x_train", "x_test"):
+        preprocessing.check_range(getattr(data, name), config.binarize, config.dequantize, name)
+    data_key = preprocessing.data_key(config.seed)
+    data = data._replace(**{
+        name: np.asarray(preprocessing.fixed_transform(config.binarize, config.dequantize,
+                                                       data_key, getattr(data, name), part))
+        for part, name in enumerate(("x_train", "x_test"))})
+    preprocess = preprocessing.batch_preprocess(config.binarize, config.dequantize)
+    train_data = {"x": data.x_train, "y": data.y_train}
+    stream = config.feed == "stream" or (
+        config.feed == "auto" and not feeding.fits_on_device(feeding.tree_nbytes(train_data)))
+    if not stream:
+        train_data = jax.device_put(train_data)
     test_data = jax.device_put({"x": data.x_test, "y": data.y_test})
 
+    def epoch_keys(epoch: int) -> tuple:
+        extra = () if preprocess is None else (jax.random.fold_in(data_key, epoch),)
+        return (jax.random.fold_in(keys.shuffle, epoch), keys.train) + extra
+
     start = time.perf_counter()
-    train_epoch = train.make_train_epoch(loss_fn, tx, config.batch_size).lower(
-        state, train_data, keys.shuffle, keys.train).compile()
+    if stream:
+        train_epoch = feeding.make_streaming_epoch(loss_fn, tx, config.batch_size,
+                                                   preprocess=preprocess)
+    else:
+        train_epoch = train.make_train_epoch(loss_fn, tx, config.batch_size,
+                                             preprocess=preprocess).lower(
+            state, train_data, *epoch_keys(0)).compile()
     eval_batch_size = min(config.eval_batch_size, len(data.x_test))
     evaluate = train.make_evaluate(loss_fn, eval_batch_size).lower(
         state.params, test_data, keys.eval, state.step).compile()
@@ -78,8 +101,7 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     history = []
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
-        state, metrics, _ = train_epoch(state, train_data, jax.random.fold_in(keys.shuffle, epoch),
-                                        keys.train)
+        state, metrics, _ = train_epoch(state, train_data, *epoch_keys(epoch))
         metrics = jax.device_get(metrics)
         seconds = time.perf_counter() - start
         test = jax.device_get(evaluate(state.params, test_data, keys.eval, state.step))

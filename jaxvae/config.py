@@ -23,6 +23,18 @@ class TrainConfig:
     likelihood: str = "bernoulli"  # p(x | z): "bernoulli" (BCE) or "gaussian" (unit-variance MSE)
     seed: int = 0  # seeds the init, the shuffling and the noise (jax.random.key(seed))
     eval_batch_size: int = 500  # examples per evaluation batch (memory only, not the result)
+    # issue 7a: objectives, priors, likelihoods, conditional VAE (jaxvae.zoo, schedules, priors)
+    # (likelihood may also be "gaussian_learned", "gaussian_global" or "logistic")
+    kl_schedule: str = "constant"  # KL weight beta * w(step): "constant", "linear", "cyclical"
+    kl_warmup_steps: int = 0  # linear: steps from w = 0 to w = 1 (>= 1 when linear)
+    kl_cycles: int = 4  # cyclical: number of cycles M over kl_total_steps (Fu et al. 2019)
+    kl_ramp_fraction: float = 0.5  # cyclical: fraction R of each cycle spent ramping 0 -> 1
+    kl_total_steps: int = 0  # cyclical: steps of the run; 0 = epochs * batches per epoch
+    free_bits: float = 0.0  # lambda: KL term sum_j max(lambda, KL_j) in nats per dim (0 = off)
+    prior: str = "standard"  # p(z): "standard", "diagonal", "mog", "vamp" (jaxvae.priors)
+    prior_components: int = 10  # K components (mog) or pseudo-inputs (vamp)
+    num_samples: int = 5  # K importance samples of --model iwae
+    num_classes: int = 10  # C labels of --model cvae
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -56,3 +68,6 @@ def validate_config(config: TrainConfig) -> None:
     from jaxvae import registry  # registry imports models, which import nothing of config
 
     registry.check_model(config.model)
+    from jaxvae import zoo  # issue 7a
+
+    zoo.check_config(config)

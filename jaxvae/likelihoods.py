@@ -84,30 +84,27 @@ def discretized_logistic_log_prob(x: jax.Array, loc: jax.Array, log_scale: jax.A
                                   num_bins: int = NUM_BINS) -> jax.Array:
     """log P(x) of a logistic discretized into ``num_bins`` bins on [0, 1], elementwise.
 
-    With bin half-width h = 1 / (2 (num_bins - 1)) and sigma the logistic sigmoid,
+    With bin half-width h = 1 / (2 (num_bins - 1)), a = (x + h - loc) / s, b = (x - h - loc) / s
+    and sigma the logistic sigmoid,
 
-        P(x) = sigma((x + h - loc) / s) - sigma((x - h - loc) / s)    inside,
-        P(0) = sigma((h - loc) / s),  P(1) = 1 - sigma((1 - h - loc) / s)   at the edges,
+        P(x) = sigma(a) - sigma(b)    inside,   P(0) = sigma(a),   P(1) = 1 - sigma(b),
 
-    so the probabilities of the num_bins values sum to one. Computed as in PixelCNN++
-    (Salimans et al. 2017): log sigma(a) = a - softplus(a), 1 - sigma(b) = exp(-softplus(b)),
-    and where the bin mass underflows float32 (< 1e-5), the log density at the bin centre plus
-    log(2h). ``x`` must lie on the grid k / (num_bins - 1).
+    so the probabilities of the num_bins values sum to one (Salimans et al. 2017). Inside it is
+    computed without cancellation as sigma(a) - sigma(b) = sigma(a) sigma(-b) (1 - e^(b - a)):
+
+        log P = -softplus(-a) - softplus(b) + log(-expm1(-(a - b))),   a - b = 2h / s > 0,
+
+    exact for any loc and scale in float32 (no PixelCNN++-style density fallback needed).
+    ``x`` must lie on the grid k / (num_bins - 1).
     """
     half = 0.5 / (num_bins - 1)
     inv_s = jnp.exp(-log_scale)
-    centered = x - loc
-    plus_in = inv_s * (centered + half)
-    min_in = inv_s * (centered - half)
-    log_cdf_plus = plus_in - jax.nn.softplus(plus_in)  # log sigma(plus_in), for x = 0
-    log_one_minus_cdf_min = -jax.nn.softplus(min_in)  # log(1 - sigma(min_in)), for x = 1
-    cdf_delta = jax.nn.sigmoid(plus_in) - jax.nn.sigmoid(min_in)
-    mid_in = inv_s * centered
-    log_pdf_mid = mid_in - log_scale - 2.0 * jax.nn.softplus(mid_in)
-    log_mid = jnp.where(cdf_delta > 1e-5, jnp.log(jnp.maximum(cdf_delta, 1e-12)),
-                        log_pdf_mid + math.log(2.0 * half))
-    return jnp.where(x < half, log_cdf_plus,
-                     jnp.where(x > 1.0 - half, log_one_minus_cdf_min, log_mid))
+    a = inv_s * (x - loc + half)
+    b = inv_s * (x - loc - half)
+    log_cdf_a = -jax.nn.softplus(-a)  # log sigma(a): the mass of [0, x + h] (the bin of x = 0)
+    log_sf_b = -jax.nn.softplus(b)  # log(1 - sigma(b)): the mass of [x - h, 1] (x = 1)
+    log_mid = log_cdf_a + log_sf_b + jnp.log(-jnp.expm1(-2.0 * half * inv_s))
+    return jnp.where(x < half, log_cdf_a, jnp.where(x > 1.0 - half, log_sf_b, log_mid))
 
 
 def logistic_nll(out: jax.Array, x: jax.Array) -> jax.Array:

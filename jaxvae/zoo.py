@@ -249,7 +249,7 @@ def iwae_loss_fn(model: nn.Module, num_samples: int):
         kl_KxB = (distributions.gaussian_log_prob(z_KxBxZ, mean_BxZ[None], logvar_BxZ[None])
                   - log_prior(z_KxBxZ))
         loss = -jnp.mean(objectives.iwae_bound(log_w_KxB))
-        return loss, {"loss": loss, "recon": jnp.mean(kl_KxB - log_w_KxB),
+        return loss, {"loss": loss, "recon": -jnp.mean(log_w_KxB + kl_KxB),
                       "kl": jnp.mean(kl_KxB)}
 
     return loss_fn

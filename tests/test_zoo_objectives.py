@@ -94,9 +94,9 @@ def test_free_bits_above_every_kl_leave_only_the_reconstruction_gradient():
     batch, key = _batch(), jax.random.key(1)
     floored = zoo.elbo_loss_fn(model, free_bits=1e6)
     recon_only = zoo.elbo_loss_fn(model, beta=0.0)
-    g1, g0 = jax.jit(lambda p: (jax.grad(lambda q: floored(q, batch, key, 0)[0])(p),
-                                jax.grad(lambda q: recon_only(q, batch, key, 0)[0])(p)))(params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g1, g0)
+    grad = jax.jit(jax.grad(lambda p: floored(p, batch, key, 0)[0]
+                            - recon_only(p, batch, key, 0)[0]))(params)
+    jax.tree.map(lambda g: np.testing.assert_allclose(g, 0.0, atol=1e-6), grad)
     loss, metrics = floored(params, batch, key, 0)
     np.testing.assert_allclose(loss, metrics["recon"] + 1e6 * Z, rtol=1e-6)
     assert metrics["kl"] < 1e6  # the reported KL is the true one, not the floor
@@ -154,9 +154,9 @@ def test_one_component_mixture_prior_equals_the_gaussian_prior():
                        "logvar": jnp.zeros((1, Z))}
     batch = _batch(4)
     kl_mc = jnp.mean(jax.jit(jax.vmap(lambda k: zoo.elbo_terms(mog, params, batch, k).kl_B))(
-        jax.random.split(jax.random.key(1), 20000)), 0)
+        jax.random.split(jax.random.key(1), 4000)), 0)
     mean_q, logvar_q = models.encode(mog, params, batch["x"])
-    np.testing.assert_allclose(kl_mc, distributions.gaussian_kl(mean_q, logvar_q), atol=0.02)
+    np.testing.assert_allclose(kl_mc, distributions.gaussian_kl(mean_q, logvar_q), atol=0.04)
 
 
 def test_mixture_log_prob_matches_scipy():
@@ -222,7 +222,7 @@ def test_mixture_prior_monte_carlo_kl_matches_quadrature(prior):
     expected = [_quadrature_kl(float(mean_q[b, 0]), float(logvar_q[b, 0]), log_p)
                 for b in range(3)]
     kl_SxB = jax.jit(jax.vmap(lambda k: zoo.elbo_terms(model, params, batch, k).kl_B))(
-        jax.random.split(jax.random.key(5), 50000))
+        jax.random.split(jax.random.key(5), 20000))
     se = np.std(kl_SxB, 0) / math.sqrt(kl_SxB.shape[0])
     np.testing.assert_array_less(np.abs(np.mean(kl_SxB, 0) - np.asarray(expected)), 4 * se + 1e-4)
 
@@ -366,8 +366,13 @@ def test_trained_cvae_draws_the_requested_class():
     y = np.arange(64, dtype=np.int32) % 2
     x[y == 0, :D // 2] = 1.0
     x[y == 1, D // 2:] = 1.0
-    config = _config(model="cvae", num_classes=2, batch_size=16, lr=1e-2)
-    model, params, _ = _train(config, jaxvae.Dataset(x, y, x[:16], y[:16]), 60)
+    config = _config(model="cvae", num_classes=2, batch_size=16, lr=1e-2, prior="mog",
+                     prior_components=3)
+    model, params, history = _train(config, jaxvae.Dataset(x, y, x[:16], y[:16]), 40)
+    assert all(math.isfinite(v) for v in history[-1].values())
+    assert history[-1]["loss"] < history[0]["loss"]
+    recon = models.reconstruct(model, params, x[:5], jax.random.key(0), labels=y[:5])
+    assert recon.shape == (5, D) and models.sample(model, params, jax.random.key(1), 7).shape == (7, D)
     mean = jax.nn.sigmoid(conditional.generate(model, params,
                                                jax.random.key(0), np.array([0] * 50 + [1] * 50)))
     first, second = jnp.mean(mean[:, :D // 2], 1), jnp.mean(mean[:, D // 2:], 1)
@@ -404,19 +409,15 @@ def _train(config, data, epochs):
     return model, state.params, history
 
 
-ZOO = [
-    dict(beta=4.0),
-    dict(prior="diagonal"),
+ZOO = [  # every prior, likelihood, schedule and model at least once (the cvae: below)
+    dict(beta=4.0, likelihood="gaussian"),
+    dict(prior="diagonal", kl_schedule="linear", kl_warmup_steps=20, free_bits=0.1),
     dict(prior="mog", prior_components=4),
     dict(prior="vamp", prior_components=4),
-    dict(likelihood="gaussian"),
-    dict(likelihood="gaussian_learned"),
+    dict(likelihood="gaussian_learned", kl_schedule="cyclical", kl_cycles=2),
     dict(likelihood="gaussian_global"),
     dict(likelihood="logistic"),
-    dict(kl_schedule="cyclical", kl_cycles=2),
-    dict(kl_schedule="linear", kl_warmup_steps=20, free_bits=0.1),
     dict(model="iwae", num_samples=4),
-    dict(model="cvae", prior="mog", prior_components=3),
 ]
 
 
@@ -433,8 +434,7 @@ def test_every_zoo_model_has_shapes_finite_loss_and_learns(change):
     assert last["recon"] + last["kl"] < first["recon"] + first["kl"]
     assert last["loss"] < first["loss"] or config.kl_schedule != "constant"
     # what experiments/train.py writes: reconstructions and samples of the data's shape
-    labels = batch["y"][:5] if change.get("model") == "cvae" else None
-    recon = models.reconstruct(model, params, batch["x"][:5], jax.random.key(0), labels=labels)
+    recon = models.reconstruct(model, params, batch["x"][:5], jax.random.key(0))
     mean = jaxvae.likelihood_mean(config.likelihood, recon)
     samples = jaxvae.likelihood_mean(config.likelihood, models.sample(model, params,
                                                                       jax.random.key(1), 7))

@@ -15,6 +15,13 @@ from jaxvae.objectives import (elbo_terms, iwae_bound, likelihood_mean, log_impo
 from jaxvae.train import (TrainState, create_train_state, make_evaluate, make_optimizer,
                           make_train_epoch, make_train_step, vae_loss_fn)
 from jaxvae.validation import check_data
+# issue 7a: objectives, priors, likelihoods, conditional VAE
+from jaxvae.conditional import CVAE, generate
+from jaxvae.likelihoods import (bits_per_dim, discretized_logistic_log_prob, gaussian_learned_nll,
+                                logistic_nll)
+from jaxvae.priors import Mixture, mixture_log_prob
+from jaxvae.schedules import free_bits_kl, make_kl_schedule
+from jaxvae.zoo import ZooVAE, elbo_loss_fn, iwae_loss_fn, log_prior_fn
 
 __version__ = "0.1.0"
 
@@ -58,4 +65,19 @@ __all__ = [
     "standard_normal_log_prob",
     "vae_loss_fn",
     "validate_config",
+    # issue 7a
+    "CVAE",
+    "Mixture",
+    "ZooVAE",
+    "bits_per_dim",
+    "discretized_logistic_log_prob",
+    "elbo_loss_fn",
+    "free_bits_kl",
+    "gaussian_learned_nll",
+    "generate",
+    "iwae_loss_fn",
+    "log_prior_fn",
+    "logistic_nll",
+    "make_kl_schedule",
+    "mixture_log_prob",
 ]

@@ -8,7 +8,7 @@ the KL term. Schedules are validated when they are made, so the jitted loss has 
     linear     w = min(1, step / warmup_steps)                          (KL warm-up, Bowman
                et al. 2016; Sonderby et al. 2016)
     cyclical   tau = (step mod P) / P with P = ceil(total_steps / cycles),
-               w = min(1, tau / ramp_fraction)                          (Fu et al. 2019)
+               w = min(1, tau / ramp_fraction); w = 1 from total_steps on (Fu et al. 2019)
 
 Free bits (Kingma et al. 2016, Sec. C.8) replace the KL term by sum_j max(lambda, KL_j), where
 KL_j is the batch mean of latent dimension j's KL: a dimension whose KL is under the floor
@@ -51,8 +51,8 @@ def cyclical_schedule(total_steps: int, cycles: int, ramp_fraction: float = 0.5)
     """Cyclical annealing (Fu et al. 2019, Eq. 6): ``cycles`` ramps from 0 to 1 over the run.
 
     With P = ceil(total_steps / cycles) and tau = (step mod P) / P, the weight is
-    tau / ramp_fraction while tau <= ramp_fraction and 1 for the rest of the cycle. Steps past
-    ``total_steps`` keep cycling with the same period.
+    tau / ramp_fraction while tau <= ramp_fraction and 1 for the rest of the cycle. From
+    ``total_steps`` on the weight stays 1, so the trained model is evaluated on the full ELBO.
     """
     total_steps = _positive_int("kl_total_steps", total_steps)
     cycles = _positive_int("kl_cycles", cycles)
@@ -65,8 +65,9 @@ def cyclical_schedule(total_steps: int, cycles: int, ramp_fraction: float = 0.5)
     period = math.ceil(total_steps / cycles)
 
     def weight(step):
-        tau = jnp.mod(jnp.asarray(step, jnp.int32), period).astype(jnp.float32) / period
-        return jnp.minimum(1.0, tau / ramp_fraction)
+        step = jnp.asarray(step, jnp.int32)
+        tau = jnp.mod(step, period).astype(jnp.float32) / period
+        return jnp.where(step >= total_steps, 1.0, jnp.minimum(1.0, tau / ramp_fraction))
 
     return weight
 

@@ -30,6 +30,7 @@ from jaxvae import data as data_lib  # noqa: E402
 from jaxvae import trainer  # noqa: E402
 from jaxvae import models, objectives, plots, registry  # noqa: E402
 from jaxvae.config import TrainConfig  # noqa: E402
+from jaxvae import priors, schedules  # noqa: E402  (issue 7a)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     # issue 7a: objectives, priors, likelihoods, conditional VAE
     g = p.add_argument_group("model zoo: objectives and priors (issue 7a)")
-    g.add_argument("--kl-schedule", default=d.kl_schedule, choices=["constant", "linear", "cyclical"],
+    g.add_argument("--kl-schedule", default=d.kl_schedule, choices=schedules.KL_SCHEDULES,
                    help="KL weight beta*w(step): constant, linear warm-up or cyclical annealing "
                         "(default %(default)s)")
     g.add_argument("--kl-warmup-steps", type=int, default=d.kl_warmup_steps,
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--free-bits", type=float, default=d.free_bits,
                    help="free bits: minimum KL per latent dimension in nats, 0 = off "
                         "(default %(default)s)")
-    g.add_argument("--prior", default=d.prior, choices=["standard", "diagonal", "mog", "vamp"],
+    g.add_argument("--prior", default=d.prior, choices=priors.PRIORS,
                    help="p(z) (default %(default)s)")
     g.add_argument("--prior-components", type=int, default=d.prior_components,
                    help="components of the mog prior / pseudo-inputs of vamp (default %(default)s)")

@@ -32,6 +32,7 @@ from jaxvae import models, objectives, plots, registry  # noqa: E402
 from jaxvae.config import TrainConfig  # noqa: E402
 from jaxvae import preprocessing  # noqa: E402  (issue 4)
 from jaxvae.config import FEEDS  # noqa: E402  (issue 4)
+from jaxvae import priors, schedules  # noqa: E402  (issue 7a)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +74,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feed", default=d.feed, choices=list(FEEDS),
                    help="training data on the device once, streamed from the host, or auto "
                         "(device when it fits) (default %(default)s)")
+    # issue 7a: objectives, priors, likelihoods, conditional VAE
+    g = p.add_argument_group("model zoo: objectives and priors (issue 7a)")
+    g.add_argument("--kl-schedule", default=d.kl_schedule, choices=schedules.KL_SCHEDULES,
+                   help="KL weight beta*w(step): constant, linear warm-up or cyclical annealing "
+                        "(default %(default)s)")
+    g.add_argument("--kl-warmup-steps", type=int, default=d.kl_warmup_steps,
+                   help="linear: steps from w=0 to w=1 (default %(default)s)")
+    g.add_argument("--kl-cycles", type=int, default=d.kl_cycles,
+                   help="cyclical: number of cycles over the run (default %(default)s)")
+    g.add_argument("--kl-ramp-fraction", type=float, default=d.kl_ramp_fraction,
+                   help="cyclical: fraction of each cycle spent ramping (default %(default)s)")
+    g.add_argument("--kl-total-steps", type=int, default=d.kl_total_steps,
+                   help="cyclical: steps the cycles span; 0 = the whole run (default %(default)s)")
+    g.add_argument("--free-bits", type=float, default=d.free_bits,
+                   help="free bits: minimum KL per latent dimension in nats, 0 = off "
+                        "(default %(default)s)")
+    g.add_argument("--prior", default=d.prior, choices=priors.PRIORS,
+                   help="p(z) (default %(default)s)")
+    g.add_argument("--prior-components", type=int, default=d.prior_components,
+                   help="components of the mog prior / pseudo-inputs of vamp (default %(default)s)")
+    g.add_argument("--num-samples", type=int, default=d.num_samples,
+                   help="K importance samples of --model iwae (default %(default)s)")
+    g.add_argument("--num-classes", type=int, default=d.num_classes,
+                   help="labels of --model cvae (default %(default)s)")
     return p
 
 
@@ -83,7 +108,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        # issue 4: data
                        data_dir=args.data_dir, download=args.download,
                        label_column=args.label_column, binarize=args.binarize,
-                       dequantize=args.dequantize, feed=args.feed)
+                       dequantize=args.dequantize, feed=args.feed,
+                       # issue 7a
+                       kl_schedule=args.kl_schedule, kl_warmup_steps=args.kl_warmup_steps,
+                       kl_cycles=args.kl_cycles, kl_ramp_fraction=args.kl_ramp_fraction,
+                       kl_total_steps=args.kl_total_steps, free_bits=args.free_bits,
+                       prior=args.prior, prior_components=args.prior_components,
+                       num_samples=args.num_samples, num_classes=args.num_classes)
 
 
 def prepare_outdir(path: str) -> Path:
@@ -116,7 +147,8 @@ def write_outputs(outdir: Path, config: TrainConfig, data: data_lib.Dataset,
     recon_key, sample_key = jax.random.split(key)
     written = []
     x = data.x_test[:10]
-    out = models.reconstruct(model, params, x, recon_key)
+    labels = data.y_test[:10] if getattr(model, "num_classes", 0) else None  # issue 7a: cvae
+    out = models.reconstruct(model, params, x, recon_key, labels=labels)
     mean = np.asarray(objectives.likelihood_mean(config.likelihood, out))
     samples = np.asarray(objectives.likelihood_mean(
         config.likelihood, models.sample(model, params, sample_key, 64)))

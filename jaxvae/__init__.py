@@ -21,6 +21,13 @@ from jaxvae.data import load as load_dataset
 from jaxvae.feeding import make_streaming_epoch, prefetch_to_device
 from jaxvae.preprocessing import binarize, dequantize
 from jaxvae.tfds_data import DatasetNotPreparedError, MissingDependencyError
+# issue 7a: objectives, priors, likelihoods, conditional VAE
+from jaxvae.conditional import CVAE, generate
+from jaxvae.likelihoods import (bits_per_dim, discretized_logistic_log_prob, gaussian_learned_nll,
+                                logistic_nll)
+from jaxvae.priors import Mixture, mixture_log_prob
+from jaxvae.schedules import free_bits_kl, make_kl_schedule
+from jaxvae.zoo import ZooVAE, elbo_loss_fn, iwae_loss_fn, log_prior_fn
 
 __version__ = "0.1.0"
 
@@ -74,4 +81,19 @@ __all__ = [
     "make_streaming_epoch",
     "prefetch_to_device",
     "process_shard",
+    # issue 7a
+    "CVAE",
+    "Mixture",
+    "ZooVAE",
+    "bits_per_dim",
+    "discretized_logistic_log_prob",
+    "elbo_loss_fn",
+    "free_bits_kl",
+    "gaussian_learned_nll",
+    "generate",
+    "iwae_loss_fn",
+    "log_prior_fn",
+    "logistic_nll",
+    "make_kl_schedule",
+    "mixture_log_prob",
 ]

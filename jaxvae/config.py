@@ -30,6 +30,18 @@ class TrainConfig:
     binarize: str = "none"  # "none", "dynamic" (fresh Bernoulli sample each epoch), "static"
     dequantize: bool = False  # uniform dequantization of 8-bit pixels (continuous likelihoods)
     feed: str = "auto"  # "device" (data on device once), "stream" (host batches), "auto"
+    # issue 7a: objectives, priors, likelihoods, conditional VAE (jaxvae.zoo, schedules, priors)
+    # (likelihood may also be "gaussian_learned", "gaussian_global" or "logistic")
+    kl_schedule: str = "constant"  # KL weight beta * w(step): "constant", "linear", "cyclical"
+    kl_warmup_steps: int = 0  # linear: steps from w = 0 to w = 1 (>= 1 when linear)
+    kl_cycles: int = 4  # cyclical: number of cycles M over kl_total_steps (Fu et al. 2019)
+    kl_ramp_fraction: float = 0.5  # cyclical: fraction R of each cycle spent ramping 0 -> 1
+    kl_total_steps: int = 0  # cyclical: steps of the run; 0 = epochs * batches per epoch
+    free_bits: float = 0.0  # lambda: KL term sum_j max(lambda, KL_j) in nats per dim (0 = off)
+    prior: str = "standard"  # p(z): "standard", "diagonal", "mog", "vamp" (jaxvae.priors)
+    prior_components: int = 10  # K components (mog) or pseudo-inputs (vamp)
+    num_samples: int = 5  # K importance samples of --model iwae
+    num_classes: int = 10  # C labels of --model cvae
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -71,6 +83,9 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"unknown feed {config.feed!r}; choose one of {list(FEEDS)}")
     if not isinstance(config.download, bool):
         raise TypeError(f"download must be True or False, got {config.download!r}")
+    from jaxvae import zoo  # issue 7a
+
+    zoo.check_config(config)
 
 
 FEEDS = ("auto", "device", "stream")  # issue 4: how fit feeds the training data

@@ -170,31 +170,42 @@ def init(model: nn.Module, key: jax.Array) -> Params:
     return model.init(key, x_1xD)["params"]
 
 
-def encode(model: nn.Module, params: Params, x_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """q(z | x): returns ``(mean_BxZ, logvar_BxZ)``."""
-    return model.apply({"params": params}, x_BxD, method=model.encode)
+def encode(model: nn.Module, params: Params, x_BxD: jax.Array, labels: jax.Array | None = None
+           ) -> tuple[jax.Array, jax.Array]:
+    """q(z | x): returns ``(mean_BxZ, logvar_BxZ)``. ``labels``: for conditional models only."""
+    cond = () if labels is None else (labels,)
+    return model.apply({"params": params}, x_BxD, *cond, method=model.encode)
 
 
-def decode(model: nn.Module, params: Params, z_BxZ: jax.Array) -> jax.Array:
+def decode(model: nn.Module, params: Params, z_BxZ: jax.Array, labels: jax.Array | None = None
+           ) -> jax.Array:
     """p(x | z): returns the decoder outputs (Bernoulli logits for the reference VAE)."""
-    return model.apply({"params": params}, z_BxZ, method=model.decode)
+    cond = () if labels is None else (labels,)
+    return model.apply({"params": params}, z_BxZ, *cond, method=model.decode)
 
 
 def sample(model: nn.Module, params: Params, key: jax.Array, n: int) -> jax.Array:
     """Draws n examples' decoder outputs from the prior: z ~ N(0, I), returns decode(z).
 
     Returns logits for a Bernoulli model: use ``jaxvae.likelihood_mean`` (sigmoid) for images.
+    A model with its own prior (a ``sample_outputs(key, n)`` method: learned priors, the
+    conditional VAE) draws from it instead.
     """
+    if hasattr(model, "sample_outputs"):
+        return model.apply({"params": params}, key, n, method=model.sample_outputs)
     z_NxZ = jax.random.normal(key, (n, model.latent_dim))
     return decode(model, params, z_NxZ)
 
 
-def reconstruct(model: nn.Module, params: Params, x_BxD: jax.Array, key: jax.Array | None = None
-                ) -> jax.Array:
-    """decode(z) with z ~ q(z | x) drawn with ``key``, or z = the posterior mean if key is None."""
-    mean_BxZ, logvar_BxZ = encode(model, params, x_BxD)
+def reconstruct(model: nn.Module, params: Params, x_BxD: jax.Array, key: jax.Array | None = None,
+                labels: jax.Array | None = None) -> jax.Array:
+    """decode(z) with z ~ q(z | x) drawn with ``key``, or z = the posterior mean if key is None.
+
+    ``labels``: the classes of x, for conditional models only.
+    """
+    mean_BxZ, logvar_BxZ = encode(model, params, x_BxD, labels)
     z_BxZ = mean_BxZ if key is None else distributions.reparameterize(key, mean_BxZ, logvar_BxZ)
-    return decode(model, params, z_BxZ)
+    return decode(model, params, z_BxZ, labels)
 
 
 def slerp(z0: jax.Array, z1: jax.Array, t: jax.Array) -> jax.Array:

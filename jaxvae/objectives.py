@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxvae import distributions, models
+from jaxvae import distributions, likelihoods, models
 
 # name -> (nll(decoder_outputs, x) -> nll_B, mean(decoder_outputs) -> E[x | z])
 LIKELIHOODS: dict[str, tuple[Callable, Callable]] = {
@@ -24,6 +24,8 @@ LIKELIHOODS: dict[str, tuple[Callable, Callable]] = {
     # Gaussian with unit variance: outputs are the mean (the "MSE" VAE, see gaussian_nll).
     "gaussian": (lambda out, x: distributions.gaussian_nll(out, x), lambda out: out),
 }
+# issue 7a: learned-variance Gaussian and discretized logistic (two decoder outputs per dimension)
+LIKELIHOODS.update(likelihoods.TABLE)
 
 
 def check_likelihood(likelihood: str) -> None:
@@ -123,7 +125,8 @@ def log_importance_weights(model: nn.Module, params: Any, x_BxD: jax.Array, key:
     z_KxBxZ = distributions.shift_and_scale(mean_1xBxZ, logvar_1xBxZ, eps_KxBxZ)
     batch = mean_BxZ.shape[0]
     out_KBxD = models.decode(model, params, z_KxBxZ.reshape((-1,) + mean_BxZ.shape[1:]))
-    x_KBxD = jnp.broadcast_to(x_BxD[None], (num_samples,) + x_BxD.shape).reshape(out_KBxD.shape)
+    x_KBxD = jnp.broadcast_to(x_BxD[None], (num_samples,) + x_BxD.shape).reshape(
+        (-1,) + x_BxD.shape[1:])  # not out's shape: two-channel likelihoods have out_KBxDx2
     log_px_KxB = -reconstruction_nll(likelihood, out_KBxD, x_KBxD).reshape(num_samples, batch)
     log_q_KxB = distributions.gaussian_log_prob(z_KxBxZ, mean_1xBxZ, logvar_1xBxZ)
     return log_px_KxB + log_prior(z_KxBxZ) - log_q_KxB

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import flax.linen as nn
 
-from jaxvae import models, train
+from jaxvae import conditional, models, train, zoo
 
 
 class Built(NamedTuple):
@@ -23,6 +23,8 @@ class Built(NamedTuple):
 
 
 def _mlp(config, example_shape: tuple[int, ...]) -> Built:
+    if zoo.uses_zoo(config):  # issue 7a: learned priors, likelihoods, KL schedules, free bits
+        return Built(*zoo.build_mlp(config, example_shape))
     model = models.mlp_vae(config.hidden, config.latent_dim, example_shape)
     vae_loss = train.vae_loss_fn(model, config.beta, config.likelihood)
     return Built(model, lambda params, batch, key, step: vae_loss(params, batch["x"], key, step))
@@ -31,6 +33,9 @@ def _mlp(config, example_shape: tuple[int, ...]) -> Built:
 MODELS: dict[str, Callable[[Any, tuple[int, ...]], Built]] = {
     "mlp": _mlp,
 }
+# issue 7a: the IWAE objective and the conditional VAE
+MODELS["iwae"] = lambda config, example_shape: Built(*zoo.build_iwae(config, example_shape))
+MODELS["cvae"] = lambda config, example_shape: Built(*conditional.build(config, example_shape))
 
 
 def check_model(name: str) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxvae import config as config_lib
 from jaxvae import data as data_lib
-from jaxvae import feeding, models, preprocessing, registry, train, validation
+from jaxvae import feeding, models, preprocessing, registry, train, validation, zoo
 
 
 class RunKeys(NamedTuple):
@@ -61,6 +61,7 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     training time, compilation excluded). Losses are in nats per example.
     """
     data = check_inputs(config, data)
+    config = zoo.prepare(config, data)  # issue 7a: cyclical KL needs the run's steps
     model, loss_fn = registry.build(config, data.example_shape)
     keys = run_keys(config.seed)
     tx = train.make_optimizer(config.lr)

@@ -1,0 +1,94 @@
+"""Draw digits of every class from a trained conditional VAE: one row per class.
+
+    python experiments/train.py --model cvae --outdir runs/cvae
+    python experiments/generate.py --run-dir runs/cvae [--per-class 10] [--seed 0]
+
+Reads summary.json and params.msgpack of the run directory (what experiments/train.py wrote)
+and writes samples_per_class.png (and samples_per_class.npz: the images and their labels) into
+it, or into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import serialization  # noqa: E402
+
+from jaxvae import conditional, models, objectives, plots, registry, zoo  # noqa: E402
+from jaxvae import data as data_lib  # noqa: E402
+from jaxvae.config import TrainConfig  # noqa: E402
+
+
+def load_run(run_dir: str, check=None):
+    """``(config, model, params, data)`` of a run directory written by experiments/train.py.
+
+    ``check(config, model)`` runs before the parameters are read (to refuse a wrong model).
+    """
+    run = Path(run_dir)
+    for name in ("summary.json", "params.msgpack"):
+        if not (run / name).is_file():
+            raise ValueError(f"{run} has no {name}: pass the --outdir of an experiments/train.py run")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    saved = json.loads((run / "summary.json").read_text())["config"]
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields}
+    config = TrainConfig(**saved)
+    data = data_lib.load(config.dataset, seed=0)
+    model = registry.build(zoo.prepare(config, data), data.example_shape).model
+    if check is not None:
+        check(config, model)
+    template = models.init(model, jax.random.key(0))
+    params = serialization.from_bytes(template, (run / "params.msgpack").read_bytes())
+    return config, model, params, data
+
+
+def per_class_samples(model, params, key: jax.Array, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(images_NxD, labels_N)``: ``per_class`` draws of each class, class-major."""
+    labels = np.repeat(np.arange(model.num_classes), per_class)
+    out = conditional.generate(model, params, key, labels)
+    return np.asarray(objectives.likelihood_mean(model.likelihood, out)), labels
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--run-dir", required=True, help="output directory of a --model cvae run")
+    p.add_argument("--per-class", type=int, default=10, help="samples per class (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/samples_per_class.png)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.per_class < 1:
+            raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
+        def conditional_only(config, model):
+            if not isinstance(model, conditional.CVAE):
+                raise ValueError(f"{args.run_dir} holds a --model {config.model} run; per-class "
+                                 "samples need a conditional model (--model cvae)")
+
+        _, model, params, _ = load_run(args.run_dir, conditional_only)
+        images, labels = per_class_samples(model, params, jax.random.key(args.seed),
+                                           args.per_class)
+        out = Path(args.out) if args.out else Path(args.run_dir) / "samples_per_class.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        written = plots.save_image_grid(out, images, args.per_class,
+                                        f"Samples per class (rows 0..{model.num_classes - 1})")
+        np.savez_compressed(out.with_suffix(".npz"), images=images, labels=labels)
+    except (ValueError, TypeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {written or '(not images: no PNG)'}, {out.with_suffix('.npz')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

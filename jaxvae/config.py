@@ -23,6 +23,11 @@ class TrainConfig:
     likelihood: str = "bernoulli"  # p(x | z): "bernoulli" (BCE) or "gaussian" (unit-variance MSE)
     seed: int = 0  # seeds the init, the shuffling and the noise (jax.random.key(seed))
     eval_batch_size: int = 500  # examples per evaluation batch (memory only, not the result)
+    # issue 8: checkpoints, NaN guard, gradient clipping
+    checkpoint_every: int | None = None  # also checkpoint every this many steps (None: epoch ends)
+    keep_checkpoints: int = 3  # how many of the latest checkpoints to keep
+    max_skipped_steps: int = 10  # stop after this many consecutive non-finite steps in a row
+    clip_norm: float | None = None  # clip gradients to this global L2 norm (None: no clipping)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -56,3 +61,22 @@ def validate_config(config: TrainConfig) -> None:
     from jaxvae import registry  # registry imports models, which import nothing of config
 
     registry.check_model(config.model)
+    _validate_reliability(config)
+
+
+def _validate_reliability(config: TrainConfig) -> None:
+    """The issue-8 fields: checkpoint interval, checkpoints kept, skip limit, clip norm."""
+    for name in ("checkpoint_every", "keep_checkpoints", "max_skipped_steps"):
+        value = getattr(config, name)
+        if value is None and name == "checkpoint_every":
+            continue
+        if not _is_int(value):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if config.clip_norm is not None:
+        value = config.clip_norm
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"clip_norm must be a number or None, got {value!r}")
+        if not 0 < value < math.inf:
+            raise ValueError(f"clip_norm must be a finite number > 0 (or None), got {value}")

@@ -3,7 +3,7 @@
 A checkpoint (one directory per step, written by ``orbax.checkpoint.CheckpointManager``) holds
 
     state   the TrainState as arrays: params, optimizer state, step (Orbax's array format)
-    keys    the run's PRNG keys as raw uint32 key data (init, train, shuffle, eval)
+    rng     the run's PRNG keys as raw uint32 key data (init, train, shuffle, eval)
     loop    JSON: the data-order state (epoch, position in the epoch), the epoch's running metric
             sums, the NaN guard's counters and the history of finished epochs
     config  JSON: the TrainConfig of the run
@@ -87,8 +87,11 @@ class CheckpointManager:
         self.directory = Path(directory).absolute()
         self.writer = writer
         me = jax.process_index()
+        if writer:
+            self.directory.mkdir(parents=True, exist_ok=True)
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=writer, read_only=not writer,
+            max_to_keep=keep if writer else None, save_interval_steps=1 if writer else 0,
+            create=False, read_only=not writer,
             cleanup_tmp_directories=writer, enable_async_checkpointing=False,
             # Each process runs its own manager: no barriers with processes that never save.
             multiprocessing_options=ocp.options.MultiprocessingOptions(
@@ -97,7 +100,7 @@ class CheckpointManager:
             self._manager = None
             return
         self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_names=("state", "keys", "loop", "config"))
+                                              item_names=("state", "rng", "loop", "config"))
 
     def all_steps(self) -> list[int]:
         return [] if self._manager is None else sorted(self._manager.all_steps())
@@ -114,7 +117,7 @@ class CheckpointManager:
         impl = {name: str(jax.random.key_impl(k)) for name, k in keys.items()}
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(tree),
-            keys=ocp.args.StandardSave(key_data),
+            rng=ocp.args.StandardSave(key_data),
             loop=ocp.args.JsonSave({**loop, "key_impl": impl}),
             config=ocp.args.JsonSave(config)), force=True)
         self._manager.wait_until_finished()
@@ -133,11 +136,11 @@ class CheckpointManager:
                          "opt_state": template.opt_state})
         key_template = {name: np.zeros((2,), np.uint32) for name in key_names}
         out = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(tree), keys=ocp.args.StandardRestore(key_template),
+            state=ocp.args.StandardRestore(tree), rng=ocp.args.StandardRestore(key_template),
             loop=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
         loop = dict(out.loop)
         impl = loop.pop("key_impl")
-        keys = {name: jax.random.wrap_key_data(np.asarray(out.keys[name]), impl=impl[name])
+        keys = {name: jax.random.wrap_key_data(np.asarray(out["rng"][name]), impl=impl[name])
                 for name in key_names}
         state = train.TrainState(step=np.asarray(out.state["step"]), params=out.state["params"],
                                  opt_state=out.state["opt_state"])
@@ -168,9 +171,15 @@ class CheckpointManager:
                                 f"{str(e).splitlines()[0] if str(e) else ''})")
                 continue
             if failures:
+                moved = ""
+                if self.writer:  # out of the way of the resumed run's saves, not deleted
+                    for bad in steps[steps.index(step) + 1:]:
+                        (self.directory / str(bad)).rename(self.directory / f"{bad}.unreadable")
+                    self._manager.reload()
+                    moved = " (moved to <step>.unreadable)"
                 warnings.warn(f"checkpoint {failures[0]} is unreadable"
                               + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else "")
-                              + f"; resuming from the previous one, {restored.path}",
+                              + f"; resuming from the previous one, {restored.path}{moved}",
                               stacklevel=2)
             return restored
         raise ValueError("no readable checkpoint in " + str(self.directory) + ": "
@@ -183,3 +192,15 @@ class CheckpointManager:
 
 def config_dict(config: Any) -> dict:
     return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+
+
+def saved_steps(directory: str | Path) -> list[int]:
+    """The steps of the finished checkpoints under ``directory`` (cheap: names only).
+
+    Orbax renames a checkpoint's temporary directory to its step number only when the save is
+    complete, so a save cut short by a kill is not listed.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())

@@ -3,7 +3,8 @@
 An epoch runs as one or more *chunks*: steps ``[start, stop)`` of the epoch's permutation
 (``fold_in(shuffle_key, epoch)``, recomputed on resume) under one ``lax.scan``, compiled once
 per chunk length. Without checkpoints a chunk is the whole epoch; with ``checkpoint_every = N``
-chunks end at every multiple of N steps and at the epoch end, where a checkpoint is written. The
+chunks end at the epoch positions N, 2N, ... and at the epoch end (so at most three chunk
+lengths are compiled), where a checkpoint is written. The
 chunk boundaries depend only on the step count, so a run resumed from any checkpoint executes
 exactly the programs of the uninterrupted run and ends with bitwise identical parameters.
 
@@ -129,8 +130,8 @@ def run_epochs(*, epochs: int, max_skipped_steps: int, checkpoint_every: int | N
         while loop["position"] < steps_per_epoch:
             first = (epoch - 1) * steps_per_epoch + loop["position"]  # steps done before
             stop = steps_per_epoch
-            if checkpoint_every:
-                stop = min(stop, loop["position"] + checkpoint_every - first % checkpoint_every)
+            if checkpoint_every:  # at epoch positions N, 2N, ...: few distinct chunk lengths
+                stop = min(stop, (loop["position"] // checkpoint_every + 1) * checkpoint_every)
             t0 = time.perf_counter()
             state, metrics, sizes, compile_s = run_chunk(state, epoch, loop["position"], stop)
             metrics = jax.device_get(metrics)
@@ -138,9 +139,7 @@ def run_epochs(*, epochs: int, max_skipped_steps: int, checkpoint_every: int | N
             compile_total += compile_s
             _account(loop, metrics, sizes, first, max_skipped_steps, last_saved)
             loop["position"] = stop
-            done = first + len(sizes)
-            if save and checkpoint_every and done % checkpoint_every == 0 \
-                    and stop < steps_per_epoch:
+            if save and stop < steps_per_epoch:  # (the epoch end saves below)
                 last_saved = save(state, loop)
         test = evaluate(state)
         record = {"epoch": epoch,

@@ -45,6 +45,9 @@ def validate_config(config: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "latent_dim", "eval_batch_size"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if not isinstance(config.hidden, (tuple, list)):
+        raise TypeError(f"hidden must be a tuple of layer widths, e.g. (400,), got "
+                        f"{config.hidden!r}")
     if not all(_is_int(h) and h >= 1 for h in config.hidden):
         raise ValueError(f"hidden sizes must be positive ints, got {config.hidden}")
     for name in ("lr", "beta"):

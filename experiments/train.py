@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-norm", type=float, default=None,
                    help="clip gradients to this global L2 norm (default: no clipping)")
     p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
-                   help="multi-process training: address of process 0's coordinator")
+                   help="multi-process training: address of process 0's coordinator, or "
+                        "'auto' (Cloud TPU pod slices, SLURM: JAX detects the cluster)")
     p.add_argument("--num-processes", type=int, default=None,
                    help="multi-process training: number of processes")
     p.add_argument("--process-id", type=int, default=None,
@@ -150,9 +151,10 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
     every process then trains on its block of the training set and only process 0 writes.
     """
     jaxvae.validate_config(config)
+    lead = True
     if distributed is not None:
-        multihost.check_distributed_args(*distributed)
-    lead = distributed is None or distributed[2] == 0
+        multihost.initialize(*distributed)  # checks the flags first
+        lead = jax.process_index() == 0
     out = prepare_outdir(outdir) if lead else Path(outdir)
     checkpoint_dir = None
     if config.checkpoint_every is not None or resume:
@@ -166,7 +168,6 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
                              f"{steps}): pass --resume to continue it, or use another --outdir")
     data = data_lib.load(config.dataset, seed=0)
     if distributed is not None:
-        multihost.initialize(*distributed)
         idx = data_lib.process_shard(len(data.x_train), jax.process_index(), jax.process_count())
         data = data._replace(x_train=data.x_train[idx], y_train=data.y_train[idx])
     metrics_path = out / "metrics.jsonl"

@@ -15,6 +15,9 @@ from jaxvae.objectives import (elbo_terms, iwae_bound, likelihood_mean, log_impo
 from jaxvae.train import (TrainState, create_train_state, make_evaluate, make_optimizer,
                           make_train_epoch, make_train_step, vae_loss_fn)
 from jaxvae.validation import check_data
+from jaxvae.checkpoint import CheckpointManager
+from jaxvae.loop import TrainingDiverged, make_train_chunk
+from jaxvae.validation import check_array, check_key
 
 __version__ = "0.1.0"
 
@@ -58,4 +61,9 @@ __all__ = [
     "standard_normal_log_prob",
     "vae_loss_fn",
     "validate_config",
+    "CheckpointManager",
+    "TrainingDiverged",
+    "make_train_chunk",
+    "check_array",
+    "check_key",
 ]

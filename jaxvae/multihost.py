@@ -35,6 +35,8 @@ _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-_]+):(\d+)$")
 def check_distributed_args(coordinator: str | None, num_processes: int | None,
                            process_id: int | None) -> None:
     """Raises ValueError/TypeError unless the three form a valid jax.distributed setup."""
+    if coordinator == "auto" and num_processes is None and process_id is None:
+        return  # jax.distributed detects the cluster (Cloud TPU, SLURM, ...)
     given = [v is not None for v in (coordinator, num_processes, process_id)]
     if any(given) and not all(given):
         raise ValueError("multi-process training needs all of --coordinator HOST:PORT, "
@@ -57,8 +59,15 @@ def check_distributed_args(coordinator: str | None, num_processes: int | None,
 
 def initialize(coordinator: str, num_processes: int, process_id: int,
                timeout_seconds: int = 120) -> None:
-    """``jax.distributed.initialize`` after checking the arguments; call before using devices."""
+    """``jax.distributed.initialize`` after checking the arguments; call before using devices.
+
+    ``coordinator="auto"`` (with the other two None) lets JAX detect the cluster: Cloud TPU pod
+    slices and SLURM jobs set everything up themselves.
+    """
     check_distributed_args(coordinator, num_processes, process_id)
+    if coordinator == "auto":
+        jax.distributed.initialize(initialization_timeout=timeout_seconds)
+        return
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id, initialization_timeout=timeout_seconds)
 

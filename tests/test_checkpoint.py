@@ -141,3 +141,18 @@ def test_a_new_run_never_overwrites_checkpoints(uninterrupted, capsys, extra, me
 def test_resume_without_a_checkpoint_says_so(tmp_path, capsys):
     assert train_script.main(FLAGS + ["--outdir", str(tmp_path), "--resume"]) == 2
     assert "--resume: no checkpoint in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--checkpoint-every", "0"], "checkpoint_every must be >= 1"),
+    (["--keep-checkpoints", "0"], "keep_checkpoints must be >= 1"),
+    (["--max-skipped-steps", "0"], "max_skipped_steps must be >= 1"),
+    (["--clip-norm", "-1"], "clip_norm must be a finite number > 0"),
+    (["--coordinator", "nohost", "--num-processes", "2", "--process-id", "0"],
+     "coordinator must be HOST:PORT"),
+    (["--num-processes", "2"], "needs all of --coordinator HOST:PORT, --num-processes N"),
+])
+def test_bad_reliability_flags_fail_before_training(argv, message, tmp_path, capsys):
+    assert train_script.main(argv + ["--outdir", str(tmp_path / "out"), "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

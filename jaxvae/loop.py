@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvae import checkpoint as checkpoint_lib
-from jaxvae import train
+from jaxvae import train, validation
 
 
 class TrainingDiverged(RuntimeError):
@@ -47,6 +47,7 @@ def make_train_chunk(loss_fn: train.LossFn, tx, batch_size: int, *,
     Returns:
       ``(state, step_metrics)``, each metric of shape ``(num_steps,)``.
     """
+    validation.check_count(batch_size, "batch_size")
     step = train.train_step_fn(loss_fn, tx, skip_nonfinite=skip_nonfinite)
 
     def chunk(state, data, shuffle_key, run_key, start, num_full, remainder):

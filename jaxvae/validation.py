@@ -89,9 +89,10 @@ def check_array(x, name: str, *, ndim: int | None = None, min_ndim: int | None =
             x = np.asarray(x)
         except (ValueError, TypeError) as e:
             raise TypeError(f"{name} must be a numeric array, got {type(x).__name__}: {e}") from None
-    dtype = np.dtype(x.dtype) if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else None
-    if dtype is None or not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)
-                             or np.issubdtype(dtype, np.bool_)):
+    dtype = x.dtype
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) or dtype == object or not (
+            jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+            or jnp.issubdtype(dtype, jnp.bool_)):  # (jnp knows bfloat16 is a float)
         raise TypeError(f"{name} must be a real numeric array (float, int or bool), got dtype "
                         f"{x.dtype}")
     if ndim is not None and x.ndim != ndim:

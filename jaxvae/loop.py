@@ -112,12 +112,15 @@ def run_epochs(*, epochs: int, max_skipped_steps: int, checkpoint_every: int | N
                state: train.TrainState, steps_per_epoch: int, run_chunk: Callable,
                evaluate: Callable[[train.TrainState], dict], loop: dict,
                save: Callable[[train.TrainState, dict], Any] | None,
-               on_epoch: Callable[[dict], Any] | None, last_saved: Any = None
+               on_epoch: Callable[[dict], Any] | None, last_saved: Any = None,
+               should_stop: Callable[[list[dict]], bool] | None = None
                ) -> tuple[train.TrainState, dict, float]:
     """Runs epochs ``loop["epoch"] .. epochs`` from ``loop``'s position.
 
     ``run_chunk(state, epoch, start, stop) -> (state, step_metrics, batch_sizes, compile_s)``;
-    ``save(state, loop)`` writes a checkpoint (None: no checkpoints).
+    ``save(state, loop)`` writes a checkpoint (None: no checkpoints). ``should_stop(history)``,
+    asked after each epoch (e.g. early stopping), ends the run early; it sees the whole history,
+    which is checkpointed, so a resumed run takes the same decision.
 
     Returns:
       ``(state, loop, compile_seconds)``.
@@ -157,6 +160,8 @@ def run_epochs(*, epochs: int, max_skipped_steps: int, checkpoint_every: int | N
             last_saved = save(state, loop)
         if on_epoch is not None:
             on_epoch(record)
+        if should_stop is not None and should_stop(loop["history"]):
+            break
     return state, loop, compile_total
 
 
@@ -206,7 +211,8 @@ class _ConfigMismatch(ValueError):
 
 def train_run(config, train_data: dict, test_data: dict, loss_fn, tx, state, keys, *,
               on_epoch=None, checkpoint_dir=None, resume: bool = False,
-              on_resume: Callable[[list[dict]], Any] | None = None
+              on_resume: Callable[[list[dict]], Any] | None = None,
+              should_stop: Callable[[list[dict]], bool] | None = None
               ) -> tuple[train.TrainState, list[dict], float]:
     """The body of ``trainer.fit`` after validation: returns ``(state, history, compile_s)``.
 
@@ -278,7 +284,8 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn, tx, state, key
             epochs=config.epochs, max_skipped_steps=config.max_skipped_steps,
             checkpoint_every=config.checkpoint_every, state=state,
             steps_per_epoch=steps_per_epoch, run_chunk=run_chunk, evaluate=evaluate_state,
-            loop=loop, save=save, on_epoch=on_epoch, last_saved=last_saved)
+            loop=loop, save=save, on_epoch=on_epoch, last_saved=last_saved,
+            should_stop=should_stop)
     finally:
         if manager is not None:
             manager.close()

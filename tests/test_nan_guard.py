@@ -159,3 +159,18 @@ def test_clip_norm_rescales_gradients_to_the_global_norm_before_adam():
 def test_reliability_fields_are_validated(change, error, match):
     with pytest.raises(error, match=match):
         jaxvae.validate_config(dataclasses.replace(jaxvae.TrainConfig(), **change))
+
+
+def test_should_stop_ends_the_run_after_the_epoch_it_returns_true():
+    data = _tiny_data(16)
+    config = jaxvae.TrainConfig(hidden=(8,), latent_dim=Z, batch_size=8, epochs=5)
+    from jaxvae import registry
+
+    built = registry.build(config, (D,))
+    tx = train.make_optimizer(config.lr)
+    keys = jaxvae.trainer.run_keys(0)
+    state = train.create_train_state(jaxvae.init(built.model, keys.init), tx)
+    state, history, _ = loop.train_run(
+        config, {"x": data.x_train, "y": data.y_train}, {"x": data.x_test, "y": data.y_test},
+        built.loss_fn, tx, state, keys, should_stop=lambda history: len(history) == 2)
+    assert [r["epoch"] for r in history] == [1, 2] and int(state.step) == 4

@@ -4,7 +4,8 @@
     python experiments/train.py --epochs 20 --latent-dim 2 --outdir runs/z2
 
 Writes into --outdir: metrics.jsonl (one line per epoch), summary.json (config, final metrics,
-device, versions), reconstructions.png, samples.png, loss_curves.png, params.msgpack.
+device, versions), reconstructions.png, samples.png, loss_curves.png, params.msgpack, and with
+--checkpoint-every the Orbax checkpoints in checkpoints/ (continue a run with --resume).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tqdm import tqdm  # noqa: E402
 import jaxvae  # noqa: E402
 from jaxvae import data as data_lib  # noqa: E402
 from jaxvae import trainer  # noqa: E402
-from jaxvae import models, objectives, plots, registry  # noqa: E402
+from jaxvae import checkpoint, loop, models, multihost, objectives, plots, registry  # noqa: E402
 from jaxvae.config import TrainConfig  # noqa: E402
 from jaxvae import preprocessing  # noqa: E402  (issue 4)
 from jaxvae.config import FEEDS  # noqa: E402  (issue 4)
@@ -98,6 +99,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="K importance samples of --model iwae (default %(default)s)")
     g.add_argument("--num-classes", type=int, default=d.num_classes,
                    help="labels of --model cvae (default %(default)s)")
+    # issue 8: checkpoints, NaN guard, multi-host
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
+                   help="write an Orbax checkpoint into OUTDIR/checkpoints every STEPS steps and "
+                        "at each epoch end (default: no checkpoints)")
+    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, metavar="K",
+                   help="keep the last K checkpoints (default %(default)s)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --outdir from its newest readable checkpoint "
+                        "(pass the run's other flags again)")
+    p.add_argument("--max-skipped-steps", type=int, default=d.max_skipped_steps, metavar="N",
+                   help="stop after N consecutive steps with a non-finite loss or gradient "
+                        "(default %(default)s)")
+    p.add_argument("--clip-norm", type=float, default=None,
+                   help="clip gradients to this global L2 norm (default: no clipping)")
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="multi-process training: address of process 0's coordinator, or "
+                        "'auto' (Cloud TPU pod slices, SLURM: JAX detects the cluster)")
+    p.add_argument("--num-processes", type=int, default=None,
+                   help="multi-process training: number of processes")
+    p.add_argument("--process-id", type=int, default=None,
+                   help="multi-process training: this process's id, 0 .. N-1")
     return p
 
 
@@ -114,7 +136,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        kl_cycles=args.kl_cycles, kl_ramp_fraction=args.kl_ramp_fraction,
                        kl_total_steps=args.kl_total_steps, free_bits=args.free_bits,
                        prior=args.prior, prior_components=args.prior_components,
-                       num_samples=args.num_samples, num_classes=args.num_classes)
+                       num_samples=args.num_samples, num_classes=args.num_classes,
+                       # issue 8
+                       checkpoint_every=args.checkpoint_every,
+                       keep_checkpoints=args.keep_checkpoints,
+                       max_skipped_steps=args.max_skipped_steps, clip_norm=args.clip_norm)
 
 
 def prepare_outdir(path: str) -> Path:
@@ -132,7 +158,8 @@ def prepare_outdir(path: str) -> Path:
 
 def environment() -> dict:
     return {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
-            "num_devices": jax.device_count(), "platform": platform.platform(),
+            "num_devices": jax.device_count(), "num_processes": jax.process_count(),
+            "platform": platform.platform(),
             "python": platform.python_version(),
             "versions": {"jaxvae": jaxvae.__version__, "jax": jax.__version__,
                          "flax": flax.__version__, "optax": optax.__version__,
@@ -172,27 +199,61 @@ def write_outputs(outdir: Path, config: TrainConfig, data: data_lib.Dataset,
     return written
 
 
-def run(config: TrainConfig, outdir: str, quiet: bool = False) -> trainer.FitResult:
-    """Loads the data, trains, and writes every output file into outdir."""
+def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool = False,
+        distributed: tuple | None = None) -> trainer.FitResult:
+    """Loads the data, trains, and writes every output file into outdir.
+
+    ``distributed = (coordinator, num_processes, process_id)`` starts jax.distributed first;
+    every process then trains on its block of the training set and only process 0 writes.
+    """
     jaxvae.validate_config(config)
-    out = prepare_outdir(outdir)
+    lead = True
+    if distributed is not None:
+        multihost.initialize(*distributed)  # checks the flags first
+        lead = jax.process_index() == 0
+    out = prepare_outdir(outdir) if lead else Path(outdir)
+    checkpoint_dir = None
+    if config.checkpoint_every is not None or resume:
+        checkpoint_dir = out / "checkpoints"
+        steps = checkpoint.saved_steps(checkpoint_dir)
+        if resume and not steps:
+            raise ValueError(f"--resume: no checkpoint in {checkpoint_dir} to continue from; run "
+                             "without --resume to start a new run")
+        if steps and not resume:
+            raise ValueError(f"{checkpoint_dir} already holds the checkpoints of a run (steps "
+                             f"{steps}): pass --resume to continue it, or use another --outdir")
     data = data_lib.load(config.dataset, seed=0, data_dir=config.data_dir,
                          download=config.download, label_column=config.label_column,
                          likelihood=config.likelihood)
+    if distributed is not None:
+        idx = data_lib.process_shard(len(data.x_train), jax.process_index(), jax.process_count())
+        data = data._replace(x_train=data.x_train[idx], y_train=data.y_train[idx])
     metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("")
-    bar = tqdm(total=config.epochs, desc="epochs", unit="epoch", disable=quiet, file=sys.stderr)
+    if lead and not resume:
+        metrics_path.write_text("")
+    bar = tqdm(total=config.epochs, desc="epochs", unit="epoch", disable=quiet or not lead,
+               file=sys.stderr)
 
     def on_epoch(record: dict) -> None:
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        if lead:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
         bar.set_postfix(train=f"{record['train_loss']:.2f}", test=f"{record['test_loss']:.2f}")
         bar.update(1)
 
+    def on_resume(history: list[dict]) -> None:
+        # The checkpoint's history is the truth: lines written after it are dropped.
+        if lead:
+            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+        bar.update(len(history))
+
     try:
-        result = trainer.fit(config, data, on_epoch=on_epoch)
+        result = trainer.fit(config, data, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
+                             resume=resume, on_resume=on_resume)
     finally:
         bar.close()
+    if not lead:
+        return result
     written = [metrics_path] + write_outputs(out, config, data, result)
     final = result.history[-1]
     print(f"test loss {final['test_loss']:.3f} (recon {final['test_recon']:.3f}, "
@@ -203,11 +264,18 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False) -> trainer.FitRes
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    distributed = None
+    if (args.coordinator, args.num_processes, args.process_id) != (None, None, None):
+        distributed = (args.coordinator, args.num_processes, args.process_id)
     try:
-        run(config_from_args(args), args.outdir, args.quiet)
-    except (ValueError, TypeError) as e:
+        run(config_from_args(args), args.outdir, args.quiet, resume=args.resume,
+            distributed=distributed)
+    except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except loop.TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -28,6 +28,9 @@ from jaxvae.likelihoods import (bits_per_dim, discretized_logistic_log_prob, gau
 from jaxvae.priors import Mixture, mixture_log_prob
 from jaxvae.schedules import free_bits_kl, make_kl_schedule
 from jaxvae.zoo import ZooVAE, elbo_loss_fn, iwae_loss_fn, log_prior_fn
+from jaxvae.checkpoint import CheckpointManager
+from jaxvae.loop import TrainingDiverged, make_train_chunk
+from jaxvae.validation import check_array, check_key
 
 __version__ = "0.1.0"
 
@@ -96,4 +99,9 @@ __all__ = [
     "logistic_nll",
     "make_kl_schedule",
     "mixture_log_prob",
+    "CheckpointManager",
+    "TrainingDiverged",
+    "make_train_chunk",
+    "check_array",
+    "check_key",
 ]

@@ -42,6 +42,11 @@ class TrainConfig:
     prior_components: int = 10  # K components (mog) or pseudo-inputs (vamp)
     num_samples: int = 5  # K importance samples of --model iwae
     num_classes: int = 10  # C labels of --model cvae
+    # issue 8: checkpoints, NaN guard, gradient clipping
+    checkpoint_every: int | None = None  # also checkpoint every this many steps (None: epoch ends)
+    keep_checkpoints: int = 3  # how many of the latest checkpoints to keep
+    max_skipped_steps: int = 10  # stop after this many consecutive non-finite steps in a row
+    clip_norm: float | None = None  # clip gradients to this global L2 norm (None: no clipping)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -59,6 +64,9 @@ def validate_config(config: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "latent_dim", "eval_batch_size"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if not isinstance(config.hidden, (tuple, list)):
+        raise TypeError(f"hidden must be a tuple of layer widths, e.g. (400,), got "
+                        f"{config.hidden!r}")
     if not all(_is_int(h) and h >= 1 for h in config.hidden):
         raise ValueError(f"hidden sizes must be positive ints, got {config.hidden}")
     for name in ("lr", "beta"):
@@ -86,6 +94,25 @@ def validate_config(config: TrainConfig) -> None:
     from jaxvae import zoo  # issue 7a
 
     zoo.check_config(config)
+    _validate_reliability(config)  # issue 8
 
 
 FEEDS = ("auto", "device", "stream")  # issue 4: how fit feeds the training data
+
+
+def _validate_reliability(config: TrainConfig) -> None:
+    """The issue-8 fields: checkpoint interval, checkpoints kept, skip limit, clip norm."""
+    for name in ("checkpoint_every", "keep_checkpoints", "max_skipped_steps"):
+        value = getattr(config, name)
+        if value is None and name == "checkpoint_every":
+            continue
+        if not _is_int(value):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if config.clip_norm is not None:
+        value = config.clip_norm
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"clip_norm must be a number or None, got {value!r}")
+        if not 0 < value < math.inf:
+            raise ValueError(f"clip_norm must be a finite number > 0 (or None), got {value}")

@@ -16,6 +16,12 @@ import jax.numpy as jnp
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
+def _same_shape(a, b, name_a: str, name_b: str) -> None:
+    if jnp.shape(a) != jnp.shape(b):
+        raise ValueError(f"{name_a} and {name_b} must have the same shape, got {jnp.shape(a)} and "
+                         f"{jnp.shape(b)}")
+
+
 def _sum_non_batch(values: jax.Array) -> jax.Array:
     """Sums over every axis except the first (the batch axis)."""
     return jnp.sum(values.reshape(values.shape[0], -1), axis=-1)
@@ -36,6 +42,10 @@ def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Ar
     Returns:
       z with the shape and dtype of ``mean``.
     """
+    from jaxvae import validation  # (validation imports nothing of jaxvae)
+
+    validation.check_key(key)
+    _same_shape(mean, logvar, "mean", "logvar")
     eps = jax.random.normal(key, mean.shape, mean.dtype)
     return shift_and_scale(mean, logvar, eps)
 
@@ -57,6 +67,7 @@ def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
     Returns:
       ``kl_B``, non-negative, zero exactly at mean = 0, logvar = 0.
     """
+    _same_shape(mean, logvar, "mean", "logvar")
     return -0.5 * jnp.sum(1.0 + logvar - jnp.square(mean) - jnp.exp(logvar), axis=-1)
 
 
@@ -79,6 +90,7 @@ def bernoulli_nll(logits: jax.Array, x: jax.Array) -> jax.Array:
     Returns:
       ``nll_B``.
     """
+    _same_shape(logits, x, "logits", "x")
     return _sum_non_batch(jax.nn.softplus(logits) - x * logits)
 
 

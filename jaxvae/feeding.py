@@ -92,17 +92,31 @@ def prefetch_to_device(iterator: Iterable[Any], size: int = 2,
         yield item
 
 
-def make_streaming_epoch(loss_fn: train.LossFn, tx: optax.GradientTransformation,
+def host_batch_range(data: Any, batch_size: int, shuffle_key: jax.Array, start: int,
+                     stop: int) -> Iterator[Any]:
+    """Batches ``start .. stop - 1`` of the epoch of ``host_batches`` (same order and content)."""
+    n = jax.tree.leaves(data)[0].shape[0]
+    perm = epoch_permutation(shuffle_key, n)
+    for i in range(start, stop):
+        idx = perm[i * batch_size:(i + 1) * batch_size]
+        yield jax.tree.map(lambda a: np.asarray(a[idx]), data)
+
+
+def make_streaming_chunk(loss_fn: train.LossFn, tx: optax.GradientTransformation,
                          batch_size: int, *,
                          preprocess: Callable[[jax.Array, Any], Any] | None = None,
-                         prefetch: int = 2) -> Callable:
-    """``train_epoch(state, data, shuffle_key, run_key[, preprocess_key])`` from host memory.
+                         prefetch: int = 2, skip_nonfinite: bool = False) -> Callable:
+    """``chunk(state, data, shuffle_key, run_key, preprocess_key, start, stop)`` from host memory.
 
-    The same contract and result as ``train.make_train_epoch`` (``EpochOutput``), for data
-    that stays on the host: one jitted, donated step per batch (two compilations: the full
-    batch and the remainder), batches prefetched to the device.
+    Runs the epoch's batches ``start .. stop - 1`` (the order of ``host_batches``) with one
+    jitted, donated step per batch (two compilations: the full batch and the remainder), the
+    next batches prefetched to the device. Batch i is preprocessed with
+    ``fold_in(preprocess_key, i)``, as in ``train.make_train_epoch``.
+
+    Returns:
+      ``(state, step_metrics, batch_sizes)``: metrics stacked over the steps, shape (steps,).
     """
-    step = train.train_step_fn(loss_fn, tx)
+    step = train.train_step_fn(loss_fn, tx, skip_nonfinite=skip_nonfinite)
 
     def step_on(state, batch, run_key, preprocess_key, i):
         if preprocess is not None:
@@ -111,20 +125,41 @@ def make_streaming_epoch(loss_fn: train.LossFn, tx: optax.GradientTransformation
 
     jitted = jax.jit(step_on, donate_argnums=0)
 
-    def train_epoch(state: train.TrainState, data: Any, shuffle_key: jax.Array,
-                    run_key: jax.Array, preprocess_key: jax.Array | None = None):
+    def chunk(state, data, shuffle_key, run_key, preprocess_key, start: int, stop: int):
         if preprocess is not None and preprocess_key is None:
             raise TypeError("this epoch preprocesses its batches: pass preprocess_key")
-        n = jax.tree.leaves(data)[0].shape[0]
-        num_full, remainder = divmod(n, batch_size)
-        metrics = []
-        batches = prefetch_to_device(host_batches(data, batch_size, shuffle_key), prefetch)
-        for i, batch in enumerate(batches):
+        metrics, sizes = [], []
+        batches = prefetch_to_device(host_batch_range(data, batch_size, shuffle_key, start, stop),
+                                     prefetch)
+        for i, batch in enumerate(batches, start):
             state, m = jitted(state, batch, run_key, preprocess_key, np.int32(i))
             metrics.append(m)
-        full = jax.tree.map(lambda *ms: jax.numpy.stack(ms), *metrics[:num_full])
-        rest = metrics[num_full] if remainder else None
-        steps = jax.tree.map(lambda *ms: jax.numpy.stack(ms), *metrics)
+            sizes.append(jax.tree.leaves(batch)[0].shape[0])
+        return state, jax.tree.map(lambda *ms: jax.numpy.stack(ms), *metrics), sizes
+
+    return chunk
+
+
+def make_streaming_epoch(loss_fn: train.LossFn, tx: optax.GradientTransformation,
+                         batch_size: int, *,
+                         preprocess: Callable[[jax.Array, Any], Any] | None = None,
+                         prefetch: int = 2) -> Callable:
+    """``train_epoch(state, data, shuffle_key, run_key[, preprocess_key])`` from host memory.
+
+    The same contract and result as ``train.make_train_epoch`` (``EpochOutput``), for data
+    that stays on the host: ``make_streaming_chunk`` over the whole epoch.
+    """
+    chunk = make_streaming_chunk(loss_fn, tx, batch_size, preprocess=preprocess,
+                                 prefetch=prefetch)
+
+    def train_epoch(state: train.TrainState, data: Any, shuffle_key: jax.Array,
+                    run_key: jax.Array, preprocess_key: jax.Array | None = None):
+        n = jax.tree.leaves(data)[0].shape[0]
+        num_full, remainder = divmod(n, batch_size)
+        state, steps, _ = chunk(state, data, shuffle_key, run_key, preprocess_key, 0,
+                                num_full + (remainder > 0))
+        full = jax.tree.map(lambda m: m[:num_full], steps)
+        rest = jax.tree.map(lambda m: m[num_full], steps) if remainder else None
         return train.EpochOutput(state, train._weighted_mean(full, rest, batch_size, remainder),
                                  steps)
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvae import distributions
+from jaxvae import distributions, validation
 
 Params = Any
 
@@ -163,9 +163,24 @@ def reference_vae() -> VAE:
 # ---------------------------------------------------------------------------------------------
 # The functional API: parameters in, arrays out.
 
+_OVERFLOW = ("the inputs overflow the model; scale the data (e.g. to [0, 1]) or check the "
+             "parameters for NaN (e.g. from a diverged run)")
+
+
+def _example_size(model: nn.Module) -> int | None:
+    shape = getattr(model, "data_shape", None)
+    return None if shape is None else int(np.prod(shape))
+
+
+def _check_params(params: Params) -> None:
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be the parameter dict made by jaxvae.init(model, key), got "
+                        f"{type(params).__name__}")
+
 
 def init(model: nn.Module, key: jax.Array) -> Params:
     """Creates the model's parameters from ``key`` (a dummy batch of one example of zeros)."""
+    validation.check_key(key)
     x_1xD = jnp.zeros((1,) + tuple(model.data_shape), jnp.float32)
     return model.init(key, x_1xD)["params"]
 
@@ -173,15 +188,24 @@ def init(model: nn.Module, key: jax.Array) -> Params:
 def encode(model: nn.Module, params: Params, x_BxD: jax.Array, labels: jax.Array | None = None
            ) -> tuple[jax.Array, jax.Array]:
     """q(z | x): returns ``(mean_BxZ, logvar_BxZ)``. ``labels``: for conditional models only."""
+    _check_params(params)
+    x_BxD = validation.check_array(x_BxD, "x", min_ndim=2, example_size=_example_size(model))
     cond = () if labels is None else (labels,)
-    return model.apply({"params": params}, x_BxD, *cond, method=model.encode)
+    out = model.apply({"params": params}, x_BxD, *cond, method=model.encode)
+    validation.check_finite_output(out, "the encoder output (mean, logvar)", _OVERFLOW)
+    return out
 
 
 def decode(model: nn.Module, params: Params, z_BxZ: jax.Array, labels: jax.Array | None = None
            ) -> jax.Array:
     """p(x | z): returns the decoder outputs (Bernoulli logits for the reference VAE)."""
+    _check_params(params)
+    z_BxZ = validation.check_array(z_BxZ, "z", ndim=2,
+                                   last_dim=getattr(model, "latent_dim", None))
     cond = () if labels is None else (labels,)
-    return model.apply({"params": params}, z_BxZ, *cond, method=model.decode)
+    out = model.apply({"params": params}, z_BxZ, *cond, method=model.decode)
+    validation.check_finite_output(out, "the decoder output", _OVERFLOW)
+    return out
 
 
 def sample(model: nn.Module, params: Params, key: jax.Array, n: int) -> jax.Array:
@@ -191,6 +215,8 @@ def sample(model: nn.Module, params: Params, key: jax.Array, n: int) -> jax.Arra
     A model with its own prior (a ``sample_outputs(key, n)`` method: learned priors, the
     conditional VAE) draws from it instead.
     """
+    validation.check_key(key)
+    n = validation.check_count(n, "n (the number of samples)")
     if hasattr(model, "sample_outputs"):
         return model.apply({"params": params}, key, n, method=model.sample_outputs)
     z_NxZ = jax.random.normal(key, (n, model.latent_dim))
@@ -203,6 +229,8 @@ def reconstruct(model: nn.Module, params: Params, x_BxD: jax.Array, key: jax.Arr
 
     ``labels``: the classes of x, for conditional models only.
     """
+    if key is not None:
+        validation.check_key(key)
     mean_BxZ, logvar_BxZ = encode(model, params, x_BxD, labels)
     z_BxZ = mean_BxZ if key is None else distributions.reparameterize(key, mean_BxZ, logvar_BxZ)
     return decode(model, params, z_BxZ, labels)
@@ -213,6 +241,9 @@ def slerp(z0: jax.Array, z1: jax.Array, t: jax.Array) -> jax.Array:
 
     z0, z1: ``(Z,)``; t: ``(T,)``; returns ``(T, Z)``. Falls back to linear interpolation when z0 and z1 are (nearly) parallel.
     """
+    z0 = validation.check_array(z0, "z0", ndim=1)
+    z1 = validation.check_array(z1, "z1", ndim=1, last_dim=z0.shape[0])
+    t = validation.check_array(t, "t", ndim=1)
     t, z0, z1 = t[:, None], z0[None, :], z1[None, :]
     cos = jnp.sum(z0 * z1) / (jnp.linalg.norm(z0) * jnp.linalg.norm(z1) + 1e-12)
     omega = jnp.arccos(jnp.clip(cos, -1.0, 1.0))
@@ -236,9 +267,15 @@ def interpolate(model: nn.Module, params: Params, x0: jax.Array, x1: jax.Array, 
       decoder outputs of shape ``(steps, *data_shape)``; the first decodes mean(x0), the last
       mean(x1).
     """
+    validation.check_count(steps, "steps", minimum=1)
     if steps < 2:
         raise ValueError(f"steps must be >= 2 (both end points), got {steps}")
     shape = tuple(model.data_shape)
+    for name, x in (("x0", x0), ("x1", x1)):
+        x = validation.check_array(x, name)
+        if x.size != int(np.prod(shape)):
+            raise ValueError(f"{name} must be one example of shape {shape} (or a batch of one), "
+                             f"got shape {tuple(x.shape)}")
     pair = jnp.stack([jnp.reshape(x0, shape), jnp.reshape(x1, shape)])
     mean_2xZ, _ = encode(model, params, pair)
     t_S = jnp.linspace(0.0, 1.0, steps)

@@ -14,8 +14,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxvae import distributions, likelihoods, models
+from jaxvae import distributions, likelihoods, models, validation
 
 # name -> (nll(decoder_outputs, x) -> nll_B, mean(decoder_outputs) -> E[x | z])
 LIKELIHOODS: dict[str, tuple[Callable, Callable]] = {
@@ -92,9 +93,25 @@ def loss(model: nn.Module, params: Any, x: jax.Array, key: jax.Array, beta: floa
     Returns:
       ``(loss, metrics)``; metrics holds the batch means of ``loss``, ``recon`` and ``kl`` (nats).
     """
+    check_likelihood(likelihood)
+    validation.check_key(key)
+    if isinstance(beta, (bool, np.bool_)) or not isinstance(beta, (int, float, np.floating)):
+        raise TypeError(f"beta must be a number, got {beta!r}")
+    if not 0 <= beta < float("inf"):
+        raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+    x = validation.check_array(x, "x", min_ndim=2)
+    if likelihood == "bernoulli" and not isinstance(x, jax.core.Tracer) and x.size:
+        lo, hi = float(jnp.min(x)), float(jnp.max(x))
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"x has values in [{lo:g}, {hi:g}], outside [0, 1], which the "
+                             "Bernoulli likelihood needs: scale the data to [0, 1] or use the "
+                             "gaussian likelihood")
     draw = lambda mean: jax.random.normal(key, mean.shape, mean.dtype)  # == reparameterize's eps
     recon_B, kl_B = elbo_terms(model, params, x, draw, likelihood)
-    return batch_metrics(recon_B, kl_B, beta)
+    out = batch_metrics(recon_B, kl_B, beta)
+    validation.check_finite_output(out, "the loss", "the data has extreme values for this "
+                                   "model; standardize it or check the parameters for NaN")
+    return out
 
 
 def log_importance_weights(model: nn.Module, params: Any, x_BxD: jax.Array, key: jax.Array,
@@ -119,6 +136,8 @@ def log_importance_weights(model: nn.Module, params: Any, x_BxD: jax.Array, key:
     Returns:
       ``log_w_KxB``.
     """
+    num_samples = validation.check_count(num_samples, "num_samples")
+    validation.check_key(key)
     mean_BxZ, logvar_BxZ = models.encode(model, params, x_BxD)
     eps_KxBxZ = jax.random.normal(key, (num_samples,) + mean_BxZ.shape, mean_BxZ.dtype)
     mean_1xBxZ, logvar_1xBxZ = mean_BxZ[None], logvar_BxZ[None]

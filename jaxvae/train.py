@@ -44,13 +44,25 @@ def create_train_state(params: Any, tx: optax.GradientTransformation) -> TrainSt
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def make_optimizer(lr: float = 1e-3) -> optax.GradientTransformation:
-    """Adam (Kingma & Ba 2015) with PyTorch's defaults: b1 0.9, b2 0.999, eps 1e-8."""
+def make_optimizer(lr: float = 1e-3, clip_norm: float | None = None
+                   ) -> optax.GradientTransformation:
+    """Adam (Kingma & Ba 2015) with PyTorch's defaults: b1 0.9, b2 0.999, eps 1e-8.
+
+    With ``clip_norm``, gradients are first rescaled to a global L2 norm of at most clip_norm
+    (``optax.clip_by_global_norm``, Pascanu et al. 2013).
+    """
     if isinstance(lr, bool) or not isinstance(lr, (int, float)):
         raise TypeError(f"learning rate must be a number, got {type(lr).__name__}")
     if not lr > 0 or lr != lr or lr == float("inf"):
         raise ValueError(f"learning rate must be a finite number > 0, got {lr}")
-    return optax.adam(float(lr))
+    if clip_norm is None:
+        return optax.adam(float(lr))
+    if isinstance(clip_norm, bool) or not isinstance(clip_norm, (int, float)):
+        raise TypeError(f"clip_norm must be a number or None, got {type(clip_norm).__name__}")
+    if not 0 < clip_norm < float("inf"):
+        raise ValueError(f"clip_norm must be a finite number > 0 (or None: no clipping), got "
+                         f"{clip_norm}")
+    return optax.chain(optax.clip_by_global_norm(float(clip_norm)), optax.adam(float(lr)))
 
 
 def _global_noise(axis_name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
@@ -94,22 +106,39 @@ def vae_loss_fn(model: nn.Module, beta: float = 1.0, likelihood: str = "bernoull
 
 
 def train_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation,
-                  axis_name: str | None = None) -> Callable:
+                  axis_name: str | None = None, *, skip_nonfinite: bool = False) -> Callable:
     """The un-jitted ``step(state, batch, run_key) -> (state, metrics)``.
 
     One gradient step on ``loss_fn`` with the key ``fold_in(run_key, state.step)``. With
     ``axis_name``, gradients and metrics are averaged over that named axis (``lax.pmean``).
+
+    With ``skip_nonfinite`` (the NaN guard), a step whose loss or any gradient is NaN or Inf
+    leaves the parameters and the optimizer state unchanged (selected with ``jnp.where`` inside
+    the compiled step: no host sync) and reports ``metrics["skipped"] = 1.0`` (0.0 otherwise).
+    ``state.step`` still advances, so it always counts the batches seen and the data order and
+    the keys of later steps do not depend on how many steps were skipped. On finite steps the
+    result is bitwise the unguarded one.
     """
 
     def step(state: TrainState, batch: Any, run_key: jax.Array):
         key = jax.random.fold_in(run_key, state.step)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (_, metrics), grads = grad_fn(state.params, batch, key, state.step)
+        (loss, metrics), grads = grad_fn(state.params, batch, key, state.step)
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
             metrics = jax.lax.pmean(metrics, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if skip_nonfinite:
+            if axis_name is not None:  # every device takes the same decision
+                loss = jax.lax.pmean(loss, axis_name)
+            finite = jnp.isfinite(loss)
+            for g in jax.tree.leaves(grads):
+                finite = finite & jnp.all(jnp.isfinite(g))
+            keep = lambda new, old: jnp.where(finite, new, old)
+            params = jax.tree.map(keep, params, state.params)
+            opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+            metrics = {**metrics, "skipped": jnp.where(finite, 0.0, 1.0).astype(jnp.float32)}
         return TrainState(state.step + 1, params, opt_state), metrics
 
     return step

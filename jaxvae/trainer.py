@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -15,7 +14,7 @@ import numpy as np
 
 from jaxvae import config as config_lib
 from jaxvae import data as data_lib
-from jaxvae import feeding, models, preprocessing, registry, train, validation, zoo
+from jaxvae import feeding, loop, models, preprocessing, registry, train, validation, zoo
 
 
 class RunKeys(NamedTuple):
@@ -52,19 +51,30 @@ def check_inputs(config: config_lib.TrainConfig, data: data_lib.Dataset) -> data
 
 
 def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
-        on_epoch: Callable[[dict], Any] | None = None) -> FitResult:
+        on_epoch: Callable[[dict], Any] | None = None, *, checkpoint_dir: str | None = None,
+        resume: bool = False, on_resume: Callable[[list[dict]], Any] | None = None) -> FitResult:
     """Trains the config's VAE on ``data`` and evaluates it on the test split after each epoch.
 
     Each history record holds ``epoch``, ``train_loss``, ``train_recon``, ``train_kl`` (means
     over the epoch's steps, per example), ``test_loss``, ``test_recon``, ``test_kl`` (per
     example, with the parameters at the end of the epoch) and ``seconds`` (the epoch's
     training time, compilation excluded). Losses are in nats per example.
+
+    Reliability (see ``jaxvae.loop``): steps with a non-finite loss or gradient are skipped
+    (``train_skipped`` counts them per epoch; the train means are over the finite steps) and
+    ``config.max_skipped_steps`` of them in a row raise ``loop.TrainingDiverged``. With
+    ``checkpoint_dir``, an Orbax checkpoint is written at every epoch end and every
+    ``config.checkpoint_every`` steps (the last ``config.keep_checkpoints`` are kept);
+    ``resume=True`` continues from the newest readable one (bitwise the uninterrupted run) and
+    calls ``on_resume(history)`` with the records of the epochs already done. In a multi-process
+    run (``jax.distributed``), ``data.x_train`` is this process's block of the training set,
+    training is data parallel over every process's devices and only process 0 writes.
     """
     data = check_inputs(config, data)
     config = zoo.prepare(config, data)  # issue 7a: cyclical KL needs the run's steps
     model, loss_fn = registry.build(config, data.example_shape)
     keys = run_keys(config.seed)
-    tx = train.make_optimizer(config.lr)
+    tx = train.make_optimizer(config.lr, clip_norm=config.clip_norm)
     state = train.create_train_state(models.init(model, keys.init), tx)
     # issue 4: data: binarization / dequantization, and data too large for the device streamed
     for name in ("x_train", "x_test"):
@@ -78,39 +88,9 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     train_data = {"x": data.x_train, "y": data.y_train}
     stream = config.feed == "stream" or (
         config.feed == "auto" and not feeding.fits_on_device(feeding.tree_nbytes(train_data)))
-    if not stream:
-        train_data = jax.device_put(train_data)
-    test_data = jax.device_put({"x": data.x_test, "y": data.y_test})
-
-    def epoch_keys(epoch: int) -> tuple:
-        extra = () if preprocess is None else (jax.random.fold_in(data_key, epoch),)
-        return (jax.random.fold_in(keys.shuffle, epoch), keys.train) + extra
-
-    start = time.perf_counter()
-    if stream:
-        train_epoch = feeding.make_streaming_epoch(loss_fn, tx, config.batch_size,
-                                                   preprocess=preprocess)
-    else:
-        train_epoch = train.make_train_epoch(loss_fn, tx, config.batch_size,
-                                             preprocess=preprocess).lower(
-            state, train_data, *epoch_keys(0)).compile()
-    eval_batch_size = min(config.eval_batch_size, len(data.x_test))
-    evaluate = train.make_evaluate(loss_fn, eval_batch_size).lower(
-        state.params, test_data, keys.eval, state.step).compile()
-    compile_seconds = time.perf_counter() - start
-
-    history = []
-    for epoch in range(1, config.epochs + 1):
-        start = time.perf_counter()
-        state, metrics, _ = train_epoch(state, train_data, *epoch_keys(epoch))
-        metrics = jax.device_get(metrics)
-        seconds = time.perf_counter() - start
-        test = jax.device_get(evaluate(state.params, test_data, keys.eval, state.step))
-        record = {"epoch": epoch,
-                  **{f"train_{k}": float(v) for k, v in metrics.items()},
-                  **{f"test_{k}": float(v) for k, v in test.items()},
-                  "seconds": seconds}
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
+    state, history, compile_seconds = loop.train_run(
+        config, train_data, {"x": data.x_test, "y": data.y_test},
+        loss_fn, tx, state, keys, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
+        resume=resume, on_resume=on_resume, preprocess=preprocess, data_key=data_key,
+        stream=stream)
     return FitResult(model, state, history, compile_seconds)

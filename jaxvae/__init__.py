@@ -15,6 +15,8 @@ from jaxvae.objectives import (elbo_terms, iwae_bound, likelihood_mean, log_impo
 from jaxvae.train import (TrainState, create_train_state, make_evaluate, make_optimizer,
                           make_train_epoch, make_train_step, vae_loss_fn)
 from jaxvae.validation import check_data
+# issue 6: evaluation
+from jaxvae.evaluate import anomaly_score, elbo, log_likelihood
 
 __version__ = "0.1.0"
 
@@ -58,4 +60,8 @@ __all__ = [
     "standard_normal_log_prob",
     "vae_loss_fn",
     "validate_config",
+    # issue 6: evaluation
+    "anomaly_score",
+    "elbo",
+    "log_likelihood",
 ]

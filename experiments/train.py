@@ -10,6 +10,7 @@ device, versions), reconstructions.png, samples.png, loss_curves.png, params.msg
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -54,13 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
     p.add_argument("--outdir", default="runs/train", help="output directory (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    # issue 6: tracking and early stopping
+    p.add_argument("--tensorboard", action="store_true",
+                   help="write TensorBoard event files into OUTDIR/tensorboard")
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help="stop after N epochs without a lower validation loss and keep the best "
+                        "epoch's parameters (default: off)")
+    p.add_argument("--validation-fraction", type=float, default=d.validation_fraction,
+                   help="share of the training split held out for --patience "
+                        "(default %(default)s)")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(dataset=args.dataset, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+    config = TrainConfig(dataset=args.dataset, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, latent_dim=args.latent_dim, hidden=tuple(args.hidden),
                        beta=args.beta, likelihood=args.likelihood, seed=args.seed)
+    # issue 6: early stopping
+    return dataclasses.replace(config, patience=args.patience,
+                               validation_fraction=args.validation_fraction)
 
 
 def prepare_outdir(path: str) -> Path:
@@ -108,7 +121,8 @@ def write_outputs(outdir: Path, config: TrainConfig, data: data_lib.Dataset,
             written.append(path)
     (outdir / "params.msgpack").write_bytes(serialization.to_bytes(jax.device_get(params)))
     written.append(outdir / "params.msgpack")
-    summary = {"config": config.to_dict(), "final": result.history[-1],
+    summary = {"config": config.to_dict(), "final": trainer.final_record(result),
+               "best_epoch": result.best_epoch, "epochs_run": len(result.history),
                "compile_seconds": result.compile_seconds,
                "train_examples": int(len(data.x_train)), "test_examples": int(len(data.x_test)),
                **environment()}
@@ -117,7 +131,8 @@ def write_outputs(outdir: Path, config: TrainConfig, data: data_lib.Dataset,
     return written
 
 
-def run(config: TrainConfig, outdir: str, quiet: bool = False) -> trainer.FitResult:
+def run(config: TrainConfig, outdir: str, quiet: bool = False, tensorboard: bool = False
+        ) -> trainer.FitResult:
     """Loads the data, trains, and writes every output file into outdir."""
     jaxvae.validate_config(config)
     out = prepare_outdir(outdir)
@@ -132,14 +147,27 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False) -> trainer.FitRes
         bar.set_postfix(train=f"{record['train_loss']:.2f}", test=f"{record['test_loss']:.2f}")
         bar.update(1)
 
+    # issue 6: TensorBoard
+    logger = None
+    if tensorboard:
+        from jaxvae import tracking
+        logger = tracking.TensorBoardLogger(out / "tensorboard", config.likelihood,
+                                            examples=data.x_test[:8], seed=config.seed)
     try:
-        result = trainer.fit(config, data, on_epoch=on_epoch)
+        result = trainer.fit(config, data, on_epoch=on_epoch, on_epoch_end=logger)
     finally:
         bar.close()
+        if logger is not None:
+            logger.close()
     written = [metrics_path] + write_outputs(out, config, data, result)
-    final = result.history[-1]
+    if logger is not None:
+        written.append(Path(logger.logdir))
+    final = trainer.final_record(result)
     print(f"test loss {final['test_loss']:.3f} (recon {final['test_recon']:.3f}, "
-          f"kl {final['test_kl']:.3f}) nats/example after {config.epochs} epochs")
+          f"kl {final['test_kl']:.3f}) nats/example after {final['epoch']} epochs")
+    if result.best_epoch is not None:
+        print(f"early stopping: kept epoch {result.best_epoch} (lowest validation loss "
+              f"{final['val_loss']:.3f}) of {len(result.history)} run")
     print(f"wrote {', '.join(str(p) for p in written)}")
     return result
 
@@ -147,7 +175,7 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False) -> trainer.FitRes
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        run(config_from_args(args), args.outdir, args.quiet)
+        run(config_from_args(args), args.outdir, args.quiet, tensorboard=args.tensorboard)
     except (ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -23,6 +23,11 @@ class TrainConfig:
     likelihood: str = "bernoulli"  # p(x | z): "bernoulli" (BCE) or "gaussian" (unit-variance MSE)
     seed: int = 0  # seeds the init, the shuffling and the noise (jax.random.key(seed))
     eval_batch_size: int = 500  # examples per evaluation batch (memory only, not the result)
+    # issue 6: early stopping
+    patience: int | None = None  # stop after this many epochs without a lower validation loss
+    #   and keep the best epoch's state; None or 0 = off (train all epochs, no validation split)
+    validation_fraction: float = 0.1  # share of the training split held out (stratified) as
+    #   the validation set when patience is set
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -56,3 +61,10 @@ def validate_config(config: TrainConfig) -> None:
     from jaxvae import registry  # registry imports models, which import nothing of config
 
     registry.check_model(config.model)
+    # issue 6: early stopping
+    if config.patience is not None and (not _is_int(config.patience) or config.patience < 0):
+        raise ValueError(f"patience must be None or an int >= 0, got {config.patience!r}")
+    fraction = config.validation_fraction
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+            or not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation_fraction must be a number in (0, 1), got {fraction!r}")

@@ -1,0 +1,95 @@
+"""End to end: experiments/evaluate.py, anomaly.py and visualize.py on tiny runs of digits."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import anomaly as anomaly_script  # experiments/ is on the path (tests/conftest.py)
+import evaluate as evaluate_script
+import train as train_script
+import visualize as visualize_script
+from jaxvae import data as data_lib
+from jaxvae import evaluate, runs
+
+TINY = ["--dataset", "digits", "--epochs", "2", "--hidden", "32", "--batch-size", "256",
+        "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A 2-D latent model on the 8x8 digits (so that the manifold is drawn too)."""
+    outdir = tmp_path_factory.mktemp("z2")
+    assert train_script.main(TINY + ["--latent-dim", "2", "--outdir", str(outdir)]) == 0
+    return outdir
+
+
+def test_evaluate_writes_nll_below_the_negative_elbo(run_dir, capsys):
+    argv = [str(run_dir), "--num-samples", "64", "--elbo-samples", "8", "--max-examples", "40"]
+    assert evaluate_script.main(argv) == 0
+    result = json.loads((run_dir / "evaluation.json").read_text())
+    assert result["num_samples"] == 64 and result["examples"] == 40
+    assert result["dataset"] == "digits" and result["split"] == "test"
+    assert result["nll"] > 0 and result["elbo"] < 0
+    assert result["nll"] < -result["elbo"]  # the K-sample bound is above the ELBO
+    assert result["gap"] == pytest.approx(-result["elbo"] - result["nll"])
+    # The number is the API's, on the run's model and test examples, with the script's key.
+    loaded = runs.load_run(run_dir)
+    key = jax.random.split(jax.random.key(0))[0]
+    expected = -np.mean(np.asarray(evaluate.log_likelihood(
+        loaded.model, loaded.params, loaded.data.x_test[:40], key, 64)), dtype=np.float64)
+    assert result["nll"] == pytest.approx(expected, rel=1e-6)
+    assert "evaluation.json" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--num-samples", "0"], "--num-samples must be >= 1"),
+    (["--max-examples", "0"], "--max-examples must be >= 1"),
+])
+def test_evaluate_refuses_bad_flags(run_dir, argv, message, capsys):
+    assert evaluate_script.main([str(run_dir)] + argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
+    assert evaluate_script.main([str(tmp_path)]) == 2
+    assert "summary.json not found" in capsys.readouterr().err
+
+
+def test_visualize_writes_every_figure(run_dir, tmp_path):
+    outdir = tmp_path / "figures"
+    argv = [str(run_dir), "--outdir", str(outdir), "--tsne-points", "40", "--steps", "5",
+            "--interpolation", "spherical"]
+    assert visualize_script.main(argv) == 0
+    for name in ("reconstructions", "prior_samples", "interpolation", "traversal", "manifold",
+                 "latent_pca", "latent_tsne", "loss_curves"):
+        path = outdir / f"{name}.png"
+        assert path.read_bytes().startswith(b"\x89PNG"), name
+
+
+def test_anomaly_trains_without_the_class_and_reports_its_roc_auc(tmp_path, capsys):
+    outdir = tmp_path / "anomaly"
+    argv = TINY + ["--latent-dim", "4", "--holdout-class", "3", "--num-samples", "8",
+                   "--outdir", str(outdir)]
+    assert anomaly_script.main(argv) == 0
+    result = json.loads((outdir / "anomaly.json").read_text())
+    summary = json.loads((outdir / "summary.json").read_text())
+    digits = data_lib.load_digits()
+    assert summary["train_examples"] == int((digits.y_train != 3).sum())  # class 3 left out
+    assert result["test_anomalous"] == int((digits.y_test == 3).sum())
+    assert result["test_normal"] + result["test_anomalous"] == len(digits.y_test)
+    # roc_auc is P(score of an anomaly > score of a normal example), counted pair by pair.
+    saved = np.load(outdir / "scores.npz")
+    anomalous, normal = saved["scores"][saved["is_anomaly"]], saved["scores"][~saved["is_anomaly"]]
+    pairs = (anomalous[:, None] > normal[None, :]) + 0.5 * (anomalous[:, None] == normal[None, :])
+    assert result["roc_auc"] == pytest.approx(pairs.mean(), abs=1e-12)
+    assert result["mean_score_per_class"]["3"] == pytest.approx(result["mean_score_anomalous"])
+    assert (outdir / "scores_histogram.png").read_bytes().startswith(b"\x89PNG")
+    assert "ROC AUC" in capsys.readouterr().out
+
+
+def test_anomaly_refuses_a_class_the_dataset_does_not_have(tmp_path, capsys):
+    argv = TINY + ["--holdout-class", "12", "--outdir", str(tmp_path / "a")]
+    assert anomaly_script.main(argv) == 2
+    assert "--holdout-class 12 is not a label of digits" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """End to end: experiments/evaluate.py, anomaly.py and visualize.py on tiny runs of digits."""
 
 import json
+import struct
 
 import jax
 import numpy as np
@@ -11,7 +12,7 @@ import evaluate as evaluate_script
 import train as train_script
 import visualize as visualize_script
 from jaxvae import data as data_lib
-from jaxvae import evaluate, runs
+from jaxvae import early_stopping, evaluate, runs
 
 TINY = ["--dataset", "digits", "--epochs", "2", "--hidden", "32", "--batch-size", "256",
         "--quiet"]
@@ -19,10 +20,67 @@ TINY = ["--dataset", "digits", "--epochs", "2", "--hidden", "32", "--batch-size"
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A 2-D latent model on the 8x8 digits (so that the manifold is drawn too)."""
+    """A 2-D latent model on the 8x8 digits (so that the manifold is drawn too), trained with
+    TensorBoard logging and early stopping."""
     outdir = tmp_path_factory.mktemp("z2")
-    assert train_script.main(TINY + ["--latent-dim", "2", "--outdir", str(outdir)]) == 0
+    argv = TINY + ["--epochs", "3", "--latent-dim", "2", "--tensorboard", "--patience", "1",
+                   "--outdir", str(outdir)]
+    assert train_script.main(argv) == 0
     return outdir
+
+
+def _read_events(path):
+    """Events of a TFRecord event file (uint64 length, crc, payload, crc), tensorboardX's proto."""
+    from tensorboardX.proto import event_pb2
+    data, i, events = path.read_bytes(), 0, []
+    while i < len(data):
+        (length,) = struct.unpack("<Q", data[i:i + 8])
+        events.append(event_pb2.Event.FromString(data[i + 12:i + 12 + length]))
+        i += 12 + length + 4
+    return events
+
+
+def test_tensorboard_event_files_hold_step_and_epoch_scalars_and_images(run_dir):
+    files = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(files) == 1
+    scalars, images = {}, {}
+    for event in _read_events(files[0]):
+        for value in event.summary.value:
+            if value.HasField("image"):
+                images.setdefault(value.tag, []).append((event.step, value.image))
+            else:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    records = [json.loads(line) for line in
+               (run_dir / "metrics.jsonl").read_text().splitlines()]
+    # 1,437 training digits, 10% held out for validation: 6 steps of 256 per epoch.
+    digits = data_lib.load_digits()
+    num_train = len(digits.x_train) - len(early_stopping.split_validation(digits, 0.1, 0)[1]["x"])
+    assert -(-num_train // 256) == 6
+    steps = [s for s, _ in scalars["step/loss"]]
+    assert steps == list(range(1, 6 * len(records) + 1))
+    for tag, key in (("loss/train", "train_loss"), ("loss/test", "test_loss"),
+                     ("kl/val", "val_kl"), ("recon/test", "test_recon")):
+        assert [s for s, _ in scalars[tag]] == [6 * r["epoch"] for r in records]
+        np.testing.assert_allclose([v for _, v in scalars[tag]], [r[key] for r in records],
+                                   rtol=1e-6)
+    for tag in ("images/reconstructions", "images/prior_samples"):
+        assert len(images[tag]) == len(records)
+        assert images[tag][0][1].encoded_image_string.startswith(b"\x89PNG")
+    recon = images["images/reconstructions"][0][1]
+    assert (recon.height, recon.width) == (2 * 8 + 1, 8 * 8 + 7)  # 2 rows of 8 tiles of 8x8
+
+
+def test_train_script_with_patience_saves_the_best_epoch(run_dir):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = [json.loads(line) for line in
+               (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert summary["config"]["patience"] == 1
+    best = summary["best_epoch"]
+    assert best == int(np.argmin([r["val_loss"] for r in records])) + 1
+    assert summary["final"] == records[best - 1]
+    assert summary["epochs_run"] == len(records)
+
+
 
 
 def test_evaluate_writes_nll_below_the_negative_elbo(run_dir, capsys):

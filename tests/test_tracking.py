@@ -1,8 +1,5 @@
 """Early stopping, per-step metrics passed to on_epoch_end, TensorBoard event files."""
 
-import json
-import struct
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,68 +71,6 @@ def test_on_epoch_end_gets_every_steps_metrics(early_stopped):
         weighted = (steps["loss"][:-1].sum() * config.batch_size
                     + steps["loss"][-1] * remainder) / num_train
         assert record["train_loss"] == pytest.approx(float(weighted), rel=1e-5)
-
-
-def _read_events(path):
-    """Events of a TFRecord event file (uint64 length, crc, payload, crc), tensorboardX's proto."""
-    from tensorboardX.proto import event_pb2
-    data, i, events = path.read_bytes(), 0, []
-    while i < len(data):
-        (length,) = struct.unpack("<Q", data[i:i + 8])
-        events.append(event_pb2.Event.FromString(data[i + 12:i + 12 + length]))
-        i += 12 + length + 4
-    return events
-
-
-@pytest.fixture(scope="module")
-def tensorboard_run(tmp_path_factory):
-    outdir = tmp_path_factory.mktemp("tb")
-    code = train_script.main(["--dataset", "digits", "--epochs", "3", "--hidden", "32",
-                              "--latent-dim", "2", "--batch-size", "256", "--tensorboard",
-                              "--patience", "1", "--outdir", str(outdir), "--quiet"])
-    assert code == 0
-    return outdir
-
-
-def test_tensorboard_event_files_hold_step_and_epoch_scalars_and_images(tensorboard_run):
-    files = list((tensorboard_run / "tensorboard").glob("events.out.tfevents.*"))
-    assert len(files) == 1
-    scalars, images = {}, {}
-    for event in _read_events(files[0]):
-        for value in event.summary.value:
-            if value.HasField("image"):
-                images.setdefault(value.tag, []).append((event.step, value.image))
-            else:
-                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
-    records = [json.loads(line) for line in
-               (tensorboard_run / "metrics.jsonl").read_text().splitlines()]
-    # 1,437 training digits, 10% held out for validation: 6 steps of 256 per epoch.
-    digits = data_lib.load_digits()
-    num_train = len(digits.x_train) - len(early_stopping.split_validation(digits, 0.1, 0)[1]["x"])
-    assert -(-num_train // 256) == 6
-    steps = [s for s, _ in scalars["step/loss"]]
-    assert steps == list(range(1, 6 * len(records) + 1))
-    for tag, key in (("loss/train", "train_loss"), ("loss/test", "test_loss"),
-                     ("kl/val", "val_kl"), ("recon/test", "test_recon")):
-        assert [s for s, _ in scalars[tag]] == [6 * r["epoch"] for r in records]
-        np.testing.assert_allclose([v for _, v in scalars[tag]], [r[key] for r in records],
-                                   rtol=1e-6)
-    for tag in ("images/reconstructions", "images/prior_samples"):
-        assert len(images[tag]) == len(records)
-        assert images[tag][0][1].encoded_image_string.startswith(b"\x89PNG")
-    recon = images["images/reconstructions"][0][1]
-    assert (recon.height, recon.width) == (2 * 8 + 1, 8 * 8 + 7)  # 2 rows of 8 tiles of 8x8
-
-
-def test_train_script_with_patience_saves_the_best_epoch(tensorboard_run):
-    summary = json.loads((tensorboard_run / "summary.json").read_text())
-    records = [json.loads(line) for line in
-               (tensorboard_run / "metrics.jsonl").read_text().splitlines()]
-    assert summary["config"]["patience"] == 1
-    best = summary["best_epoch"]
-    assert best == int(np.argmin([r["val_loss"] for r in records])) + 1
-    assert summary["final"] == records[best - 1]
-    assert summary["epochs_run"] == len(records)
 
 
 @pytest.mark.parametrize("argv, message", [

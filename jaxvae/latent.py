@@ -64,7 +64,8 @@ def project_2d(points_NxZ: np.ndarray, method: str = "pca", seed: int = 0) -> np
         return np.concatenate([points_NxZ, np.zeros_like(points_NxZ)], axis=1)
     if method == "pca":
         from sklearn.decomposition import PCA
-        return PCA(n_components=2, random_state=seed).fit_transform(points_NxZ)
+        with np.errstate(invalid="ignore", divide="ignore"):  # a collapsed posterior: no variance
+            return PCA(n_components=2, random_state=seed).fit_transform(points_NxZ)
     if method == "tsne":
         from sklearn.manifold import TSNE
         perplexity = min(30.0, (len(points_NxZ) - 1) / 3.0)

@@ -4,6 +4,7 @@ import json
 import struct
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -12,7 +13,7 @@ import evaluate as evaluate_script
 import train as train_script
 import visualize as visualize_script
 from jaxvae import data as data_lib
-from jaxvae import early_stopping, evaluate, runs
+from jaxvae import early_stopping, evaluate, registry, runs, train, trainer
 
 TINY = ["--dataset", "digits", "--epochs", "2", "--hidden", "32", "--batch-size", "256",
         "--quiet"]
@@ -23,8 +24,10 @@ def run_dir(tmp_path_factory):
     """A 2-D latent model on the 8x8 digits (so that the manifold is drawn too), trained with
     TensorBoard logging and early stopping."""
     outdir = tmp_path_factory.mktemp("z2")
-    argv = TINY + ["--epochs", "3", "--latent-dim", "2", "--tensorboard", "--patience", "1",
-                   "--outdir", str(outdir)]
+    # The validation loss stops falling after 15 epochs here (17 of 30 run).
+    argv = ["--dataset", "digits", "--epochs", "30", "--lr", "0.003", "--batch-size", "32",
+            "--hidden", "128", "--latent-dim", "2", "--tensorboard", "--patience", "2",
+            "--outdir", str(outdir), "--quiet"]
     assert train_script.main(argv) == 0
     return outdir
 
@@ -52,17 +55,22 @@ def test_tensorboard_event_files_hold_step_and_epoch_scalars_and_images(run_dir)
                 scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
     records = [json.loads(line) for line in
                (run_dir / "metrics.jsonl").read_text().splitlines()]
-    # 1,437 training digits, 10% held out for validation: 6 steps of 256 per epoch.
+    # 1,437 training digits, 10% held out for validation, batches of 32 and a remainder.
     digits = data_lib.load_digits()
     num_train = len(digits.x_train) - len(early_stopping.split_validation(digits, 0.1, 0)[1]["x"])
-    assert -(-num_train // 256) == 6
+    num_full, remainder = divmod(num_train, 32)
+    per_epoch = num_full + 1
     steps = [s for s, _ in scalars["step/loss"]]
-    assert steps == list(range(1, 6 * len(records) + 1))
+    assert steps == list(range(1, per_epoch * len(records) + 1))
     for tag, key in (("loss/train", "train_loss"), ("loss/test", "test_loss"),
                      ("kl/val", "val_kl"), ("recon/test", "test_recon")):
-        assert [s for s, _ in scalars[tag]] == [6 * r["epoch"] for r in records]
+        assert [s for s, _ in scalars[tag]] == [per_epoch * r["epoch"] for r in records]
         np.testing.assert_allclose([v for _, v in scalars[tag]], [r[key] for r in records],
                                    rtol=1e-6)
+    # The per-step values are the epoch's steps: their example-weighted mean is its train loss.
+    step_losses = np.array([v for _, v in scalars["step/loss"]]).reshape(len(records), per_epoch)
+    weighted = (step_losses[:, :-1].sum(axis=1) * 32 + step_losses[:, -1] * remainder) / num_train
+    np.testing.assert_allclose(weighted, [r["train_loss"] for r in records], rtol=1e-5)
     for tag in ("images/reconstructions", "images/prior_samples"):
         assert len(images[tag]) == len(records)
         assert images[tag][0][1].encoded_image_string.startswith(b"\x89PNG")
@@ -74,11 +82,21 @@ def test_train_script_with_patience_saves_the_best_epoch(run_dir):
     summary = json.loads((run_dir / "summary.json").read_text())
     records = [json.loads(line) for line in
                (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert summary["config"]["patience"] == 1
+    assert summary["config"]["patience"] == 2
     best = summary["best_epoch"]
-    assert best == int(np.argmin([r["val_loss"] for r in records])) + 1
+    val_losses = [r["val_loss"] for r in records]
+    assert best == int(np.argmin(val_losses)) + 1
+    assert summary["epochs_run"] == len(records) == best + 2 < 30  # stopped early
     assert summary["final"] == records[best - 1]
-    assert summary["epochs_run"] == len(records)
+    # The saved parameters are the best epoch's: re-evaluated, they give its validation loss.
+    loaded = runs.load_run(run_dir)
+    _, val = early_stopping.split_validation(loaded.data, 0.1, 0)
+    loss_fn = registry.build(loaded.config, loaded.data.example_shape).loss_fn
+    steps_per_epoch = -(-(len(loaded.data.x_train) - len(val["x"])) // 32)
+    metrics = train.make_evaluate(loss_fn, len(val["x"]))(
+        loaded.params, jax.device_put(val), trainer.run_keys(0).eval,
+        jnp.int32(best * steps_per_epoch))
+    assert float(metrics["loss"]) == pytest.approx(val_losses[best - 1], rel=1e-6)
 
 
 

@@ -102,9 +102,8 @@ def run(args: argparse.Namespace) -> list[str]:
 
     if model.latent_dim == 2:
         images, grid = latent.manifold(model, params, 20, config.likelihood)
-        keep(plots.save_manifold(outdir / "manifold.png", images, (grid[0], grid[-1]),
-                                 (grid[0], grid[-1]),
-                                 "Decoder means over the 2-D latent (prior quantiles)"),
+        keep(plots.save_manifold(outdir / "manifold.png", images, grid,
+                                 "Decoder means on the 5%..95% quantiles of the prior"),
              "manifold (not images)")
     else:
         skipped.append(f"manifold (needs a 2-D latent, the model has {model.latent_dim})")

@@ -110,20 +110,27 @@ def save_image_rows(path, rows: Sequence[np.ndarray], title: str,
     return _save(fig, path)
 
 
-def save_manifold(path, images_RxC: np.ndarray, z0_range: tuple[float, float],
-                  z1_range: tuple[float, float], title: str) -> str | None:
-    """A 2-D latent manifold: images_RxC is (R, C, ...), decoded on a grid of (z0, z1).
+def save_manifold(path, images_RxC: np.ndarray, grid_N: np.ndarray, title: str
+                  ) -> str | None:
+    """A 2-D latent manifold: images_RxC is (N, N, ...), decoded on the grid (z0, z1) of grid_N.
 
-    Row r holds z1 from the top (z1_range[1]) down; column c holds z0 from left to right.
+    Row r holds z1 = grid_N[N - 1 - r] (increasing upwards); column c holds z0 = grid_N[c]. The
+    ticks name the z values of their tiles (the grid need not be evenly spaced).
     """
     rows, cols = images_RxC.shape[:2]
     images = as_images(images_RxC.reshape((rows * cols,) + images_RxC.shape[2:]))
     if images is None:
         return None
+    h, w = images.shape[1:3]
     grid = np.clip(tile(images, cols), 0.0, 1.0)
     fig, ax = plt.subplots(figsize=(7, 7))
-    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0.0, vmax=1.0,
-              extent=(z0_range[0], z0_range[1], z1_range[0], z1_range[1]))
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0.0, vmax=1.0)
+    every = max(1, cols // 5)
+    ticks = list(range(0, cols, every))
+    ax.set_xticks([c * (w + 1) + w / 2 for c in ticks])
+    ax.set_xticklabels([f"{grid_N[c]:.2f}" for c in ticks])
+    ax.set_yticks([r * (h + 1) + h / 2 for r in ticks])
+    ax.set_yticklabels([f"{grid_N[rows - 1 - r]:.2f}" for r in ticks])
     ax.set_xlabel("z[0]")
     ax.set_ylabel("z[1]")
     ax.set_title(title)

@@ -40,7 +40,7 @@ def load_run(run_dir: str, check=None):
     saved = json.loads((run / "summary.json").read_text())["config"]
     saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields}
     config = TrainConfig(**saved)
-    data = data_lib.load(config.dataset, seed=0)
+    data = data_lib.load_for(config)
     model = registry.build(zoo.prepare(config, data), data.example_shape).model
     if check is not None:
         check(config, model)

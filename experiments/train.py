@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 from pathlib import Path
@@ -120,12 +119,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multi-process training: number of processes")
     p.add_argument("--process-id", type=int, default=None,
                    help="multi-process training: this process's id, 0 .. N-1")
+    # issue 6: tracking and early stopping
+    p.add_argument("--tensorboard", action="store_true",
+                   help="write TensorBoard event files into OUTDIR/tensorboard")
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help="stop after N epochs without a lower validation loss and keep the best "
+                        "epoch's parameters (default: off)")
+    p.add_argument("--validation-fraction", type=float, default=d.validation_fraction,
+                   help="share of the training split held out for --patience "
+                        "(default %(default)s)")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(dataset=args.dataset, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
-                       lr=args.lr, latent_dim=args.latent_dim, hidden=tuple(args.hidden),
+    return TrainConfig(dataset=args.dataset, model=args.model, epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, latent_dim=args.latent_dim,
+                       hidden=tuple(args.hidden),
                        beta=args.beta, likelihood=args.likelihood, seed=args.seed,
                        # issue 4: data
                        data_dir=args.data_dir, download=args.download,
@@ -140,7 +149,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        # issue 8
                        checkpoint_every=args.checkpoint_every,
                        keep_checkpoints=args.keep_checkpoints,
-                       max_skipped_steps=args.max_skipped_steps, clip_norm=args.clip_norm)
+                       max_skipped_steps=args.max_skipped_steps, clip_norm=args.clip_norm,
+                       # issue 6: early stopping
+                       patience=args.patience,
+                       validation_fraction=args.validation_fraction)
 
 
 def prepare_outdir(path: str) -> Path:
@@ -190,7 +202,8 @@ def write_outputs(outdir: Path, config: TrainConfig, data: data_lib.Dataset,
             written.append(path)
     (outdir / "params.msgpack").write_bytes(serialization.to_bytes(jax.device_get(params)))
     written.append(outdir / "params.msgpack")
-    summary = {"config": config.to_dict(), "final": result.history[-1],
+    summary = {"config": config.to_dict(), "final": trainer.final_record(result),
+               "best_epoch": result.best_epoch, "epochs_run": len(result.history),
                "compile_seconds": result.compile_seconds,
                "train_examples": int(len(data.x_train)), "test_examples": int(len(data.x_test)),
                **environment()}
@@ -200,11 +213,12 @@ def write_outputs(outdir: Path, config: TrainConfig, data: data_lib.Dataset,
 
 
 def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool = False,
-        distributed: tuple | None = None) -> trainer.FitResult:
+        distributed: tuple | None = None, tensorboard: bool = False) -> trainer.FitResult:
     """Loads the data, trains, and writes every output file into outdir.
 
     ``distributed = (coordinator, num_processes, process_id)`` starts jax.distributed first;
     every process then trains on its block of the training set and only process 0 writes.
+    ``tensorboard`` writes event files into OUTDIR/tensorboard (process 0).
     """
     jaxvae.validate_config(config)
     lead = True
@@ -222,9 +236,7 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
         if steps and not resume:
             raise ValueError(f"{checkpoint_dir} already holds the checkpoints of a run (steps "
                              f"{steps}): pass --resume to continue it, or use another --outdir")
-    data = data_lib.load(config.dataset, seed=0, data_dir=config.data_dir,
-                         download=config.download, label_column=config.label_column,
-                         likelihood=config.likelihood)
+    data = data_lib.load_for(config)
     if distributed is not None:
         idx = data_lib.process_shard(len(data.x_train), jax.process_index(), jax.process_count())
         data = data._replace(x_train=data.x_train[idx], y_train=data.y_train[idx])
@@ -247,17 +259,30 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
             metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
         bar.update(len(history))
 
+    # issue 6: TensorBoard
+    logger = None
+    if tensorboard and lead:
+        from jaxvae import tracking
+        logger = tracking.TensorBoardLogger(out / "tensorboard", config.likelihood,
+                                            examples=data.x_test[:8], seed=config.seed)
     try:
         result = trainer.fit(config, data, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
-                             resume=resume, on_resume=on_resume)
+                             resume=resume, on_resume=on_resume, on_epoch_end=logger)
     finally:
         bar.close()
+        if logger is not None:
+            logger.close()
     if not lead:
         return result
     written = [metrics_path] + write_outputs(out, config, data, result)
-    final = result.history[-1]
+    if logger is not None:
+        written.append(Path(logger.logdir))
+    final = trainer.final_record(result)
     print(f"test loss {final['test_loss']:.3f} (recon {final['test_recon']:.3f}, "
-          f"kl {final['test_kl']:.3f}) nats/example after {config.epochs} epochs")
+          f"kl {final['test_kl']:.3f}) nats/example after {final['epoch']} epochs")
+    if result.best_epoch is not None:
+        print(f"early stopping: kept epoch {result.best_epoch} (lowest validation loss "
+              f"{final['val_loss']:.3f}) of {len(result.history)} run")
     print(f"wrote {', '.join(str(p) for p in written)}")
     return result
 
@@ -269,7 +294,7 @@ def main(argv=None) -> int:
         distributed = (args.coordinator, args.num_processes, args.process_id)
     try:
         run(config_from_args(args), args.outdir, args.quiet, resume=args.resume,
-            distributed=distributed)
+            distributed=distributed, tensorboard=args.tensorboard)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

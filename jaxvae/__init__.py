@@ -31,6 +31,8 @@ from jaxvae.zoo import ZooVAE, elbo_loss_fn, iwae_loss_fn, log_prior_fn
 from jaxvae.checkpoint import CheckpointManager
 from jaxvae.loop import TrainingDiverged, make_train_chunk
 from jaxvae.validation import check_array, check_key
+# issue 6: evaluation
+from jaxvae.evaluate import anomaly_score, elbo, log_likelihood
 
 __version__ = "0.1.0"
 
@@ -104,4 +106,8 @@ __all__ = [
     "make_train_chunk",
     "check_array",
     "check_key",
+    # issue 6: evaluation
+    "anomaly_score",
+    "elbo",
+    "log_likelihood",
 ]

@@ -47,6 +47,11 @@ class TrainConfig:
     keep_checkpoints: int = 3  # how many of the latest checkpoints to keep
     max_skipped_steps: int = 10  # stop after this many consecutive non-finite steps in a row
     clip_norm: float | None = None  # clip gradients to this global L2 norm (None: no clipping)
+    # issue 6: early stopping
+    patience: int | None = None  # stop after this many epochs without a lower validation loss
+    #   and keep the best epoch's state; None or 0 = off (train all epochs, no validation split)
+    validation_fraction: float = 0.1  # share of the training split held out (stratified) as
+    #   the validation set when patience is set
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -95,6 +100,14 @@ def validate_config(config: TrainConfig) -> None:
 
     zoo.check_config(config)
     _validate_reliability(config)  # issue 8
+
+    # issue 6: early stopping
+    if config.patience is not None and (not _is_int(config.patience) or config.patience < 0):
+        raise ValueError(f"patience must be None or an int >= 0, got {config.patience!r}")
+    fraction = config.validation_fraction
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+            or not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation_fraction must be a number in (0, 1), got {fraction!r}")
 
 
 FEEDS = ("auto", "device", "stream")  # issue 4: how fit feeds the training data

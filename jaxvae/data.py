@@ -205,3 +205,9 @@ def process_shard(num_examples: int, process_index: int, process_count: int) -> 
     if num_examples < process_count:
         raise ValueError(f"{num_examples} examples cannot be shared by {process_count} processes")
     return np.array_split(np.arange(num_examples), process_count)[process_index]
+
+
+def load_for(config) -> Dataset:
+    """The dataset of a ``TrainConfig`` (name, data_dir, download, label column, likelihood)."""
+    return load(config.dataset, seed=0, data_dir=config.data_dir, download=config.download,
+                label_column=config.label_column, likelihood=config.likelihood)

@@ -156,12 +156,16 @@ def run_epochs(*, epochs: int, max_skipped_steps: int, checkpoint_every: int | N
                evaluate: Callable[[train.TrainState], dict], loop: dict,
                save: Callable[[train.TrainState, dict], Any] | None,
                on_epoch: Callable[[dict], Any] | None, last_saved: Any = None,
-               should_stop: Callable[[list[dict]], bool] | None = None
+               should_stop: Callable[[list[dict]], bool] | None = None,
+               on_epoch_end: Callable[[dict, dict, train.TrainState], Any] | None = None
                ) -> tuple[train.TrainState, dict, float]:
     """Runs epochs ``loop["epoch"] .. epochs`` from ``loop``'s position.
 
     ``run_chunk(state, epoch, start, stop) -> (state, step_metrics, batch_sizes, compile_s)``;
-    ``save(state, loop)`` writes a checkpoint (None: no checkpoints). ``should_stop(history)``,
+    ``evaluate(state)`` returns the record's evaluation entries (``test_loss``, ...).
+    ``save(state, loop)`` writes a checkpoint (None: no checkpoints). ``on_epoch_end(record,
+    step_metrics, state)`` sees each finished epoch with the per-step metrics of the chunks run
+    in this process (TensorBoard) and its state (early stopping). ``should_stop(history)``,
     asked after each epoch (e.g. early stopping), ends the run early; it sees the whole history,
     which is checkpointed, so a resumed run takes the same decision.
 
@@ -174,6 +178,7 @@ def run_epochs(*, epochs: int, max_skipped_steps: int, checkpoint_every: int | N
     compile_total = 0.0
     while loop["epoch"] <= epochs:
         epoch = loop["epoch"]
+        epoch_steps = []
         while loop["position"] < steps_per_epoch:
             first = (epoch - 1) * steps_per_epoch + loop["position"]  # steps done before
             stop = steps_per_epoch
@@ -182,6 +187,7 @@ def run_epochs(*, epochs: int, max_skipped_steps: int, checkpoint_every: int | N
             t0 = time.perf_counter()
             state, metrics, sizes, compile_s = run_chunk(state, epoch, loop["position"], stop)
             metrics = jax.device_get(metrics)
+            epoch_steps.append(metrics)
             loop["seconds"] += time.perf_counter() - t0 - compile_s
             compile_total += compile_s
             _account(loop, metrics, sizes, first, max_skipped_steps, last_saved)
@@ -193,7 +199,7 @@ def run_epochs(*, epochs: int, max_skipped_steps: int, checkpoint_every: int | N
                   **{f"train_{k}": (v / loop["examples"] if loop["examples"] else math.nan)
                      for k, v in loop["sums"].items()},
                   "train_skipped": loop["skipped"],
-                  **{f"test_{k}": float(v) for k, v in test.items()},
+                  **{k: float(v) for k, v in test.items()},
                   "seconds": loop["seconds"]}
         loop.update(new_loop_state(), history=loop["history"] + [record], epoch=epoch + 1,
                     consecutive_skipped=loop["consecutive_skipped"],
@@ -203,6 +209,9 @@ def run_epochs(*, epochs: int, max_skipped_steps: int, checkpoint_every: int | N
             last_saved = save(state, loop)
         if on_epoch is not None:
             on_epoch(record)
+        if on_epoch_end is not None:
+            on_epoch_end(record, jax.tree.map(lambda *m: np.concatenate(m), *epoch_steps),
+                         state)
         if should_stop is not None and should_stop(loop["history"]):
             break
     return state, loop, compile_total
@@ -257,7 +266,9 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn, tx, state, key
               on_resume: Callable[[list[dict]], Any] | None = None,
               should_stop: Callable[[list[dict]], bool] | None = None,
               preprocess: Callable[[jax.Array, Any], Any] | None = None,
-              data_key: jax.Array | None = None, stream: bool = False
+              data_key: jax.Array | None = None, stream: bool = False,
+              val_data: dict | None = None,
+              on_epoch_end: Callable[[dict, dict, train.TrainState], Any] | None = None
               ) -> tuple[train.TrainState, list[dict], float]:
     """The body of ``trainer.fit`` after validation: returns ``(state, history, compile_s)``.
 
@@ -265,7 +276,8 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn, tx, state, key
     process's block of the training set and the whole test set). ``preprocess(key, batch)``
     transforms each training batch on the device (dynamic binarization, dequantization) with
     the key ``fold_in(fold_in(data_key, epoch), position)``; ``stream`` keeps the training data
-    in host memory (``jaxvae.feeding``) instead of on the device.
+    in host memory (``jaxvae.feeding``) instead of on the device. ``val_data`` (early
+    stopping) is evaluated after each epoch into ``val_loss``, ``val_recon``, ... .
     """
     multi = jax.process_count() > 1
     writer = jax.process_index() == 0
@@ -306,6 +318,11 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn, tx, state, key
     t0 = time.perf_counter()
     evaluate = train.make_evaluate(loss_fn, eval_batch_size).lower(
         state.params, test_dev, keys.eval, state.step).compile()
+    if val_data is not None:
+        val_dev = jax.device_put(val_data, jax.local_devices()[0])
+        evaluate_val = train.make_evaluate(
+            loss_fn, min(config.eval_batch_size, len(jax.tree.leaves(val_data)[0]))).lower(
+            state.params, val_dev, keys.eval, state.step).compile()
     compile_seconds = time.perf_counter() - t0
 
     if multi and (preprocess is not None or stream):
@@ -335,7 +352,12 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn, tx, state, key
 
     def evaluate_state(state):
         params, step = host(state.params), host(state.step)
-        return jax.device_get(evaluate(params, test_dev, keys.eval, step))
+        out = {f"test_{k}": v for k, v in
+               jax.device_get(evaluate(params, test_dev, keys.eval, step)).items()}
+        if val_data is not None:
+            out.update({f"val_{k}": v for k, v in
+                        jax.device_get(evaluate_val(params, val_dev, keys.eval, step)).items()})
+        return out
 
     save = make_saver(manager, keys, config_json) if manager is not None and writer else None
     try:
@@ -344,7 +366,7 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn, tx, state, key
             checkpoint_every=config.checkpoint_every, state=state,
             steps_per_epoch=steps_per_epoch, run_chunk=run_chunk, evaluate=evaluate_state,
             loop=loop, save=save, on_epoch=on_epoch, last_saved=last_saved,
-            should_stop=should_stop)
+            should_stop=should_stop, on_epoch_end=on_epoch_end)
     finally:
         if manager is not None:
             manager.close()

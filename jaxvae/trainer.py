@@ -14,7 +14,8 @@ import numpy as np
 
 from jaxvae import config as config_lib
 from jaxvae import data as data_lib
-from jaxvae import feeding, loop, models, preprocessing, registry, train, validation, zoo
+from jaxvae import early_stopping, feeding, loop, models, preprocessing, registry, train
+from jaxvae import validation, zoo
 
 
 class RunKeys(NamedTuple):
@@ -35,6 +36,23 @@ class FitResult(NamedTuple):
     state: train.TrainState
     history: list[dict]  # one record per epoch (see ``fit``)
     compile_seconds: float  # compiling the epoch and evaluation programs
+    # issue 6: with early stopping (config.patience), the epoch whose state ``state`` is.
+    best_epoch: int | None = None
+
+
+class EpochEnd(NamedTuple):
+    """What ``fit``'s ``on_epoch_end`` callback receives after each epoch (issue 6)."""
+
+    record: dict  # the history record of the epoch
+    step_metrics: dict  # per-step training metrics of the epoch, numpy arrays (num_steps,)
+    state: train.TrainState  # the state after the epoch; valid only during the callback
+    model: nn.Module
+
+
+def final_record(result: FitResult) -> dict:
+    """The record of the returned state: the best epoch's with early stopping, else the last."""
+    return result.history[-1] if result.best_epoch is None else \
+        result.history[result.best_epoch - 1]
 
 
 def check_inputs(config: config_lib.TrainConfig, data: data_lib.Dataset) -> data_lib.Dataset:
@@ -52,7 +70,8 @@ def check_inputs(config: config_lib.TrainConfig, data: data_lib.Dataset) -> data
 
 def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
         on_epoch: Callable[[dict], Any] | None = None, *, checkpoint_dir: str | None = None,
-        resume: bool = False, on_resume: Callable[[list[dict]], Any] | None = None) -> FitResult:
+        resume: bool = False, on_resume: Callable[[list[dict]], Any] | None = None,
+        on_epoch_end: Callable[[EpochEnd], Any] | None = None) -> FitResult:
     """Trains the config's VAE on ``data`` and evaluates it on the test split after each epoch.
 
     Each history record holds ``epoch``, ``train_loss``, ``train_recon``, ``train_kl`` (means
@@ -69,9 +88,31 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     calls ``on_resume(history)`` with the records of the epochs already done. In a multi-process
     run (``jax.distributed``), ``data.x_train`` is this process's block of the training set,
     training is data parallel over every process's devices and only process 0 writes.
+
+    ``on_epoch_end`` (if given) receives an ``EpochEnd`` after ``on_epoch``: the record, the
+    per-step training metrics and the state (for TensorBoard steps and image grids).
+
+    With ``config.patience`` (early stopping), ``config.validation_fraction`` of the training
+    split is held out (stratified) and evaluated after each epoch (``val_loss``, ``val_recon``,
+    ``val_kl`` in the records); training stops after ``patience`` epochs without a lower
+    ``val_loss``, and the returned state is the best epoch's (``FitResult.best_epoch``).
+    Early stopping cannot be resumed yet (the best epoch's parameters are not checkpointed):
+    ``resume`` with ``config.patience`` raises ValueError.
     """
     data = check_inputs(config, data)
     config = zoo.prepare(config, data)  # issue 7a: cyclical KL needs the run's steps
+    stopper = val_data = None  # issue 6: early stopping
+    if config.patience:
+        if resume:
+            raise ValueError("early stopping (patience) cannot resume a run yet: the best "
+                             "epoch's parameters are not in the checkpoints; resume without "
+                             "--patience or start a new run")
+        data, val_data = early_stopping.split_validation(data, config.validation_fraction,
+                                                         config.seed)
+        if config.batch_size > len(data.x_train):
+            raise ValueError(f"batch size {config.batch_size} is larger than the training set "
+                             f"without its validation part ({len(data.x_train)} examples)")
+        stopper = early_stopping.EarlyStopping(config.patience)
     model, loss_fn = registry.build(config, data.example_shape)
     keys = run_keys(config.seed)
     tx = train.make_optimizer(config.lr, clip_norm=config.clip_norm)
@@ -88,9 +129,21 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     train_data = {"x": data.x_train, "y": data.y_train}
     stream = config.feed == "stream" or (
         config.feed == "auto" and not feeding.fits_on_device(feeding.tree_nbytes(train_data)))
+
+    stop = [False]
+
+    def epoch_end(record: dict, step_metrics: dict, state: train.TrainState) -> None:
+        if on_epoch_end is not None:
+            on_epoch_end(EpochEnd(record, step_metrics, state, model))
+        if stopper is not None:
+            stop[0] = stopper.update(record["epoch"], record["val_loss"], state)
+
     state, history, compile_seconds = loop.train_run(
         config, train_data, {"x": data.x_test, "y": data.y_test},
         loss_fn, tx, state, keys, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
         resume=resume, on_resume=on_resume, preprocess=preprocess, data_key=data_key,
-        stream=stream)
+        stream=stream, val_data=val_data, on_epoch_end=epoch_end,
+        should_stop=lambda history: stop[0])
+    if stopper is not None and stopper.best_state is not None:
+        return FitResult(model, stopper.best_state, history, compile_seconds, stopper.best_epoch)
     return FitResult(model, state, history, compile_seconds)

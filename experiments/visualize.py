@@ -1,0 +1,149 @@
+"""Draw the figures of a trained VAE from its run directory.
+
+    python experiments/visualize.py runs/ref
+    python experiments/visualize.py runs/z2 --interpolation spherical --tsne-points 500
+
+Writes into --outdir (default RUN_DIR/figures): reconstructions.png, prior_samples.png,
+interpolation.png, traversal.png, manifold.png (2-D latent models only), latent_pca.png,
+latent_tsne.png (the posterior means of the test set coloured by label) and loss_curves.png
+(loss, reconstruction and KL per epoch, train/val/test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxvae import latent, models, objectives, plots, runs  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("run_dir", help="a directory written by experiments/train.py")
+    p.add_argument("--outdir", default=None, help="where to write (default RUN_DIR/figures)")
+    p.add_argument("--interpolation", choices=("linear", "spherical"), default="linear",
+                   help="path between two latent means (default %(default)s)")
+    p.add_argument("--steps", type=int, default=10,
+                   help="points per interpolation and traversal (default %(default)s)")
+    p.add_argument("--traversal-range", type=float, default=3.0,
+                   help="traverse each latent dimension over [-R, R] (default %(default)s)")
+    p.add_argument("--tsne-points", type=int, default=1000,
+                   help="test examples in the t-SNE plot (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples (default %(default)s)")
+    return p
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.steps < 2:
+        raise ValueError(f"--steps must be >= 2, got {args.steps}")
+    if args.tsne_points < 3:
+        raise ValueError(f"--tsne-points must be >= 3, got {args.tsne_points}")
+    if not args.traversal_range > 0:
+        raise ValueError(f"--traversal-range must be > 0, got {args.traversal_range}")
+
+
+def _pairs(y: np.ndarray, count: int) -> list[tuple[int, int]]:
+    """Index pairs of test examples with different labels (the first of each label)."""
+    firsts = [int(np.flatnonzero(y == label)[0]) for label in np.unique(y)]
+    if len(firsts) < 2:
+        firsts = list(range(min(len(y), 2 * count)))
+    return [(firsts[i], firsts[(i + 1) % len(firsts)]) for i in range(min(count, len(firsts)))]
+
+
+def run(args: argparse.Namespace) -> list[str]:
+    _check(args)
+    loaded = runs.load_run(args.run_dir)
+    model, params, config = loaded.model, loaded.params, loaded.config
+    x, y = loaded.data.x_test, loaded.data.y_test
+    outdir = Path(args.outdir) if args.outdir else Path(args.run_dir) / "figures"
+    outdir.mkdir(parents=True, exist_ok=True)
+    mean_of = lambda out: np.asarray(objectives.likelihood_mean(config.likelihood, out))
+    recon_key, sample_key = jax.random.split(jax.random.key(args.seed))
+    written, skipped = [], []
+
+    def keep(path, what):
+        (written if path is not None else skipped).append(str(path) if path else what)
+
+    recon = mean_of(models.reconstruct(model, params, x[:10], recon_key))
+    keep(plots.save_reconstructions(outdir / "reconstructions.png", x[:10], recon,
+                                    "Test inputs (top), reconstructions (bottom)"),
+         "reconstructions (not images)")
+    samples = mean_of(models.sample(model, params, sample_key, 64))
+    keep(plots.save_image_grid(outdir / "prior_samples.png", samples, 8,
+                               "Samples from the prior p(z) = N(0, I)"), "samples (not images)")
+
+    spherical = args.interpolation == "spherical"
+    pairs = _pairs(y, 5)
+    rows = [mean_of(models.interpolate(model, params, x[i], x[j], args.steps, spherical))
+            for i, j in pairs]
+    keep(plots.save_image_rows(
+        outdir / "interpolation.png", rows,
+        f"{args.interpolation.capitalize()} interpolation between posterior means",
+        row_labels=[f"{y[i]} -> {y[j]}" for i, j in pairs],
+        xlabel=f"{args.steps} steps from the first test example to the second"),
+        "interpolation (not images)")
+
+    mean_1xZ, _ = models.encode(model, params, x[:1])
+    values = np.linspace(-args.traversal_range, args.traversal_range, args.steps)
+    traversed = latent.traversal(model, params, mean_1xZ[0], values, config.likelihood)
+    keep(plots.save_image_rows(
+        outdir / "traversal.png", list(traversed),
+        f"Latent traversal around the posterior mean of a test '{y[0]}'",
+        row_labels=[f"z[{d}]" for d in range(model.latent_dim)],
+        xlabel=f"z[d] from {-args.traversal_range:g} to {args.traversal_range:g}"),
+        "traversal (not images)")
+
+    if model.latent_dim == 2:
+        images, grid = latent.manifold(model, params, 20, config.likelihood)
+        keep(plots.save_manifold(outdir / "manifold.png", images, grid,
+                                 "Decoder means on the 5%..95% quantiles of the prior"),
+             "manifold (not images)")
+    else:
+        skipped.append(f"manifold (needs a 2-D latent, the model has {model.latent_dim})")
+
+    means, _ = models.encode(model, params, x)
+    means = np.asarray(means)
+    pca = latent.project_2d(means, "pca", args.seed)
+    written.append(plots.save_latent_scatter(
+        outdir / "latent_pca.png", pca, y, "Posterior means of the test set, PCA",
+        "principal component 1", "principal component 2"))
+    n = min(args.tsne_points, len(means))
+    tsne = latent.project_2d(means[:n], "tsne", args.seed)
+    written.append(plots.save_latent_scatter(
+        outdir / "latent_tsne.png", tsne, y[:n], f"Posterior means of {n} test examples, t-SNE",
+        "t-SNE 1", "t-SNE 2"))
+
+    metrics_path = Path(args.run_dir) / "metrics.jsonl"
+    if metrics_path.is_file():
+        history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+        written.append(plots.save_loss_panels(
+            outdir / "loss_curves.png", history, loaded.summary.get("best_epoch"),
+            f"{config.model} VAE on {config.dataset}, beta {config.beta:g}"))
+    else:
+        skipped.append(f"loss curves ({metrics_path} not found)")
+
+    print(f"wrote {', '.join(written)}")
+    if skipped:
+        print(f"skipped: {'; '.join(skipped)}")
+    return written
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

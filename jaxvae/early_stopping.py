@@ -1,0 +1,56 @@
+"""Early stopping on a validation loss, keeping the state of the best epoch.
+
+``fit`` holds out ``validation_fraction`` of the training split (stratified by label) when
+``TrainConfig.patience`` is set, evaluates it after every epoch, and stops once ``patience``
+epochs in a row brought no lower validation loss; the returned state is the best epoch's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvae import data as data_lib
+
+
+def split_validation(data: data_lib.Dataset, fraction: float, seed: int
+                     ) -> tuple[data_lib.Dataset, dict[str, np.ndarray]]:
+    """Moves a stratified ``fraction`` of the training split into a validation set.
+
+    Returns the dataset with the smaller training split (the test split unchanged) and the
+    validation set as ``{"x", "y"}``.
+    """
+    train_idx, val_idx = data_lib.stratified_split(data.y_train, fraction, seed)
+    if len(val_idx) == 0:
+        raise ValueError(f"validation_fraction {fraction} of {len(data.y_train)} training "
+                         "examples leaves no validation example; raise it")
+    validation = {"x": data.x_train[val_idx], "y": data.y_train[val_idx]}
+    return data._replace(x_train=data.x_train[train_idx], y_train=data.y_train[train_idx]), \
+        validation
+
+
+class EarlyStopping:
+    """Tracks the lowest monitored loss, its epoch and a copy of that epoch's state.
+
+    ``update`` returns True when ``patience`` epochs have passed since the best one. A NaN
+    loss never counts as an improvement.
+    """
+
+    def __init__(self, patience: int):
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience must be an int >= 1, got {patience!r}")
+        self.patience = patience
+        self.best_loss = float("inf")
+        self.best_epoch: int | None = None
+        self.best_state: Any = None
+
+    def update(self, epoch: int, loss: float, state: Any) -> bool:
+        if loss < self.best_loss:
+            self.best_loss, self.best_epoch = float(loss), epoch
+            # A copy: the next epoch donates (deletes) the live state's buffers.
+            self.best_state = jax.tree.map(jnp.copy, state)
+            return False
+        return epoch - (self.best_epoch or 0) >= self.patience

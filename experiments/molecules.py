@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden-dim", type=int, default=256, help="GRU size (%(default)s)")
     p.add_argument("--latent-dim", type=int, default=64, help="latent size Z (%(default)s)")
     p.add_argument("--beta", type=float, default=d.beta, help="KL weight after warm-up (%(default)s)")
-    p.add_argument("--warmup-steps", type=int, default=1000,
+    p.add_argument("--warmup-steps", type=int, default=500,
                    help="linear KL warm-up steps (%(default)s)")
     p.add_argument("--word-dropout", type=float, default=0.1,
                    help="decoder input dropout rate (%(default)s)")

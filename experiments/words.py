@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-size", type=int, default=2000, help="test words (%(default)s)")
     p.add_argument("--min-len", type=int, default=3, help="shortest word (%(default)s)")
     p.add_argument("--max-len", type=int, default=12, help="longest word (%(default)s)")
-    p.add_argument("--epochs", type=int, default=25, help="epochs (%(default)s)")
+    p.add_argument("--epochs", type=int, default=12, help="epochs (%(default)s)")
     p.add_argument("--batch-size", type=int, default=128, help="batch size (%(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (%(default)s)")
     p.add_argument("--embed-dim", type=int, default=32, help="embedding size (%(default)s)")
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="linear KL warm-up steps (%(default)s)")
     p.add_argument("--word-dropout", type=float, default=0.25,
                    help="decoder input dropout rate (%(default)s)")
-    p.add_argument("--max-seconds", type=float, default=0.0,
+    p.add_argument("--max-seconds", type=float, default=420.0,
                    help="stop after the epoch that passes this training time; 0 = none")
     p.add_argument("--num-samples", type=int, default=1000, help="prior samples (%(default)s)")
     p.add_argument("--interpolate", nargs=2, default=["happy", "terrible"], metavar=("FROM", "TO"),

@@ -15,6 +15,12 @@ from jaxvae.objectives import (elbo_terms, iwae_bound, likelihood_mean, log_impo
 from jaxvae.train import (TrainState, create_train_state, make_evaluate, make_optimizer,
                           make_train_epoch, make_train_step, vae_loss_fn)
 from jaxvae.validation import check_data
+# issue 9: sequence VAE, semi-supervised M2, repair
+from jaxvae.repair import inpaint
+from jaxvae.semisupervised import M2, m2_loss_fn
+from jaxvae.sequence import SequenceVAE, sequence_loss_fn, sequence_vae
+from jaxvae.sequence_trainer import SequenceConfig, fit_sequences
+from jaxvae.vocab import Vocabulary
 
 __version__ = "0.1.0"
 
@@ -58,4 +64,14 @@ __all__ = [
     "standard_normal_log_prob",
     "vae_loss_fn",
     "validate_config",
+    # issue 9: sequence VAE, semi-supervised M2, repair
+    "M2",
+    "SequenceConfig",
+    "SequenceVAE",
+    "Vocabulary",
+    "fit_sequences",
+    "inpaint",
+    "m2_loss_fn",
+    "sequence_loss_fn",
+    "sequence_vae",
 ]

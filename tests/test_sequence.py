@@ -174,3 +174,14 @@ def test_bad_arguments_raise_clear_errors(tiny):
     with pytest.raises(ValueError, match="temperature must be > 0"):
         sequence.generate(model, params, jnp.zeros((1, 8)), 5, key=jax.random.key(0),
                           temperature=0.0)
+
+
+def test_fit_sequences_checks_its_inputs_before_training():
+    from jaxvae.sequence_trainer import SequenceConfig, fit_sequences
+    vocab = Vocabulary.from_corpus(WORDS)
+    with pytest.raises(ValueError, match="word_dropout must be in"):
+        fit_sequences(SequenceConfig(word_dropout=1.0), vocab, WORDS, WORDS)
+    with pytest.raises(ValueError, match="batch size 128 is larger than the training set"):
+        fit_sequences(SequenceConfig(), vocab, WORDS, WORDS)
+    with pytest.raises(ValueError, match="'zebra' is not in the vocabulary"):
+        fit_sequences(SequenceConfig(batch_size=2), vocab, WORDS, ["zebra"])

@@ -1,6 +1,6 @@
 """A character-level sequence VAE over English words (the `english-words` wheel's web2 list).
 
-    python experiments/words.py                                 # ~5 min on 2 CPU cores
+    python experiments/words.py                                 # 7 min of training (--max-seconds 420)
     python experiments/words.py --train-size 50000 --epochs 30 --outdir runs/words_big
 
 Writes into --outdir: metrics.jsonl (one line per epoch), results.json (config, sizes, test
@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--word-dropout", type=float, default=0.25,
                    help="decoder input dropout rate (%(default)s)")
     p.add_argument("--max-seconds", type=float, default=420.0,
-                   help="stop after the epoch that passes this training time; 0 = none")
+                   help="stop after the epoch that passes this training time in seconds; "
+                        "0 = none (%(default)s)")
     p.add_argument("--num-samples", type=int, default=1000, help="prior samples (%(default)s)")
     p.add_argument("--interpolate", nargs=2, default=["happy", "terrible"], metavar=("FROM", "TO"),
                    help="two words to interpolate between (%(default)s)")

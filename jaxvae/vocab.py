@@ -124,7 +124,7 @@ class Vocabulary:
     def decode(self, ids: Iterable[int]) -> str:
         """The string of ``ids`` up to the first EOS (or PAD); BOS is skipped, UNK kept as '<unk>'."""
         out = []
-        for i in np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids).tolist():
+        for i in np.asarray(ids).reshape(-1).tolist():
             if i in (EOS_ID, PAD_ID):
                 break
             if i == BOS_ID:

@@ -34,7 +34,8 @@ from jaxvae.sequence_trainer import SequenceConfig, fit_sequences  # noqa: E402
 from jaxvae.vocab import Vocabulary  # noqa: E402
 
 # Polykovskiy et al. 2020, Table 2 (VAE row): the published MOSES VAE baseline.
-MOSES_VAE = {"valid": 0.977, "unique@1k": 1.0, "unique@10k": 0.998, "novelty": 0.695,
+# Keys as in jaxvae.molecules.generation_metrics (unique@1000 is the paper's unique@1k).
+MOSES_VAE = {"valid": 0.977, "unique@1000": 1.0, "unique@10000": 0.998, "novelty": 0.695,
              "filters": 0.997}
 
 
@@ -141,10 +142,10 @@ def run(args) -> dict:
                + seqlib.write_model(outdir, fit))
     print(f"trained on {len(train_smiles)} molecules for {results['train_seconds'] / 60:.1f} min "
           f"({results['epochs_run']} epochs, {results['steps']} steps)")
-    print("           ours    MOSES VAE")
-    for name in ("valid", "unique@1k", "unique@10k", "novelty"):
-        if name in ours:
-            print(f"{name:>10} {ours[name]:7.3f}  {MOSES_VAE[name]:7.3f}")
+    print("             ours    MOSES VAE")
+    for name in ("valid", "unique@1000", "unique@10000", "novelty"):
+        used = f" (of {ours[name + '_n']} valid)" if name + "_n" in ours else ""
+        print(f"{name:>12} {ours[name]:7.3f}  {MOSES_VAE[name]:7.3f}{used}")
     print(f"wrote {', '.join(str(p) for p in written)}")
     return results
 

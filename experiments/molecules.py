@@ -3,7 +3,8 @@
     pip install --no-deps molsets          # the MOSES data files (never imported)
     python experiments/molecules.py                              # ~10 min on 2 busy CPU cores
     python experiments/molecules.py --train-size 100000 --max-minutes 30 --outdir runs/mol30
-    python experiments/molecules.py --full --epochs 30 --hidden-dim 512 --outdir runs/mol_full  # GPU
+    python experiments/molecules.py --full --max-minutes 0 --epochs 30 --beta 0.05
+        --batch-size 512 --hidden-dim 512 --latent-dim 128 --outdir runs/mol_full   (a GPU job)
 
 Trains on a random subset of the MOSES training split (--train-size; --full for all 1,584,663),
 evaluates the negative ELBO on a subset of the MOSES test split, samples --num-samples SMILES
@@ -57,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embed-dim", type=int, default=32, help="embedding size (%(default)s)")
     p.add_argument("--hidden-dim", type=int, default=256, help="GRU size (%(default)s)")
     p.add_argument("--latent-dim", type=int, default=64, help="latent size Z (%(default)s)")
-    p.add_argument("--beta", type=float, default=d.beta, help="KL weight after warm-up (%(default)s)")
+    p.add_argument("--beta", type=float, default=d.beta,
+                   help="KL weight after warm-up (%(default)s)")
     p.add_argument("--warmup-steps", type=int, default=500,
                    help="linear KL warm-up steps (%(default)s)")
     p.add_argument("--word-dropout", type=float, default=0.1,

@@ -1,6 +1,6 @@
 """A character-level sequence VAE over English words (the `english-words` wheel's web2 list).
 
-    python experiments/words.py                                 # 7 min of training (--max-seconds 420)
+    python experiments/words.py                  # 7 min of training (--max-seconds 420)
     python experiments/words.py --train-size 50000 --epochs 30 --outdir runs/words_big
 
 Writes into --outdir: metrics.jsonl (one line per epoch), results.json (config, sizes, test
@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embed-dim", type=int, default=32, help="embedding size (%(default)s)")
     p.add_argument("--hidden-dim", type=int, default=128, help="GRU size (%(default)s)")
     p.add_argument("--latent-dim", type=int, default=16, help="latent size Z (%(default)s)")
-    p.add_argument("--beta", type=float, default=d.beta, help="KL weight after warm-up (%(default)s)")
+    p.add_argument("--beta", type=float, default=d.beta,
+                   help="KL weight after warm-up (%(default)s)")
     p.add_argument("--warmup-steps", type=int, default=1500,
                    help="linear KL warm-up steps (%(default)s)")
     p.add_argument("--word-dropout", type=float, default=0.25,

@@ -115,7 +115,8 @@ def fit_sequences(config: SequenceConfig, vocab: Vocabulary, train_strings: Sequ
         state, train_data, shuffle_key, train_key).compile()
     # evaluated without word dropout: test_nelbo is the negative ELBO of the model itself
     eval_loss_fn = sequence.sequence_loss_fn(model, config.beta, config.warmup_steps, 0.0)
-    evaluate = train.make_evaluate(eval_loss_fn, min(config.eval_batch_size, len(test_strings))).lower(
+    eval_batch_size = min(config.eval_batch_size, len(test_strings))
+    evaluate = train.make_evaluate(eval_loss_fn, eval_batch_size).lower(
         state.params, test_data, eval_key, state.step).compile()
     compile_seconds = time.perf_counter() - start
 

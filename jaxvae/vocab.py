@@ -122,7 +122,7 @@ class Vocabulary:
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
-        """The string of ``ids`` up to the first EOS (or PAD); BOS is skipped, UNK kept as '<unk>'."""
+        """The string of ``ids`` up to the first EOS (or PAD); BOS skipped, UNK kept as '<unk>'."""
         out = []
         for i in np.asarray(ids).reshape(-1).tolist():
             if i in (EOS_ID, PAD_ID):

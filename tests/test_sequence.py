@@ -185,3 +185,12 @@ def test_fit_sequences_checks_its_inputs_before_training():
         fit_sequences(SequenceConfig(), vocab, WORDS, WORDS)
     with pytest.raises(ValueError, match="'zebra' is not in the vocabulary"):
         fit_sequences(SequenceConfig(batch_size=2), vocab, WORDS, ["zebra"])
+
+
+def test_words_script_splits_seeded_and_rejects_a_split_larger_than_the_list():
+    import words
+    train_words, test_words = words.split_words(WORDS, 3, 1, seed=0)
+    assert sorted(train_words + test_words) == sorted(WORDS)
+    assert words.split_words(WORDS, 3, 1, seed=0) == (train_words, test_words)
+    with pytest.raises(ValueError, match="exceeds the 4 words available"):
+        words.split_words(WORDS, 4, 1, seed=0)

@@ -3,7 +3,7 @@
     pip install --no-deps molsets          # the MOSES data files (never imported)
     python experiments/molecules.py                              # ~10 min on 2 busy CPU cores
     python experiments/molecules.py --train-size 100000 --max-minutes 30 --outdir runs/mol30
-    python experiments/molecules.py --full --max-minutes 0 --epochs 30 --beta 0.05
+    python experiments/molecules.py --full --max-minutes 0 --epochs 30
         --batch-size 512 --hidden-dim 512 --latent-dim 128 --outdir runs/mol_full   (a GPU job)
 
 Trains on a random subset of the MOSES training split (--train-size; --full for all 1,584,663),

@@ -62,3 +62,11 @@ def test_bad_repair_arguments_raise(model_and_images):
         repair.square_mask(jax.random.key(0), x, 25)
     with pytest.raises(ValueError, match="num_steps must be an int >= 1"):
         repair.inpaint(model, params, x, jnp.ones_like(x), jax.random.key(0), num_steps=0)
+
+
+def test_repair_script_needs_trained_parameters_in_the_run_dir(tmp_path):
+    import repair as script
+    args = script.build_parser().parse_args(["--run-dir", str(tmp_path),
+                                             "--outdir", str(tmp_path / "out")])
+    with pytest.raises(ValueError, match="params.msgpack does not exist"):
+        script.run(args)

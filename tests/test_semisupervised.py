@@ -79,3 +79,12 @@ def test_bad_labels_are_rejected(tiny):
         ss.m2_loss_fn(model, x, np.array([0, 1, 2, 3, 0, 1]), alpha=1.0)
     with pytest.raises(ValueError, match="alpha must be a number >= 0"):
         ss.m2_loss_fn(model, x, np.zeros(6, int), alpha=-1.0)
+
+
+def test_script_picks_the_same_labelled_digits_of_every_class():
+    import semisupervised as script
+    y = np.repeat(np.arange(10), 40)
+    picked = script.pick_labelled(y, 10, seed=0)
+    np.testing.assert_array_equal(np.bincount(y[picked]), np.full(10, 10))
+    np.testing.assert_array_equal(picked, script.pick_labelled(y, 10, seed=0))
+    assert not np.array_equal(picked, script.pick_labelled(y, 10, seed=1))

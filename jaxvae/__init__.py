@@ -33,6 +33,12 @@ from jaxvae.loop import TrainingDiverged, make_train_chunk
 from jaxvae.validation import check_array, check_key
 # issue 6: evaluation
 from jaxvae.evaluate import anomaly_score, elbo, log_likelihood
+# issue 9: sequence VAE, semi-supervised M2, repair
+from jaxvae.repair import inpaint
+from jaxvae.semisupervised import M2, m2_loss_fn
+from jaxvae.sequence import SequenceVAE, sequence_loss_fn, sequence_vae
+from jaxvae.sequence_trainer import SequenceConfig, fit_sequences
+from jaxvae.vocab import Vocabulary
 
 __version__ = "0.1.0"
 
@@ -110,4 +116,14 @@ __all__ = [
     "anomaly_score",
     "elbo",
     "log_likelihood",
+    # issue 9: sequence VAE, semi-supervised M2, repair
+    "M2",
+    "SequenceConfig",
+    "SequenceVAE",
+    "Vocabulary",
+    "fit_sequences",
+    "inpaint",
+    "m2_loss_fn",
+    "sequence_loss_fn",
+    "sequence_vae",
 ]

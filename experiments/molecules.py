@@ -1,0 +1,166 @@
+"""A SMILES sequence VAE on the MOSES benchmark, scored with the MOSES metrics.
+
+    pip install --no-deps molsets          # the MOSES data files (never imported)
+    python experiments/molecules.py                              # ~10 min on 2 busy CPU cores
+    python experiments/molecules.py --train-size 100000 --max-minutes 30 --outdir runs/mol30
+    python experiments/molecules.py --full --max-minutes 0 --epochs 30
+        --batch-size 512 --hidden-dim 512 --latent-dim 128 --outdir runs/mol_full   (a GPU job)
+
+Trains on a random subset of the MOSES training split (--train-size; --full for all 1,584,663),
+evaluates the negative ELBO on a subset of the MOSES test split, samples --num-samples SMILES
+from the prior (temperature 1) and writes validity, unique@1k, unique@10k and novelty (against
+the training subset and against the whole MOSES training split) to results.json, with the
+MOSES VAE baseline (Polykovskiy et al. 2020) beside them.
+
+Writes into --outdir: metrics.jsonl, results.json, samples.txt, params.msgpack, vocab.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import seqlib  # noqa: E402
+from jaxvae import molecules  # noqa: E402
+from jaxvae.sequence_trainer import SequenceConfig, fit_sequences  # noqa: E402
+from jaxvae.vocab import Vocabulary  # noqa: E402
+
+# Polykovskiy et al. 2020, Table 2 (VAE row): the published MOSES VAE baseline.
+# Keys as in jaxvae.molecules.generation_metrics (unique@1000 is the paper's unique@1k).
+MOSES_VAE = {"valid": 0.977, "unique@1000": 1.0, "unique@10000": 0.998, "novelty": 0.695,
+             "filters": 0.997}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = SequenceConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--train-size", type=int, default=30000,
+                   help="random training molecules from MOSES train (%(default)s)")
+    p.add_argument("--full", action="store_true", help="train on all of MOSES train (a GPU job)")
+    p.add_argument("--test-size", type=int, default=2000,
+                   help="MOSES test molecules for the test -ELBO (%(default)s)")
+    p.add_argument("--epochs", type=int, default=100,
+                   help="epochs at most (%(default)s); --max-minutes usually stops first")
+    p.add_argument("--max-minutes", type=float, default=8.0,
+                   help="stop after the epoch that passes this much training time; 0 = none "
+                        "(%(default)s)")
+    p.add_argument("--batch-size", type=int, default=128, help="batch size (%(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (%(default)s)")
+    p.add_argument("--embed-dim", type=int, default=32, help="embedding size (%(default)s)")
+    p.add_argument("--hidden-dim", type=int, default=256, help="GRU size (%(default)s)")
+    p.add_argument("--latent-dim", type=int, default=64, help="latent size Z (%(default)s)")
+    p.add_argument("--beta", type=float, default=d.beta,
+                   help="KL weight after warm-up (%(default)s)")
+    p.add_argument("--warmup-steps", type=int, default=500,
+                   help="linear KL warm-up steps (%(default)s)")
+    p.add_argument("--word-dropout", type=float, default=0.1,
+                   help="decoder input dropout rate (%(default)s)")
+    p.add_argument("--num-samples", type=int, default=10000,
+                   help="SMILES sampled for the metrics (%(default)s)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="sampling temperature (%(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
+    p.add_argument("--outdir", default="runs/molecules", help="output directory (%(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def check_args(args) -> None:
+    for name in ("train_size", "test_size", "num_samples"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not args.temperature > 0:
+        raise ValueError(f"--temperature must be > 0, got {args.temperature}")
+    if args.max_minutes < 0:
+        raise ValueError(f"--max-minutes must be >= 0, got {args.max_minutes}")
+
+
+def run(args) -> dict:
+    check_args(args)
+    config = SequenceConfig(embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
+                            latent_dim=args.latent_dim, epochs=args.epochs,
+                            batch_size=args.batch_size, lr=args.lr, beta=args.beta,
+                            warmup_steps=args.warmup_steps, word_dropout=args.word_dropout,
+                            seed=args.seed, max_seconds=60.0 * args.max_minutes)
+    outdir = seqlib.prepare_outdir(args.outdir)
+    moses_train = molecules.load_moses("train")
+    moses_test = molecules.load_moses("test")
+    rng = np.random.default_rng(args.seed)
+    if args.full:
+        train_smiles = moses_train
+    else:
+        if args.train_size > len(moses_train):
+            raise ValueError(f"--train-size {args.train_size} exceeds the {len(moses_train)} "
+                             "MOSES training molecules; use --full for all of them")
+        train_smiles = [moses_train[i] for i in rng.permutation(len(moses_train))[:args.train_size]]
+    vocab = Vocabulary.from_corpus(train_smiles, "smiles")
+    known = set(vocab.tokens)
+    test_all = [moses_test[i] for i in rng.permutation(len(moses_test))[:args.test_size]]
+    # a test molecule with a token the training subset never showed cannot be encoded: drop it
+    test_smiles = [s for s in test_all if set(vocab.tokenize(s)) <= known]
+
+    on_epoch, bar = seqlib.progress(config.epochs, args.quiet, outdir / "metrics.jsonl")
+    start = time.perf_counter()
+    try:
+        fit = fit_sequences(config, vocab, train_smiles, test_smiles, on_epoch)
+    finally:
+        bar.close()
+    train_wall = time.perf_counter() - start
+
+    start = time.perf_counter()
+    samples = seqlib.prior_samples(fit, jax.random.key(args.seed + 1), args.num_samples,
+                                   temperature=args.temperature)
+    sample_seconds = time.perf_counter() - start
+    ours = molecules.generation_metrics(samples, set(train_smiles))
+    ours["novelty_vs_full_moses_train"] = molecules.generation_metrics(
+        samples, set(moses_train), ks=())["novelty"]
+    recon = seqlib.reconstructions(fit, test_smiles[:1000])
+    results = {
+        "config": config.to_dict(), "train_molecules": len(train_smiles),
+        "test_molecules": len(test_smiles), "test_dropped_unknown_tokens":
+            len(test_all) - len(test_smiles),
+        "vocab_size": len(vocab), "row_length": fit.length,
+        "epochs_run": len(fit.history), "steps": fit.history[-1]["step"],
+        "train_seconds": sum(r["seconds"] for r in fit.history),
+        "compile_seconds": fit.compile_seconds, "train_wall_seconds": train_wall,
+        "sample_seconds": sample_seconds, "temperature": args.temperature,
+        "final": fit.history[-1],
+        "test_exact_reconstruction": float(np.mean([a == b for a, b in
+                                                    zip(test_smiles[:1000], recon)])),
+        "metrics": ours, "moses_vae_baseline": MOSES_VAE,
+        "samples_head": samples[:20], **seqlib.environment()}
+    (outdir / "results.json").write_text(json.dumps(results, indent=2))
+    (outdir / "samples.txt").write_text("\n".join(samples) + "\n")
+    written = ([outdir / "metrics.jsonl", outdir / "results.json", outdir / "samples.txt"]
+               + seqlib.write_model(outdir, fit))
+    print(f"trained on {len(train_smiles)} molecules for {results['train_seconds'] / 60:.1f} min "
+          f"({results['epochs_run']} epochs, {results['steps']} steps)")
+    print("             ours    MOSES VAE")
+    for name in ("valid", "unique@1000", "unique@10000", "novelty"):
+        used = f" (of {ours[name + '_n']} valid)" if name + "_n" in ours else ""
+        print(f"{name:>12} {ours[name]:7.3f}  {MOSES_VAE[name]:7.3f}{used}")
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return results
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, TypeError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Helpers shared by the sequence experiments (words.py, molecules.py): outputs and decoding."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+import flax
+import jax
+import numpy as np
+from flax import serialization
+from tqdm import tqdm
+
+import jaxvae
+from jaxvae import sequence
+from jaxvae.sequence_trainer import SequenceFit
+
+
+def prepare_outdir(path: str) -> Path:
+    outdir = Path(path)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        probe = outdir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"cannot write to output directory {outdir}: {e.strerror or e}") from None
+    return outdir
+
+
+def progress(total: int, quiet: bool, metrics_path: Path):
+    """An on_epoch callback: appends the record to metrics.jsonl and advances a bar."""
+    metrics_path.write_text("")
+    bar = tqdm(total=total, desc="epochs", unit="epoch", disable=quiet, file=sys.stderr)
+
+    def on_epoch(record: dict) -> None:
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        bar.set_postfix(train=f"{record['train_nelbo']:.2f}", test=f"{record['test_nelbo']:.2f}",
+                        acc=f"{record['test_token_accuracy']:.3f}")
+        bar.update(1)
+
+    return on_epoch, bar
+
+
+def decode_in_batches(fn, n: int, batch: int) -> list[str]:
+    """Concatenates ``fn(start, size)`` (lists of strings) over batches covering n items."""
+    out: list[str] = []
+    for start in range(0, n, batch):
+        out.extend(fn(start, min(batch, n - start)))
+    return out
+
+
+def reconstructions(fit: SequenceFit, strings: list[str], batch: int = 500) -> list[str]:
+    """Greedy decodings of the posterior means of ``strings``."""
+    vocab, length = fit.vocab, fit.length
+
+    def one(start, size):
+        tokens = vocab.encode_batch(strings[start:start + size], length)
+        return vocab.decode_batch(sequence.reconstruct(fit.model, fit.state.params, tokens,
+                                                       length))
+
+    return decode_in_batches(one, len(strings), batch)
+
+
+def prior_samples(fit: SequenceFit, key: jax.Array, n: int, temperature: float = 1.0,
+                  greedy: bool = False, batch: int = 1000) -> list[str]:
+    """n strings from the prior (batch b uses fold_in(key, b))."""
+
+    def one(start, size):
+        tokens = sequence.sample(fit.model, fit.state.params, jax.random.fold_in(key, start),
+                                 size, fit.length, temperature, greedy)
+        return fit.vocab.decode_batch(tokens)
+
+    return decode_in_batches(one, n, batch)
+
+
+def interpolation(fit: SequenceFit, a: str, b: str, steps: int) -> list[str]:
+    tokens = fit.vocab.encode_batch([a, b], fit.length)
+    path = sequence.interpolate(fit.model, fit.state.params, tokens[0], tokens[1], steps,
+                                fit.length)
+    return fit.vocab.decode_batch(path)
+
+
+def write_model(outdir: Path, fit: SequenceFit) -> list[Path]:
+    (outdir / "params.msgpack").write_bytes(serialization.to_bytes(jax.device_get(
+        fit.state.params)))
+    (outdir / "vocab.json").write_text(fit.vocab.to_json())
+    return [outdir / "params.msgpack", outdir / "vocab.json"]
+
+
+def environment() -> dict:
+    return {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "versions": {"jaxvae": jaxvae.__version__, "jax": jax.__version__,
+                         "flax": flax.__version__, "numpy": np.__version__}}

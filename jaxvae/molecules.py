@@ -1,0 +1,96 @@
+"""Molecules as SMILES: the MOSES data files and the MOSES generation metrics (RDKit).
+
+The MOSES benchmark (Polykovskiy et al. 2020) ships its splits inside the ``molsets`` wheel
+(``moses/dataset/data/train.csv.gz``: 1,584,663 SMILES; ``test.csv.gz``: 176,074). Its declared
+dependencies are dated and break pip, so install it without them and read only the files:
+
+    pip install --no-deps molsets        # `import moses` then fails; we never import it
+
+The metrics follow ``moses.metrics`` (reimplemented here, on RDKit):
+
+    valid      fraction of generated strings that RDKit parses into a molecule
+    unique@k   |set(canonical(first k valid))| / k     (k clipped to the number of valid ones)
+    novelty    fraction of the unique valid canonical molecules not in the training set
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import importlib.util
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+SPLITS = ("train", "test", "test_scaffolds")
+
+
+def _rdkit_chem():
+    try:
+        from rdkit import Chem, RDLogger
+    except ImportError as e:
+        raise ImportError("molecule metrics need RDKit: pip install 'jaxvae[molecules]' "
+                          "(or pip install rdkit)") from e
+    RDLogger.DisableLog("rdApp.*")  # invalid samples are expected; do not log each one
+    return Chem
+
+
+def moses_data_dir() -> Path:
+    """The folder of the MOSES csv.gz files inside the installed ``molsets`` wheel.
+
+    Located with ``importlib.util.find_spec`` (which does not run ``moses/__init__.py``).
+    """
+    spec = importlib.util.find_spec("moses")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("the MOSES data needs the molsets wheel: pip install --no-deps molsets "
+                         "(its declared dependencies are not needed and break pip)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "dataset" / "data"
+    if not (path / "train.csv.gz").exists():
+        raise ValueError(f"no MOSES data files in {path}; reinstall: pip install --no-deps "
+                         "--force-reinstall molsets")
+    return path
+
+
+def load_moses(split: str = "train") -> list[str]:
+    """The SMILES of one MOSES split (``train``, ``test`` or ``test_scaffolds``), in file order."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown MOSES split {split!r}; choose one of {SPLITS}")
+    with gzip.open(moses_data_dir() / f"{split}.csv.gz", "rt", newline="") as f:
+        rows = csv.reader(f)
+        header = next(rows)
+        col = header.index("SMILES")
+        return [row[col] for row in rows]
+
+
+def canonical(smiles: str) -> str | None:
+    """RDKit's canonical SMILES, or None if the string is not a valid molecule."""
+    Chem = _rdkit_chem()
+    if not smiles:
+        return None
+    mol = Chem.MolFromSmiles(smiles)
+    return None if mol is None else Chem.MolToSmiles(mol)
+
+
+def generation_metrics(generated: Sequence[str], train: Iterable[str],
+                       ks: Sequence[int] = (1000, 10000)) -> dict:
+    """MOSES's valid, unique@k and novelty of ``generated`` against the ``train`` SMILES.
+
+    ``train`` is compared as given (MOSES's files hold canonical SMILES); generated molecules
+    are canonicalized with RDKit first. Returns ``valid``, ``unique@k`` for each k (with
+    ``unique@k_n``, the number of valid molecules it used when fewer than k were valid),
+    ``novelty``, ``num_generated`` and ``num_valid``.
+    """
+    if not len(generated):
+        raise ValueError("no generated strings to score")
+    canon = [canonical(s) for s in generated]
+    valid = [c for c in canon if c is not None]
+    out: dict = {"num_generated": len(generated), "num_valid": len(valid),
+                 "valid": len(valid) / len(generated)}
+    for k in ks:
+        first = valid[:k]
+        out[f"unique@{k}"] = len(set(first)) / len(first) if first else 0.0
+        if len(first) < k:
+            out[f"unique@{k}_n"] = len(first)
+    unique = set(valid)
+    train_set = train if isinstance(train, (set, frozenset)) else set(train)
+    out["novelty"] = len(unique - train_set) / len(unique) if unique else 0.0
+    return out

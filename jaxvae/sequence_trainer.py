@@ -1,0 +1,141 @@
+"""Training a sequence VAE on a list of strings: one config, one ``fit_sequences`` call.
+
+The strings become ``{"tokens": tokens_NxL}`` arrays on the device once; every epoch is one
+compiled call of ``jaxvae.train.make_train_epoch`` (a ``lax.scan`` over the batches) and the test
+split is evaluated after each epoch with ``jaxvae.train.make_evaluate``. ``fit_sequences`` prints
+nothing; a caller that wants progress passes ``on_epoch``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import optax
+
+from jaxvae import sequence, train
+from jaxvae.vocab import Vocabulary
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceConfig:
+    """A sequence VAE run (defaults: a small character model that trains on a CPU)."""
+
+    embed_dim: int = 64  # token embedding size
+    hidden_dim: int = 256  # GRU state size (each encoder direction and the decoder)
+    latent_dim: int = 32  # Z
+    epochs: int = 10  # passes over the training strings
+    batch_size: int = 128  # sequences per gradient step
+    lr: float = 1e-3  # Adam learning rate
+    clip_norm: float = 5.0  # gradients clipped to this global norm (RNNs); 0 = no clipping
+    beta: float = 1.0  # KL weight after the warm-up
+    warmup_steps: int = 2000  # steps of the linear KL warm-up from 0 (Bowman et al. 2016)
+    word_dropout: float = 0.25  # probability a decoder input token is replaced by UNK
+    seed: int = 0  # init, shuffling and noise: jax.random.key(seed)
+    max_seconds: float = 0.0  # stop after the epoch that passes this training time; 0 = no limit
+    eval_batch_size: int = 500  # sequences per evaluation batch (memory only)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def validate_sequence_config(config: SequenceConfig) -> None:
+    """Raises TypeError / ValueError naming the first field that cannot work."""
+    for name in ("embed_dim", "hidden_dim", "latent_dim", "epochs", "batch_size", "warmup_steps",
+                 "seed", "eval_batch_size"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        if value < (0 if name in ("warmup_steps", "seed") else 1):
+            raise ValueError(f"{name} must be >= {0 if name in ('warmup_steps', 'seed') else 1}, "
+                             f"got {value}")
+    for name in ("lr", "clip_norm", "beta", "word_dropout", "max_seconds"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise TypeError(f"{name} must be a number, got {value!r}")
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    if not config.lr > 0:
+        raise ValueError(f"lr must be > 0, got {config.lr}")
+    if not config.word_dropout < 1:
+        raise ValueError(f"word_dropout must be in [0, 1), got {config.word_dropout}")
+
+
+class SequenceFit(NamedTuple):
+    model: sequence.SequenceVAE
+    state: train.TrainState
+    vocab: Vocabulary
+    length: int  # L, the row length of the token arrays (longest string + EOS)
+    history: list[dict]  # one record per epoch: train_* and test_* metrics, seconds
+    compile_seconds: float
+
+
+def make_sequence_optimizer(config: SequenceConfig) -> optax.GradientTransformation:
+    """Adam, after clipping the global gradient norm to ``clip_norm`` (if > 0)."""
+    adam = train.make_optimizer(config.lr)
+    if config.clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(config.clip_norm), adam)
+    return adam
+
+
+def fit_sequences(config: SequenceConfig, vocab: Vocabulary, train_strings: Sequence[str],
+                  test_strings: Sequence[str], on_epoch: Callable[[dict], Any] | None = None,
+                  length: int | None = None) -> SequenceFit:
+    """Trains a ``SequenceVAE`` on ``train_strings``, evaluating on ``test_strings`` each epoch.
+
+    Every string must tokenize into ``vocab``'s tokens (checked before any training). Records
+    hold ``epoch``, ``step``, ``train_<metric>`` (means over the epoch's steps), ``test_<metric>``
+    (with the parameters at the end of the epoch; see ``sequence.sequence_loss_fn``) and
+    ``seconds`` (the epoch's training time, compilation excluded).
+    """
+    validate_sequence_config(config)
+    if len(train_strings) < config.batch_size:
+        raise ValueError(f"batch size {config.batch_size} is larger than the training set "
+                         f"({len(train_strings)} strings)")
+    if not test_strings:
+        raise ValueError("test_strings is empty; hold out some strings to evaluate on")
+    if length is None:
+        length = max(vocab.max_tokens(train_strings), vocab.max_tokens(test_strings)) + 1
+    train_data = {"tokens": jax.device_put(vocab.encode_batch(train_strings, length))}
+    test_data = {"tokens": jax.device_put(vocab.encode_batch(test_strings, length))}
+
+    model = sequence.sequence_vae(len(vocab), config.embed_dim, config.hidden_dim,
+                                  config.latent_dim)
+    init_key, train_key, shuffle_key, eval_key = jax.random.split(jax.random.key(config.seed), 4)
+    loss_fn = sequence.sequence_loss_fn(model, config.beta, config.warmup_steps,
+                                        config.word_dropout)
+    tx = make_sequence_optimizer(config)
+    state = train.create_train_state(sequence.init(model, init_key), tx)
+
+    start = time.perf_counter()
+    train_epoch = train.make_train_epoch(loss_fn, tx, config.batch_size).lower(
+        state, train_data, shuffle_key, train_key).compile()
+    # evaluated without word dropout: test_nelbo is the negative ELBO of the model itself
+    eval_loss_fn = sequence.sequence_loss_fn(model, config.beta, config.warmup_steps, 0.0)
+    eval_batch_size = min(config.eval_batch_size, len(test_strings))
+    evaluate = train.make_evaluate(eval_loss_fn, eval_batch_size).lower(
+        state.params, test_data, eval_key, state.step).compile()
+    compile_seconds = time.perf_counter() - start
+
+    history, trained = [], 0.0
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        state, metrics, _ = train_epoch(state, train_data, jax.random.fold_in(shuffle_key, epoch),
+                                        train_key)
+        metrics = jax.device_get(metrics)
+        seconds = time.perf_counter() - start
+        trained += seconds
+        test = jax.device_get(evaluate(state.params, test_data, eval_key, state.step))
+        record = {"epoch": epoch, "step": int(state.step),
+                  **{f"train_{k}": float(v) for k, v in metrics.items()},
+                  **{f"test_{k}": float(v) for k, v in test.items()},
+                  "seconds": seconds}
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        if config.max_seconds and trained >= config.max_seconds:
+            break
+    return SequenceFit(model, state, vocab, length, history, compile_seconds)

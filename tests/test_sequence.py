@@ -1,0 +1,196 @@
+"""Vocabulary round trips, masking, KL annealing, word dropout and training of the sequence VAE."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxvae import sequence, train
+from jaxvae.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary, tokenize_smiles
+
+SMILES = ["CC(=O)Oc1ccccc1C(=O)O", "Clc1ccc(Br)cc1", "c1cc[nH]c1", "C[C@@H](N)C(=O)O",
+          "C1CC2CCC1CC%10CC2%10", "O=[N+]([O-])c1ccccc1", "C#N"]
+WORDS = ["hello", "world", "jax", "variational"]
+
+
+def test_smiles_tokenizer_keeps_multi_character_tokens_whole():
+    assert tokenize_smiles("Clc1ccc(Br)cc1") == ["Cl", "c", "1", "c", "c", "c", "(", "Br", ")",
+                                                 "c", "c", "1"]
+    assert tokenize_smiles("c1cc[nH]c1") == ["c", "1", "c", "c", "[nH]", "c", "1"]
+    assert tokenize_smiles("C[C@@H](N)C%10") == ["C", "[C@@H]", "(", "N", ")", "C", "%10"]
+    with pytest.raises(ValueError, match="no token matches at position 1"):
+        tokenize_smiles("C&C")
+
+
+@pytest.mark.parametrize("tokenizer,corpus", [("smiles", SMILES),
+                                              ("char", WORDS + ["naïve café", "a-b c"])])
+def test_vocabulary_round_trips_strings_exactly(tokenizer, corpus):
+    vocab = Vocabulary.from_corpus(corpus, tokenizer)
+    assert vocab.tokens[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
+    for s in corpus:
+        assert vocab.decode(vocab.encode(s)) == s
+    tokens = vocab.encode_batch(corpus, length=70)
+    assert tokens.dtype == np.int32 and tokens.shape == (len(corpus), 70)
+    assert vocab.decode_batch(tokens) == corpus
+    lengths = [len(vocab.tokenize(s)) for s in corpus]
+    for row, n in zip(tokens, lengths):  # tokens, EOS, then only PAD
+        assert row[n] == EOS_ID and np.all(row[n + 1:] == PAD_ID) and np.all(row[:n] > UNK_ID)
+    again = Vocabulary.from_json(vocab.to_json())
+    assert again == vocab and again.decode_batch(tokens) == corpus
+
+
+def test_vocabulary_rejects_unknown_tokens_and_rows_too_short():
+    vocab = Vocabulary.from_corpus(WORDS)
+    with pytest.raises(ValueError, match="token 'z' of 'zebra' is not in the vocabulary"):
+        vocab.encode("zebra")
+    assert vocab.encode("zebra", unknown="unk")[0] == UNK_ID
+    with pytest.raises(ValueError, match="'variational' has 11 tokens and does not fit"):
+        vocab.encode_batch(WORDS, length=11)
+    with pytest.raises(TypeError, match="wrap it"):
+        vocab.encode_batch("hello")
+    with pytest.raises(ValueError, match="unknown tokenizer"):
+        Vocabulary.from_corpus(WORDS, "bytes")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    vocab = Vocabulary.from_corpus(WORDS)
+    model = sequence.sequence_vae(len(vocab), embed_dim=16, hidden_dim=48, latent_dim=8)
+    params = sequence.init(model, jax.random.key(0))
+    return vocab, model, params
+
+
+def test_padding_never_changes_the_loss_or_its_gradient(tiny):
+    vocab, model, params = tiny
+    loss_fn = sequence.sequence_loss_fn(model, warmup_steps=10, word_dropout_rate=0.3)
+    key, step = jax.random.key(3), jnp.int32(4)
+    short = {"tokens": jnp.asarray(vocab.encode_batch(WORDS, length=12))}
+    long = {"tokens": jnp.asarray(vocab.encode_batch(WORDS, length=25))}
+    value_and_grad = jax.jit(jax.value_and_grad(lambda p, b: loss_fn(p, b, key, step),
+                                                has_aux=True))
+    ((l_short, m_short), g_short), ((l_long, m_long), g_long) = (value_and_grad(params, short),
+                                                                 value_and_grad(params, long))
+    np.testing.assert_allclose(l_short, l_long, rtol=1e-6)
+    for name in m_short:
+        np.testing.assert_allclose(m_short[name], m_long[name], rtol=1e-6, err_msg=name)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+                 g_short, g_long)
+
+
+def test_reconstruction_term_is_the_cross_entropy_of_the_real_tokens(tiny):
+    vocab, model, params = tiny
+    tokens = jnp.asarray(vocab.encode_batch(WORDS, length=14))
+    z = jax.random.normal(jax.random.key(1), (len(WORDS), model.latent_dim))
+    logits = jax.jit(sequence.teacher_forced_logits, static_argnums=0)(
+        model, params, z, sequence.decoder_inputs(tokens))
+    logits64 = np.asarray(logits, np.float64)
+    log_p = logits64 - np.log(np.exp(logits64).sum(-1, keepdims=True))
+    expected = [-sum(log_p[b, t, tok] for t, tok in enumerate(np.asarray(tokens[b]))
+                     if t <= len(WORDS[b]))  # the word's characters and its EOS
+                for b in range(len(WORDS))]
+    np.testing.assert_allclose(sequence.reconstruction_nll(logits, tokens), expected, rtol=1e-5)
+
+
+def test_decoder_step_t_sees_only_earlier_tokens(tiny):
+    vocab, model, params = tiny
+    tokens = jnp.asarray(vocab.encode_batch(["hello"], length=8))
+    other = tokens.at[0, 3].set(vocab.index["w"])
+    z = jnp.zeros((1, model.latent_dim))
+    a = sequence.teacher_forced_logits(model, params, z, sequence.decoder_inputs(tokens))
+    b = sequence.teacher_forced_logits(model, params, z, sequence.decoder_inputs(other))
+    np.testing.assert_array_equal(a[:, :4], b[:, :4])  # input t+1 is token t: position 3 on
+    assert not np.allclose(a[:, 4], b[:, 4])
+
+
+def test_kl_weight_rises_linearly_to_beta_then_stays():
+    weights = [float(sequence.kl_weight(jnp.int32(s), 0.5, 100)) for s in (0, 25, 100, 1000)]
+    np.testing.assert_allclose(weights, [0.0, 0.125, 0.5, 0.5])
+    assert float(sequence.kl_weight(jnp.int32(0), 0.5, 0)) == 0.5
+
+
+def test_word_dropout_replaces_only_inner_inputs_at_the_rate():
+    inputs = jnp.asarray(np.tile([BOS_ID] + [7] * 30 + [PAD_ID] * 9, (200, 1)), jnp.int32)
+    out = np.asarray(sequence.word_dropout(jax.random.key(0), inputs, 0.25))
+    assert np.all(out[:, 0] == BOS_ID) and np.all(out[:, 31:] == PAD_ID)
+    inner = out[:, 1:31]
+    assert set(np.unique(inner)) == {UNK_ID, 7}
+    assert abs(np.mean(inner == UNK_ID) - 0.25) < 0.02  # 6,000 Bernoulli(0.25): sd 0.0056
+
+
+@pytest.fixture(scope="module")
+def trained(tiny):
+    vocab, model, params = tiny
+    tx = train.make_optimizer(1e-2)
+    loss_fn = sequence.sequence_loss_fn(model, beta=1.0, warmup_steps=100, word_dropout_rate=0.1)
+    epoch = train.make_train_epoch(loss_fn, tx, batch_size=4)
+    state = train.create_train_state(params, tx)
+    data = {"tokens": jnp.asarray(vocab.encode_batch(WORDS, length=14))}
+    losses = []
+    for e in range(300):
+        state, metrics, _ = epoch(state, data, jax.random.key(e), jax.random.key(1))
+        losses.append(float(metrics["nelbo"]))
+    return vocab, model, state, data, losses, epoch
+
+
+def test_loss_falls_and_the_scan_epoch_compiles_once(trained):
+    *_, losses, epoch = trained
+    assert np.mean(losses[-20:]) < 0.3 * losses[0], (losses[0], losses[-20:])
+    assert epoch._cache_size() == 1
+
+
+def test_memorised_strings_are_reproduced_greedily(trained):
+    vocab, model, state, data, _, _ = trained
+    out = sequence.reconstruct(model, state.params, data["tokens"], max_len=14)
+    assert vocab.decode_batch(out) == WORDS
+    path = sequence.interpolate(model, state.params, data["tokens"][0], data["tokens"][3],
+                                steps=4, max_len=14)  # 4 rows: greedy decoding compiled once
+    decoded = vocab.decode_batch(path)
+    assert decoded[0] == "hello" and decoded[-1] == "variational"
+
+
+def test_generation_pads_after_eos_and_low_temperature_sampling_is_greedy(trained):
+    _, model, state, _, _, _ = trained
+    z = jax.random.normal(jax.random.key(5), (4, model.latent_dim))
+    greedy = np.asarray(sequence.generate(model, state.params, z, 14))
+    cold = sequence.generate(model, state.params, z, 14, key=jax.random.key(0), temperature=1e-4)
+    np.testing.assert_array_equal(cold, greedy)
+    for row in greedy:
+        eos = np.flatnonzero(row == EOS_ID)
+        if eos.size:
+            assert np.all(row[eos[0] + 1:] == PAD_ID)
+    a = sequence.sample(model, state.params, jax.random.key(1), 4, 14, temperature=2.0)
+    b = sequence.sample(model, state.params, jax.random.key(1), 4, 14, temperature=2.0)
+    c = sequence.sample(model, state.params, jax.random.key(2), 4, 14, temperature=2.0)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_bad_arguments_raise_clear_errors(tiny):
+    _, model, params = tiny
+    with pytest.raises(ValueError, match="word_dropout_rate must be in"):
+        sequence.sequence_loss_fn(model, word_dropout_rate=1.0)
+    with pytest.raises(ValueError, match="only the 4 special tokens"):
+        sequence.sequence_vae(4)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        sequence.generate(model, params, jnp.zeros((1, 8)), 5, key=jax.random.key(0),
+                          temperature=0.0)
+
+
+def test_fit_sequences_checks_its_inputs_before_training():
+    from jaxvae.sequence_trainer import SequenceConfig, fit_sequences
+    vocab = Vocabulary.from_corpus(WORDS)
+    with pytest.raises(ValueError, match="word_dropout must be in"):
+        fit_sequences(SequenceConfig(word_dropout=1.0), vocab, WORDS, WORDS)
+    with pytest.raises(ValueError, match="batch size 128 is larger than the training set"):
+        fit_sequences(SequenceConfig(), vocab, WORDS, WORDS)
+    with pytest.raises(ValueError, match="'zebra' is not in the vocabulary"):
+        fit_sequences(SequenceConfig(batch_size=2), vocab, WORDS, ["zebra"])
+
+
+def test_words_script_splits_seeded_and_rejects_a_split_larger_than_the_list():
+    import words
+    train_words, test_words = words.split_words(WORDS, 3, 1, seed=0)
+    assert sorted(train_words + test_words) == sorted(WORDS)
+    assert words.split_words(WORDS, 3, 1, seed=0) == (train_words, test_words)
+    with pytest.raises(ValueError, match="exceeds the 4 words available"):
+        words.split_words(WORDS, 4, 1, seed=0)

@@ -1,7 +1,7 @@
 """Anomaly detection with a VAE: train on every class but one, score the test set.
 
     python experiments/anomaly.py --holdout-class 9 --outdir runs/anomaly9
-    python experiments/anomaly.py --holdout-class 0 --epochs 20 --num-samples 500 --score nll
+    python experiments/anomaly.py --holdout-class 0 --epochs 20 --score-samples 500 --score nll
 
 Takes every training flag of experiments/train.py. Trains on the training examples whose label
 is not --holdout-class, scores every test example with jaxvae.anomaly_score (-log p(x) by
@@ -37,7 +37,7 @@ def build_parser():
     p.set_defaults(outdir="runs/anomaly")
     p.add_argument("--holdout-class", type=int, required=True,
                    help="the label left out of training: the anomaly")
-    p.add_argument("--num-samples", type=int, default=100,
+    p.add_argument("--score-samples", type=int, default=100,
                    help="importance samples per test example (default %(default)s)")
     p.add_argument("--score", choices=evaluate.SCORES, default="nll",
                    help="nll: -log p(x) (importance sampled); elbo: -ELBO (default %(default)s)")
@@ -54,8 +54,8 @@ def without_class(data: data_lib.Dataset, label: int) -> data_lib.Dataset:
 def run(args) -> dict:
     config = train_script.config_from_args(args)
     jaxvae.validate_config(config)
-    if args.num_samples < 1:
-        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.score_samples < 1:
+        raise ValueError(f"--score-samples must be >= 1, got {args.score_samples}")
     out = train_script.prepare_outdir(args.outdir)
     data = data_lib.load_for(config)
     labels = np.unique(data.y_test)
@@ -91,7 +91,7 @@ def run(args) -> dict:
     start = time.perf_counter()
     scores = np.asarray(evaluate.anomaly_score(
         result.model, result.state.params, data.x_test, jax.random.key(config.seed + 2),
-        args.num_samples, likelihood=config.likelihood, score=args.score))
+        args.score_samples, likelihood=config.likelihood, score=args.score))
     seconds = time.perf_counter() - start
     if not np.isfinite(scores).all():
         raise ValueError("the anomaly scores are not finite: training diverged?")
@@ -101,7 +101,7 @@ def run(args) -> dict:
         "roc_auc": auc,  # P(score of an anomaly > score of a normal example)
         "holdout_class": args.holdout_class,
         "score": args.score,
-        "num_samples": args.num_samples,
+        "num_samples": args.score_samples,
         "dataset": config.dataset,
         "test_normal": int((~is_anomaly).sum()),
         "test_anomalous": int(is_anomaly.sum()),
@@ -117,7 +117,7 @@ def run(args) -> dict:
     hist = plots.save_score_histogram(
         out / "scores_histogram.png", scores[~is_anomaly], scores[is_anomaly],
         f"{what} of test digits, class {args.holdout_class} held out (ROC AUC {auc:.3f})",
-        xlabel=f"anomaly score {what} (nats, K = {args.num_samples})")
+        xlabel=f"anomaly score {what} (nats, K = {args.score_samples})")
     written += [out / "anomaly.json", out / "scores.npz", Path(hist)]
     print(f"ROC AUC {auc:.3f} for class {args.holdout_class} as the anomaly "
           f"(mean score {summary['mean_score_anomalous']:.1f} vs {summary['mean_score_normal']:.1f})")

@@ -146,7 +146,7 @@ def test_visualize_writes_every_figure(run_dir, tmp_path):
 
 def test_anomaly_trains_without_the_class_and_reports_its_roc_auc(tmp_path, capsys):
     outdir = tmp_path / "anomaly"
-    argv = TINY + ["--latent-dim", "4", "--holdout-class", "3", "--num-samples", "8",
+    argv = TINY + ["--latent-dim", "4", "--holdout-class", "3", "--score-samples", "8",
                    "--outdir", str(outdir)]
     assert anomaly_script.main(argv) == 0
     result = json.loads((outdir / "anomaly.json").read_text())

@@ -54,13 +54,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
     p.add_argument("--outdir", default="runs/train", help="output directory (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    # issue 7b: architectures (conv, vqvae, ladder, flow)
+    p.add_argument("--conv-channels", type=int, nargs="+", default=list(d.conv_channels),
+                   help="conv/vqvae: widths of the stride-2 convs (default %(default)s)")
+    p.add_argument("--num-codes", type=int, default=d.num_codes,
+                   help="vqvae: codebook size K (default %(default)s)")
+    p.add_argument("--code-dim", type=int, default=d.code_dim,
+                   help="vqvae: size D of a code vector (default %(default)s)")
+    p.add_argument("--commitment-cost", type=float, default=d.commitment_cost,
+                   help="vqvae: weight of the commitment loss (default %(default)s)")
+    p.add_argument("--vq-ema", action="store_true",
+                   help="vqvae: codebook as moving averages instead of a codebook loss")
+    p.add_argument("--vq-decay", type=float, default=d.vq_decay,
+                   help="vqvae: decay of the moving averages (default %(default)s)")
+    p.add_argument("--ladder-latents", type=int, nargs="+", default=list(d.ladder_latents),
+                   help="ladder: size of each stochastic layer, bottom up (default %(default)s)")
+    p.add_argument("--ladder-hidden", type=int, nargs="+", default=list(d.ladder_hidden),
+                   help="ladder: width of each layer's blocks (default %(default)s)")
+    p.add_argument("--flow-steps", type=int, default=d.flow_steps,
+                   help="flow: number of planar flows (default %(default)s)")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(dataset=args.dataset, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, latent_dim=args.latent_dim, hidden=tuple(args.hidden),
-                       beta=args.beta, likelihood=args.likelihood, seed=args.seed)
+                       beta=args.beta, likelihood=args.likelihood, seed=args.seed,
+                       # issue 7b
+                       conv_channels=tuple(args.conv_channels), num_codes=args.num_codes,
+                       code_dim=args.code_dim, commitment_cost=args.commitment_cost,
+                       vq_ema=args.vq_ema, vq_decay=args.vq_decay,
+                       ladder_latents=tuple(args.ladder_latents),
+                       ladder_hidden=tuple(args.ladder_hidden), flow_steps=args.flow_steps)
 
 
 def prepare_outdir(path: str) -> Path:
@@ -101,7 +126,8 @@ def write_outputs(outdir: Path, config: TrainConfig, data: data_lib.Dataset,
             (outdir / "reconstructions.png",
              lambda p: plots.save_reconstructions(p, x, mean, "Test inputs (top), reconstructions (bottom)")),
             (outdir / "samples.png",
-             lambda p: plots.save_image_grid(p, samples, 8, "Samples from the prior")),
+             lambda p: plots.save_image_grid(p, samples, 8, getattr(
+                 model, "sample_title", "Samples from the prior"))),
             (outdir / "loss_curves.png",
              lambda p: plots.save_loss_curves(p, result.history, title="Loss (negative ELBO)"))):
         if fn(path) is not None:

@@ -184,14 +184,22 @@ def sample(model: nn.Module, params: Params, key: jax.Array, n: int) -> jax.Arra
     """Draws n examples' decoder outputs from the prior: z ~ N(0, I), returns decode(z).
 
     Returns logits for a Bernoulli model: use ``jaxvae.likelihood_mean`` (sigmoid) for images.
+    A model with a ``sample_outputs(key, n)`` method (VQ-VAE, ladder VAE) samples with it instead.
     """
+    if hasattr(model, "sample_outputs"):
+        return model.apply({"params": params}, key, n, method=model.sample_outputs)
     z_NxZ = jax.random.normal(key, (n, model.latent_dim))
     return decode(model, params, z_NxZ)
 
 
 def reconstruct(model: nn.Module, params: Params, x_BxD: jax.Array, key: jax.Array | None = None
                 ) -> jax.Array:
-    """decode(z) with z ~ q(z | x) drawn with ``key``, or z = the posterior mean if key is None."""
+    """decode(z) with z ~ q(z | x) drawn with ``key``, or z = the posterior mean if key is None.
+
+    A model with a ``reconstruct_outputs(x, key)`` method (VQ-VAE, ladder, flow) uses it instead.
+    """
+    if hasattr(model, "reconstruct_outputs"):
+        return model.apply({"params": params}, x_BxD, key, method=model.reconstruct_outputs)
     mean_BxZ, logvar_BxZ = encode(model, params, x_BxD)
     z_BxZ = mean_BxZ if key is None else distributions.reparameterize(key, mean_BxZ, logvar_BxZ)
     return decode(model, params, z_BxZ)

@@ -62,7 +62,7 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     data = check_inputs(config, data)
     model, loss_fn = registry.build(config, data.example_shape)
     keys = run_keys(config.seed)
-    tx = train.make_optimizer(config.lr)
+    tx = registry.optimizer(config)  # Adam at config.lr, or what the model needs
     state = train.create_train_state(models.init(model, keys.init), tx)
     train_data = jax.device_put({"x": data.x_train, "y": data.y_train})
     test_data = jax.device_put({"x": data.x_test, "y": data.y_test})

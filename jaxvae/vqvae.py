@@ -219,8 +219,8 @@ def vqvae_loss(model: VQVAE, params: Any, x: jax.Array, likelihood: str = "berno
 
     Returns:
       ``(value, metrics)``. ``value`` is what to differentiate: the objective, plus for an EMA
-      model the terms that move the statistics to their targets (zero in value after the update;
-      see ``ema_optimizer``). metrics: ``loss`` (the objective), ``recon``, ``kl``,
+      model 0.5 * ||theta - sg(theta_target)||^2 of the statistics, whose gradient moves them
+      to their targets under ``ema_optimizer``. metrics: ``loss`` (the objective), ``recon``, ``kl``,
       ``codebook_loss``, ``commitment_loss``, ``perplexity``, ``usage``.
     """
     terms = vq_terms(model, params, x)

@@ -15,6 +15,11 @@ from jaxvae.objectives import (elbo_terms, iwae_bound, likelihood_mean, log_impo
 from jaxvae.train import (TrainState, create_train_state, make_evaluate, make_optimizer,
                           make_train_epoch, make_train_step, vae_loss_fn)
 from jaxvae.validation import check_data
+# issue 7b: architectures (the VQ-VAE builder stays jaxvae.vqvae.vqvae: the module keeps its name)
+from jaxvae.conv import ConvVAE, conv_vae
+from jaxvae.flows import FlowVAE, flow_loss, flow_vae, planar_flow
+from jaxvae.ladder import LadderVAE, ladder_loss, ladder_vae
+from jaxvae.vqvae import VQVAE, ema_optimizer, vqvae_loss
 
 __version__ = "0.1.0"
 
@@ -58,4 +63,17 @@ __all__ = [
     "standard_normal_log_prob",
     "vae_loss_fn",
     "validate_config",
+    # issue 7b: architectures
+    "ConvVAE",
+    "FlowVAE",
+    "LadderVAE",
+    "VQVAE",
+    "conv_vae",
+    "ema_optimizer",
+    "flow_loss",
+    "flow_vae",
+    "ladder_loss",
+    "ladder_vae",
+    "planar_flow",
+    "vqvae_loss",
 ]

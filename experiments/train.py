@@ -128,6 +128,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation-fraction", type=float, default=d.validation_fraction,
                    help="share of the training split held out for --patience "
                         "(default %(default)s)")
+    # issue 7b: architectures (conv, vqvae, ladder, flow)
+    p.add_argument("--conv-channels", type=int, nargs="+", default=list(d.conv_channels),
+                   help="conv/vqvae: widths of the stride-2 convs (default %(default)s)")
+    p.add_argument("--num-codes", type=int, default=d.num_codes,
+                   help="vqvae: codebook size K (default %(default)s)")
+    p.add_argument("--code-dim", type=int, default=d.code_dim,
+                   help="vqvae: size D of a code vector (default %(default)s)")
+    p.add_argument("--commitment-cost", type=float, default=d.commitment_cost,
+                   help="vqvae: weight of the commitment loss (default %(default)s)")
+    p.add_argument("--vq-ema", action="store_true",
+                   help="vqvae: codebook as moving averages instead of a codebook loss")
+    p.add_argument("--vq-decay", type=float, default=d.vq_decay,
+                   help="vqvae: decay of the moving averages (default %(default)s)")
+    p.add_argument("--ladder-latents", type=int, nargs="+", default=list(d.ladder_latents),
+                   help="ladder: size of each stochastic layer, bottom up (default %(default)s)")
+    p.add_argument("--ladder-hidden", type=int, nargs="+", default=list(d.ladder_hidden),
+                   help="ladder: width of each layer's blocks (default %(default)s)")
+    p.add_argument("--flow-steps", type=int, default=d.flow_steps,
+                   help="flow: number of planar flows (default %(default)s)")
     return p
 
 
@@ -152,7 +171,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        max_skipped_steps=args.max_skipped_steps, clip_norm=args.clip_norm,
                        # issue 6: early stopping
                        patience=args.patience,
-                       validation_fraction=args.validation_fraction)
+                       validation_fraction=args.validation_fraction,
+                       # issue 7b
+                       conv_channels=tuple(args.conv_channels), num_codes=args.num_codes,
+                       code_dim=args.code_dim, commitment_cost=args.commitment_cost,
+                       vq_ema=args.vq_ema, vq_decay=args.vq_decay,
+                       ladder_latents=tuple(args.ladder_latents),
+                       ladder_hidden=tuple(args.ladder_hidden), flow_steps=args.flow_steps)
 
 
 def prepare_outdir(path: str) -> Path:
@@ -195,7 +220,8 @@ def write_outputs(outdir: Path, config: TrainConfig, data: data_lib.Dataset,
             (outdir / "reconstructions.png",
              lambda p: plots.save_reconstructions(p, x, mean, "Test inputs (top), reconstructions (bottom)")),
             (outdir / "samples.png",
-             lambda p: plots.save_image_grid(p, samples, 8, "Samples from the prior")),
+             lambda p: plots.save_image_grid(p, samples, 8, getattr(
+                 model, "sample_title", "Samples from the prior"))),
             (outdir / "loss_curves.png",
              lambda p: plots.save_loss_curves(p, result.history, title="Loss (negative ELBO)"))):
         if fn(path) is not None:

@@ -39,6 +39,11 @@ from jaxvae.semisupervised import M2, m2_loss_fn
 from jaxvae.sequence import SequenceVAE, sequence_loss_fn, sequence_vae
 from jaxvae.sequence_trainer import SequenceConfig, fit_sequences
 from jaxvae.vocab import Vocabulary
+# issue 7b: architectures (the VQ-VAE builder stays jaxvae.vqvae.vqvae: the module keeps its name)
+from jaxvae.conv import ConvVAE, conv_vae
+from jaxvae.flows import FlowVAE, flow_loss, flow_vae, planar_flow
+from jaxvae.ladder import LadderVAE, ladder_loss, ladder_vae
+from jaxvae.vqvae import VQVAE, ema_optimizer, vqvae_loss
 
 __version__ = "0.1.0"
 
@@ -126,4 +131,17 @@ __all__ = [
     "m2_loss_fn",
     "sequence_loss_fn",
     "sequence_vae",
+    # issue 7b: architectures
+    "ConvVAE",
+    "FlowVAE",
+    "LadderVAE",
+    "VQVAE",
+    "conv_vae",
+    "ema_optimizer",
+    "flow_loss",
+    "flow_vae",
+    "ladder_loss",
+    "ladder_vae",
+    "planar_flow",
+    "vqvae_loss",
 ]

@@ -52,6 +52,16 @@ class TrainConfig:
     #   and keep the best epoch's state; None or 0 = off (train all epochs, no validation split)
     validation_fraction: float = 0.1  # share of the training split held out (stratified) as
     #   the validation set when patience is set
+    # issue 7b: architectures (conv, vqvae, ladder, flow)
+    conv_channels: tuple[int, ...] = (32, 64)  # conv/vqvae: widths of the stride-2 4x4 convs
+    num_codes: int = 64  # vqvae: K, the number of codebook vectors
+    code_dim: int = 16  # vqvae: D, the size of one codebook vector
+    commitment_cost: float = 0.25  # vqvae: beta_c, the weight of the commitment loss
+    vq_ema: bool = False  # vqvae: codebook as moving averages of the encoder outputs (no loss)
+    vq_decay: float = 0.99  # vqvae: the decay of those moving averages
+    ladder_latents: tuple[int, ...] = (32, 16)  # ladder: Z of each stochastic layer, bottom up
+    ladder_hidden: tuple[int, ...] = (256, 128)  # ladder: ReLU width of each layer's blocks
+    flow_steps: int = 4  # flow: K, the number of planar flows on the Gaussian posterior
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -85,6 +95,7 @@ def validate_config(config: TrainConfig) -> None:
     if config.beta < 0:
         raise ValueError(f"beta must be >= 0, got {config.beta}")
     objectives.check_likelihood(config.likelihood)
+    _check_architectures(config)
     from jaxvae import registry  # registry imports models, which import nothing of config
 
     registry.check_model(config.model)
@@ -129,3 +140,33 @@ def _validate_reliability(config: TrainConfig) -> None:
             raise TypeError(f"clip_norm must be a number or None, got {value!r}")
         if not 0 < value < math.inf:
             raise ValueError(f"clip_norm must be a finite number > 0 (or None), got {value}")
+
+
+def _check_architectures(config: TrainConfig) -> None:
+    """issue 7b: the fields of the conv, vqvae, ladder and flow models."""
+    for name in ("conv_channels", "ladder_latents", "ladder_hidden"):
+        values = tuple(getattr(config, name))
+        if not values or not all(_is_int(v) and v >= 1 for v in values):
+            raise ValueError(f"{name} must be a non-empty list of positive ints, got {values}")
+    for name, low in (("num_codes", 2), ("code_dim", 1), ("flow_steps", 0)):
+        value = getattr(config, name)
+        if not _is_int(value):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    if not isinstance(config.vq_ema, bool):
+        raise TypeError(f"vq_ema must be a bool, got {config.vq_ema!r}")
+    for name in ("commitment_cost", "vq_decay"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if config.commitment_cost < 0:
+        raise ValueError(f"commitment_cost must be >= 0, got {config.commitment_cost}")
+    if not 0.0 < config.vq_decay < 1.0:
+        raise ValueError(f"vq_decay must be in (0, 1), got {config.vq_decay}")
+    if len(config.ladder_latents) < 2:
+        raise ValueError(f"a ladder VAE needs at least 2 stochastic layers, got ladder_latents "
+                         f"{tuple(config.ladder_latents)}")
+    if len(config.ladder_hidden) != len(config.ladder_latents):
+        raise ValueError(f"ladder_hidden needs one width per ladder latent layer: "
+                         f"{len(config.ladder_latents)} latents, {len(config.ladder_hidden)} widths")

@@ -212,8 +212,8 @@ def sample(model: nn.Module, params: Params, key: jax.Array, n: int) -> jax.Arra
     """Draws n examples' decoder outputs from the prior: z ~ N(0, I), returns decode(z).
 
     Returns logits for a Bernoulli model: use ``jaxvae.likelihood_mean`` (sigmoid) for images.
-    A model with its own prior (a ``sample_outputs(key, n)`` method: learned priors, the
-    conditional VAE) draws from it instead.
+    A model with its own prior or sampler (a ``sample_outputs(key, n)`` method: learned priors,
+    the conditional VAE, VQ-VAE, ladder VAE) draws from it instead.
     """
     validation.check_key(key)
     n = validation.check_count(n, "n (the number of samples)")
@@ -227,10 +227,13 @@ def reconstruct(model: nn.Module, params: Params, x_BxD: jax.Array, key: jax.Arr
                 labels: jax.Array | None = None) -> jax.Array:
     """decode(z) with z ~ q(z | x) drawn with ``key``, or z = the posterior mean if key is None.
 
-    ``labels``: the classes of x, for conditional models only.
+    ``labels``: the classes of x, for conditional models only. A model with a
+    ``reconstruct_outputs(x, key)`` method (VQ-VAE, ladder, flow) uses it instead.
     """
     if key is not None:
         validation.check_key(key)
+    if hasattr(model, "reconstruct_outputs"):
+        return model.apply({"params": params}, x_BxD, key, method=model.reconstruct_outputs)
     mean_BxZ, logvar_BxZ = encode(model, params, x_BxD, labels)
     z_BxZ = mean_BxZ if key is None else distributions.reparameterize(key, mean_BxZ, logvar_BxZ)
     return decode(model, params, z_BxZ, labels)

@@ -115,7 +115,7 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
         stopper = early_stopping.EarlyStopping(config.patience)
     model, loss_fn = registry.build(config, data.example_shape)
     keys = run_keys(config.seed)
-    tx = train.make_optimizer(config.lr, clip_norm=config.clip_norm)
+    tx = registry.optimizer(config)  # Adam at config.lr (clipped), or what the model needs
     state = train.create_train_state(models.init(model, keys.init), tx)
     # issue 4: data: binarization / dequantization, and data too large for the device streamed
     for name in ("x_train", "x_test"):

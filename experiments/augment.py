@@ -41,8 +41,8 @@ def subsample_per_class(data: data_lib.Dataset, per_class: int, seed: int) -> da
     return data._replace(x_train=data.x_train[keep], y_train=data.y_train[keep])
 
 
-def accuracy(x_train, y_train, x_test, y_test, max_iter: int, seed: int) -> float:
-    """Test accuracy of a multinomial logistic regression (lbfgs) trained on (x_train, y_train)."""
+def fit_classifier(x_train, y_train, max_iter: int, seed: int):
+    """A multinomial logistic regression (lbfgs) fitted on (x_train, y_train), inputs flattened."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
@@ -52,6 +52,12 @@ def accuracy(x_train, y_train, x_test, y_test, max_iter: int, seed: int) -> floa
     with warnings.catch_warnings():  # a short --max-iter is a user's choice, not an error
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(x_train.reshape(len(x_train), -1), y_train)
+    return clf
+
+
+def accuracy(x_train, y_train, x_test, y_test, max_iter: int, seed: int) -> float:
+    """Test accuracy of a multinomial logistic regression (lbfgs) trained on (x_train, y_train)."""
+    clf = fit_classifier(x_train, y_train, max_iter, seed)
     return float(clf.score(x_test.reshape(len(x_test), -1), y_test))
 
 

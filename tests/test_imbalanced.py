@@ -1,4 +1,4 @@
-"""experiments/imbalanced.py: the class cut, random oversampling, and an end-to-end run (8x8 digits)."""
+"""experiments/imbalanced.py: the class cut, random oversampling, end to end on 8x8 digits."""
 
 import json
 

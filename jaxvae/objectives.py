@@ -101,7 +101,8 @@ def loss(model: nn.Module, params: Any, x: jax.Array, key: jax.Array, beta: floa
         raise ValueError(f"beta must be a finite number >= 0, got {beta}")
     x = validation.check_array(x, "x", min_ndim=2)
     if likelihood == "bernoulli" and not isinstance(x, jax.core.Tracer) and x.size:
-        lo, hi = float(jnp.min(x)), float(jnp.max(x))
+        x_np = np.asarray(x)  # concrete here (also when closed over inside jit): check on host
+        lo, hi = float(x_np.min()), float(x_np.max())
         if lo < 0.0 or hi > 1.0:
             raise ValueError(f"x has values in [{lo:g}, {hi:g}], outside [0, 1], which the "
                              "Bernoulli likelihood needs: scale the data to [0, 1] or use the "

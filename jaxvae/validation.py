@@ -118,5 +118,5 @@ def check_array(x, name: str, *, ndim: int | None = None, min_ndim: int | None =
 def check_finite_output(tree, what: str, hint: str) -> None:
     """Raises ValueError when a concrete result holds NaN or Inf (never a silent NaN)."""
     for leaf in jax.tree.leaves(tree):
-        if _concrete(leaf) and not bool(jnp.all(jnp.isfinite(leaf))):
+        if _concrete(leaf) and not bool(np.all(np.isfinite(np.asarray(leaf)))):
             raise ValueError(f"{what} is NaN or Inf: {hint}")

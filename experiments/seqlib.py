@@ -16,18 +16,7 @@ from tqdm import tqdm
 import jaxvae
 from jaxvae import sequence
 from jaxvae.sequence_trainer import SequenceFit
-
-
-def prepare_outdir(path: str) -> Path:
-    outdir = Path(path)
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-        probe = outdir / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"cannot write to output directory {outdir}: {e.strerror or e}") from None
-    return outdir
+from train import prepare_outdir  # noqa: F401  (experiments/train.py: one copy for every script)
 
 
 def progress(total: int, quiet: bool, metrics_path: Path):

@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import cli  # noqa: E402  (experiments/cli.py)
 import jaxvae  # noqa: E402
 import train as train_script  # noqa: E402  (experiments/train.py: its flags and outputs)
 from jaxvae import data as data_lib  # noqa: E402
@@ -126,13 +127,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.script_main(build_parser, run, argv)
 
 
 if __name__ == "__main__":

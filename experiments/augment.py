@@ -26,6 +26,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import cli  # noqa: E402  (experiments/cli.py)
 import jaxvae  # noqa: E402
 from jaxvae import conditional, objectives, plots, trainer  # noqa: E402
 from jaxvae import data as data_lib  # noqa: E402
@@ -140,13 +141,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.script_main(build_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+import cli  # noqa: E402  (experiments/cli.py)
 from jaxvae import evaluate, runs  # noqa: E402
 
 
@@ -103,13 +104,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.script_main(build_parser, run, argv)
 
 
 if __name__ == "__main__":

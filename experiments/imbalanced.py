@@ -33,6 +33,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import cli  # noqa: E402  (experiments/cli.py)
 import jaxvae  # noqa: E402
 import augment as augment_script  # noqa: E402  (experiments/augment.py: its classifier)
 import train as train_script  # noqa: E402  (experiments/train.py: its flags)
@@ -201,13 +202,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.script_main(build_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 from flax import serialization  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
+import cli  # noqa: E402  (experiments/cli.py)
 import jaxvae  # noqa: E402
 from jaxvae import data as data_lib  # noqa: E402
 from jaxvae import plots, repair, trainer  # noqa: E402
@@ -143,13 +144,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.script_main(build_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import cli  # noqa: E402  (experiments/cli.py)
 from jaxvae import data as data_lib  # noqa: E402
 from jaxvae import semisupervised as ss  # noqa: E402
 from jaxvae import train  # noqa: E402
@@ -138,13 +139,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.script_main(build_parser, run, argv)
 
 
 if __name__ == "__main__":

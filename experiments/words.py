@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+import cli  # noqa: E402  (experiments/cli.py)
 import seqlib  # noqa: E402
 from jaxvae.sequence_trainer import SequenceConfig, fit_sequences  # noqa: E402
 from jaxvae.vocab import Vocabulary  # noqa: E402
@@ -137,13 +138,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.script_main(build_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ The metrics follow ``moses.metrics`` (reimplemented here, on RDKit):
     valid      fraction of generated strings that RDKit parses into a molecule
     unique@k   |set(canonical(first k valid))| / k     (k clipped to the number of valid ones)
     novelty    fraction of the unique valid canonical molecules not in the training set
+    filters    fraction of the valid molecules that pass MOSES's medicinal-chemistry filters:
+               no charged atom, only C N S O F Cl Br H, no ring of 8 or more atoms, and no
+               match (hydrogens added) of the MCF and PAINS SMARTS lists that ship in the
+               wheel (``moses/metrics/mcf.csv``, ``wehi_pains.csv``)
 """
 
 from __future__ import annotations
@@ -61,6 +65,57 @@ def load_moses(split: str = "train") -> list[str]:
         return [row[col] for row in rows]
 
 
+FILTER_ATOMS = frozenset({"C", "N", "S", "O", "F", "Cl", "Br", "H"})
+
+
+def filter_patterns(metrics_dir: str | Path | None = None) -> list:
+    """The MCF and PAINS SMARTS of MOSES's filters metric, compiled by RDKit.
+
+    Read from ``metrics_dir`` (default: ``moses/metrics`` of the installed molsets wheel):
+    ``mcf.csv`` (a ``names,smarts`` header) and ``wehi_pains.csv`` (``smarts,name`` rows, no
+    header), as ``moses.metrics.utils`` reads them.
+    """
+    Chem = _rdkit_chem()
+    directory = (moses_data_dir().parent.parent / "metrics" if metrics_dir is None
+                 else Path(metrics_dir))
+    files = (directory / "mcf.csv", directory / "wehi_pains.csv")
+    for f in files:
+        if not f.exists():
+            raise ValueError(f"no MOSES filter list {f}; reinstall: pip install --no-deps "
+                             "--force-reinstall molsets")
+    smarts = []
+    with files[0].open(newline="") as f:
+        rows = csv.reader(f)
+        col = next(rows).index("smarts")
+        smarts += [row[col] for row in rows if row]
+    with files[1].open(newline="") as f:
+        smarts += [row[0].strip() for row in csv.reader(f) if row]
+    patterns = [Chem.MolFromSmarts(s) for s in smarts]
+    bad = [s for s, p in zip(smarts, patterns) if p is None]
+    if bad:
+        raise ValueError(f"RDKit cannot parse {len(bad)} filter SMARTS, e.g. {bad[0]!r}")
+    return patterns
+
+
+def passes_filters(smiles: str, patterns: Sequence) -> bool:
+    """MOSES's ``mol_passes_filters``: a valid, uncharged molecule of allowed atoms, no ring of
+    8+ atoms, matching none of ``patterns`` (``filter_patterns()``) with hydrogens added."""
+    Chem = _rdkit_chem()
+    mol = Chem.MolFromSmiles(smiles) if smiles else None
+    if mol is None:
+        return False
+    if any(len(ring) >= 8 for ring in mol.GetRingInfo().AtomRings()):
+        return False
+    if any(atom.GetFormalCharge() != 0 for atom in mol.GetAtoms()):
+        return False
+    if any(atom.GetSymbol() not in FILTER_ATOMS for atom in mol.GetAtoms()):
+        return False
+    with_h = Chem.AddHs(mol)
+    if any(with_h.HasSubstructMatch(p) for p in patterns):
+        return False
+    return Chem.MolFromSmiles(Chem.MolToSmiles(mol, isomericSmiles=False)) is not None
+
+
 def canonical(smiles: str) -> str | None:
     """RDKit's canonical SMILES, or None if the string is not a valid molecule."""
     Chem = _rdkit_chem()
@@ -71,13 +126,16 @@ def canonical(smiles: str) -> str | None:
 
 
 def generation_metrics(generated: Sequence[str], train: Iterable[str],
-                       ks: Sequence[int] = (1000, 10000)) -> dict:
-    """MOSES's valid, unique@k and novelty of ``generated`` against the ``train`` SMILES.
+                       ks: Sequence[int] = (1000, 10000), filters: Sequence | None = None
+                       ) -> dict:
+    """MOSES's valid, unique@k, novelty (and filters) of ``generated`` against ``train``.
 
     ``train`` is compared as given (MOSES's files hold canonical SMILES); generated molecules
     are canonicalized with RDKit first. Returns ``valid``, ``unique@k`` for each k (with
     ``unique@k_n``, the number of valid molecules it used when fewer than k were valid),
-    ``novelty``, ``num_generated`` and ``num_valid``.
+    ``novelty``, ``num_generated`` and ``num_valid``; with ``filters`` (the patterns of
+    ``filter_patterns()``) also ``filters``, the fraction of the valid molecules (repeats
+    included, as in MOSES) that pass them.
     """
     if not len(generated):
         raise ValueError("no generated strings to score")
@@ -93,4 +151,7 @@ def generation_metrics(generated: Sequence[str], train: Iterable[str],
     unique = set(valid)
     train_set = train if isinstance(train, (set, frozenset)) else set(train)
     out["novelty"] = len(unique - train_set) / len(unique) if unique else 0.0
+    if filters is not None:
+        out["filters"] = (sum(passes_filters(c, filters) for c in valid) / len(valid)
+                          if valid else 0.0)
     return out

@@ -31,6 +31,8 @@ from jaxvae import distributions, models
 from jaxvae.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 Params = Any
+# tokens the decoder never has to predict, so generation never emits them
+NEVER_EMITTED = (PAD_ID, BOS_ID, UNK_ID)
 
 
 class SequenceVAE(nn.Module):
@@ -258,7 +260,9 @@ def generate(model: SequenceVAE, params: Params, z_BxZ: jax.Array, max_len: int,
 
     Greedy (argmax) when ``key`` is None, else sampled from softmax(logits / temperature) with
     the key ``fold_in(key, t)`` at step t. Each row ends with EOS (if emitted within max_len)
-    followed by PAD; ``Vocabulary.decode_batch`` turns the rows into strings.
+    followed by PAD; ``Vocabulary.decode_batch`` turns the rows into strings. The tokens that are
+    never targets in training (PAD, BOS and UNK, the word-dropout placeholder) are masked out of
+    the logits, so a sample holds only corpus tokens and EOS.
     """
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
         raise ValueError(f"max_len must be an int >= 1, got {max_len!r}")
@@ -274,10 +278,13 @@ def _generate(model, params, z_BxZ, max_len, key, temperature):
     batch = z_BxZ.shape[0]
     h0 = model.apply(variables, z_BxZ, method=model.initial_state)
     bos_B = jnp.full((batch,), BOS_ID, jnp.int32)
+    # PAD, BOS and UNK are never training targets (UNK only replaces dropped inputs): never emit
+    never_target_1xV = jnp.isin(jnp.arange(model.vocab_size), jnp.array(NEVER_EMITTED))[None, :]
 
     def body(carry, t):
         h, prev_B, done_B = carry
         h, logits_BxV = model.apply(variables, h, prev_B, z_BxZ, method=model.decode_step)
+        logits_BxV = jnp.where(never_target_1xV, -jnp.inf, logits_BxV)
         if key is None:
             tok_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
         else:

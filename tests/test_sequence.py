@@ -165,6 +165,23 @@ def test_generation_pads_after_eos_and_low_temperature_sampling_is_greedy(traine
     assert not np.array_equal(a, c)
 
 
+def test_generation_never_emits_pad_bos_or_unk_even_when_they_score_highest(trained):
+    _, model, state, _, _, _ = trained
+    params = jax.tree.map(lambda p: p, state.params)
+    bias = params["out"]["bias"]
+    params["out"]["bias"] = bias.at[jnp.array([PAD_ID, BOS_ID, UNK_ID])].set(1e3)
+    z = jax.random.normal(jax.random.key(5), (6, model.latent_dim))
+    for key in (None, jax.random.key(0)):
+        rows = np.asarray(sequence.generate(model, params, z, 14, key=key))
+        for row in rows:
+            eos = np.flatnonzero(row == EOS_ID)
+            body = row[:eos[0]] if eos.size else row
+            assert not np.isin(body, [PAD_ID, BOS_ID, UNK_ID]).any(), row
+    # without the boost, the masked generation is the argmax over the corpus tokens and EOS
+    greedy = np.asarray(sequence.generate(model, state.params, z, 14))
+    assert not np.isin(greedy[:, 0], [PAD_ID, BOS_ID, UNK_ID]).any()
+
+
 def test_bad_arguments_raise_clear_errors(tiny):
     _, model, params = tiny
     with pytest.raises(ValueError, match="word_dropout_rate must be in"):

@@ -129,12 +129,29 @@ def _estimate(model: nn.Module, params: Any, x_NxD: jax.Array, key: jax.Array, *
     return jax.lax.map(one_example, (x_PxD, example_keys), batch_size=batch)[:n]
 
 
+# Decoder rows (examples x samples) evaluated at once when batch_size is None. On a CPU the
+# decoder outputs of ~4,000 rows of 784 pixels (12.5 MB) stay in the last-level cache: measured
+# here (2-core EPYC, K = 1000, 64 examples) 2,000-4,000 rows ran 223-234 examples/s, 16,000 rows
+# 143. Accelerators want wide batches and have the memory for them.
+ROWS_PER_BATCH = {"cpu": 4096}
+ROWS_PER_BATCH_ACCELERATOR = 65536
+
+
+def default_batch_size(chunk_size: int, backend: str | None = None) -> int:
+    """Examples per batch so that batch * chunk_size is the backend's row budget (at least 1)."""
+    backend = jax.default_backend() if backend is None else backend
+    rows = ROWS_PER_BATCH.get(backend, ROWS_PER_BATCH_ACCELERATOR)
+    return max(1, rows // chunk_size)
+
+
 def _run(model, params, x, key, *, num_samples, chunk_size, batch_size, likelihood, log_prior,
          kind) -> jax.Array:
     x = _check_inputs(model, x, likelihood)
     num_samples = _check_count("num_samples", num_samples)
     # Normalized so that equivalent settings share one compiled program.
     chunk_size = _even_split(num_samples, _check_count("chunk_size", chunk_size))[1]
+    if batch_size is None:
+        batch_size = default_batch_size(chunk_size)
     batch_size = _even_split(x.shape[0], _check_count("batch_size", batch_size))[1]
     return _estimate(model, params, jnp.asarray(x), key, num_samples=num_samples,
                      chunk_size=chunk_size, batch_size=batch_size, likelihood=likelihood,
@@ -142,7 +159,7 @@ def _run(model, params, x, key, *, num_samples, chunk_size, batch_size, likeliho
 
 
 def log_likelihood(model: nn.Module, params: Any, x_BxD, key: jax.Array, num_samples: int,
-                   chunk_size: int = 250, batch_size: int = 100, likelihood: str = "bernoulli",
+                   chunk_size: int = 250, batch_size: int | None = None, likelihood: str = "bernoulli",
                    log_prior: LogPrior = distributions.standard_normal_log_prob) -> jax.Array:
     """The importance-sampled estimate of log p(x) per example, in nats (the IWAE bound).
 
@@ -161,8 +178,10 @@ def log_likelihood(model: nn.Module, params: Any, x_BxD, key: jax.Array, num_sam
       key: a PRNG key; sample k of row i uses ``fold_in(fold_in(key, i), k)``.
       num_samples: K >= 1, importance samples per example (5000 in Burda et al.'s evaluation).
       chunk_size: samples evaluated at once per example (memory only, not the result).
-      batch_size: examples evaluated at once (memory only, not the result). Peak memory is
-        about ``batch_size * chunk_size * D`` floats for the decoder outputs.
+      batch_size: examples evaluated at once (memory and speed only, not the result). Peak
+        memory is about ``batch_size * chunk_size * D`` floats for the decoder outputs. None
+        (default): ``default_batch_size(chunk_size)``, 4,096 rows on a CPU (cache-sized) and
+        65,536 on an accelerator.
       likelihood: the name of p(x | z) (see ``objectives.LIKELIHOODS``).
       log_prior: log p(z) summed over the last axis (default: the standard normal).
 
@@ -179,7 +198,7 @@ def log_likelihood(model: nn.Module, params: Any, x_BxD, key: jax.Array, num_sam
 
 def elbo(model: nn.Module, params: Any, x_BxD, key: jax.Array, likelihood: str = "bernoulli",
          num_samples: int = 1, analytic_kl: bool = True, chunk_size: int = 250,
-         batch_size: int = 100, log_prior: LogPrior = distributions.standard_normal_log_prob
+         batch_size: int | None = None, log_prior: LogPrior = distributions.standard_normal_log_prob
          ) -> jax.Array:
     """The evidence lower bound per example, in nats, averaged over ``num_samples`` draws of z.
 
@@ -210,7 +229,7 @@ SCORES = ("nll", "elbo")
 
 def anomaly_score(model: nn.Module, params: Any, x, key: jax.Array, num_samples: int = 100,
                   likelihood: str = "bernoulli", score: str = "nll", chunk_size: int = 250,
-                  batch_size: int = 100) -> jax.Array:
+                  batch_size: int | None = None) -> jax.Array:
     """Per-example anomaly scores, higher = more anomalous: -log p(x) or -ELBO(x), in nats.
 
     ``score="nll"`` is ``-log_likelihood(..., num_samples)`` (the importance-sampled NLL);

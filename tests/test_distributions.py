@@ -62,6 +62,19 @@ def test_bernoulli_nll_is_exact_at_extreme_logits(logit):
     assert np.isfinite(grads).all()
 
 
+def test_softplus_is_log1p_exp_with_sigmoid_gradient_at_every_scale():
+    x = jnp.array([-1e9, -200.0, -30.0, -1.0, -1e-6, 0.0, 1e-6, 1.0, 30.0, 200.0, 1e9])
+    exact = np.logaddexp(0.0, np.asarray(x, np.float64))  # float64 reference
+    np.testing.assert_allclose(D.softplus(x), exact, rtol=2e-7, atol=1e-37)
+    np.testing.assert_allclose(D.softplus(x), jax.nn.softplus(x), rtol=2e-7)
+    grad = jax.vmap(jax.grad(D.softplus))(x)
+    with np.errstate(over="ignore"):  # exp(1e9) = inf: the sigmoid is then exactly 0
+        sigmoid = 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
+    np.testing.assert_allclose(grad, sigmoid, rtol=1e-6, atol=1e-37)
+    assert float(jax.grad(D.softplus)(0.0)) == 0.5
+    assert bool(jnp.isnan(D.softplus(jnp.nan)))
+
+
 def test_bernoulli_nll_sums_over_every_non_batch_axis():
     logits = jnp.linspace(-3, 3, 2 * 4 * 4 * 1).reshape(2, 4, 4, 1)
     x = jnp.full(logits.shape, 0.3)

@@ -73,7 +73,7 @@ def test_chunk_and_batch_sizes_do_not_change_the_result(small):
     reference = evaluate.log_likelihood(model, params, x, key, 13, chunk_size=13, batch_size=10)
     # Chunks of 1 (divides K = 13) and of 5 (does not: 3 chunks, the last padded by 2);
     # batches of 4 and of 3 (neither divides the 10 examples).
-    for chunk_size, batch_size in ((1, 4), (5, 3)):
+    for chunk_size, batch_size in ((1, 4), (5, 3), (5, None)):  # None: the row budget
         chunked = evaluate.log_likelihood(model, params, x, key, 13, chunk_size=chunk_size,
                                           batch_size=batch_size)
         np.testing.assert_allclose(chunked, reference, rtol=1e-6, atol=2e-6)
@@ -209,3 +209,11 @@ def test_unknown_anomaly_score_is_refused(small):
     model, params, x = small
     with pytest.raises(ValueError, match="unknown anomaly score 'kl'"):
         evaluate.anomaly_score(model, params, x, jax.random.key(0), 2, score="kl")
+
+
+def test_default_batch_size_fits_the_row_budget_of_the_backend():
+    assert evaluate.default_batch_size(250, "cpu") == 16  # 4,000 of 4,096 rows
+    assert evaluate.default_batch_size(5000, "cpu") == 1  # never below one example
+    assert evaluate.default_batch_size(250, "gpu") == 262
+    assert evaluate.default_batch_size(250) == evaluate.default_batch_size(
+        250, jax.default_backend())

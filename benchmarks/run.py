@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-TRAIN_METHODS = ("eager", "compile", "jit_step", "scan_epoch", "pmap", "sharded")
-JAX_TRAIN = ("jit_step", "scan_epoch", "pmap", "sharded")
+TRAIN_METHODS = ("eager", "compile", "jit_step", "scan_epoch", "scan_micro", "pmap", "sharded")
+JAX_TRAIN = ("jit_step", "scan_epoch", "scan_micro", "pmap", "sharded")
 MODELS = {  # name -> (hidden, latent_dim); 784 inputs
     "reference": ((400,), 20),
     "wide": ((1024, 1024), 64),

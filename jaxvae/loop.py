@@ -37,7 +37,8 @@ class TrainingDiverged(RuntimeError):
 
 def make_train_chunk(loss_fn: train.LossFn, tx, batch_size: int, *,
                      skip_nonfinite: bool = True,
-                     preprocess: Callable[[jax.Array, Any], Any] | None = None) -> Callable:
+                     preprocess: Callable[[jax.Array, Any], Any] | None = None,
+                     microbatch_size: int | None = None) -> Callable:
     """Jitted ``chunk(state, data, shuffle_key, run_key, start, preprocess_key=None, *, num_full,
     remainder)``.
 
@@ -46,13 +47,15 @@ def make_train_chunk(loss_fn: train.LossFn, tx, batch_size: int, *,
     ``remainder`` (static), the epoch's last, smaller batch; exactly the steps of
     ``train.make_train_epoch`` for the same keys. With ``preprocess``, the batch at epoch
     position i is ``preprocess(fold_in(preprocess_key, i), batch)``, as in make_train_epoch.
-    The state is donated.
+    ``microbatch_size``: see ``train.train_step_fn``. The state is donated.
 
     Returns:
       ``(state, step_metrics)``, each metric of shape ``(num_steps,)``.
     """
     validation.check_count(batch_size, "batch_size")
-    step = train.train_step_fn(loss_fn, tx, skip_nonfinite=skip_nonfinite)
+    train.check_microbatch_size(microbatch_size, batch_size)
+    step = train.train_step_fn(loss_fn, tx, skip_nonfinite=skip_nonfinite,
+                               microbatch_size=microbatch_size)
 
     def chunk(state, data, shuffle_key, run_key, start, preprocess_key=None, *, num_full,
               remainder):
@@ -92,11 +95,12 @@ def _preprocess_key(data_key, preprocess, epoch: int):
 
 
 def single_host_chunks(loss_fn, tx, batch_size: int, train_data: Any, keys, *,
-                       preprocess=None, data_key=None) -> tuple:
+                       preprocess=None, data_key=None, microbatch_size=None) -> tuple:
     """``(steps_per_epoch, run_chunk)`` for data on this host's default device."""
     n = train._num_examples(train_data)
     num_full, remainder = divmod(n, batch_size)
-    chunk = make_train_chunk(loss_fn, tx, batch_size, preprocess=preprocess)
+    chunk = make_train_chunk(loss_fn, tx, batch_size, preprocess=preprocess,
+                             microbatch_size=microbatch_size)
     compiled: dict = {}
 
     def run_chunk(state, epoch: int, start: int, stop: int):
@@ -325,6 +329,11 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn, tx, state, key
             state.params, val_dev, keys.eval, state.step).compile()
     compile_seconds = time.perf_counter() - t0
 
+    microbatch_size = getattr(config, "microbatch_size", None)
+    if microbatch_size is not None and (multi or stream):
+        raise ValueError("microbatch_size (--microbatch-size) works with the data on one "
+                         "process's device (--feed device, one process) only: drop it for "
+                         "multi-process or streamed training")
     if multi and (preprocess is not None or stream):
         raise ValueError("multi-process training supports neither batch preprocessing "
                          "(--binarize dynamic, --dequantize) nor --feed stream yet: use "
@@ -346,7 +355,7 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn, tx, state, key
     else:
         steps_per_epoch, run_chunk = single_host_chunks(
             loss_fn, tx, config.batch_size, jax.device_put(train_data), keys,
-            preprocess=preprocess, data_key=data_key)
+            preprocess=preprocess, data_key=data_key, microbatch_size=microbatch_size)
         state = jax.device_put(state)
         host = lambda tree: tree
 

@@ -146,3 +146,18 @@ def test_fit_rejects_nan_in_the_data_before_training():
 def test_public_api_is_exported():
     for name in jaxvae.__all__:
         assert hasattr(jaxvae, name), name
+
+
+def test_fit_with_microbatches_trains_and_checks_the_divisor():
+    patterns = np.array([[1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]], np.float32)
+    x = patterns[np.random.default_rng(0).integers(2, size=40)]  # learnable: two patterns
+    data = jaxvae.Dataset(x, np.zeros(40, np.int32), x[:8], np.zeros(8, np.int32))
+    base = dict(hidden=(8,), latent_dim=2, batch_size=16, epochs=10, lr=3e-2)
+    result = trainer.fit(jaxvae.TrainConfig(microbatch_size=8, **base), data)
+    assert len(result.history) == 10
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] - 0.2
+    assert int(result.state.step) == 30  # 2 full (split) batches and 1 of 8 per epoch
+    with pytest.raises(ValueError, match="microbatch_size 6 does not divide the batch size 16"):
+        trainer.fit(jaxvae.TrainConfig(microbatch_size=6, **base), data)
+    with pytest.raises(ValueError, match="--feed device, one process"):
+        trainer.fit(jaxvae.TrainConfig(microbatch_size=8, feed="stream", **base), data)

@@ -150,3 +150,52 @@ def test_learning_rate_must_be_positive():
         train.make_optimizer(0.0)
     with pytest.raises(TypeError, match="learning rate must be a number"):
         train.make_optimizer("fast")
+
+
+def test_microbatched_gradient_is_the_mean_of_the_microbatch_gradients(small):
+    model, x = small[0], small[1][:12]
+    params = jaxvae.init(model, jax.random.key(0))
+    loss_fn = jaxvae.vae_loss_fn(model)
+    key, step = jax.random.key(7), jnp.zeros((), jnp.int32)
+    (loss, metrics), grads = train.microbatched_value_and_grad(loss_fn, 4)(params, x, key, step)
+    # by hand: micro-batch i is rows 4i..4i+3 with the key fold_in(key, i)
+    parts = [jax.value_and_grad(loss_fn, has_aux=True)(params, x[4 * i:4 * i + 4],
+                                                        jax.random.fold_in(key, i), step)
+             for i in range(3)]
+    mean = jax.tree.map(lambda *t: sum(t) / 3, *parts)
+    chex.assert_trees_all_close(((loss, metrics), grads), mean, rtol=1e-5, atol=1e-6)
+    # for a loss without noise it is the whole batch's gradient (up to float rounding)
+    def noiseless(p, xb, k, s):
+        mean_BxZ, _ = jaxvae.encode(model, p, xb)
+        logits_BxD = jaxvae.decode(model, p, mean_BxZ)
+        nll = jnp.mean(jaxvae.distributions.bernoulli_nll(logits_BxD, xb))
+        return nll, {"nll": nll}
+
+    chex.assert_trees_all_close(
+        train.microbatched_value_and_grad(noiseless, 4)(params, x, key, step),
+        jax.value_and_grad(noiseless, has_aux=True)(params, x, key, step), rtol=1e-5, atol=1e-6)
+    # a batch that does not split evenly, or is not larger than the micro-batch, runs whole
+    for rows in (10, 4):
+        got = train.microbatched_value_and_grad(loss_fn, 4)(params, x[:rows], key, step)
+        want = jax.value_and_grad(loss_fn, has_aux=True)(params, x[:rows], key, step)
+        chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_microbatched_epoch_trains_and_checks_the_divisor(small):
+    model, x = small
+    tx = jaxvae.make_optimizer(1e-2)
+    loss_fn = jaxvae.vae_loss_fn(model)
+    epoch = jaxvae.make_train_epoch(loss_fn, tx, 16, microbatch_size=8)  # 2 full + 8 left
+    state = jaxvae.create_train_state(jaxvae.init(model, jax.random.key(0)), tx)
+    losses = []
+    for e in range(4):
+        state, metrics, steps = epoch(state, jnp.asarray(x), jax.random.key(e), jax.random.key(9))
+        losses.append(float(metrics["loss"]))
+    assert int(state.step) == 12 and steps["loss"].shape == (3,)
+    assert losses[-1] < losses[0]
+    with pytest.raises(ValueError, match="microbatch_size 5 does not divide the batch size 16"):
+        jaxvae.make_train_epoch(loss_fn, tx, 16, microbatch_size=5)
+    with pytest.raises(ValueError, match="microbatch_size must be >= 1"):
+        jaxvae.make_train_step(loss_fn, tx, microbatch_size=0)
+    with pytest.raises(TypeError, match="microbatch_size must be an int"):
+        jaxvae.make_train_step(loss_fn, tx, microbatch_size=2.0)

@@ -96,8 +96,8 @@ def train_runners(model, x_NxD: np.ndarray, batch_size: int, steps: int, device,
         if batch_size > MICROBATCH and batch_size % MICROBATCH == 0:
             runner("scan_micro", scan_call(MICROBATCH), microbatch_size=MICROBATCH)
         else:
-            notes.append(f"scan_micro skipped at batch {batch_size}: micro-batches of "
-                         f"{MICROBATCH} need a larger batch that they divide")
+            notes.append(f"scan_micro runs only at batch sizes above {MICROBATCH} that "
+                         f"{MICROBATCH} divides (its micro-batch); skipped at the others")
 
     num_dev = len(local_devices)
     parallel_methods = [m for m in ("pmap", "sharded") if m in methods]

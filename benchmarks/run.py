@@ -604,7 +604,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     result = {"machine": m, "versions": versions(torch, torch_threads),
               "settings": {**s, "command": command,
                            "total_seconds": round(time.perf_counter() - started, 1)},
-              "notes": notes, "targets": targets(rows), "rows": rows}
+              "notes": list(dict.fromkeys(notes)), "targets": targets(rows), "rows": rows}
     text = markdown(result)
     print(text)
     written = []

@@ -159,7 +159,8 @@ def _run(model, params, x, key, *, num_samples, chunk_size, batch_size, likeliho
 
 
 def log_likelihood(model: nn.Module, params: Any, x_BxD, key: jax.Array, num_samples: int,
-                   chunk_size: int = 250, batch_size: int | None = None, likelihood: str = "bernoulli",
+                   chunk_size: int = 250, batch_size: int | None = None,
+                   likelihood: str = "bernoulli",
                    log_prior: LogPrior = distributions.standard_normal_log_prob) -> jax.Array:
     """The importance-sampled estimate of log p(x) per example, in nats (the IWAE bound).
 
@@ -198,8 +199,8 @@ def log_likelihood(model: nn.Module, params: Any, x_BxD, key: jax.Array, num_sam
 
 def elbo(model: nn.Module, params: Any, x_BxD, key: jax.Array, likelihood: str = "bernoulli",
          num_samples: int = 1, analytic_kl: bool = True, chunk_size: int = 250,
-         batch_size: int | None = None, log_prior: LogPrior = distributions.standard_normal_log_prob
-         ) -> jax.Array:
+         batch_size: int | None = None,
+         log_prior: LogPrior = distributions.standard_normal_log_prob) -> jax.Array:
     """The evidence lower bound per example, in nats, averaged over ``num_samples`` draws of z.
 
         ELBO(x) = E_q(z|x)[log p(x | z)] - KL(q(z | x) || p(z))            (Kingma & Welling 2014)

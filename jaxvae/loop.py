@@ -285,6 +285,11 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn, tx, state, key
     """
     multi = jax.process_count() > 1
     writer = jax.process_index() == 0
+    microbatch_size = getattr(config, "microbatch_size", None)
+    if microbatch_size is not None and (multi or stream):
+        raise ValueError("microbatch_size (--microbatch-size) works with the data on one "
+                         "process's device (--feed device, one process) only: drop it for "
+                         "multi-process or streamed training")
     config_json = checkpoint_lib.config_dict(config)
     manager = last_saved = None
     loop = new_loop_state()
@@ -329,11 +334,6 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn, tx, state, key
             state.params, val_dev, keys.eval, state.step).compile()
     compile_seconds = time.perf_counter() - t0
 
-    microbatch_size = getattr(config, "microbatch_size", None)
-    if microbatch_size is not None and (multi or stream):
-        raise ValueError("microbatch_size (--microbatch-size) works with the data on one "
-                         "process's device (--feed device, one process) only: drop it for "
-                         "multi-process or streamed training")
     if multi and (preprocess is not None or stream):
         raise ValueError("multi-process training supports neither batch preprocessing "
                          "(--binarize dynamic, --dequantize) nor --feed stream yet: use "

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import cli  # noqa: E402  (experiments/cli.py)
 import seqlib  # noqa: E402
 from jaxvae import molecules  # noqa: E402
-from jaxvae.sequence_trainer import SequenceConfig, fit_sequences  # noqa: E402
+from jaxvae.sequence_trainer import fit_sequences  # noqa: E402
 from jaxvae.vocab import Vocabulary  # noqa: E402
 
 # Polykovskiy et al. 2020, Table 2 (VAE row): the published MOSES VAE baseline.
@@ -43,7 +43,6 @@ MOSES_VAE = {"valid": 0.977, "unique@1000": 1.0, "unique@10000": 0.998, "novelty
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = SequenceConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--train-size", type=int, default=200000,
                    help="random training molecules from MOSES train (%(default)s)")
@@ -55,17 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=28.0,
                    help="stop after the epoch that passes this much training time; 0 = none "
                         "(%(default)s)")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size (%(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (%(default)s)")
-    p.add_argument("--embed-dim", type=int, default=32, help="embedding size (%(default)s)")
-    p.add_argument("--hidden-dim", type=int, default=256, help="GRU size (%(default)s)")
-    p.add_argument("--latent-dim", type=int, default=64, help="latent size Z (%(default)s)")
-    p.add_argument("--beta", type=float, default=d.beta,
-                   help="KL weight after warm-up (%(default)s)")
-    p.add_argument("--warmup-steps", type=int, default=500,
-                   help="linear KL warm-up steps (%(default)s)")
-    p.add_argument("--word-dropout", type=float, default=0.1,
-                   help="decoder input dropout rate (%(default)s)")
+    seqlib.add_model_flags(p, hidden_dim=256, latent_dim=64, warmup_steps=500,
+                           word_dropout=0.1)
     p.add_argument("--num-samples", type=int, default=10000,
                    help="SMILES sampled for the metrics (%(default)s)")
     p.add_argument("--temperature", type=float, nargs="+", default=[1.0, 0.7],
@@ -90,11 +80,7 @@ def check_args(args) -> None:
 
 def run(args) -> dict:
     check_args(args)
-    config = SequenceConfig(embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
-                            latent_dim=args.latent_dim, epochs=args.epochs,
-                            batch_size=args.batch_size, lr=args.lr, beta=args.beta,
-                            warmup_steps=args.warmup_steps, word_dropout=args.word_dropout,
-                            seed=args.seed, max_seconds=60.0 * args.max_minutes)
+    config = seqlib.sequence_config(args, max_seconds=60.0 * args.max_minutes)
     outdir = seqlib.prepare_outdir(args.outdir)
     moses_train = molecules.load_moses("train")
     moses_test = molecules.load_moses("test")

@@ -15,8 +15,35 @@ from tqdm import tqdm
 
 import jaxvae
 from jaxvae import sequence
-from jaxvae.sequence_trainer import SequenceFit
+from jaxvae.sequence_trainer import SequenceConfig, SequenceFit
 from train import prepare_outdir  # noqa: F401  (experiments/train.py: one copy for every script)
+
+
+def add_model_flags(p, *, hidden_dim: int, latent_dim: int, warmup_steps: int,
+                    word_dropout: float) -> None:
+    """The model and optimizer flags of a sequence script, with that script's defaults."""
+    d = SequenceConfig()
+    p.add_argument("--batch-size", type=int, default=128, help="batch size (%(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (%(default)s)")
+    p.add_argument("--embed-dim", type=int, default=32, help="embedding size (%(default)s)")
+    p.add_argument("--hidden-dim", type=int, default=hidden_dim, help="GRU size (%(default)s)")
+    p.add_argument("--latent-dim", type=int, default=latent_dim,
+                   help="latent size Z (%(default)s)")
+    p.add_argument("--beta", type=float, default=d.beta,
+                   help="KL weight after warm-up (%(default)s)")
+    p.add_argument("--warmup-steps", type=int, default=warmup_steps,
+                   help="linear KL warm-up steps (%(default)s)")
+    p.add_argument("--word-dropout", type=float, default=word_dropout,
+                   help="decoder input dropout rate (%(default)s)")
+
+
+def sequence_config(args, max_seconds: float) -> SequenceConfig:
+    """The SequenceConfig of the flags of ``add_model_flags`` (and --epochs, --seed)."""
+    return SequenceConfig(embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
+                          latent_dim=args.latent_dim, epochs=args.epochs,
+                          batch_size=args.batch_size, lr=args.lr, beta=args.beta,
+                          warmup_steps=args.warmup_steps, word_dropout=args.word_dropout,
+                          seed=args.seed, max_seconds=max_seconds)
 
 
 def progress(total: int, quiet: bool, metrics_path: Path):

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 import cli  # noqa: E402  (experiments/cli.py)
 import seqlib  # noqa: E402
-from jaxvae.sequence_trainer import SequenceConfig, fit_sequences  # noqa: E402
+from jaxvae.sequence_trainer import fit_sequences  # noqa: E402
 from jaxvae.vocab import Vocabulary  # noqa: E402
 
 
@@ -50,24 +50,14 @@ def split_words(words: list[str], train_size: int, test_size: int, seed: int
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = SequenceConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--train-size", type=int, default=40000, help="training words (%(default)s)")
     p.add_argument("--test-size", type=int, default=2000, help="test words (%(default)s)")
     p.add_argument("--min-len", type=int, default=3, help="shortest word (%(default)s)")
     p.add_argument("--max-len", type=int, default=12, help="longest word (%(default)s)")
     p.add_argument("--epochs", type=int, default=12, help="epochs (%(default)s)")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size (%(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (%(default)s)")
-    p.add_argument("--embed-dim", type=int, default=32, help="embedding size (%(default)s)")
-    p.add_argument("--hidden-dim", type=int, default=128, help="GRU size (%(default)s)")
-    p.add_argument("--latent-dim", type=int, default=16, help="latent size Z (%(default)s)")
-    p.add_argument("--beta", type=float, default=d.beta,
-                   help="KL weight after warm-up (%(default)s)")
-    p.add_argument("--warmup-steps", type=int, default=1500,
-                   help="linear KL warm-up steps (%(default)s)")
-    p.add_argument("--word-dropout", type=float, default=0.25,
-                   help="decoder input dropout rate (%(default)s)")
+    seqlib.add_model_flags(p, hidden_dim=128, latent_dim=16, warmup_steps=1500,
+                           word_dropout=0.25)
     p.add_argument("--max-seconds", type=float, default=420.0,
                    help="stop after the epoch that passes this training time in seconds; "
                         "0 = none (%(default)s)")
@@ -80,16 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args) -> SequenceConfig:
-    return SequenceConfig(embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
-                          latent_dim=args.latent_dim, epochs=args.epochs,
-                          batch_size=args.batch_size, lr=args.lr, beta=args.beta,
-                          warmup_steps=args.warmup_steps, word_dropout=args.word_dropout,
-                          seed=args.seed, max_seconds=args.max_seconds)
-
-
 def run(args) -> dict:
-    config = config_from_args(args)
+    config = seqlib.sequence_config(args, max_seconds=args.max_seconds)
     outdir = seqlib.prepare_outdir(args.outdir)
     all_words = load_words(args.min_len, args.max_len)
     train_words, test_words = split_words(all_words, args.train_size, args.test_size, args.seed)

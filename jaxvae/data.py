@@ -168,8 +168,9 @@ def load(name: str, seed: int = 0, *, data_dir: str | None = None, download: boo
       flatten: None keeps each dataset's natural shape (TFDS images (H, W, C); mnist5k,
         digits and CSV rows flat); True flattens examples to (D,); False asks for images
         (mnist5k (28, 28, 1), digits (8, 8, 1)).
-      train_split, test_split: TFDS only: the splits (slices allowed, e.g. ``"train[:5000]"``);
-        default each dataset's ``train`` and ``test``.
+      train_split, test_split: TFDS datasets: the splits (slices allowed, e.g.
+        ``"train[:5000]"``; the offline ``mnist`` copy takes integer slices only); default
+        each dataset's ``train`` and ``test``.
       image_size: celeb_a only: the side of the output images (center crop, then resize).
       label_column: CSV only: the header name or 0-based index of the label column.
       test_fraction: user files only: the part held out for testing.

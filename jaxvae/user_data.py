@@ -107,6 +107,10 @@ def _float_examples(arrays: dict[str, np.ndarray], path: Path) -> tuple[dict, li
             raise ValueError(f"{path}: {what} must have shape (num_examples, features...), got "
                              f"{x.shape}; a single feature per example needs shape (N, 1)")
     dtypes = {x.dtype for x in arrays.values()}
+    if len(dtypes) > 1 and any(d.type in PIXEL_DTYPES for d in dtypes):
+        found = ", ".join(f"{what} {x.dtype}" for what, x in arrays.items())
+        raise ValueError(f"{path}: the parts differ in dtype ({found}), so they would be "
+                         "scaled differently; save them with the same dtype")
     scale = 1.0
     if len(dtypes) == 1 and dtypes.pop().type in PIXEL_DTYPES:
         dtype = next(iter(arrays.values())).dtype

@@ -115,13 +115,13 @@ def _float_examples(arrays: dict[str, np.ndarray], path: Path) -> tuple[dict, li
     if len(dtypes) == 1 and dtypes.pop().type in PIXEL_DTYPES:
         dtype = next(iter(arrays.values())).dtype
         top = max(int(x.max()) for x in arrays.values())
-        names = " and ".join(arrays)
+        names = "" if list(arrays) == ["examples"] else " and ".join(arrays) + ": "
         if dtype == np.uint8 and top <= 1:
-            notes.append(f"{names}: uint8 values are all 0 or 1, read as binary data (not "
+            notes.append(f"{names}uint8 values are all 0 or 1, read as binary data (not "
                          "divided by 255)")
         else:
             scale = float(np.iinfo(dtype).max)
-            notes.append(f"{names}: {dtype} values read as pixels and divided by {scale:.0f} "
+            notes.append(f"{names}{dtype} values read as pixels and divided by {scale:.0f} "
                          f"(the range of {dtype}) into [0, 1]; the largest, {top}, becomes "
                          f"{top / scale:.4g}")
     out = {}

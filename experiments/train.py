@@ -302,6 +302,9 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
     data = data_lib.load_for(config)
     if validation_size is not None:
         config = with_validation_size(config, validation_size, len(data.x_train))
+    if lead:
+        for note in data.notes:  # how a user file was read
+            print(f"note: {note}", file=sys.stderr)
     if distributed is not None:
         idx = data_lib.process_shard(len(data.x_train), jax.process_index(), jax.process_count())
         data = data._replace(x_train=data.x_train[idx], y_train=data.y_train[idx])

@@ -23,12 +23,14 @@ import numpy as np
 
 class Dataset(NamedTuple):
     """A train/test split. ``x_*`` float32 (N, *example_shape) (images in [0, 1]); ``y_*`` int32
-    (N,), -1 where there are no labels."""
+    (N,), -1 where there are no labels. ``notes``: what was assumed to read a user file (a
+    header row, a dropped index column, pixel scaling), one sentence each, for scripts to show."""
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    notes: tuple[str, ...] = ()
 
     @property
     def example_shape(self) -> tuple[int, ...]:
@@ -209,16 +211,16 @@ def load(name: str, seed: int = 0, *, data_dir: str | None = None, download: boo
         data = LOADERS[name](seed=seed)
         image_shape = _EMBEDDED_IMAGE_SHAPES[name]
     elif user_data.is_user_file(name) or os.sep in str(name) or Path(str(name)).suffix:
-        data = Dataset(*user_data.load_file(name, seed=seed, label_column=label_column,
-                                            test_fraction=test_fraction, likelihood=likelihood))
+        data = user_data.load_file(name, seed=seed, label_column=label_column,
+                                   test_fraction=test_fraction, likelihood=likelihood)
         image_shape = None
     else:
         raise ValueError(f"unknown dataset {name!r}; choose one of {dataset_names()} or give "
                          f"a path to a {', '.join(user_data.SUFFIXES)} file")
     if indices is not None and not sharded:  # read whole, then sharded
         train_idx, test_idx = indices(len(data.x_train)), indices(len(data.x_test))
-        data = Dataset(data.x_train[train_idx], data.y_train[train_idx],
-                       data.x_test[test_idx], data.y_test[test_idx])
+        data = data._replace(x_train=data.x_train[train_idx], y_train=data.y_train[train_idx],
+                             x_test=data.x_test[test_idx], y_test=data.y_test[test_idx])
     return data._replace(x_train=_reshape(data.x_train, flatten, image_shape, name),
                          x_test=_reshape(data.x_test, flatten, image_shape, name))
 

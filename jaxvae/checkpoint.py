@@ -141,8 +141,16 @@ def _mismatch(recorded: Any, actual: dict[str, str]) -> str | None:
 
 
 def _one_line(e: Exception) -> str:
+    """The exception's type and first line, TensorStore's long chains cut to the innermost file
+    and its error (``DATA_LOSS: local file ".../d/5ca3": Error decoding b-tree node: ...``)."""
     text = str(e).splitlines()[0] if str(e) else ""
-    return f"{type(e).__name__}: {text[:200]}"
+    text = text.split(" [tensorstore_spec")[0]
+    if 'local file "' in text:
+        code = text.split(":")[0]
+        text = text[text.rindex('local file "'):]
+        if code.isupper():  # an absl status code such as DATA_LOSS or NOT_FOUND
+            text = f"{code}: {text}"
+    return f"{type(e).__name__}: {text[:240]}"
 
 
 def _ignore_orphaned_tensorstore_callbacks() -> None:

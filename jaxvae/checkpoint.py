@@ -16,8 +16,9 @@ killed during a save leaves the previous checkpoints readable.
 Every save is read back and checked against its checksum before older checkpoints are rotated
 away; a save that fails the check is moved aside to ``<step>.corrupt`` and the older ones are
 kept. Restoring verifies the checksum too; a checkpoint that is unreadable or whose content
-changed on disk is moved aside (``<step>.corrupt``, never deleted) and the newest checkpoint that
-verifies is restored instead, with a warning that names both. So the newest checkpoint in the
+changed on disk is skipped and, by the writing process, moved aside (``<step>.corrupt``, never
+deleted); the newest checkpoint that verifies is restored instead, with a warning that names
+both. So the newest checkpoint in the
 directory is always one that verified, and rotation (which deletes the oldest beyond ``keep``)
 never deletes the last verified one. A checkpoint without a checksum is restored unverified,
 with a warning that says so.

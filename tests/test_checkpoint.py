@@ -161,7 +161,7 @@ def test_bad_reliability_flags_fail_before_training(argv, message, tmp_path, cap
 
 
 def _plain_restore(step_dir: Path):
-    """The checkpoint's state as Orbax itself reads it, without any checksum."""
+    """A checkpoint's state as Orbax itself reads it, without any checksum."""
     import orbax.checkpoint as ocp
     with ocp.PyTreeCheckpointer() as checkpointer:
         return checkpointer.restore(str((step_dir / "state").absolute()))
@@ -314,6 +314,44 @@ def test_a_save_that_does_not_read_back_never_costs_the_last_verified_checkpoint
     assert manager.all_steps() == [3]  # a newer verified checkpoint: now step 1 may go
     manager.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["2.corrupt", "3"]
+
+
+def _replace_in(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert text.count(old) == 1
+    path.write_text(text.replace(old, new))
+
+
+def _rewrite_keys(step_dir: Path, seed: int) -> None:
+    """Replaces a checkpoint's stored PRNG keys by those of another seed (Orbax's own format)."""
+    import orbax.checkpoint as ocp
+    keys = trainer.run_keys(seed)
+    shutil.rmtree(step_dir / "rng")
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save((step_dir / "rng").absolute(),
+                          {n: np.asarray(jax.random.key_data(k)) for n, k in keys._asdict().items()})
+
+
+@pytest.mark.parametrize("corrupt, what", [
+    (lambda d: _rewrite_keys(d, seed=1), "rng"),
+    (lambda d: _replace_in(d / "loop" / "metadata", '"position": 3', '"position": 4'), "loop"),
+    (lambda d: _replace_in(d / "config" / "metadata", '"lr": 0.001', '"lr": 0.002'), "config"),
+])
+def test_a_changed_key_loop_position_or_config_is_caught(tmp_path, corrupt, what):
+    keys = trainer.run_keys(0)
+    manager = checkpoint.CheckpointManager(tmp_path, keep=2)
+    for step in (1, 2):
+        manager.save(_state(step), keys._asdict(), {"epoch": 1, "position": 3, "history": []},
+                     {"lr": 0.001})
+    corrupt(tmp_path / "2")
+    with pytest.warns(UserWarning, match=rf"checkpoint .*/2 failed verification: the SHA-256 of "
+                                         rf"its {what} differs .*; resuming from .*/1, the "
+                                         r"newest checkpoint that verifies"):
+        restored = manager.restore_latest(jax.tree.map(np.asarray, _template_state()),
+                                          tuple(keys._fields))
+    manager.close()
+    assert restored.step == 1 and restored.loop["position"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "2.corrupt"]
 
 
 def test_a_checkpoint_without_a_checksum_is_restored_with_a_warning(tmp_path):

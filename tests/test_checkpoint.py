@@ -325,11 +325,11 @@ def _replace_in(path: Path, old: str, new: str) -> None:
 def _rewrite_keys(step_dir: Path, seed: int) -> None:
     """Replaces a checkpoint's stored PRNG keys by those of another seed (Orbax's own format)."""
     import orbax.checkpoint as ocp
-    keys = trainer.run_keys(seed)
+    keys = trainer.run_keys(seed)._asdict()
     shutil.rmtree(step_dir / "rng")
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save((step_dir / "rng").absolute(),
-                          {n: np.asarray(jax.random.key_data(k)) for n, k in keys._asdict().items()})
+                          {n: np.asarray(jax.random.key_data(k)) for n, k in keys.items()})
 
 
 @pytest.mark.parametrize("corrupt, what", [

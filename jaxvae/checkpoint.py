@@ -380,15 +380,15 @@ class CheckpointManager:
             if failures:
                 moved = ""
                 if self.writer:  # out of the way of the resumed run's saves, not deleted
-                    for bad, _ in failures:
-                        self._move_aside(bad)
+                    names = [self._move_aside(bad).name for bad, _ in failures]
                     self._manager.reload()
-                    moved = f"; the bad ones were moved to <step>{CORRUPT_SUFFIX}"
+                    moved = ("; the bad checkpoint was moved to " if len(names) == 1 else
+                             "; the bad checkpoints were moved to ") + ", ".join(names)
                 bad = "; ".join(f"checkpoint {self.directory / str(s)} {why}"
                                 for s, why in failures)
-                which = "readable" if unverified else "that verifies"
-                warnings.warn(f"{bad}; resuming from {restored.path}, the newest checkpoint "
-                              f"{which}{unverified}{moved}", stacklevel=2)
+                which = "readable checkpoint" if unverified else "checkpoint that verifies"
+                warnings.warn(f"{bad}; resuming from {restored.path}, the newest {which}"
+                              f"{unverified}{moved}", stacklevel=2)
             elif unverified:
                 warnings.warn(f"resuming from checkpoint {restored.path}{unverified}",
                               stacklevel=2)

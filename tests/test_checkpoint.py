@@ -210,7 +210,8 @@ def test_flipped_bits_in_the_newest_checkpoint_fall_back_to_the_previous_one_exa
     with pytest.warns(UserWarning, match=r"checkpoints/92 failed verification: the SHA-256 of "
                                          r"its state differs from the one recorded when it was "
                                          r"saved; resuming from .*checkpoints/89, the newest "
-                                         r"checkpoint that verifies"):
+                                         r"checkpoint that verifies; the bad checkpoint was "
+                                         r"moved to 92.corrupt"):
         assert train_script.main(FLAGS + ["--outdir", str(outdir), "--resume"]) == 0
     # Resumed from step 89, the run replays steps 90..92: bitwise the uninterrupted run.
     assert (outdir / "params.msgpack").read_bytes() == \
@@ -346,7 +347,8 @@ def test_a_changed_key_loop_position_or_config_is_caught(tmp_path, corrupt, what
     corrupt(tmp_path / "2")
     with pytest.warns(UserWarning, match=rf"checkpoint .*/2 failed verification: the SHA-256 of "
                                          rf"its {what} differs .*; resuming from .*/1, the "
-                                         r"newest checkpoint that verifies"):
+                                         r"newest checkpoint that verifies; the bad checkpoint "
+                                         r"was moved to 2.corrupt"):
         restored = manager.restore_latest(jax.tree.map(np.asarray, _template_state()),
                                           tuple(keys._fields))
     manager.close()

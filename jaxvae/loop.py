@@ -314,6 +314,7 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn, tx, state, key
                         "or start a new run in another directory")
 
             restored = manager.restore_latest(state, tuple(keys._fields), check_config=check)
+            checkpoint_lib.check_resumable_epochs(restored, config.epochs)
             state = jax.tree.map(jnp.asarray, restored.state)
             keys = type(keys)(**restored.keys)
             loop, last_saved = restored.loop, restored.path

@@ -30,8 +30,8 @@ from jaxvae import evaluate, plots, trainer
 
 
 def build_parser():
-    p = train_script.build_parser()
-    p.description = __doc__
+    p = cli.parser("experiments.anomaly", __doc__)
+    train_script.add_flags(p)
     p.set_defaults(outdir="runs/anomaly")
     p.add_argument("--holdout-class", type=int, required=True,
                    help="the label left out of training: the anomaly")

@@ -43,8 +43,8 @@ SETTINGS = ("imbalanced", "oversampled", "cvae", "full")
 
 
 def build_parser():
-    p = train_script.build_parser()
-    p.description = __doc__
+    p = cli.parser("experiments.imbalanced", __doc__)
+    train_script.add_flags(p)
     p.set_defaults(model="cvae", epochs=30, outdir="runs/imbalanced")
     g = p.add_argument_group("imbalanced-data study")
     g.add_argument("--rare-class", type=int, default=3,

@@ -55,10 +55,15 @@ def config_choices() -> dict[str, list[str]]:
             "kl_schedule": list(schedules.KL_SCHEDULES), "prior": list(priors.PRIORS)}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = cli.parser("experiments.train", __doc__)
+def add_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of a training run: every TrainConfig field, then the RunOptions."""
     cli.add_config_flags(p, TrainConfig, choices=config_choices())
     cli.add_config_flags(p, RunOptions)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("experiments.train", __doc__)
+    add_flags(p)
     return p
 
 

@@ -64,29 +64,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.per_class < 1:
-            raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
-        def conditional_only(config, model):
-            if not isinstance(model, conditional.CVAE):
-                raise ValueError(f"{args.run_dir} holds a --model {config.model} run; per-class "
-                                 "samples need a conditional model (--model cvae)")
+def run(args: argparse.Namespace) -> None:
+    if args.per_class < 1:
+        raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
 
-        _, model, params, _ = load_run(args.run_dir, conditional_only)
-        images, labels = per_class_samples(model, params, jax.random.key(args.seed),
-                                           args.per_class)
-        out = Path(args.out) if args.out else Path(args.run_dir) / "samples_per_class.png"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        written = plots.save_image_grid(out, images, args.per_class,
-                                        f"Samples per class (rows 0..{model.num_classes - 1})")
-        np.savez_compressed(out.with_suffix(".npz"), images=images, labels=labels)
-    except (ValueError, TypeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    def conditional_only(config, model):
+        if not isinstance(model, conditional.CVAE):
+            raise ValueError(f"{args.run_dir} holds a --model {config.model} run; per-class "
+                             "samples need a conditional model (--model cvae)")
+
+    _, model, params, _ = load_run(args.run_dir, conditional_only)
+    images, labels = per_class_samples(model, params, jax.random.key(args.seed), args.per_class)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "samples_per_class.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = plots.save_image_grid(out, images, args.per_class,
+                                    f"Samples per class (rows 0..{model.num_classes - 1})")
+    np.savez_compressed(out.with_suffix(".npz"), images=images, labels=labels)
     print(f"wrote {written or '(not images: no PNG)'}, {out.with_suffix('.npz')}")
-    return 0
+
+
+def main(argv=None) -> int:
+    return cli.script_main(build_parser, run, argv, errors=(ValueError, TypeError, OSError))
 
 
 if __name__ == "__main__":

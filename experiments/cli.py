@@ -11,7 +11,7 @@ and ``config_from_flags`` builds the dataclass back from the parsed namespace.
         data_dir: str | None = None  # where the data lives (None: the default place)
 
     parser = argparse.ArgumentParser()
-    add_config_flags(parser, Config)  # --epochs N, --hidden N [N ...], --data-dir DATA_DIR
+    add_config_flags(parser, Config)  # --epochs EPOCHS, --hidden HIDDEN [HIDDEN ...], --data-dir
     config = config_from_flags(parser.parse_args(argv), Config)
 
 The mapping, by field type: ``int``, ``float``, ``str`` take one value; ``X | None`` takes an X

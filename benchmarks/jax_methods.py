@@ -21,12 +21,8 @@ import numpy as np
 
 import jaxvae
 from benchmarks.harness import Runner, mlp_nll_flops, mlp_train_flops
-from jaxvae import objectives, parallel
-
-try:  # issue 6's evaluation helper, when it is on this branch
-    from jaxvae.evaluate import log_likelihood as _log_likelihood
-except ImportError:  # pragma: no cover - depends on the merge order
-    _log_likelihood = None
+from jaxvae import parallel
+from jaxvae.evaluate import log_likelihood
 
 
 # Micro-batch of the scan_micro method: the best of 256-1024 for batch 2048 and 8192 here.
@@ -156,21 +152,11 @@ def xla_flops_per_sample(model, batch_size: int, device) -> float | None:
     return float(flops) / batch_size if flops else None
 
 
-def _fallback_log_likelihood(model, params, x_BxD, key, num_samples, chunk_size):
-    # A tiny stand-in for jaxvae.evaluate.log_likelihood (issue 6) while it is not on this
-    # branch: chunks of K importance samples in sequence (lax.map bounds the memory).
-    keys = jax.random.split(key, num_samples // chunk_size)
-    log_w_CxKcxB = jax.lax.map(
-        lambda k: objectives.log_importance_weights(model, params, x_BxD, k, chunk_size), keys)
-    return objectives.iwae_bound(log_w_CxKcxB.reshape((num_samples,) + x_BxD.shape[:1]))
-
-
 def nll_runner(model, params, x_BxD: np.ndarray, num_samples: int, chunk_size: int,
                device) -> Runner:
     """Importance-sampled log p(x) of a batch with K = num_samples, jitted, one call per batch."""
-    impl = _log_likelihood or _fallback_log_likelihood
-    estimate = lambda p, x, k: impl(model, p, x, k, num_samples=num_samples,  # noqa: E731
-                                    chunk_size=chunk_size)
+    estimate = lambda p, x, k: log_likelihood(model, p, x, k, num_samples=num_samples,  # noqa: E731
+                                              chunk_size=chunk_size)
     params = jax.device_put(params, device)
     x = jax.device_put(x_BxD, device)
     key = jax.random.key(3)
@@ -181,9 +167,8 @@ def nll_runner(model, params, x_BxD: np.ndarray, num_samples: int, chunk_size: i
         fn = estimate
     flops = mlp_nll_flops(int(np.prod(model.data_shape)), model.hidden, model.latent_dim,
                           num_samples) * len(x_BxD)
-
-    name = "jaxvae.evaluate.log_likelihood" if _log_likelihood else "fallback (chunked lax.map)"
-    extra = {"num_samples": num_samples, "chunk_size": chunk_size, "implementation": name}
+    extra = {"num_samples": num_samples, "chunk_size": chunk_size,
+             "implementation": "jaxvae.evaluate.log_likelihood"}
 
     def call():
         extra["mean_log_px"] = float(fn(params, x, key).mean())  # float() waits for the result

@@ -1,6 +1,6 @@
 """The quality bar: jaxvae's reference VAE vs the PyTorch reference, trained the same way.
 
-    python benchmarks/quality.py [--seeds 10] [--epochs 10] [--json PATH]
+    python -m benchmarks.quality [--seeds 10] [--epochs 10] [--json PATH]
 
 Two comparisons on mnist5k (4,000 train / 1,000 test), batch 128, Adam 1e-3:
 
@@ -19,14 +19,12 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import jax
+import numpy as np
+import torch
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import jaxvae  # noqa: E402
-from benchmarks import torch_reference as ref  # noqa: E402
+import jaxvae
+from benchmarks import torch_reference as ref
 
 
 def independent(data: jaxvae.Dataset, seed: int, epochs: int) -> tuple[float, float]:

@@ -1,7 +1,7 @@
 """The PyTorch reference: the pytorch/examples VAE and its loss, written from its formulas.
 
 One copy, used by the parity tests (tests/test_torch_parity.py), the benchmark harness and the
-quality comparison (``python benchmarks/torch_reference.py``, which trains it on mnist5k exactly
+quality comparison (``python -m benchmarks.torch_reference``, which trains it on mnist5k exactly
 as experiments/train.py trains jaxvae's reference_vae and prints the test loss per epoch).
 
     fc1: 784 -> 400, ReLU; fc21, fc22: 400 -> 20 (mu, logvar)
@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -192,7 +190,6 @@ def main(argv=None):
     parser.add_argument("--json", help="write the per-epoch test losses here")
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from jaxvae.data import load_mnist5k
 
     data = load_mnist5k()

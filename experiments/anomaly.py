@@ -1,7 +1,7 @@
 """Anomaly detection with a VAE: train on every class but one, score the test set.
 
-    python experiments/anomaly.py --holdout-class 9 --outdir runs/anomaly9
-    python experiments/anomaly.py --holdout-class 0 --epochs 20 --score-samples 500 --score nll
+    python -m experiments.anomaly --holdout-class 9 --outdir runs/anomaly9
+    python -m experiments.anomaly --holdout-class 0 --epochs 20 --score-samples 500 --score nll
 
 Takes every training flag of experiments/train.py. Trains on the training examples whose label
 is not --holdout-class, scores every test example with jaxvae.anomaly_score (-log p(x) by
@@ -17,24 +17,21 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import jax
+import numpy as np
+from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-import cli  # noqa: E402  (experiments/cli.py)
-import jaxvae  # noqa: E402
-import train as train_script  # noqa: E402  (experiments/train.py: its flags and outputs)
-from jaxvae import data as data_lib  # noqa: E402
-from jaxvae import evaluate, plots, trainer  # noqa: E402
+import jaxvae
+from experiments import cli
+from experiments import train as train_script
+from jaxvae import data as data_lib
+from jaxvae import evaluate, plots, trainer
 
 
 def build_parser():
-    p = train_script.build_parser()
-    p.description = __doc__
+    p = cli.parser("experiments.anomaly", __doc__)
+    train_script.add_flags(p)
     p.set_defaults(outdir="runs/anomaly")
     p.add_argument("--holdout-class", type=int, required=True,
                    help="the label left out of training: the anomaly")

@@ -1,7 +1,7 @@
 """Data augmentation with the conditional VAE: does a classifier gain from generated digits?
 
-    python experiments/augment.py                         # mnist5k, CVAE 30 epochs, +400/class
-    python experiments/augment.py --real-per-class 50     # a low-data regime
+    python -m experiments.augment                         # mnist5k, CVAE 30 epochs, +400/class
+    python -m experiments.augment --real-per-class 50     # a low-data regime
 
 1. trains a conditional VAE (--model cvae) on the real training split;
 2. draws --per-class labelled samples of every class (the decoder's mean, sigmoid(logits));
@@ -20,17 +20,15 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import jax
+import numpy as np
+from tqdm import tqdm
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-import cli  # noqa: E402  (experiments/cli.py)
-import jaxvae  # noqa: E402
-from jaxvae import conditional, objectives, plots, trainer  # noqa: E402
-from jaxvae import data as data_lib  # noqa: E402
-from jaxvae.config import TrainConfig  # noqa: E402
+import jaxvae
+from experiments import cli
+from jaxvae import conditional, objectives, plots, trainer
+from jaxvae import data as data_lib
+from jaxvae.config import TrainConfig
 
 
 def subsample_per_class(data: data_lib.Dataset, per_class: int, seed: int) -> data_lib.Dataset:
@@ -63,7 +61,7 @@ def accuracy(x_train, y_train, x_test, y_test, max_iter: int, seed: int) -> floa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = cli.parser("experiments.augment", __doc__)
     p.add_argument("--dataset", default="mnist5k", help="a labelled dataset (default %(default)s)")
     p.add_argument("--epochs", type=int, default=30, help="CVAE epochs (default %(default)s)")
     p.add_argument("--latent-dim", type=int, default=20, help="CVAE latent size (default %(default)s)")

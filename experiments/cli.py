@@ -1,14 +1,194 @@
-"""The entry point shared by the experiment scripts: bad input is `error: ...` and exit code 2."""
+"""The command line shared by the experiment scripts.
+
+A config dataclass is the single description of its flags: ``add_config_flags`` turns each
+field into ``--field-name`` with the field's type, its default and its comment as the help text,
+and ``config_from_flags`` builds the dataclass back from the parsed namespace.
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        epochs: int = 10  # passes over the training split
+        hidden: tuple[int, ...] = (400,)  # hidden widths
+        data_dir: str | None = None  # where the data lives (None: the default place)
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, Config)  # --epochs EPOCHS, --hidden HIDDEN [HIDDEN ...], --data-dir
+    config = config_from_flags(parser.parse_args(argv), Config)
+
+The mapping, by field type: ``int``, ``float``, ``str`` take one value; ``X | None`` takes an X
+(the default None means "not given"); ``tuple[X, ...]`` takes one or more values; ``bool`` is a
+switch (``--flag`` when the default is False, ``--flag / --no-flag`` otherwise);
+``typing.Literal[...]`` restricts the values to its choices. A field whose type is itself a
+dataclass is a section: its fields become flags too, under their own (flat) names, grouped in
+``--help`` under the section's name.
+
+The help text is the comment after the field; comment lines right below it that start with
+``#`` and at least two more spaces continue it.
+
+``parser`` makes a script's parser, ``script_main`` runs the script: bad input is one line
+``error: ...`` on stderr and exit code 2.
+"""
 
 from __future__ import annotations
 
+import argparse
+import ast
+import dataclasses
+import inspect
+import io
 import sys
-from collections.abc import Callable
+import textwrap
+import tokenize
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+
+
+def parser(module: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of ``python -m <module>``, described by the script's docstring."""
+    return argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def flag_name(field_name: str) -> str:
+    """``batch_size`` -> ``--batch-size``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """The comment after each field of the class ``cls`` (with its continuation lines), by name.
+
+    Fields without a comment are left out; so is everything when the source is not available.
+    """
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    lines = source.splitlines()
+    comments = {tok.start[0]: tok.string
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                if tok.type == tokenize.COMMENT}
+    out = {}
+    for node in ast.parse(source).body[0].body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        line = node.end_lineno
+        if line not in comments:
+            continue
+        parts = [comments[line][1:].strip()]
+        line += 1
+        while (line in comments and lines[line - 1].lstrip().startswith("#")
+               and comments[line].startswith("#  ")):
+            parts.append(comments[line][1:].strip())
+            line += 1
+        out[node.target.id] = " ".join(parts)
+    return out
+
+
+def _section_type(tp) -> type | None:
+    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
+
+
+def _strip_optional(tp):
+    """``X | None`` -> X; anything else unchanged."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _argparse_kwargs(name: str, tp, default) -> dict:
+    """The add_argument keywords of one field (without help)."""
+    tp = _strip_optional(tp)
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        if default is True:
+            return {"action": argparse.BooleanOptionalAction, "default": True}
+        return {"action": "store_true", "default": bool(default)}
+    if origin is typing.Literal:
+        values = typing.get_args(tp)
+        return {"type": type(values[0]), "choices": list(values), "default": default}
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) != 2 or args[1] is not Ellipsis or args[0] not in (int, float, str):
+            raise TypeError(f"field {name}: no flag for type {tp!r}; use tuple[int, ...], "
+                            "tuple[float, ...] or tuple[str, ...]")
+        return {"type": args[0], "nargs": "+",
+                "default": None if default is None else list(default)}
+    if tp in (int, float, str):
+        return {"type": tp, "default": default}
+    raise TypeError(f"field {name}: no flag for type {tp!r}; use int, float, str, bool, "
+                    "X | None, tuple[X, ...] or a Literal")
+
+
+def _default_text(default) -> str:
+    if isinstance(default, (tuple, list)):
+        return " ".join(str(v) for v in default)
+    return str(default)
+
+
+def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, config_cls: type,
+                     *, choices: Mapping[str, Sequence] | None = None) -> None:
+    """Adds one flag per field of the dataclass ``config_cls`` (sections walked, flat names).
+
+    Args:
+      parser: the parser (or argument group) that receives the flags.
+      config_cls: a dataclass whose every field has a default.
+      choices: allowed values of some fields, by field name, where another module defines
+        them (a registry of models, say) rather than the field's type.
+    """
+    unused = dict(choices or {})
+    _add_fields(parser, config_cls, unused)
+    if unused:
+        raise TypeError(f"choices for {sorted(unused)}: {config_cls.__name__} has no such field")
+
+
+def _add_fields(parser, config_cls: type, choices: dict) -> None:
+    hints = typing.get_type_hints(config_cls)
+    comments = field_comments(config_cls)
+    for field in dataclasses.fields(config_cls):
+        section = _section_type(hints[field.name])
+        if section is not None:
+            group = parser.add_argument_group(field.name) \
+                if isinstance(parser, argparse.ArgumentParser) else parser
+            _add_fields(group, section, choices)
+            continue
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            raise TypeError(f"field {field.name} of {config_cls.__name__} needs a default to "
+                            "become a flag")
+        kwargs = _argparse_kwargs(field.name, hints[field.name], default)
+        if field.name in choices:
+            kwargs["choices"] = list(choices.pop(field.name))
+        text = comments.get(field.name, "")
+        if default is not None and not isinstance(default, bool):
+            text = f"{text} (default: {_default_text(default)})".strip()
+        kwargs["help"] = text.replace("%", "%%")
+        parser.add_argument(flag_name(field.name), dest=field.name, **kwargs)
+
+
+def config_from_flags(args: argparse.Namespace, config_cls: type):
+    """The dataclass ``config_cls`` filled from the flags of ``add_config_flags``."""
+    hints = typing.get_type_hints(config_cls)
+    values = {}
+    for field in dataclasses.fields(config_cls):
+        section = _section_type(hints[field.name])
+        if section is not None:
+            values[field.name] = config_from_flags(args, section)
+            continue
+        value = getattr(args, field.name)
+        if isinstance(value, list):
+            value = tuple(value)
+        values[field.name] = value
+    return config_cls(**values)
 
 
 def script_main(build_parser: Callable, run: Callable, argv=None,
                 errors: tuple[type[BaseException], ...] = (ValueError, TypeError)) -> int:
-    """Parses ``argv``, calls ``run(args)``; an exception in ``errors`` prints `error: ...`, returns 2."""
+    """Parses ``argv``, calls ``run(args)``; an exception in ``errors``: `error: ...`, returns 2."""
     args = build_parser().parse_args(argv)
     try:
         run(args)

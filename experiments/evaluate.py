@@ -1,7 +1,7 @@
 """Estimate the test log-likelihood of a trained VAE (importance sampling, Burda et al. 2016).
 
-    python experiments/train.py --outdir runs/ref
-    python experiments/evaluate.py runs/ref --num-samples 5000
+    python -m experiments.train --outdir runs/ref
+    python -m experiments.evaluate runs/ref --num-samples 5000
 
 Rebuilds the model from RUN_DIR/summary.json, loads RUN_DIR/params.msgpack and writes
 RUN_DIR/evaluation.json: nll (-mean log p(x), nats per example, K importance samples), elbo
@@ -16,17 +16,15 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-import cli  # noqa: E402  (experiments/cli.py)
-from jaxvae import evaluate, runs  # noqa: E402
+from experiments import cli
+from jaxvae import evaluate, runs
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = cli.parser("experiments.evaluate", __doc__)
     p.add_argument("run_dir", help="a directory written by experiments/train.py")
     p.add_argument("--num-samples", type=int, default=5000,
                    help="importance samples K per example (default %(default)s)")

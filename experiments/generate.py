@@ -1,7 +1,7 @@
 """Draw digits of every class from a trained conditional VAE: one row per class.
 
-    python experiments/train.py --model cvae --outdir runs/cvae
-    python experiments/generate.py --run-dir runs/cvae [--per-class 10] [--seed 0]
+    python -m experiments.train --model cvae --outdir runs/cvae
+    python -m experiments.generate --run-dir runs/cvae [--per-class 10] [--seed 0]
 
 Reads summary.json and params.msgpack of the run directory (what experiments/train.py wrote)
 and writes samples_per_class.png (and samples_per_class.npz: the images and their labels) into
@@ -16,15 +16,14 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import jax
+import numpy as np
+from flax import serialization
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import serialization  # noqa: E402
-
-from jaxvae import conditional, models, objectives, plots, registry, zoo  # noqa: E402
-from jaxvae import data as data_lib  # noqa: E402
-from jaxvae.config import TrainConfig  # noqa: E402
+from experiments import cli
+from jaxvae import conditional, models, objectives, plots, registry, zoo
+from jaxvae import data as data_lib
+from jaxvae.config import TrainConfig
 
 
 def load_run(run_dir: str, check=None):
@@ -57,7 +56,7 @@ def per_class_samples(model, params, key: jax.Array, per_class: int) -> tuple[np
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = cli.parser("experiments.generate", __doc__)
     p.add_argument("--run-dir", required=True, help="output directory of a --model cvae run")
     p.add_argument("--per-class", type=int, default=10, help="samples per class (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
@@ -65,29 +64,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.per_class < 1:
-            raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
-        def conditional_only(config, model):
-            if not isinstance(model, conditional.CVAE):
-                raise ValueError(f"{args.run_dir} holds a --model {config.model} run; per-class "
-                                 "samples need a conditional model (--model cvae)")
+def run(args: argparse.Namespace) -> None:
+    if args.per_class < 1:
+        raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
 
-        _, model, params, _ = load_run(args.run_dir, conditional_only)
-        images, labels = per_class_samples(model, params, jax.random.key(args.seed),
-                                           args.per_class)
-        out = Path(args.out) if args.out else Path(args.run_dir) / "samples_per_class.png"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        written = plots.save_image_grid(out, images, args.per_class,
-                                        f"Samples per class (rows 0..{model.num_classes - 1})")
-        np.savez_compressed(out.with_suffix(".npz"), images=images, labels=labels)
-    except (ValueError, TypeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    def conditional_only(config, model):
+        if not isinstance(model, conditional.CVAE):
+            raise ValueError(f"{args.run_dir} holds a --model {config.model} run; per-class "
+                             "samples need a conditional model (--model cvae)")
+
+    _, model, params, _ = load_run(args.run_dir, conditional_only)
+    images, labels = per_class_samples(model, params, jax.random.key(args.seed), args.per_class)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "samples_per_class.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = plots.save_image_grid(out, images, args.per_class,
+                                    f"Samples per class (rows 0..{model.num_classes - 1})")
+    np.savez_compressed(out.with_suffix(".npz"), images=images, labels=labels)
     print(f"wrote {written or '(not images: no PNG)'}, {out.with_suffix('.npz')}")
-    return 0
+
+
+def main(argv=None) -> int:
+    return cli.script_main(build_parser, run, argv, errors=(ValueError, TypeError, OSError))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Imbalanced data: does a conditional VAE's rare-class samples help a classifier?
 
-    python experiments/imbalanced.py                          # mnist5k, digit 3 cut to 5%
-    python experiments/imbalanced.py --rare-class 8 --rare-fraction 0.02 --epochs 20
+    python -m experiments.imbalanced                          # mnist5k, digit 3 cut to 5%
+    python -m experiments.imbalanced --rare-class 8 --rare-fraction 0.02 --epochs 20
 
 1. keeps only --rare-fraction of the training examples of --rare-class (a seeded choice; every
    other class and the test split untouched);
@@ -27,28 +27,26 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import jax
+import numpy as np
+from tqdm import tqdm
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-import cli  # noqa: E402  (experiments/cli.py)
-import jaxvae  # noqa: E402
-import augment as augment_script  # noqa: E402  (experiments/augment.py: its classifier)
-import train as train_script  # noqa: E402  (experiments/train.py: its flags)
-from jaxvae import conditional, objectives, plots, trainer  # noqa: E402
-from jaxvae import data as data_lib  # noqa: E402
-from jaxvae.config import TrainConfig  # noqa: E402
+import jaxvae
+from experiments import cli
+from experiments import augment as augment_script
+from experiments import train as train_script
+from jaxvae import conditional, objectives, plots, trainer
+from jaxvae import data as data_lib
+from jaxvae.config import TrainConfig
 
 SETTINGS = ("imbalanced", "oversampled", "cvae", "full")
 
 
 def build_parser():
-    p = train_script.build_parser()
-    p.description = __doc__
+    p = cli.parser("experiments.imbalanced", __doc__)
+    train_script.add_flags(p)
     p.set_defaults(model="cvae", epochs=30, outdir="runs/imbalanced")
-    g = p.add_argument_group("imbalanced-data study (issue 9)")
+    g = p.add_argument_group("imbalanced-data study")
     g.add_argument("--rare-class", type=int, default=3,
                    help="the label made rare (default %(default)s)")
     g.add_argument("--rare-fraction", type=float, default=0.05,

@@ -1,7 +1,7 @@
 """Reliability drill: SIGKILL a training run at random moments, resume it each time, and check
 that its final parameters are bitwise those of an uninterrupted run.
 
-    python experiments/kill_resume.py --kills 6 --outdir runs/kill_resume
+    python -m experiments.kill_resume --kills 6 --outdir runs/kill_resume
 
 Each kill lands at a random time after the run's first checkpoint; a kill that finds an Orbax
 temporary directory (``*.orbax-checkpoint-tmp``) in checkpoints/ happened during a save. Prints
@@ -10,7 +10,6 @@ one line per kill and a summary; exits 1 if the resumed parameters differ.
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import shutil
@@ -20,25 +19,25 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from experiments import cli
+from jaxvae import checkpoint
 
-from jaxvae import checkpoint  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TRAIN = ["--dataset", "digits", "--hidden", "32", "--latent-dim", "2", "--batch-size", "32",
          "--epochs", "6", "--checkpoint-every", "5", "--keep-checkpoints", "2", "--quiet"]
 
 
 def _train(outdir: Path, extra: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
-    return subprocess.Popen([sys.executable, str(ROOT / "experiments" / "train.py"), *TRAIN,
+    env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen([sys.executable, "-m", "experiments.train", *TRAIN,
                              "--outdir", str(outdir), *extra], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawTextHelpFormatter)
+    p = cli.parser("experiments.kill_resume", __doc__)
     p.add_argument("--kills", type=int, default=6, help="number of kills (default %(default)s)")
     p.add_argument("--max-delay", type=float, default=3.0,
                    help="kill at a uniform random delay in [0, this] seconds after the first "

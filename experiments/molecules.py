@@ -1,9 +1,9 @@
 """A SMILES sequence VAE on the MOSES benchmark, scored with the MOSES metrics.
 
     pip install --no-deps molsets          # the MOSES data files (never imported)
-    python experiments/molecules.py                  # 200k molecules, ~32 min on 2 CPU cores
-    python experiments/molecules.py --train-size 30000 --max-minutes 8 --outdir runs/mol30k
-    python experiments/molecules.py --full --max-minutes 0 --epochs 30
+    python -m experiments.molecules                  # 200k molecules, ~32 min on 2 CPU cores
+    python -m experiments.molecules --train-size 30000 --max-minutes 8 --outdir runs/mol30k
+    python -m experiments.molecules --full --max-minutes 0 --epochs 30
         --batch-size 512 --hidden-dim 512 --latent-dim 128 --outdir runs/mol_full   (a GPU job)
 
 Trains on a random subset of the MOSES training split (--train-size; --full for all 1,584,663),
@@ -22,19 +22,14 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-import cli  # noqa: E402  (experiments/cli.py)
-import seqlib  # noqa: E402
-from jaxvae import molecules  # noqa: E402
-from jaxvae.sequence_trainer import fit_sequences  # noqa: E402
-from jaxvae.vocab import Vocabulary  # noqa: E402
+from experiments import cli, seqlib
+from jaxvae import molecules
+from jaxvae.sequence_trainer import fit_sequences
+from jaxvae.vocab import Vocabulary
 
 # Polykovskiy et al. 2020, Table 2 (VAE row): the published MOSES VAE baseline.
 # Keys as in jaxvae.molecules.generation_metrics (unique@1000 is the paper's unique@1k).
@@ -43,7 +38,7 @@ MOSES_VAE = {"valid": 0.977, "unique@1000": 1.0, "unique@10000": 0.998, "novelty
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = cli.parser("experiments.molecules", __doc__)
     p.add_argument("--train-size", type=int, default=200000,
                    help="random training molecules from MOSES train (%(default)s)")
     p.add_argument("--full", action="store_true", help="train on all of MOSES train (a GPU job)")

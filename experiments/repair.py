@@ -1,7 +1,7 @@
 """Denoising and inpainting of mnist5k test digits with the reference VAE.
 
-    python experiments/repair.py                                   # trains 30 epochs first (~1 min)
-    python experiments/repair.py --run-dir runs/quickstart         # or reuse a trained model
+    python -m experiments.repair                                   # trains 30 epochs first (~1 min)
+    python -m experiments.repair --run-dir runs/quickstart         # or reuse a trained model
 
 Corrupts the 1,000 test digits three ways (Gaussian noise, salt-and-pepper, a missing square),
 restores them by encode-decode, fills the missing square by iterative conditional sampling that
@@ -21,22 +21,20 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import jax
+import numpy as np
+from flax import serialization
+from scipy import ndimage
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import serialization  # noqa: E402
-from scipy import ndimage  # noqa: E402
-
-import cli  # noqa: E402  (experiments/cli.py)
-import jaxvae  # noqa: E402
-from jaxvae import data as data_lib  # noqa: E402
-from jaxvae import plots, repair, trainer  # noqa: E402
-from jaxvae.config import TrainConfig  # noqa: E402
+import jaxvae
+from experiments import cli
+from jaxvae import data as data_lib
+from jaxvae import plots, repair, trainer
+from jaxvae.config import TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = cli.parser("experiments.repair", __doc__)
     p.add_argument("--run-dir", default=None,
                    help="a directory of experiments/train.py (reference VAE) holding "
                         "params.msgpack; default: train one here")

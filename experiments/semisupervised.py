@@ -1,6 +1,6 @@
 """Semi-supervised M2 (Kingma et al. 2014) on mnist5k with 100 labels (10 per class).
 
-    python experiments/semisupervised.py                          # ~5 min on 2 busy CPU cores
+    python -m experiments.semisupervised                          # ~5 min on 2 busy CPU cores
 
 The labelled examples are 10 per class drawn (seeded) from the 4,000 training digits; the other
 3,900 are unlabelled. Each step takes a batch of unlabelled digits (the epoch runs over them
@@ -19,22 +19,20 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from tqdm import tqdm
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-import cli  # noqa: E402  (experiments/cli.py)
-from jaxvae import data as data_lib  # noqa: E402
-from jaxvae import semisupervised as ss  # noqa: E402
-from jaxvae import train  # noqa: E402
+from experiments import cli
+from jaxvae import data as data_lib
+from jaxvae import semisupervised as ss
+from jaxvae import train
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = cli.parser("experiments.semisupervised", __doc__)
     p.add_argument("--labels-per-class", type=int, default=10, help="(%(default)s)")
     p.add_argument("--epochs", type=int, default=100, help="epochs at most (%(default)s)")
     p.add_argument("--max-minutes", type=float, default=5.0,

@@ -16,7 +16,7 @@ from tqdm import tqdm
 import jaxvae
 from jaxvae import sequence
 from jaxvae.sequence_trainer import SequenceConfig, SequenceFit
-from train import prepare_outdir  # noqa: F401  (experiments/train.py: one copy for every script)
+from experiments.train import prepare_outdir  # noqa: F401  (one copy for every script)
 
 
 def add_model_flags(p, *, hidden_dim: int, latent_dim: int, warmup_steps: int,

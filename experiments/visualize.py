@@ -1,7 +1,7 @@
 """Draw the figures of a trained VAE from its run directory.
 
-    python experiments/visualize.py runs/ref
-    python experiments/visualize.py runs/z2 --interpolation spherical --tsne-points 500
+    python -m experiments.visualize runs/ref
+    python -m experiments.visualize runs/z2 --interpolation spherical --tsne-points 500
 
 Writes into --outdir (default RUN_DIR/figures): reconstructions.png, prior_samples.png,
 interpolation.png, traversal.png, manifold.png (2-D latent models only), latent_pca.png,
@@ -16,17 +16,15 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-import cli  # noqa: E402  (experiments/cli.py)
-from jaxvae import latent, models, objectives, plots, runs  # noqa: E402
+from experiments import cli
+from jaxvae import latent, models, objectives, plots, runs
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = cli.parser("experiments.visualize", __doc__)
     p.add_argument("run_dir", help="a directory written by experiments/train.py")
     p.add_argument("--outdir", default=None, help="where to write (default RUN_DIR/figures)")
     p.add_argument("--interpolation", choices=("linear", "spherical"), default="linear",

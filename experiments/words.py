@@ -1,7 +1,7 @@
 """A character-level sequence VAE over English words (the `english-words` wheel's web2 list).
 
-    python experiments/words.py                  # 7 min of training (--max-seconds 420)
-    python experiments/words.py --train-size 50000 --epochs 30 --outdir runs/words_big
+    python -m experiments.words                  # 7 min of training (--max-seconds 420)
+    python -m experiments.words --train-size 50000 --epochs 30 --outdir runs/words_big
 
 Writes into --outdir: metrics.jsonl (one line per epoch), results.json (config, sizes, test
 reconstruction accuracy, prior samples with the fraction that are real / novel words, an
@@ -14,18 +14,13 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-import cli  # noqa: E402  (experiments/cli.py)
-import seqlib  # noqa: E402
-from jaxvae.sequence_trainer import fit_sequences  # noqa: E402
-from jaxvae.vocab import Vocabulary  # noqa: E402
+from experiments import cli, seqlib
+from jaxvae.sequence_trainer import fit_sequences
+from jaxvae.vocab import Vocabulary
 
 
 def load_words(min_len: int, max_len: int) -> list[str]:
@@ -50,7 +45,7 @@ def split_words(words: list[str], train_size: int, test_size: int, seed: int
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = cli.parser("experiments.words", __doc__)
     p.add_argument("--train-size", type=int, default=40000, help="training words (%(default)s)")
     p.add_argument("--test-size", type=int, default=2000, help="test words (%(default)s)")
     p.add_argument("--min-len", type=int, default=3, help="shortest word (%(default)s)")

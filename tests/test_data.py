@@ -15,7 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import jaxvae
-import train as train_script  # experiments/train.py
+from experiments import train as train_script
 from jaxvae import data, feeding, mnist_data, preprocessing, registry, tfds_data, train
 from jaxvae.config import TrainConfig
 

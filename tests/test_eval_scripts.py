@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import anomaly as anomaly_script  # experiments/ is on the path (tests/conftest.py)
-import evaluate as evaluate_script
-import train as train_script
-import visualize as visualize_script
+from experiments import anomaly as anomaly_script
+from experiments import evaluate as evaluate_script
+from experiments import train as train_script
+from experiments import visualize as visualize_script
 from jaxvae import data as data_lib
 from jaxvae import early_stopping, evaluate, registry, runs, train, trainer
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-import imbalanced as imbalanced_script  # experiments/ (tests/conftest.py puts it on the path)
+from experiments import imbalanced as imbalanced_script
 from jaxvae import data as data_lib
 
 

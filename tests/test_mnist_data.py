@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import tasks
-import train as train_script  # experiments/train.py
+from experiments import train as train_script
 from jaxvae import data, early_stopping, mnist_data, preprocessing
 
 # The fake splits: 20 training rows (digit 0 three times, 9 once) and 10 test rows.

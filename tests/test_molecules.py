@@ -54,7 +54,7 @@ def test_filters_follow_moses_mol_passes_filters(tmp_path):
 
 
 def test_molecules_script_rejects_bad_arguments_before_loading_data():
-    import molecules as script
+    from experiments import molecules as script
     args = script.build_parser().parse_args(["--temperature", "0"])
     with pytest.raises(ValueError, match="--temperature must be > 0"):
         script.run(args)

@@ -39,9 +39,10 @@ def two_process_run(tmp_path_factory):
            "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     port = _free_port()
     procs = [subprocess.Popen(
-        [sys.executable, str(ROOT / "experiments" / "train.py"), *FLAGS, "--outdir",
+        [sys.executable, "-m", "experiments.train", *FLAGS, "--outdir",
          str(outdir), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-         "--process-id", str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+         "--process-id", str(i)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT)
         for i in range(2)]
     logs = []
     try:

@@ -65,7 +65,7 @@ def test_bad_repair_arguments_raise(model_and_images):
 
 
 def test_repair_script_needs_trained_parameters_in_the_run_dir(tmp_path):
-    import repair as script
+    from experiments import repair as script
     args = script.build_parser().parse_args(["--run-dir", str(tmp_path),
                                              "--outdir", str(tmp_path / "out")])
     with pytest.raises(ValueError, match="params.msgpack does not exist"):

@@ -82,7 +82,7 @@ def test_bad_labels_are_rejected(tiny):
 
 
 def test_script_picks_the_same_labelled_digits_of_every_class():
-    import semisupervised as script
+    from experiments import semisupervised as script
     y = np.repeat(np.arange(10), 40)
     picked = script.pick_labelled(y, 10, seed=0)
     np.testing.assert_array_equal(np.bincount(y[picked]), np.full(10, 10))

@@ -205,7 +205,7 @@ def test_fit_sequences_checks_its_inputs_before_training():
 
 
 def test_words_script_splits_seeded_and_rejects_a_split_larger_than_the_list():
-    import words
+    from experiments import words
     train_words, test_words = words.split_words(WORDS, 3, 1, seed=0)
     assert sorted(train_words + test_words) == sorted(WORDS)
     assert words.split_words(WORDS, 3, 1, seed=0) == (train_words, test_words)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import train as train_script  # experiments/train.py
+from experiments import train as train_script
 from jaxvae import early_stopping
 
 

@@ -6,7 +6,7 @@ import pytest
 from flax import serialization
 
 import jaxvae
-import train as train_script  # experiments/train.py (tests/conftest.py puts experiments/ on the path)
+from experiments import train as train_script
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import train as train_script  # experiments/train.py
+from experiments import train as train_script
 from jaxvae import data, user_data
 
 

@@ -451,7 +451,7 @@ def test_flow_bound_subtracts_the_log_det(trained, tiny_data):
 
 
 def test_train_script_runs_vqvae_and_labels_its_samples(tmp_path, monkeypatch):
-    import train as train_script  # experiments/train.py
+    from experiments import train as train_script
 
     titles = []
     real = train_script.plots.save_image_grid
@@ -473,7 +473,7 @@ def test_train_script_runs_vqvae_and_labels_its_samples(tmp_path, monkeypatch):
 
 
 def test_train_script_rejects_a_bad_architecture_flag(capsys):
-    import train as train_script
+    from experiments import train as train_script
 
     assert train_script.main(["--model", "ladder", "--ladder-latents", "8", "--ladder-hidden",
                               "16", "--quiet"]) == 2

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-import augment as augment_script  # experiments/ (tests/conftest.py puts it on the path)
-import generate as generate_script
-import train as train_script
+from experiments import augment as augment_script
+from experiments import generate as generate_script
+from experiments import train as train_script
 
 
 @pytest.fixture(scope="module")

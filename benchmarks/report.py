@@ -1,0 +1,232 @@
+"""The benchmark report: the machine and versions, the ratios to torch, the targets, the
+markdown tables and the throughput plot, written as results.json, results.md and throughput.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> list[float] | None:
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def machine(backend: str, devices, torch_note: str | None, load_start) -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(),
+            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "backend": backend,
+            "device_kind": devices[0].device_kind, "num_local_devices": len(devices),
+            "load_average_start": load_start, "load_average_end": load_average()}
+    if torch_note:
+        info["torch_note"] = torch_note
+    return info
+
+
+def versions(torch, torch_threads: int | None) -> dict:
+    import flax
+    import jax
+    import numpy as np
+    import optax
+
+    import jaxlib
+
+    import jaxvae
+    v = {"jaxvae": jaxvae.__version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+         "flax": flax.__version__,
+         "optax": optax.__version__, "numpy": np.__version__}
+    if torch is not None:
+        v["torch"] = torch.__version__
+        v["torch_num_threads"] = torch_threads
+    return v
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """x torch eager / x torch.compile (or the torch loop), from the same rounds."""
+    base = {}
+    for r in rows:
+        if r["framework"] == "torch":
+            base[(r["benchmark"], r["model"], r["batch_size"], r["method"])] = r["samples_per_s"]
+    for r in rows:
+        group = (r["benchmark"], r["model"], r["batch_size"])
+        for name, method in (("vs_torch_eager", "eager"), ("vs_torch_compile", "compile"),
+                             ("vs_torch_reference_loop", "reference_loop"),
+                             ("vs_torch_per_example_loop", "per_example_loop"),
+                             ("vs_torch_batched", "batched")):
+            b = base.get(group + (method,))
+            if b:
+                r[name] = r["samples_per_s"] / b
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    """The speed targets, each checked against this run's medians."""
+    out = []
+
+    def add(name, value, threshold):
+        if value is not None:
+            out.append({"target": name, "value": round(value, 3), "threshold": threshold,
+                        "met": bool(value >= threshold)})
+
+    def best_jax(benchmark, model, batch):
+        cands = [r for r in rows if r["benchmark"] == benchmark and r["model"] == model
+                 and r["batch_size"] == batch and r["framework"] == "jax"]
+        return max(cands, key=lambda r: r["samples_per_s"]) if cands else None
+
+    train = [r for r in rows if r["benchmark"] == "train"]
+    for model, batch in sorted({(r["model"], r["batch_size"]) for r in train}):
+        b = best_jax("train", model, batch)
+        if b is None:
+            continue
+        tag = f"{model} batch {batch}: best jax ({b['method']})"
+        if model == "reference" and batch == 128:
+            add(f"{tag} / torch eager", b.get("vs_torch_eager"), 2.2)
+            add(f"{tag} / torch.compile", b.get("vs_torch_compile"), 1.8)
+        else:
+            add(f"{tag} / torch eager", b.get("vs_torch_eager"), 1.0)
+            add(f"{tag} / torch.compile", b.get("vs_torch_compile"), 1.0)
+        if batch >= 512 and b.get("pct_of_peak") is not None and b["device"] == "cpu":
+            add(f"{tag} % of GEMM peak", b["pct_of_peak"], 85.0)
+    fit = [r for r in rows if r["benchmark"] == "fit_mnist5k" and r["framework"] == "jax"]
+    if fit:
+        add("jaxvae.fit mnist5k epoch / torch reference epoch", fit[0].get(
+            "vs_torch_reference_loop"), 2.0)
+    for r in rows:
+        if r["benchmark"].startswith("nll") and r["framework"] == "jax":
+            add(f"{r['benchmark']} jax / torch per-example loop",
+                r.get("vs_torch_per_example_loop"), 3.0)
+            add(f"{r['benchmark']} jax / torch batched", r.get("vs_torch_batched"), 1.0)
+    return out
+
+
+def _fmt(v, spec=",.0f"):
+    return "" if v is None else format(v, spec)
+
+
+def markdown(result: dict) -> str:
+    m, v = result["machine"], result["versions"]
+    lines = [f"Machine: {m['cpu']} ({m['cpu_count']} cores), backend {m['backend']} "
+             f"({m['device_kind']}, {m['num_local_devices']} local device(s)); "
+             f"jax {v['jax']}, torch {v.get('torch', '-')}"
+             + (f" ({v['torch_num_threads']} threads)" if "torch_num_threads" in v else "")
+             + f". Load average (1, 5, 15 min) at start {m['load_average_start']}, end "
+               f"{m['load_average_end']}.", ""]
+    if result["settings"]["command"]:
+        lines += [f"Command: `{result['settings']['command']}`", ""]
+    train = [r for r in result["rows"] if r["benchmark"] == "train"]
+    if train:
+        lines += ["Training step (forward, loss, backward, Adam): samples/s median [min-max] of "
+                  "interleaved rounds; x = ratio to torch eager / torch.compile in the same "
+                  "rounds; % peak = matmul GFLOP/s over the jitted GEMM's in the same rounds.",
+                  "",
+                  "| model | batch | method | samples/s | min-max | x eager | x compile | "
+                  "GFLOP/s | % peak | step ms | compile s |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in train:
+            lines.append(
+                f"| {r['model']} | {r['batch_size']} | {r['framework']} {r['method']} | "
+                f"{_fmt(r['samples_per_s'])} | {_fmt(r['samples_per_s_min'])}-"
+                f"{_fmt(r['samples_per_s_max'])} | {_fmt(r.get('vs_torch_eager'), '.2f')} | "
+                f"{_fmt(r.get('vs_torch_compile'), '.2f')} | {_fmt(r['gflops'], '.1f')} | "
+                f"{_fmt(r['pct_of_peak'], '.0f')} | {_fmt(r['step_ms'], '.2f')} | "
+                f"{_fmt(r['compile_s'], '.2f')} |")
+        lines.append("")
+    fit = [r for r in result["rows"] if r["benchmark"] == "fit_mnist5k"]
+    if fit:
+        lines += [f"The path users take: one mnist5k epoch ({fit[0]['samples_per_call']:,} "
+                  "examples) at batch 128, "
+                  "jaxvae.fit (experiments/train.py) vs the pytorch/examples epoch loop, "
+                  "alternating epochs.", "",
+                  "| method | samples/s | min-max | x torch loop | epoch s | compile s |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for r in fit:
+            lines.append(f"| {r['framework']} {r['method']} | {_fmt(r['samples_per_s'])} | "
+                         f"{_fmt(r['samples_per_s_min'])}-{_fmt(r['samples_per_s_max'])} | "
+                         f"{_fmt(r.get('vs_torch_reference_loop'), '.2f')} | "
+                         f"{r['samples_per_call'] / r['samples_per_s']:.3f} | "
+                         f"{_fmt(r['compile_s'], '.2f')} |")
+        lines.append("")
+    nll = [r for r in result["rows"] if r["benchmark"].startswith("nll")]
+    if nll:
+        lines += ["Importance-sampled log p(x), reference model: examples/s (K importance "
+                  "samples each).", "",
+                  "| K | examples | method | examples/s | min-max | x per-example loop | "
+                  "x torch batched | GFLOP/s | mean log p(x) |",
+                  "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+        for r in nll:
+            lines.append(f"| {r['num_samples']} | {r['batch_size']} | {r['framework']} "
+                         f"{r['method']} | {_fmt(r['samples_per_s'], ',.1f')} | "
+                         f"{_fmt(r['samples_per_s_min'], ',.1f')}-"
+                         f"{_fmt(r['samples_per_s_max'], ',.1f')} | "
+                         f"{_fmt(r.get('vs_torch_per_example_loop'), '.2f')} | "
+                         f"{_fmt(r.get('vs_torch_batched'), '.2f')} | "
+                         f"{_fmt(r['gflops'], '.1f')} | {_fmt(r.get('mean_log_px'), '.2f')} |")
+        lines.append("")
+    if result["targets"]:
+        lines += ["| target | value | threshold | met |", "|---|---:|---:|---|"]
+        for t in result["targets"]:
+            lines.append(f"| {t['target']} | {t['value']} | {t['threshold']} | "
+                         f"{'yes' if t['met'] else 'NO'} |")
+        lines.append("")
+    for note in result["notes"]:
+        lines.append(f"Note: {note}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot(result: dict, path: Path) -> Path | None:
+    """samples/s vs batch size, one line per method, one panel per model."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in result["rows"] if r["benchmark"] == "train"]
+    models = sorted({r["model"] for r in train})
+    if not models:
+        return None
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        rows = [r for r in train if r["model"] == model]
+        for fw, method in sorted({(r["framework"], r["method"]) for r in rows}):
+            pts = sorted((r["batch_size"], r["samples_per_s"], r["samples_per_s_min"],
+                          r["samples_per_s_max"]) for r in rows
+                         if (r["framework"], r["method"]) == (fw, method))
+            b, med, lo, hi = zip(*pts)
+            ax.errorbar(b, med, yerr=[[m - l for m, l in zip(med, lo)],
+                                      [h - m for m, h in zip(med, hi)]],
+                        marker="o", capsize=3, linestyle="--" if fw == "torch" else "-",
+                        label=f"{fw} {method}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("samples / s (median, min-max)")
+        ax.set_title(f"{model} ({result['machine']['device_kind']})")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write(result: dict, outdir: Path, json_path: str | None = None) -> list[Path]:
+    """Writes results.json (and a copy at ``json_path``), results.md and throughput.png."""
+    written = []
+    for path in [outdir / "results.json"] + ([Path(json_path)] if json_path else []):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1))
+        written.append(path)
+    (outdir / "results.md").write_text(markdown(result))
+    written.append(outdir / "results.md")
+    png = plot(result, outdir / "throughput.png")
+    if png:
+        written.append(png)
+    return written

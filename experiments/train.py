@@ -28,7 +28,7 @@ from tqdm import tqdm  # noqa: E402
 import jaxvae  # noqa: E402
 from jaxvae import data as data_lib  # noqa: E402
 from jaxvae import trainer  # noqa: E402
-from jaxvae import checkpoint, loop, models, multihost, objectives, plots, registry  # noqa: E402
+from jaxvae import checkpoint, hooks, loop, models, multihost, objectives, plots, registry  # noqa: E402
 from jaxvae.config import TrainConfig  # noqa: E402
 from jaxvae import preprocessing  # noqa: E402  (issue 4)
 from jaxvae.config import FEEDS  # noqa: E402  (issue 4)
@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accumulate each batch's gradient over micro-batches of M examples "
                         "(M divides --batch-size): faster at large batches on a CPU "
                         "(default: off)")
+    p.add_argument("--devices", type=int, default=None, metavar="N",
+                   help="split each batch over N local devices (data parallel; default: all "
+                        "local devices; the largest count <= N that divides --batch-size is "
+                        "used)")
     p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
                    help="multi-process training: address of process 0's coordinator, or "
                         "'auto' (Cloud TPU pod slices, SLURM: JAX detects the cluster)")
@@ -183,7 +187,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        ladder_latents=tuple(args.ladder_latents),
                        ladder_hidden=tuple(args.ladder_hidden), flow_steps=args.flow_steps,
                        # issue 5
-                       microbatch_size=args.microbatch_size)
+                       microbatch_size=args.microbatch_size, num_devices=args.devices)
 
 
 def prepare_outdir(path: str) -> Path:
@@ -236,6 +240,7 @@ def write_outputs(outdir: Path, config: TrainConfig, data: data_lib.Dataset,
     written.append(outdir / "params.msgpack")
     summary = {"config": config.to_dict(), "final": trainer.final_record(result),
                "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+               "devices_used": result.devices_used,
                "compile_seconds": result.compile_seconds,
                "train_examples": int(len(data.x_train)), "test_examples": int(len(data.x_test)),
                **environment()}
@@ -273,33 +278,29 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
         idx = data_lib.process_shard(len(data.x_train), jax.process_index(), jax.process_count())
         data = data._replace(x_train=data.x_train[idx], y_train=data.y_train[idx])
     metrics_path = out / "metrics.jsonl"
-    if lead and not resume:
-        metrics_path.write_text("")
+    metrics = hooks.MetricsFile(metrics_path, fresh=not resume) if lead else None
     bar = tqdm(total=config.epochs, desc="epochs", unit="epoch", disable=quiet or not lead,
                file=sys.stderr)
 
     def on_epoch(record: dict) -> None:
-        if lead:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
         bar.set_postfix(train=f"{record['train_loss']:.2f}", test=f"{record['test_loss']:.2f}")
         bar.update(1)
 
     def on_resume(history: list[dict]) -> None:
         # The checkpoint's history is the truth: lines written after it are dropped.
-        if lead:
-            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+        if metrics is not None:
+            metrics.rewrite(history)
         bar.update(len(history))
 
-    # issue 6: TensorBoard
     logger = None
     if tensorboard and lead:
         from jaxvae import tracking
         logger = tracking.TensorBoardLogger(out / "tensorboard", config.likelihood,
                                             examples=data.x_test[:8], seed=config.seed)
+    run_hooks = [h for h in (metrics, hooks.EveryEpoch(on_epoch), logger) if h is not None]
     try:
-        result = trainer.fit(config, data, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
-                             resume=resume, on_resume=on_resume, on_epoch_end=logger)
+        result = trainer.fit(config, data, hooks=run_hooks, checkpoint_dir=checkpoint_dir,
+                             resume=resume, on_resume=on_resume)
     finally:
         bar.close()
         if logger is not None:

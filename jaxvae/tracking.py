@@ -1,6 +1,6 @@
 """TensorBoard event files through tensorboardX (no TensorFlow needed).
 
-``TensorBoardLogger`` is an ``on_epoch_end`` callback of ``jaxvae.fit``: after each epoch it
+``TensorBoardLogger`` is a hook of the training loop (``fit(..., hooks=[logger])``): after each epoch it
 writes the per-step training metrics (``step/loss``, ``step/recon``, ``step/kl`` at the global
 step), the epoch's metrics grouped by metric (``loss/train``, ``loss/test``, ``loss/val``, ...,
 at the global step reached), and two image grids: reconstructions of fixed examples and
@@ -35,7 +35,7 @@ def _tag(key: str) -> str | None:
 
 
 class TensorBoardLogger:
-    """Writes scalars and image grids of each epoch; use as ``fit(..., on_epoch_end=logger)``.
+    """Writes scalars and image grids of each epoch; use as ``fit(..., hooks=[logger])``.
 
     Args:
       logdir: the directory of the event files (created).
@@ -56,8 +56,10 @@ class TensorBoardLogger:
         self.num_samples = num_samples
         self.sample_key = jax.random.key(seed)
 
-    def __call__(self, end) -> None:
-        """Logs one ``jaxvae.trainer.EpochEnd``."""
+    def __call__(self, step: int, end) -> None:
+        """Logs the epoch that ends (``jaxvae.loop.Progress`` with a record)."""
+        if end.record is None:
+            return
         step = int(end.state.step)
         for name, values in end.step_metrics.items():
             values = np.asarray(values)

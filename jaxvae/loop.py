@@ -91,6 +91,7 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn: train.LossFn, 
               preprocess: Callable[[jax.Array, Any], Any] | None = None,
               data_key: jax.Array | None = None, stream: bool = False,
               val_data: dict | None = None, eval_loss_fn: train.LossFn | None = None,
+              evaluate_params: Callable[[Any], dict] | None = None,
               model: Any = None) -> RunResult:
     """Trains ``state`` on ``train_data`` for ``config.epochs`` epochs; returns a ``RunResult``.
 
@@ -105,7 +106,8 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn: train.LossFn, 
     the key ``fold_in(fold_in(data_key, epoch), position)``; ``stream`` keeps the training data
     in host memory instead of on the devices. ``val_data`` is evaluated after each epoch into
     ``val_loss``, ``val_recon``, ... . ``eval_loss_fn`` (default ``loss_fn``) is the loss the
-    evaluation reports.
+    evaluation reports; ``test_data`` None: no loss evaluation. ``evaluate_params(params)``
+    (e.g. a classifier's test accuracy) returns more entries of each epoch's record.
 
     With ``checkpoint_dir`` a checkpoint is written at every epoch end and every
     ``checkpoint_every`` steps (process 0 writes); ``resume=True`` continues from the newest
@@ -148,7 +150,8 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn: train.LossFn, 
     # The evaluation, compiled once for the test (and validation) split.
     t0 = time.perf_counter()
     eval_loss_fn = loss_fn if eval_loss_fn is None else eval_loss_fn
-    splits = {"test": test_data, **({} if val_data is None else {"val": val_data})}
+    splits = {name: split for name, split in (("test", test_data), ("val", val_data))
+              if split is not None}
     evaluators = {}
     for name, split in splits.items():
         split = feed.place_eval(split)
@@ -165,8 +168,11 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn: train.LossFn, 
         params, step = feed.to_host(state.params), feed.to_host(state.step)
         if multi:
             params, step = jax.device_put((params, step), jax.local_devices()[0])
-        return {f"{name}_{k}": float(v) for name, (evaluate, split) in evaluators.items()
-                for k, v in jax.device_get(evaluate(params, split, keys.eval, step)).items()}
+        out = {f"{name}_{k}": float(v) for name, (evaluate, split) in evaluators.items()
+               for k, v in jax.device_get(evaluate(params, split, keys.eval, step)).items()}
+        if evaluate_params is not None:
+            out.update(evaluate_params(params))
+        return out
 
     chunk = train.make_train_chunk(loss_fn, tx, preprocess=preprocess,
                                    microbatch_size=microbatch_size)
@@ -256,7 +262,7 @@ def run_epochs(*, state: train.TrainState, loop: dict, run_chunk: Callable,
             if stop < steps_per_epoch:  # (the epoch end calls the hooks below)
                 stop_run |= _call(hooks, first + len(sizes), Progress(state, loop, None, None,
                                                                         model))
-        record = {"epoch": epoch,
+        record = {"epoch": epoch, "step": epoch * steps_per_epoch,
                   **{f"train_{k}": (v / loop["examples"] if loop["examples"] else math.nan)
                      for k, v in loop["sums"].items()},
                   "train_skipped": loop["skipped"],

@@ -31,7 +31,9 @@ def _tag(key: str) -> str | None:
     for split in ("train", "test", "val"):
         if key.startswith(split + "_"):
             return f"{key[len(split) + 1:]}/{split}"
-    return {"seconds": "time/epoch_seconds"}.get(key, None if key == "epoch" else f"other/{key}")
+    if key in ("epoch", "step"):
+        return None
+    return {"seconds": "time/epoch_seconds"}.get(key, f"other/{key}")
 
 
 class TensorBoardLogger:

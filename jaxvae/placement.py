@@ -31,12 +31,11 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxvae import multihost, validation
-
-AXIS = "data"  # the mesh axis the batch is split over
+from jaxvae.parallel import AXIS, make_mesh
 
 # Steps per compiled call when batches come from the host: a group is gathered and sent while
 # the previous one trains.
@@ -60,11 +59,6 @@ def data_parallel_devices(batch_size: int, num_devices: int | None = None) -> li
                          f"devices ({local[0].platform}); use --devices <= {len(local)}")
     count = max(d for d in range(1, num_devices + 1) if batch_size % d == 0)
     return local[:count]
-
-
-def make_mesh(devices: list) -> Mesh:
-    """A 1-D mesh over ``devices`` with an Auto (compiler-partitioned) batch axis."""
-    return Mesh(np.asarray(devices), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 class Piece(NamedTuple):

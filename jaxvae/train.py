@@ -341,6 +341,7 @@ def make_train_epoch(loss_fn: LossFn, tx: optax.GradientTransformation, batch_si
             lambda f, r: jnp.concatenate([f, r[None]]), full, rest)
         return EpochOutput(state, _weighted_mean(full, rest, batch_size, remainder), steps)
 
+    train_epoch.chunk = chunk  # the compiled chunk (its cache shows recompilations)
     return train_epoch
 
 

@@ -28,7 +28,8 @@ from tqdm import tqdm  # noqa: E402
 import jaxvae  # noqa: E402
 from jaxvae import data as data_lib  # noqa: E402
 from jaxvae import trainer  # noqa: E402
-from jaxvae import checkpoint, hooks, loop, models, multihost, objectives, plots, registry  # noqa: E402
+from jaxvae import checkpoint, hooks, loop, models, multihost  # noqa: E402
+from jaxvae import objectives, plots, registry  # noqa: E402
 from jaxvae.config import TrainConfig  # noqa: E402
 from jaxvae import preprocessing  # noqa: E402  (issue 4)
 from jaxvae.config import FEEDS  # noqa: E402  (issue 4)

@@ -11,14 +11,12 @@ code that runs its own steps.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jax
 import numpy as np
-import optax
 
-from jaxvae import train
 
 # The share of the free device memory the training data may take on the fast path; the rest is
 # left for parameters, optimizer state, activations and the per-batch gather.
@@ -89,13 +87,3 @@ def prefetch_to_device(iterator: Iterable[Any], size: int = 2,
         item = queue.popleft()
         enqueue(1)
         yield item
-
-
-def host_batch_range(data: Any, batch_size: int, shuffle_key: jax.Array, start: int,
-                     stop: int) -> Iterator[Any]:
-    """Batches ``start .. stop - 1`` of the epoch of ``host_batches`` (same order and content)."""
-    n = jax.tree.leaves(data)[0].shape[0]
-    perm = epoch_permutation(shuffle_key, n)
-    for i in range(start, stop):
-        idx = perm[i * batch_size:(i + 1) * batch_size]
-        yield jax.tree.map(lambda a: np.asarray(a[idx]), data)

@@ -1,7 +1,7 @@
 """TensorBoard event files through tensorboardX (no TensorFlow needed).
 
-``TensorBoardLogger`` is a hook of the training loop (``fit(..., hooks=[logger])``): after each epoch it
-writes the per-step training metrics (``step/loss``, ``step/recon``, ``step/kl`` at the global
+``TensorBoardLogger`` is a hook of the training loop (``fit(..., hooks=[logger])``): after each
+epoch it writes the per-step training metrics (``step/loss``, ``step/recon``, ``step/kl`` at the global
 step), the epoch's metrics grouped by metric (``loss/train``, ``loss/test``, ``loss/val``, ...,
 at the global step reached), and two image grids: reconstructions of fixed examples and
 samples from the prior with a fixed key. View with ``tensorboard --logdir DIR``.

@@ -203,15 +203,16 @@ def test_microbatched_epoch_trains_and_checks_the_divisor(small):
         jaxvae.make_train_step(loss_fn, tx, microbatch_size=2.0)
 
 
-@pytest.mark.parametrize("feed", ["device", "stream"])
-def test_fit_on_four_devices_equals_one_device(feed):
+@pytest.mark.parametrize("feed, microbatch_size", [("device", 4), ("stream", None)])
+def test_fit_on_four_devices_equals_one_device(feed, microbatch_size):
     # 38 examples, batch 8: 4 full batches split over 4 devices, then a remainder of 6 that 4
-    # devices do not divide (it runs replicated); dynamic binarization draws per-batch noise.
+    # devices do not divide (it runs replicated); dynamic binarization draws per-batch noise;
+    # on the device feed each batch is 2 micro-batches of 4, each split over the devices.
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(38, 6)).astype(np.float32)
     data = jaxvae.Dataset(x, np.zeros(38, np.int32), x[:10], np.zeros(10, np.int32))
     config = jaxvae.TrainConfig(hidden=(8,), latent_dim=2, batch_size=8, epochs=2, lr=1e-2,
-                                binarize="dynamic", feed=feed)
+                                binarize="dynamic", feed=feed, microbatch_size=microbatch_size)
     one = jaxvae.fit(dataclasses.replace(config, num_devices=1), data)
     four = jaxvae.fit(config, data)
     assert jax.local_device_count() == 4

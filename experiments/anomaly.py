@@ -79,7 +79,8 @@ def run(args) -> dict:
         logger = tracking.TensorBoardLogger(out / "tensorboard", config.likelihood,
                                             examples=normal.x_test[:8], seed=config.seed)
     try:
-        result = trainer.fit(config, normal, on_epoch=on_epoch, on_epoch_end=logger)
+        result = trainer.fit(config, normal, on_epoch=on_epoch,
+                             hooks=[] if logger is None else [logger])
     finally:
         bar.close()
         if logger is not None:

@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+import types
 from pathlib import Path
 
 import jax
@@ -27,8 +28,9 @@ from tqdm import tqdm
 
 from experiments import cli
 from jaxvae import data as data_lib
+from jaxvae import hooks as hooks_lib
+from jaxvae import loop, train, trainer
 from jaxvae import semisupervised as ss
-from jaxvae import train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,40 +86,34 @@ def run(args) -> dict:
     model = ss.M2(data_dim=784, num_classes=10, latent_dim=args.latent_dim,
                   hidden=tuple(args.hidden))
     init_key, train_key, shuffle_key = jax.random.split(jax.random.key(args.seed), 3)
+    keys = trainer.RunKeys(init_key, train_key, shuffle_key, eval=shuffle_key)  # (no loss eval)
     tx = train.make_optimizer(args.lr)
     state = train.create_train_state(ss.init(model, init_key), tx)
     loss_fn = ss.m2_loss_fn(model, x_l, y_l, alpha, args.labelled_batch_size)
-    u_data = {"x": jax.device_put(data.x_train[unlabelled])}
-    start = time.perf_counter()
-    epoch_fn = train.make_train_epoch(loss_fn, tx, args.batch_size).lower(
-        state, u_data, shuffle_key, train_key).compile()
     predict = jax.jit(lambda p, x: jnp.argmax(ss.classify(model, p, x), -1))
-    compile_seconds = time.perf_counter() - start
-    x_test = jax.device_put(data.x_test)
 
-    history, trained = [], 0.0
+    def test_accuracy(params) -> dict:
+        predicted = np.asarray(predict(params, data.x_test))
+        return {"test_accuracy": float(np.mean(predicted == data.y_test))}
+
     metrics_path = outdir / "metrics.jsonl"
-    metrics_path.write_text("")
     bar = tqdm(total=args.epochs, desc="epochs", disable=args.quiet, file=sys.stderr)
+
+    def on_epoch(record: dict) -> None:
+        bar.set_postfix(loss=f"{record['train_loss']:.1f}", acc=f"{record['test_accuracy']:.3f}")
+        bar.update(1)
+
+    hooks = [hooks_lib.MetricsFile(metrics_path), hooks_lib.EveryEpoch(on_epoch),
+             hooks_lib.TimeLimit(60 * args.max_minutes if args.max_minutes else None)]
+    config = types.SimpleNamespace(epochs=args.epochs, batch_size=args.batch_size,
+                                   eval_batch_size=500)
     try:
-        for epoch in range(1, args.epochs + 1):
-            start = time.perf_counter()
-            state, metrics, _ = epoch_fn(state, u_data, jax.random.fold_in(shuffle_key, epoch),
-                                         train_key)
-            metrics = jax.device_get(metrics)
-            trained += time.perf_counter() - start
-            acc = float(np.mean(np.asarray(predict(state.params, x_test)) == data.y_test))
-            record = {"epoch": epoch, **{k: float(v) for k, v in metrics.items()},
-                      "test_accuracy": acc, "train_seconds": trained}
-            history.append(record)
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{record['loss']:.1f}", acc=f"{acc:.3f}")
-            bar.update(1)
-            if args.max_minutes and trained >= 60 * args.max_minutes:
-                break
+        run = loop.train_run(config, {"x": data.x_train[unlabelled]}, None, loss_fn, tx, state,
+                             keys, hooks=hooks, evaluate_params=test_accuracy, model=model)
     finally:
         bar.close()
+    history, compile_seconds = run.history, run.compile_seconds
+    trained = sum(r["seconds"] for r in history)
     results = {"labelled": int(len(labelled)), "unlabelled": int(len(unlabelled)),
                "test": int(len(data.y_test)), "alpha": alpha, "epochs_run": len(history),
                "train_seconds": trained, "compile_seconds": compile_seconds,

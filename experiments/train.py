@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 import jaxvae
 from experiments import cli
-from jaxvae import checkpoint, loop, models, multihost, objectives, plots, preprocessing
+from jaxvae import checkpoint, hooks, loop, models, multihost, objectives, plots, preprocessing
 from jaxvae import early_stopping, priors, registry, schedules, trainer
 from jaxvae import data as data_lib
 from jaxvae.config import FEEDS, TrainConfig
@@ -130,6 +130,7 @@ def write_outputs(outdir: Path, config: TrainConfig, data: data_lib.Dataset,
                         "num_train": int(len(data.x_train)) - num_validation,
                         "num_validation": num_validation, "num_test": int(len(data.x_test))},
                "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+               "devices_used": result.devices_used,
                "compile_seconds": result.compile_seconds,
                "train_examples": int(len(data.x_train)), "test_examples": int(len(data.x_test)),
                **environment()}
@@ -190,22 +191,18 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
         idx = data_lib.process_shard(len(data.x_train), jax.process_index(), jax.process_count())
         data = data._replace(x_train=data.x_train[idx], y_train=data.y_train[idx])
     metrics_path = out / "metrics.jsonl"
-    if lead and not resume:
-        metrics_path.write_text("")
+    metrics = hooks.MetricsFile(metrics_path, fresh=not resume) if lead else None
     bar = tqdm(total=config.epochs, desc="epochs", unit="epoch", disable=quiet or not lead,
                file=sys.stderr)
 
     def on_epoch(record: dict) -> None:
-        if lead:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
         bar.set_postfix(train=f"{record['train_loss']:.2f}", test=f"{record['test_loss']:.2f}")
         bar.update(1)
 
     def on_resume(history: list[dict]) -> None:
         # The checkpoint's history is the truth: lines written after it are dropped.
-        if lead:
-            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+        if metrics is not None:
+            metrics.rewrite(history)
         bar.update(len(history))
 
     logger = None
@@ -213,9 +210,10 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
         from jaxvae import tracking
         logger = tracking.TensorBoardLogger(out / "tensorboard", config.likelihood,
                                             examples=data.x_test[:8], seed=config.seed)
+    run_hooks = [h for h in (metrics, hooks.EveryEpoch(on_epoch), logger) if h is not None]
     try:
-        result = trainer.fit(config, data, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
-                             resume=resume, on_resume=on_resume, on_epoch_end=logger)
+        result = trainer.fit(config, data, hooks=run_hooks, checkpoint_dir=checkpoint_dir,
+                             resume=resume, on_resume=on_resume)
     finally:
         bar.close()
         if logger is not None:

@@ -18,7 +18,7 @@ from jaxvae.validation import check_data
 # issue 4: data
 from jaxvae.data import dataset_names, process_shard
 from jaxvae.data import load as load_dataset
-from jaxvae.feeding import make_streaming_epoch, prefetch_to_device
+from jaxvae.feeding import prefetch_to_device
 from jaxvae.preprocessing import binarize, dequantize
 from jaxvae.tfds_data import DatasetNotPreparedError, MissingDependencyError
 # issue 7a: objectives, priors, likelihoods, conditional VAE
@@ -29,7 +29,8 @@ from jaxvae.priors import Mixture, mixture_log_prob
 from jaxvae.schedules import free_bits_kl, make_kl_schedule
 from jaxvae.zoo import ZooVAE, elbo_loss_fn, iwae_loss_fn, log_prior_fn
 from jaxvae.checkpoint import CheckpointManager
-from jaxvae.loop import TrainingDiverged, make_train_chunk
+from jaxvae.loop import TrainingDiverged
+from jaxvae.train import make_train_chunk
 from jaxvae.validation import check_array, check_key
 # issue 6: evaluation
 from jaxvae.evaluate import anomaly_score, elbo, log_likelihood
@@ -94,7 +95,6 @@ __all__ = [
     "dataset_names",
     "dequantize",
     "load_dataset",
-    "make_streaming_epoch",
     "prefetch_to_device",
     "process_shard",
     # issue 7a

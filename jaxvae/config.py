@@ -85,6 +85,8 @@ class TrainConfig:
     microbatch_size: int | None = None  # accumulate each batch's gradient over micro-batches
     #   of this size (it must divide batch_size): the same update in expectation, faster at
     #   large batches on a CPU (cache-sized activations); None = off
+    num_devices: int | None = None  # split each batch over this many local devices (data
+    #   parallel; None = all); the largest count not above it that divides batch_size is used
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -121,6 +123,10 @@ def validate_config(config: TrainConfig) -> None:
     _check_architectures(config)
     from jaxvae import train  # train imports objectives only, not config
     train.check_microbatch_size(config.microbatch_size, config.batch_size)
+    if config.num_devices is not None and (not _is_int(config.num_devices)
+                                           or config.num_devices < 1):
+        raise ValueError(f"num_devices must be None (all local devices) or an int >= 1, got "
+                         f"{config.num_devices!r}")
     from jaxvae import registry  # registry imports models, which import nothing of config
 
     registry.check_model(config.model)

@@ -49,7 +49,8 @@ class EarlyStopping:
     """Tracks the lowest monitored loss, its epoch and a copy of that epoch's state.
 
     ``update`` returns True when ``patience`` epochs have passed since the best one. A NaN
-    loss never counts as an improvement.
+    loss never counts as an improvement. As a hook of the training loop (``jaxvae.hooks``) it
+    updates at every epoch end and ends the run when ``update`` says so.
     """
 
     def __init__(self, patience: int):
@@ -67,3 +68,10 @@ class EarlyStopping:
             self.best_state = jax.tree.map(jnp.copy, state)
             return False
         return epoch - (self.best_epoch or 0) >= self.patience
+
+    def __call__(self, step: int, progress) -> bool:
+        """As a hook of the training loop: updates on each epoch's ``val_loss``."""
+        if progress.record is None:
+            return False
+        return self.update(progress.record["epoch"], progress.record["val_loss"],
+                           progress.state)

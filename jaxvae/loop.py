@@ -1,145 +1,71 @@
-"""The resumable training loop behind ``trainer.fit``: chunks of steps, checkpoints, the NaN guard.
+"""The training loop: every model trains here, from the first step to the last hook.
+
+Read top to bottom:
+
+1. ``train_run`` sets a run up: the data placement (a feed of ``jaxvae.placement``: data on the
+   devices, streamed from the host, or split over processes), the one compiled chunk of steps
+   (``train.make_train_chunk``: the step with its NaN guard and micro-batching, under
+   ``lax.scan``), the evaluation, and the checkpoint restored on resume.
+2. ``run_epochs`` runs the epochs as chunks of steps and calls the hooks after each chunk:
+   ``for hook in hooks: hook(step, progress)``. Logging, metrics files, TensorBoard,
+   checkpoints, early stopping and time limits are hooks (``jaxvae.hooks``); a hook that returns
+   True ends the run after the current epoch.
 
 An epoch runs as one or more *chunks*: steps ``[start, stop)`` of the epoch's permutation
-(``fold_in(shuffle_key, epoch)``, recomputed on resume) under one ``lax.scan``, compiled once
-per chunk length. Without checkpoints a chunk is the whole epoch; with ``checkpoint_every = N``
-chunks end at the epoch positions N, 2N, ... and at the epoch end (so at most three chunk
-lengths are compiled), where a checkpoint is written. The
-chunk boundaries depend only on the step count, so a run resumed from any checkpoint executes
-exactly the programs of the uninterrupted run and ends with bitwise identical parameters.
+(``fold_in(shuffle_key, epoch)``, recomputed on resume). Without ``checkpoint_every`` a chunk is
+the whole epoch; with ``checkpoint_every = N`` chunks end at the epoch positions N, 2N, ... and
+at the epoch end, where the checkpoint hook writes a checkpoint. The chunk boundaries depend only
+on the step count, so a run resumed from any checkpoint executes exactly the programs of the
+uninterrupted run and ends with bitwise identical parameters.
 
 The NaN guard (``train.train_step_fn(..., skip_nonfinite=True)``) skips non-finite steps inside
 the compiled chunk; the host reads the per-step ``skipped`` flags once per chunk and stops the run
-(``TrainingDiverged``) when ``max_skipped_steps`` consecutive steps were skipped. The check runs at
-chunk boundaries: steps after the limit inside the same chunk still run (their results are
-discarded with the run), and no checkpoint is written after the limit, so the last good one
-is kept.
+(``TrainingDiverged``) when ``max_skipped_steps`` consecutive steps were skipped. The check runs
+at chunk boundaries: steps after the limit inside the same chunk still run (their results are
+discarded with the run), and no checkpoint is written after the limit, so the last good one is
+kept.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxvae import checkpoint as checkpoint_lib
-from jaxvae import train, validation
+from jaxvae import placement, train
 
 
 class TrainingDiverged(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient."""
 
 
-def make_train_chunk(loss_fn: train.LossFn, tx, batch_size: int, *,
-                     skip_nonfinite: bool = True,
-                     preprocess: Callable[[jax.Array, Any], Any] | None = None,
-                     microbatch_size: int | None = None) -> Callable:
-    """Jitted ``chunk(state, data, shuffle_key, run_key, start, preprocess_key=None, *, num_full,
-    remainder)``.
+class Progress(NamedTuple):
+    """What a hook sees after each chunk of steps."""
 
-    Runs the epoch's full batches ``start .. start + num_full - 1`` (static ``num_full``,
-    dynamic ``start``) of ``permutation(shuffle_key, N)`` under ``lax.scan``, then, if
-    ``remainder`` (static), the epoch's last, smaller batch; exactly the steps of
-    ``train.make_train_epoch`` for the same keys. With ``preprocess``, the batch at epoch
-    position i is ``preprocess(fold_in(preprocess_key, i), batch)``, as in make_train_epoch.
-    ``microbatch_size``: see ``train.train_step_fn``. The state is donated.
-
-    Returns:
-      ``(state, step_metrics)``, each metric of shape ``(num_steps,)``.
-    """
-    validation.check_count(batch_size, "batch_size")
-    train.check_microbatch_size(microbatch_size, batch_size)
-    step = train.train_step_fn(loss_fn, tx, skip_nonfinite=skip_nonfinite,
-                               microbatch_size=microbatch_size)
-
-    def chunk(state, data, shuffle_key, run_key, start, preprocess_key=None, *, num_full,
-              remainder):
-        n = train._num_examples(data)
-        epoch_full = n // batch_size
-        perm = jax.random.permutation(shuffle_key, n)
-
-        def batch(idx_B, position):
-            b = train._take(data, idx_B)
-            if preprocess is None:
-                return b
-            return preprocess(jax.random.fold_in(preprocess_key, position), b)
-
-        parts = []
-        if num_full:
-            idx_SxB = jax.lax.dynamic_slice_in_dim(perm, start * batch_size,
-                                                   num_full * batch_size)
-            idx_SxB = idx_SxB.reshape(num_full, batch_size)
-            positions = start + jnp.arange(num_full)
-            state, full = jax.lax.scan(
-                lambda s, i_idx: step(s, batch(i_idx[1], i_idx[0]), run_key),
-                state, (positions, idx_SxB))
-            parts.append(full)
-        if remainder:
-            state, rest = step(state, batch(perm[epoch_full * batch_size:], epoch_full),
-                               run_key)
-            parts.append(jax.tree.map(lambda r: r[None], rest))
-        metrics = jax.tree.map(lambda *m: jnp.concatenate(m), *parts)
-        return state, metrics
-
-    return jax.jit(chunk, static_argnames=("num_full", "remainder"), donate_argnums=0)
+    state: train.TrainState  # the state reached; valid only during the call (the next chunk
+    #   donates it: copy what you keep)
+    loop: dict  # the loop's host state (``new_loop_state``), checkpointed with the state
+    record: dict | None  # at an epoch end: the epoch's history record; else None
+    step_metrics: dict | None  # at an epoch end: the epoch's per-step training metrics
+    model: Any = None  # the model being trained (for hooks that draw from it)
 
 
-def _preprocess_key(data_key, preprocess, epoch: int):
-    """The key of an epoch's batch preprocessing (see trainer.fit), None without preprocessing."""
-    return None if preprocess is None else jax.random.fold_in(data_key, epoch)
+class Hook(Protocol):
+    def __call__(self, step: int, progress: Progress) -> bool | None:
+        """Acts on the run after a chunk; returns True to end the run after this epoch."""
 
 
-def single_host_chunks(loss_fn, tx, batch_size: int, train_data: Any, keys, *,
-                       preprocess=None, data_key=None, microbatch_size=None) -> tuple:
-    """``(steps_per_epoch, run_chunk)`` for data on this host's default device."""
-    n = train._num_examples(train_data)
-    num_full, remainder = divmod(n, batch_size)
-    chunk = make_train_chunk(loss_fn, tx, batch_size, preprocess=preprocess,
-                             microbatch_size=microbatch_size)
-    compiled: dict = {}
-
-    def run_chunk(state, epoch: int, start: int, stop: int):
-        nf = max(0, min(stop, num_full) - start)
-        rem = bool(remainder) and stop == num_full + 1
-        args = (state, train_data, jax.random.fold_in(keys.shuffle, epoch), keys.train,
-                jnp.asarray(start, jnp.int32), _preprocess_key(data_key, preprocess, epoch))
-        compile_seconds = 0.0
-        if (nf, rem) not in compiled:
-            t0 = time.perf_counter()
-            compiled[nf, rem] = chunk.lower(*args, num_full=nf, remainder=rem).compile()
-            compile_seconds = time.perf_counter() - t0
-        state, metrics = compiled[nf, rem](*args)
-        sizes = [batch_size] * nf + [remainder] * rem
-        return state, metrics, np.asarray(sizes, np.float64), compile_seconds
-
-    return num_full + (remainder > 0), run_chunk
-
-
-def streaming_chunks(loss_fn, tx, batch_size: int, train_data: Any, keys, *,
-                     preprocess=None, data_key=None) -> tuple:
-    """``(steps_per_epoch, run_chunk)`` for training data kept in host memory.
-
-    The same steps as ``single_host_chunks`` (same permutation, batches, keys), one jitted step
-    per batch with the next batches prefetched to the device (``jaxvae.feeding``).
-    """
-    from jaxvae import feeding
-
-    n = train._num_examples(train_data)
-    chunk = feeding.make_streaming_chunk(loss_fn, tx, batch_size, preprocess=preprocess,
-                                         skip_nonfinite=True)
-
-    def run_chunk(state, epoch: int, start: int, stop: int):
-        state, metrics, sizes = chunk(state, train_data, jax.random.fold_in(keys.shuffle, epoch),
-                                      keys.train, _preprocess_key(data_key, preprocess, epoch),
-                                      start, stop)
-        return state, metrics, np.asarray(sizes, np.float64), 0.0
-
-    return -(-n // batch_size), run_chunk
+class RunResult(NamedTuple):
+    state: train.TrainState
+    history: list[dict]  # one record per epoch
+    compile_seconds: float  # compiling the chunks and the evaluation
+    devices_used: int  # devices the batches were split over (all processes)
 
 
 def new_loop_state() -> dict:
@@ -155,23 +81,165 @@ def new_loop_state() -> dict:
             "history": []}  # the records of finished epochs
 
 
-def run_epochs(*, epochs: int, max_skipped_steps: int, checkpoint_every: int | None,
-               state: train.TrainState, steps_per_epoch: int, run_chunk: Callable,
-               evaluate: Callable[[train.TrainState], dict], loop: dict,
-               save: Callable[[train.TrainState, dict], Any] | None,
-               on_epoch: Callable[[dict], Any] | None, last_saved: Any = None,
-               should_stop: Callable[[list[dict]], bool] | None = None,
-               on_epoch_end: Callable[[dict, dict, train.TrainState], Any] | None = None
+# ----------------------------------------------------------------------------- the run
+
+
+def train_run(config, train_data: dict, test_data: dict, loss_fn: train.LossFn, tx,
+              state: train.TrainState, keys, *, hooks: Sequence[Hook] = (),
+              checkpoint_dir=None, resume: bool = False,
+              on_resume: Callable[[list[dict]], Any] | None = None,
+              preprocess: Callable[[jax.Array, Any], Any] | None = None,
+              data_key: jax.Array | None = None, stream: bool = False,
+              val_data: dict | None = None, eval_loss_fn: train.LossFn | None = None,
+              evaluate_params: Callable[[Any], dict] | None = None,
+              model: Any = None) -> RunResult:
+    """Trains ``state`` on ``train_data`` for ``config.epochs`` epochs; returns a ``RunResult``.
+
+    ``config`` supplies ``epochs``, ``batch_size``, ``eval_batch_size`` and, where it has
+    them, ``max_skipped_steps`` (default 10), ``checkpoint_every``, ``keep_checkpoints``,
+    ``microbatch_size`` and ``num_devices`` (the most local devices to split batches over;
+    None: all). ``keys`` is a NamedTuple with ``train``, ``shuffle`` and ``eval`` keys.
+
+    ``train_data`` / ``test_data`` are dicts of numpy arrays (in a multi-process run, this
+    process's block of the training set and the whole test set). ``preprocess(key, batch)``
+    transforms each training batch on the device (dynamic binarization, dequantization) with
+    the key ``fold_in(fold_in(data_key, epoch), position)``; ``stream`` keeps the training data
+    in host memory instead of on the devices. ``val_data`` is evaluated after each epoch into
+    ``val_loss``, ``val_recon``, ... . ``eval_loss_fn`` (default ``loss_fn``) is the loss the
+    evaluation reports; ``test_data`` None: no loss evaluation. ``evaluate_params(params)``
+    (e.g. a classifier's test accuracy) returns more entries of each epoch's record.
+
+    With ``checkpoint_dir`` a checkpoint is written at every epoch end and every
+    ``checkpoint_every`` steps (process 0 writes); ``resume=True`` continues from the newest
+    readable one and calls ``on_resume(history)`` with the records of the epochs already done.
+    """
+    multi = jax.process_count() > 1
+    microbatch_size = getattr(config, "microbatch_size", None)
+    if multi and (preprocess is not None or stream):
+        raise ValueError("multi-process training supports neither batch preprocessing "
+                         "(--binarize dynamic, --dequantize) nor --feed stream yet: use "
+                         "--binarize static / none and --feed device")
+    if microbatch_size is not None and (multi or stream):
+        raise ValueError("microbatch_size (--microbatch-size) works with the data on one "
+                         "process's devices (--feed device, one process) only: drop it for "
+                         "multi-process or streamed training")
+
+    # The loop's state: new, or the newest checkpoint's.
+    loop = new_loop_state()
+    checkpoints = None
+    if checkpoint_dir is not None:
+        checkpoints = CheckpointHook(checkpoint_dir, config, keys)
+        restored = checkpoints.restore_if(resume, state)
+        if restored is not None:
+            state, keys, loop = restored
+            if on_resume is not None:
+                on_resume(list(loop["history"]))
+    elif resume:
+        raise ValueError("resume needs a checkpoint directory (checkpoint_dir)")
+
+    # Where the data lives: the feed hands each chunk its batches.
+    if multi:
+        feed = placement.ProcessFeed(train_data, config.batch_size, keys.shuffle)
+    else:
+        devices = placement.data_parallel_devices(config.batch_size,
+                                                  getattr(config, "num_devices", None))
+        feed_type = placement.HostFeed if stream else placement.DeviceFeed
+        feed = feed_type(train_data, config.batch_size, keys.shuffle, devices)
+    state = feed.place_state(state)
+
+    # The evaluation, compiled once for the test (and validation) split.
+    t0 = time.perf_counter()
+    eval_loss_fn = loss_fn if eval_loss_fn is None else eval_loss_fn
+    splits = {name: split for name, split in (("test", test_data), ("val", val_data))
+              if split is not None}
+    evaluators = {}
+    for name, split in splits.items():
+        split = feed.place_eval(split)
+        batch_size = min(config.eval_batch_size, len(jax.tree.leaves(split)[0]))
+        params, step = feed.to_host(state.params), feed.to_host(state.step)
+        if multi:
+            params, step = jax.device_put((params, step), jax.local_devices()[0])
+        evaluate = train.make_evaluate(eval_loss_fn, batch_size).lower(
+            params, split, keys.eval, step).compile()
+        evaluators[name] = (evaluate, split)
+    compile_seconds = time.perf_counter() - t0
+
+    def evaluate_state(state) -> dict:
+        params, step = feed.to_host(state.params), feed.to_host(state.step)
+        if multi:
+            params, step = jax.device_put((params, step), jax.local_devices()[0])
+        out = {f"{name}_{k}": float(v) for name, (evaluate, split) in evaluators.items()
+               for k, v in jax.device_get(evaluate(params, split, keys.eval, step)).items()}
+        if evaluate_params is not None:
+            out.update(evaluate_params(params))
+        return out
+
+    t0 = time.perf_counter()
+    feed.permutation(loop["epoch"])  # the first call compiles: keep it out of the epoch's time
+    compile_seconds += time.perf_counter() - t0
+    chunk = train.make_train_chunk(loss_fn, tx, preprocess=preprocess,
+                                   microbatch_size=microbatch_size)
+    run_chunk = _chunk_runner(chunk, feed, placement.run_key_for(feed, keys.train),
+                              preprocess, data_key)
+    all_hooks = ([checkpoints] if checkpoints is not None else []) + list(hooks)
+    try:
+        state, loop, chunk_compile = run_epochs(
+            state=state, loop=loop, run_chunk=run_chunk, steps_per_epoch=feed.steps_per_epoch,
+            evaluate=evaluate_state, hooks=all_hooks, epochs=config.epochs,
+            max_skipped_steps=getattr(config, "max_skipped_steps", 10),
+            checkpoint_every=getattr(config, "checkpoint_every", None), model=model)
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()
+    if multi:
+        state = jax.device_put(feed.to_host(state), jax.local_devices()[0])
+    devices_used = jax.device_count() if multi else feed.num_devices
+    return RunResult(state, loop["history"], compile_seconds + chunk_compile, devices_used)
+
+
+def _chunk_runner(chunk: Callable, feed, run_key, preprocess, data_key) -> Callable:
+    """``run_chunk(state, epoch, start, stop) -> (state, step_metrics, batch_sizes,
+    compile_seconds)``: the feed's pieces of steps [start, stop) through the compiled chunk."""
+    compiled: dict = {}
+
+    def run_chunk(state, epoch: int, start: int, stop: int):
+        preprocess_key = None if preprocess is None else jax.random.fold_in(data_key, epoch)
+        metrics, sizes, compile_seconds = [], [], 0.0
+        for piece in feed.pieces(epoch, start, stop):
+            args = (state, piece.data, piece.items, piece.positions, run_key, preprocess_key)
+            signature = (jax.tree.map(np.shape, piece.items), piece.batch_sharding)
+            signature = (str(signature), piece.data is None)
+            if signature not in compiled:
+                jax.block_until_ready(state)  # no earlier piece runs on during the compile
+                t0 = time.perf_counter()
+                compiled[signature] = chunk.lower(
+                    *args, batch_sharding=piece.batch_sharding).compile()
+                compile_seconds += time.perf_counter() - t0
+            state, m = compiled[signature](*args)
+            metrics.append(m)
+            sizes += piece.sizes
+        metrics = [jax.device_get(feed.to_host(m)) for m in metrics]
+        metrics = jax.tree.map(lambda *m: np.concatenate(m), *metrics)
+        return state, metrics, np.asarray(sizes, np.float64), compile_seconds
+
+    return run_chunk
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def run_epochs(*, state: train.TrainState, loop: dict, run_chunk: Callable,
+               steps_per_epoch: int, evaluate: Callable[[train.TrainState], dict],
+               hooks: Sequence[Hook], epochs: int, max_skipped_steps: int,
+               checkpoint_every: int | None, model: Any = None
                ) -> tuple[train.TrainState, dict, float]:
     """Runs epochs ``loop["epoch"] .. epochs`` from ``loop``'s position.
 
     ``run_chunk(state, epoch, start, stop) -> (state, step_metrics, batch_sizes, compile_s)``;
-    ``evaluate(state)`` returns the record's evaluation entries (``test_loss``, ...).
-    ``save(state, loop)`` writes a checkpoint (None: no checkpoints). ``on_epoch_end(record,
-    step_metrics, state)`` sees each finished epoch with the per-step metrics of the chunks run
-    in this process (TensorBoard) and its state (early stopping). ``should_stop(history)``,
-    asked after each epoch (e.g. early stopping), ends the run early; it sees the whole history,
-    which is checkpointed, so a resumed run takes the same decision.
+    ``evaluate(state)`` returns the record's evaluation entries (``test_loss``, ...). After a
+    chunk that ends inside an epoch, and once at each epoch end (after the evaluation, with the
+    epoch's record), every hook is called as ``hook(step, Progress(...))``; the run ends after
+    an epoch in which a hook returned True.
 
     Returns:
       ``(state, loop, compile_seconds)``.
@@ -182,7 +250,7 @@ def run_epochs(*, epochs: int, max_skipped_steps: int, checkpoint_every: int | N
     compile_total = 0.0
     while loop["epoch"] <= epochs:
         epoch = loop["epoch"]
-        epoch_steps = []
+        epoch_steps, stop_run = [], False
         while loop["position"] < steps_per_epoch:
             first = (epoch - 1) * steps_per_epoch + loop["position"]  # steps done before
             stop = steps_per_epoch
@@ -194,35 +262,40 @@ def run_epochs(*, epochs: int, max_skipped_steps: int, checkpoint_every: int | N
             epoch_steps.append(metrics)
             loop["seconds"] += time.perf_counter() - t0 - compile_s
             compile_total += compile_s
-            _account(loop, metrics, sizes, first, max_skipped_steps, last_saved)
+            _account(loop, metrics, sizes, first, max_skipped_steps)
             loop["position"] = stop
-            if save and stop < steps_per_epoch:  # (the epoch end saves below)
-                last_saved = save(state, loop)
-        test = evaluate(state)
-        record = {"epoch": epoch,
+            if stop < steps_per_epoch:  # (the epoch end calls the hooks below)
+                stop_run |= _call(hooks, first + len(sizes), Progress(state, loop, None, None,
+                                                                        model))
+        record = {"epoch": epoch, "step": epoch * steps_per_epoch,
                   **{f"train_{k}": (v / loop["examples"] if loop["examples"] else math.nan)
                      for k, v in loop["sums"].items()},
                   "train_skipped": loop["skipped"],
-                  **{k: float(v) for k, v in test.items()},
+                  **evaluate(state),
                   "seconds": loop["seconds"]}
         loop.update(new_loop_state(), history=loop["history"] + [record], epoch=epoch + 1,
                     consecutive_skipped=loop["consecutive_skipped"],
                     last_finite_loss=loop["last_finite_loss"],
-                    last_finite_step=loop["last_finite_step"])
-        if save:
-            last_saved = save(state, loop)
-        if on_epoch is not None:
-            on_epoch(record)
-        if on_epoch_end is not None:
-            on_epoch_end(record, jax.tree.map(lambda *m: np.concatenate(m), *epoch_steps),
-                         state)
-        if should_stop is not None and should_stop(loop["history"]):
+                    last_finite_step=loop["last_finite_step"],
+                    **({"last_checkpoint": loop["last_checkpoint"]}
+                       if "last_checkpoint" in loop else {}))
+        step_metrics = jax.tree.map(lambda *m: np.concatenate(m), *epoch_steps)
+        stop_run |= _call(hooks, epoch * steps_per_epoch,
+                          Progress(state, loop, record, step_metrics, model))
+        if stop_run:
             break
     return state, loop, compile_total
 
 
-def _account(loop: dict, metrics: dict, sizes: np.ndarray, first: int, max_skipped: int,
-             last_saved) -> None:
+def _call(hooks: Sequence[Hook], step: int, progress: Progress) -> bool:
+    stop = False
+    for hook in hooks:
+        stop |= bool(hook(step, progress))
+    return stop
+
+
+def _account(loop: dict, metrics: dict, sizes: np.ndarray, first: int,
+             max_skipped: int) -> None:
     """Adds a chunk's per-step metrics to the epoch sums; stops after too many skips."""
     skipped = np.asarray(metrics.get("skipped", np.zeros(len(sizes))))
     names = [k for k in metrics if k != "skipped"]
@@ -235,7 +308,8 @@ def _account(loop: dict, metrics: dict, sizes: np.ndarray, first: int, max_skipp
                 last = loop["last_finite_loss"]
                 last = ("no step had a finite loss" if last is None else
                         f"the last finite loss was {last:.6g} at step {loop['last_finite_step']}")
-                kept = (f"the last good checkpoint, {last_saved}, is kept" if last_saved
+                saved = loop.get("last_checkpoint")
+                kept = (f"the last good checkpoint, {saved}, is kept" if saved
                         else "no checkpoint was written after the divergence")
                 raise TrainingDiverged(
                     f"training stopped at step {step}: {loop['consecutive_skipped']} consecutive "
@@ -251,51 +325,32 @@ def _account(loop: dict, metrics: dict, sizes: np.ndarray, first: int, max_skipp
         loop["examples"] += int(size)
 
 
-def make_saver(manager: checkpoint_lib.CheckpointManager, keys, config: dict
-               ) -> Callable[[train.TrainState, dict], Any]:
-    key_dict = keys._asdict()
-
-    def save(state, loop):
-        return manager.save(state, key_dict, loop, config)
-
-    return save
+# ------------------------------------------------------------------------- checkpoints
 
 
-class _ConfigMismatch(ValueError):
-    pass
+class CheckpointHook:
+    """Writes an Orbax checkpoint of the state, the run keys and the loop state at each call.
 
-
-def train_run(config, train_data: dict, test_data: dict, loss_fn, tx, state, keys, *,
-              on_epoch=None, checkpoint_dir=None, resume: bool = False,
-              on_resume: Callable[[list[dict]], Any] | None = None,
-              should_stop: Callable[[list[dict]], bool] | None = None,
-              preprocess: Callable[[jax.Array, Any], Any] | None = None,
-              data_key: jax.Array | None = None, stream: bool = False,
-              val_data: dict | None = None,
-              on_epoch_end: Callable[[dict, dict, train.TrainState], Any] | None = None
-              ) -> tuple[train.TrainState, list[dict], float]:
-    """The body of ``trainer.fit`` after validation: returns ``(state, history, compile_s)``.
-
-    ``train_data`` / ``test_data`` are dicts of numpy arrays (in a multi-process run, this
-    process's block of the training set and the whole test set). ``preprocess(key, batch)``
-    transforms each training batch on the device (dynamic binarization, dequantization) with
-    the key ``fold_in(fold_in(data_key, epoch), position)``; ``stream`` keeps the training data
-    in host memory (``jaxvae.feeding``) instead of on the device. ``val_data`` (early
-    stopping) is evaluated after each epoch into ``val_loss``, ``val_recon``, ... .
+    ``train_run`` puts it first among the hooks, so it is called after every chunk that ends
+    inside an epoch (``checkpoint_every``) and at every epoch end. Only process 0 writes. The
+    loop's ``last_checkpoint`` names the newest checkpoint written (for error messages); it is
+    not part of the saved loop state.
     """
-    multi = jax.process_count() > 1
-    writer = jax.process_index() == 0
-    microbatch_size = getattr(config, "microbatch_size", None)
-    if microbatch_size is not None and (multi or stream):
-        raise ValueError("microbatch_size (--microbatch-size) works with the data on one "
-                         "process's device (--feed device, one process) only: drop it for "
-                         "multi-process or streamed training")
-    config_json = checkpoint_lib.config_dict(config)
-    manager = last_saved = None
-    loop = new_loop_state()
-    if checkpoint_dir is not None:
-        manager = checkpoint_lib.CheckpointManager(checkpoint_dir, config.keep_checkpoints,
-                                                   writer=writer)
+
+    def __init__(self, directory, config, keys):
+        self.config_json = checkpoint_lib.config_dict(config)
+        self.keys = keys
+        self.manager = checkpoint_lib.CheckpointManager(
+            directory, getattr(config, "keep_checkpoints", 3),
+            writer=jax.process_index() == 0)
+
+    def restore_if(self, resume: bool, template: train.TrainState):
+        """``(state, keys, loop)`` of the newest readable checkpoint when resuming, else None.
+
+        Refuses to start over existing checkpoints, to resume without any, and to resume
+        with a config that differs from the saved run's.
+        """
+        manager = self.manager
         steps = manager.all_steps()
         if steps and not resume:
             raise ValueError(f"{manager.directory} already holds checkpoints (steps {steps}); "
@@ -304,82 +359,34 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn, tx, state, key
         if resume and not steps:
             raise ValueError(f"nothing to resume: no checkpoint in {manager.directory}; run "
                              "without resume (--resume) to start a new run")
-        if steps:
-            def check(saved: dict) -> None:
-                diffs = checkpoint_lib.config_differences(saved, config_json)
-                if diffs:
-                    raise _ConfigMismatch(
-                        f"cannot resume from {manager.directory}: the config differs from the "
-                        "saved run's (" + "; ".join(diffs) + "); resume with the saved values "
-                        "or start a new run in another directory")
+        if not steps:
+            return None
 
-            restored = manager.restore_latest(state, tuple(keys._fields), check_config=check)
-            checkpoint_lib.check_resumable_epochs(restored, config.epochs)
-            state = jax.tree.map(jnp.asarray, restored.state)
-            keys = type(keys)(**restored.keys)
-            loop, last_saved = restored.loop, restored.path
-            if on_resume is not None:
-                on_resume(list(loop["history"]))
-    elif resume:
-        raise ValueError("resume needs a checkpoint directory (checkpoint_dir)")
+        def check(saved: dict) -> None:
+            diffs = checkpoint_lib.config_differences(saved, self.config_json)
+            if diffs:
+                raise _ConfigMismatch(
+                    f"cannot resume from {manager.directory}: the config differs from the "
+                    "saved run's (" + "; ".join(diffs) + "); resume with the saved values "
+                    "or start a new run in another directory")
 
-    eval_batch_size = min(config.eval_batch_size, len(jax.tree.leaves(test_data)[0]))
-    test_dev = jax.device_put(test_data, jax.local_devices()[0])
-    t0 = time.perf_counter()
-    evaluate = train.make_evaluate(loss_fn, eval_batch_size).lower(
-        state.params, test_dev, keys.eval, state.step).compile()
-    if val_data is not None:
-        val_dev = jax.device_put(val_data, jax.local_devices()[0])
-        evaluate_val = train.make_evaluate(
-            loss_fn, min(config.eval_batch_size, len(jax.tree.leaves(val_data)[0]))).lower(
-            state.params, val_dev, keys.eval, state.step).compile()
-    compile_seconds = time.perf_counter() - t0
+        restored = manager.restore_latest(template, tuple(self.keys._fields),
+                                          check_config=check)
+        checkpoint_lib.check_resumable_epochs(restored, self.config_json["epochs"])
+        self.keys = type(self.keys)(**restored.keys)
+        loop = {**restored.loop, "last_checkpoint": str(restored.path)}
+        return jax.tree.map(jnp.asarray, restored.state), self.keys, loop
 
-    if multi and (preprocess is not None or stream):
-        raise ValueError("multi-process training supports neither batch preprocessing "
-                         "(--binarize dynamic, --dequantize) nor --feed stream yet: use "
-                         "--binarize static / none and --feed device")
-    if multi:
-        from jaxvae import multihost, parallel
+    def __call__(self, step: int, progress: Progress) -> None:
+        loop = {k: v for k, v in progress.loop.items() if k != "last_checkpoint"}
+        if self.manager.writer:
+            path = self.manager.save(progress.state, self.keys._asdict(), loop,
+                                     self.config_json)
+            progress.loop["last_checkpoint"] = None if path is None else str(path)
 
-        mesh = parallel.make_mesh(jax.devices())
-        steps_per_epoch, run_chunk, place = multihost.multi_host_chunks(
-            loss_fn, tx, config.batch_size, train_data, keys, mesh)
-        state = place(state)
-        host = multihost.to_host
-    elif stream:
-        steps_per_epoch, run_chunk = streaming_chunks(
-            loss_fn, tx, config.batch_size, train_data, keys, preprocess=preprocess,
-            data_key=data_key)
-        state = jax.device_put(state)
-        host = lambda tree: tree
-    else:
-        steps_per_epoch, run_chunk = single_host_chunks(
-            loss_fn, tx, config.batch_size, jax.device_put(train_data), keys,
-            preprocess=preprocess, data_key=data_key, microbatch_size=microbatch_size)
-        state = jax.device_put(state)
-        host = lambda tree: tree
+    def close(self) -> None:
+        self.manager.close()
 
-    def evaluate_state(state):
-        params, step = host(state.params), host(state.step)
-        out = {f"test_{k}": v for k, v in
-               jax.device_get(evaluate(params, test_dev, keys.eval, step)).items()}
-        if val_data is not None:
-            out.update({f"val_{k}": v for k, v in
-                        jax.device_get(evaluate_val(params, val_dev, keys.eval, step)).items()})
-        return out
 
-    save = make_saver(manager, keys, config_json) if manager is not None and writer else None
-    try:
-        state, loop, chunk_compile = run_epochs(
-            epochs=config.epochs, max_skipped_steps=config.max_skipped_steps,
-            checkpoint_every=config.checkpoint_every, state=state,
-            steps_per_epoch=steps_per_epoch, run_chunk=run_chunk, evaluate=evaluate_state,
-            loop=loop, save=save, on_epoch=on_epoch, last_saved=last_saved,
-            should_stop=should_stop, on_epoch_end=on_epoch_end)
-    finally:
-        if manager is not None:
-            manager.close()
-    if multi:
-        state = host(state)
-    return state, loop["history"], compile_seconds + chunk_compile
+class _ConfigMismatch(ValueError):
+    pass

@@ -1,22 +1,22 @@
 """Training a sequence VAE on a list of strings: one config, one ``fit_sequences`` call.
 
-The strings become ``{"tokens": tokens_NxL}`` arrays on the device once; every epoch is one
-compiled call of ``jaxvae.train.make_train_epoch`` (a ``lax.scan`` over the batches) and the test
-split is evaluated after each epoch with ``jaxvae.train.make_evaluate``. ``fit_sequences`` prints
-nothing; a caller that wants progress passes ``on_epoch``.
+The strings become ``{"tokens": tokens_NxL}`` arrays and train through the training loop
+(``jaxvae.loop``: data on the devices, data parallel, the NaN guard), the test split evaluated
+after each epoch. ``fit_sequences`` prints nothing; a caller that wants progress passes
+``on_epoch``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import optax
 
-from jaxvae import sequence, train
+from jaxvae import hooks as hooks_lib
+from jaxvae import loop, sequence, train, trainer
 from jaxvae.vocab import Vocabulary
 
 
@@ -28,7 +28,7 @@ class SequenceConfig:
     hidden_dim: int = 256  # GRU state size (each encoder direction and the decoder)
     latent_dim: int = 32  # Z
     epochs: int = 10  # passes over the training strings
-    batch_size: int = 128  # sequences per gradient step
+    batch_size: int = 128  # sequences per gradient step (split over the local devices)
     lr: float = 1e-3  # Adam learning rate
     clip_norm: float = 5.0  # gradients clipped to this global norm (RNNs); 0 = no clipping
     beta: float = 1.0  # KL weight after the warm-up
@@ -87,9 +87,10 @@ def fit_sequences(config: SequenceConfig, vocab: Vocabulary, train_strings: Sequ
     """Trains a ``SequenceVAE`` on ``train_strings``, evaluating on ``test_strings`` each epoch.
 
     Every string must tokenize into ``vocab``'s tokens (checked before any training). Records
-    hold ``epoch``, ``step``, ``train_<metric>`` (means over the epoch's steps), ``test_<metric>``
-    (with the parameters at the end of the epoch; see ``sequence.sequence_loss_fn``) and
-    ``seconds`` (the epoch's training time, compilation excluded).
+    hold ``epoch``, ``step``, ``train_<metric>`` (means over the epoch's finite steps),
+    ``train_skipped``, ``test_<metric>`` (with the parameters at the end of the epoch; see
+    ``sequence.sequence_loss_fn``) and ``seconds`` (the epoch's training time, compilation
+    excluded).
     """
     validate_sequence_config(config)
     if len(train_strings) < config.batch_size:
@@ -99,43 +100,20 @@ def fit_sequences(config: SequenceConfig, vocab: Vocabulary, train_strings: Sequ
         raise ValueError("test_strings is empty; hold out some strings to evaluate on")
     if length is None:
         length = max(vocab.max_tokens(train_strings), vocab.max_tokens(test_strings)) + 1
-    train_data = {"tokens": jax.device_put(vocab.encode_batch(train_strings, length))}
-    test_data = {"tokens": jax.device_put(vocab.encode_batch(test_strings, length))}
+    train_data = {"tokens": vocab.encode_batch(train_strings, length)}
+    test_data = {"tokens": vocab.encode_batch(test_strings, length)}
 
     model = sequence.sequence_vae(len(vocab), config.embed_dim, config.hidden_dim,
                                   config.latent_dim)
-    init_key, train_key, shuffle_key, eval_key = jax.random.split(jax.random.key(config.seed), 4)
+    keys = trainer.run_keys(config.seed)
     loss_fn = sequence.sequence_loss_fn(model, config.beta, config.warmup_steps,
                                         config.word_dropout)
-    tx = make_sequence_optimizer(config)
-    state = train.create_train_state(sequence.init(model, init_key), tx)
-
-    start = time.perf_counter()
-    train_epoch = train.make_train_epoch(loss_fn, tx, config.batch_size).lower(
-        state, train_data, shuffle_key, train_key).compile()
     # evaluated without word dropout: test_nelbo is the negative ELBO of the model itself
     eval_loss_fn = sequence.sequence_loss_fn(model, config.beta, config.warmup_steps, 0.0)
-    eval_batch_size = min(config.eval_batch_size, len(test_strings))
-    evaluate = train.make_evaluate(eval_loss_fn, eval_batch_size).lower(
-        state.params, test_data, eval_key, state.step).compile()
-    compile_seconds = time.perf_counter() - start
-
-    history, trained = [], 0.0
-    for epoch in range(1, config.epochs + 1):
-        start = time.perf_counter()
-        state, metrics, _ = train_epoch(state, train_data, jax.random.fold_in(shuffle_key, epoch),
-                                        train_key)
-        metrics = jax.device_get(metrics)
-        seconds = time.perf_counter() - start
-        trained += seconds
-        test = jax.device_get(evaluate(state.params, test_data, eval_key, state.step))
-        record = {"epoch": epoch, "step": int(state.step),
-                  **{f"train_{k}": float(v) for k, v in metrics.items()},
-                  **{f"test_{k}": float(v) for k, v in test.items()},
-                  "seconds": seconds}
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
-        if config.max_seconds and trained >= config.max_seconds:
-            break
-    return SequenceFit(model, state, vocab, length, history, compile_seconds)
+    tx = make_sequence_optimizer(config)
+    state = train.create_train_state(sequence.init(model, keys.init), tx)
+    hooks = ([] if on_epoch is None else [hooks_lib.EveryEpoch(on_epoch)]) + \
+        [hooks_lib.TimeLimit(config.max_seconds)]
+    run = loop.train_run(config, train_data, test_data, loss_fn, tx, state, keys, hooks=hooks,
+                         eval_loss_fn=eval_loss_fn, model=model)
+    return SequenceFit(model, run.state, vocab, length, run.history, run.compile_seconds)

@@ -1,7 +1,7 @@
 """TensorBoard event files through tensorboardX (no TensorFlow needed).
 
-``TensorBoardLogger`` is an ``on_epoch_end`` callback of ``jaxvae.fit``: after each epoch it
-writes the per-step training metrics (``step/loss``, ``step/recon``, ``step/kl`` at the global
+``TensorBoardLogger`` is a hook of the training loop (``fit(..., hooks=[logger])``): after each
+epoch it writes the per-step training metrics (``step/loss``, ``step/recon``, ``step/kl`` at the global
 step), the epoch's metrics grouped by metric (``loss/train``, ``loss/test``, ``loss/val``, ...,
 at the global step reached), and two image grids: reconstructions of fixed examples and
 samples from the prior with a fixed key. View with ``tensorboard --logdir DIR``.
@@ -31,11 +31,13 @@ def _tag(key: str) -> str | None:
     for split in ("train", "test", "val"):
         if key.startswith(split + "_"):
             return f"{key[len(split) + 1:]}/{split}"
-    return {"seconds": "time/epoch_seconds"}.get(key, None if key == "epoch" else f"other/{key}")
+    if key in ("epoch", "step"):
+        return None
+    return {"seconds": "time/epoch_seconds"}.get(key, f"other/{key}")
 
 
 class TensorBoardLogger:
-    """Writes scalars and image grids of each epoch; use as ``fit(..., on_epoch_end=logger)``.
+    """Writes scalars and image grids of each epoch; use as ``fit(..., hooks=[logger])``.
 
     Args:
       logdir: the directory of the event files (created).
@@ -56,8 +58,10 @@ class TensorBoardLogger:
         self.num_samples = num_samples
         self.sample_key = jax.random.key(seed)
 
-    def __call__(self, end) -> None:
-        """Logs one ``jaxvae.trainer.EpochEnd``."""
+    def __call__(self, step: int, end) -> None:
+        """Logs the epoch that ends (``jaxvae.loop.Progress`` with a record)."""
+        if end.record is None:
+            return
         step = int(end.state.step)
         for name, values in end.step_metrics.items():
             values = np.asarray(values)

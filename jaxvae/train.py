@@ -1,4 +1,4 @@
-"""Training: the train state, the jitted step, whole epochs under ``lax.scan``, evaluation.
+"""Training: the train state, the step, the compiled chunk of steps, evaluation.
 
 A training objective is any pure ``loss_fn(params, batch, key, step) -> (loss, metrics)`` (a
 scalar and a dict of scalars; ``step`` is the int32 number of updates applied so far, for
@@ -122,7 +122,8 @@ def check_microbatch_size(microbatch_size: int | None, batch_size: int | None = 
     return microbatch_size
 
 
-def microbatched_value_and_grad(loss_fn: LossFn, microbatch_size: int | None) -> Callable:
+def microbatched_value_and_grad(loss_fn: LossFn, microbatch_size: int | None,
+                                micro_sharding: jax.sharding.Sharding | None = None) -> Callable:
     """``value_and_grad(loss_fn, has_aux=True)``, over micro-batches of a large batch.
 
     A batch of B = n * microbatch_size examples is split into n consecutive micro-batches;
@@ -137,6 +138,8 @@ def microbatched_value_and_grad(loss_fn: LossFn, microbatch_size: int | None) ->
     large batches run faster (measured here at batch 8192: 38,500 samples/s whole, 46,700 with
     micro-batches of 1,024; no gain at 128). A batch that does not split evenly (an epoch's
     last, smaller batch) or is not larger than ``microbatch_size`` runs whole. None: no split.
+    ``micro_sharding`` lays the stacked micro-batches ``(n, microbatch_size, ...)`` out over a
+    device mesh (data parallel: each micro-batch split over the devices); values unchanged.
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if microbatch_size is None:
@@ -148,6 +151,8 @@ def microbatched_value_and_grad(loss_fn: LossFn, microbatch_size: int | None) ->
             return grad_fn(params, batch, key, step)
         n = size // microbatch_size
         micro = jax.tree.map(lambda a: a.reshape((n, microbatch_size) + a.shape[1:]), batch)
+        if micro_sharding is not None:
+            micro = jax.lax.with_sharding_constraint(micro, micro_sharding)
 
         def body(total, i_mb):
             i, mb = i_mb
@@ -165,7 +170,8 @@ def microbatched_value_and_grad(loss_fn: LossFn, microbatch_size: int | None) ->
 
 def train_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation,
                   axis_name: str | None = None, *, skip_nonfinite: bool = False,
-                  microbatch_size: int | None = None) -> Callable:
+                  microbatch_size: int | None = None,
+                  micro_sharding: jax.sharding.Sharding | None = None) -> Callable:
     """The un-jitted ``step(state, batch, run_key) -> (state, metrics)``.
 
     One gradient step on ``loss_fn`` with the key ``fold_in(run_key, state.step)``. With
@@ -183,7 +189,7 @@ def train_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation,
     """
 
     check_microbatch_size(microbatch_size)
-    grad_fn = microbatched_value_and_grad(loss_fn, microbatch_size)
+    grad_fn = microbatched_value_and_grad(loss_fn, microbatch_size, micro_sharding)
 
     def step(state: TrainState, batch: Any, run_key: jax.Array):
         key = jax.random.fold_in(run_key, state.step)
@@ -241,6 +247,62 @@ def _weighted_mean(full: dict, rest: dict | None, batch_size: int, remainder: in
     return jax.tree.map(lambda t: t / count, total)
 
 
+def make_train_chunk(loss_fn: LossFn, tx: optax.GradientTransformation, *,
+                     skip_nonfinite: bool = True,
+                     preprocess: Callable[[jax.Array, Any], Any] | None = None,
+                     microbatch_size: int | None = None) -> Callable:
+    """The compiled chunk of training steps that every feed of the training loop runs.
+
+    Returns the jitted ``chunk(state, data, items_S, positions_S, run_key, preprocess_key=None,
+    *, batch_sharding=None) -> (state, step_metrics)``: S steps of ``train_step_fn`` under one
+    ``lax.scan``, the state donated. Where the batches come from is the caller's choice of data
+    placement:
+
+    * in memory: ``data`` is a pytree of arrays on the device(s) and ``items_S`` holds example
+      indices ``(S, B)``; step s trains on the rows ``items_S[s]`` of ``data``, gathered inside
+      the program (no host work per step);
+    * from the host (streamed or multi-process data): ``data`` is None and ``items_S`` is a
+      pytree of batches ``(S, B, ...)`` already placed on the device(s).
+
+    ``positions_S`` (int32, ``(S,)``) are the steps' positions in their epoch: with
+    ``preprocess(key, batch)`` the batch at position i is preprocessed with
+    ``fold_in(preprocess_key, i)``. ``batch_sharding`` (static) lays each batch out over a
+    device mesh, split on the batch axis; the parameters stay replicated and the compiler
+    partitions the step and all-reduces the gradients (data parallel). ``run_key`` is a typed
+    key or its raw key data (as a multi-process run passes it).
+
+    The NaN guard and micro-batching are the step's (``train_step_fn``).
+    """
+    check_microbatch_size(microbatch_size)
+
+    def chunk(state: TrainState, data: Any, items_S: Any, positions_S: jax.Array,
+              run_key: jax.Array, preprocess_key: jax.Array | None = None, *,
+              batch_sharding: jax.sharding.Sharding | None = None):
+        if not jax.dtypes.issubdtype(run_key.dtype, jax.dtypes.prng_key):
+            run_key = jax.random.wrap_key_data(run_key)
+        micro_sharding = None
+        if batch_sharding is not None and microbatch_size is not None:
+            micro_sharding = jax.sharding.NamedSharding(
+                batch_sharding.mesh, jax.sharding.PartitionSpec(None, *batch_sharding.spec))
+            if microbatch_size % batch_sharding.mesh.size:
+                micro_sharding = None  # micro-batches the devices do not divide: as they come
+        step = train_step_fn(loss_fn, tx, skip_nonfinite=skip_nonfinite,
+                             microbatch_size=microbatch_size, micro_sharding=micro_sharding)
+
+        def body(state, position_item):
+            position, item = position_item
+            batch = item if data is None else _take(data, item)
+            if batch_sharding is not None:
+                batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+            if preprocess is not None:
+                batch = preprocess(jax.random.fold_in(preprocess_key, position), batch)
+            return step(state, batch, run_key)
+
+        return jax.lax.scan(body, state, (positions_S, items_S))
+
+    return jax.jit(chunk, static_argnames="batch_sharding", donate_argnums=0)
+
+
 class EpochOutput(NamedTuple):
     state: TrainState
     metrics: dict  # per-example means over the epoch
@@ -249,13 +311,13 @@ class EpochOutput(NamedTuple):
 
 def make_train_epoch(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: int,
                      *, preprocess: Callable[[jax.Array, Any], Any] | None = None,
-                     microbatch_size: int | None = None) -> Callable:
-    """One jitted call per epoch: ``train_epoch(state, data, shuffle_key, run_key)``.
+                     microbatch_size: int | None = None,
+                     skip_nonfinite: bool = False) -> Callable:
+    """One epoch with the data on the device: ``train_epoch(state, data, shuffle_key, run_key)``.
 
-    The data (a pytree of arrays with a leading example axis) stays on the device; each epoch
-    draws a permutation from ``shuffle_key`` and runs the full batches under ``lax.scan``, then
-    one smaller batch with the remainder (as a PyTorch DataLoader with drop_last=False does), in
-    the same compiled program. The state is donated.
+    Draws the permutation ``jax.random.permutation(shuffle_key, N)`` and runs the full
+    batches as one ``make_train_chunk`` call, then one smaller batch with the remainder (as a
+    PyTorch DataLoader with drop_last=False does). The state is donated.
 
     With ``preprocess(key, batch) -> batch`` (e.g. dynamic binarization, see
     ``jaxvae.preprocessing``), the epoch takes a fifth argument ``preprocess_key`` and batch i
@@ -263,13 +325,15 @@ def make_train_epoch(loss_fn: LossFn, tx: optax.GradientTransformation, batch_si
 
     With ``microbatch_size`` (it must divide ``batch_size``), every full batch's gradient is
     accumulated over micro-batches (``microbatched_value_and_grad``); faster at large batches
-    on a CPU.
+    on a CPU. ``skip_nonfinite``: the NaN guard of ``train_step_fn``.
 
     Returns:
       ``EpochOutput(state, metrics, step_metrics)``.
     """
     check_microbatch_size(microbatch_size, batch_size)
-    step = train_step_fn(loss_fn, tx, microbatch_size=microbatch_size)
+    chunk = make_train_chunk(loss_fn, tx, skip_nonfinite=skip_nonfinite, preprocess=preprocess,
+                             microbatch_size=microbatch_size)
+    permutation = jax.jit(jax.random.permutation, static_argnums=1)
 
     def train_epoch(state: TrainState, data: Any, shuffle_key: jax.Array, run_key: jax.Array,
                     preprocess_key: jax.Array | None = None):
@@ -277,26 +341,20 @@ def make_train_epoch(loss_fn: LossFn, tx: optax.GradientTransformation, batch_si
             raise TypeError("this epoch preprocesses its batches: pass preprocess_key")
         n = _num_examples(data)
         num_full, remainder = divmod(n, batch_size)
-        perm = jax.random.permutation(shuffle_key, n)
-        idx_SxB = perm[:num_full * batch_size].reshape(num_full, batch_size)
-
-        def batch(idx_B, i):
-            b = _take(data, idx_B)
-            return b if preprocess is None else preprocess(jax.random.fold_in(preprocess_key, i), b)
-
-        def body(state, i_and_idx):
-            i, idx_B = i_and_idx
-            return step(state, batch(idx_B, i), run_key)
-
-        state, full = jax.lax.scan(body, state, (jnp.arange(num_full), idx_SxB))
+        perm = permutation(shuffle_key, n)
+        state, full = chunk(state, data, perm[:num_full * batch_size].reshape(num_full, -1),
+                            jnp.arange(num_full, dtype=jnp.int32), run_key, preprocess_key)
         rest = None
         if remainder:
-            state, rest = step(state, batch(perm[num_full * batch_size:], num_full), run_key)
+            state, rest = chunk(state, data, perm[num_full * batch_size:][None],
+                                jnp.full((1,), num_full, jnp.int32), run_key, preprocess_key)
+            rest = jax.tree.map(lambda r: r[0], rest)
         steps = full if rest is None else jax.tree.map(
             lambda f, r: jnp.concatenate([f, r[None]]), full, rest)
         return EpochOutput(state, _weighted_mean(full, rest, batch_size, remainder), steps)
 
-    return jax.jit(train_epoch, donate_argnums=0)
+    train_epoch.chunk = chunk  # the compiled chunk (its cache shows recompilations)
+    return train_epoch
 
 
 def make_evaluate(loss_fn: LossFn, batch_size: int = 500) -> Callable:

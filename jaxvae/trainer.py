@@ -1,11 +1,11 @@
-"""The epoch loop: data on the device once, one compiled call per epoch, evaluation per epoch.
+"""``fit``: a VAE from a ``TrainConfig`` and a dataset, trained by ``jaxvae.loop``.
 
-``fit`` prints nothing; a caller that wants progress passes ``on_epoch``.
+``fit`` prints nothing; a caller that wants progress passes ``on_epoch`` or hooks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -15,6 +15,7 @@ import numpy as np
 from jaxvae import config as config_lib
 from jaxvae import data as data_lib
 from jaxvae import early_stopping, feeding, loop, models, preprocessing, registry, train
+from jaxvae import hooks as hooks_lib
 from jaxvae import validation, zoo
 
 
@@ -35,18 +36,9 @@ class FitResult(NamedTuple):
     model: nn.Module
     state: train.TrainState
     history: list[dict]  # one record per epoch (see ``fit``)
-    compile_seconds: float  # compiling the epoch and evaluation programs
-    # issue 6: with early stopping (config.patience), the epoch whose state ``state`` is.
-    best_epoch: int | None = None
-
-
-class EpochEnd(NamedTuple):
-    """What ``fit``'s ``on_epoch_end`` callback receives after each epoch (issue 6)."""
-
-    record: dict  # the history record of the epoch
-    step_metrics: dict  # per-step training metrics of the epoch, numpy arrays (num_steps,)
-    state: train.TrainState  # the state after the epoch; valid only during the callback
-    model: nn.Module
+    compile_seconds: float  # compiling the training chunks and the evaluation
+    best_epoch: int | None = None  # with early stopping: the epoch whose state ``state`` is
+    devices_used: int = 1  # devices each batch was split over (all processes together)
 
 
 def final_record(result: FitResult) -> dict:
@@ -69,9 +61,9 @@ def check_inputs(config: config_lib.TrainConfig, data: data_lib.Dataset) -> data
 
 
 def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
-        on_epoch: Callable[[dict], Any] | None = None, *, checkpoint_dir: str | None = None,
-        resume: bool = False, on_resume: Callable[[list[dict]], Any] | None = None,
-        on_epoch_end: Callable[[EpochEnd], Any] | None = None) -> FitResult:
+        on_epoch: Callable[[dict], Any] | None = None, *, hooks: Sequence[loop.Hook] = (),
+        checkpoint_dir: str | None = None, resume: bool = False,
+        on_resume: Callable[[list[dict]], Any] | None = None) -> FitResult:
     """Trains the config's VAE on ``data`` and evaluates it on the test split after each epoch.
 
     Each history record holds ``epoch``, ``train_loss``, ``train_recon``, ``train_kl`` (means
@@ -79,8 +71,18 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     example, with the parameters at the end of the epoch) and ``seconds`` (the epoch's
     training time, compilation excluded). Losses are in nats per example.
 
-    Reliability (see ``jaxvae.loop``): steps with a non-finite loss or gradient are skipped
-    (``train_skipped`` counts them per epoch; the train means are over the finite steps) and
+    Data parallel: each batch is split over ``config.num_devices`` local devices (None: all),
+    the parameters replicated (``jaxvae.placement``); if the devices do not divide the batch
+    size, the largest count that does is used (``FitResult.devices_used``). The result equals
+    one device's to float32 summation order.
+
+    The run goes through ``jaxvae.loop``: ``hooks`` are called as ``hook(step, progress)``
+    after each chunk of steps and at each epoch end (``jaxvae.hooks``; e.g.
+    ``tracking.TensorBoardLogger``); ``on_epoch(record)`` is a shorthand for
+    ``hooks.EveryEpoch(on_epoch)``.
+
+    Reliability: steps with a non-finite loss or gradient are skipped (``train_skipped``
+    counts them per epoch; the train means are over the finite steps) and
     ``config.max_skipped_steps`` of them in a row raise ``loop.TrainingDiverged``. With
     ``checkpoint_dir``, an Orbax checkpoint is written at every epoch end and every
     ``config.checkpoint_every`` steps (the last ``config.keep_checkpoints`` are kept);
@@ -88,9 +90,6 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     calls ``on_resume(history)`` with the records of the epochs already done. In a multi-process
     run (``jax.distributed``), ``data.x_train`` is this process's block of the training set,
     training is data parallel over every process's devices and only process 0 writes.
-
-    ``on_epoch_end`` (if given) receives an ``EpochEnd`` after ``on_epoch``: the record, the
-    per-step training metrics and the state (for TensorBoard steps and image grids).
 
     With ``config.patience`` (early stopping), ``config.validation_fraction`` of the training
     split is held out (stratified) and evaluated after each epoch (``val_loss``, ``val_recon``,
@@ -100,8 +99,8 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     ``resume`` with ``config.patience`` raises ValueError.
     """
     data = check_inputs(config, data)
-    config = zoo.prepare(config, data)  # issue 7a: cyclical KL needs the run's steps
-    stopper = val_data = None  # issue 6: early stopping
+    config = zoo.prepare(config, data)  # cyclical KL needs the run's steps
+    stopper = val_data = None
     if config.patience:
         if resume:
             raise ValueError("early stopping (patience) cannot resume a run yet: the best "
@@ -117,7 +116,7 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     keys = run_keys(config.seed)
     tx = registry.optimizer(config)  # Adam at config.lr (clipped), or what the model needs
     state = train.create_train_state(models.init(model, keys.init), tx)
-    # issue 4: data: binarization / dequantization, and data too large for the device streamed
+    # binarization / dequantization; data too large for the device is streamed
     for name in ("x_train", "x_test"):
         preprocessing.check_range(getattr(data, name), config.binarize, config.dequantize, name)
     data_key = preprocessing.data_key(config.seed)
@@ -130,20 +129,15 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     stream = config.feed == "stream" or (
         config.feed == "auto" and not feeding.fits_on_device(feeding.tree_nbytes(train_data)))
 
-    stop = [False]
-
-    def epoch_end(record: dict, step_metrics: dict, state: train.TrainState) -> None:
-        if on_epoch_end is not None:
-            on_epoch_end(EpochEnd(record, step_metrics, state, model))
-        if stopper is not None:
-            stop[0] = stopper.update(record["epoch"], record["val_loss"], state)
-
-    state, history, compile_seconds = loop.train_run(
-        config, train_data, {"x": data.x_test, "y": data.y_test},
-        loss_fn, tx, state, keys, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
-        resume=resume, on_resume=on_resume, preprocess=preprocess, data_key=data_key,
-        stream=stream, val_data=val_data, on_epoch_end=epoch_end,
-        should_stop=lambda history: stop[0])
+    hooks = ([] if on_epoch is None else [hooks_lib.EveryEpoch(on_epoch)]) + list(hooks) + \
+        ([] if stopper is None else [stopper])
+    run = loop.train_run(
+        config, train_data, {"x": data.x_test, "y": data.y_test}, loss_fn, tx, state, keys,
+        hooks=hooks, checkpoint_dir=checkpoint_dir, resume=resume, on_resume=on_resume,
+        preprocess=preprocess, data_key=data_key, stream=stream, val_data=val_data,
+        model=model)
     if stopper is not None and stopper.best_state is not None:
-        return FitResult(model, stopper.best_state, history, compile_seconds, stopper.best_epoch)
-    return FitResult(model, state, history, compile_seconds)
+        return FitResult(model, stopper.best_state, run.history, run.compile_seconds,
+                         stopper.best_epoch, run.devices_used)
+    return FitResult(model, run.state, run.history, run.compile_seconds,
+                     devices_used=run.devices_used)

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import jaxvae
-from jaxvae import checkpoint, loop, train
+from jaxvae import checkpoint, hooks, loop, train
 
 D, Z = 6, 2
 
@@ -35,12 +35,16 @@ def test_the_guard_leaves_finite_steps_bitwise_unchanged(small):
     # 36 examples, batch 8: 4 full batches and a remainder of 4
     epoch = train.make_train_epoch(loss_fn, tx, 8)
     plain = epoch(train.create_train_state(params, tx), jnp.asarray(x), shuffle_key, run_key)
-    chunk = loop.make_train_chunk(loss_fn, tx, 8, skip_nonfinite=True)
+    chunk = train.make_train_chunk(loss_fn, tx, skip_nonfinite=True)
+    perm = jax.random.permutation(shuffle_key, 36)
     state = train.create_train_state(params, tx)
-    state, first = chunk(state, jnp.asarray(x), shuffle_key, run_key, jnp.int32(0),
-                         num_full=3, remainder=False)
-    state, rest = chunk(state, jnp.asarray(x), shuffle_key, run_key, jnp.int32(3),
-                        num_full=1, remainder=True)
+    state, first = chunk(state, jnp.asarray(x), perm[:24].reshape(3, 8), jnp.arange(3),
+                         run_key)
+    state, full = chunk(state, jnp.asarray(x), perm[24:32].reshape(1, 8), jnp.arange(3, 4),
+                        run_key)
+    state, last = chunk(state, jnp.asarray(x), perm[32:].reshape(1, 4), jnp.arange(4, 5),
+                        run_key)
+    rest = jax.tree.map(lambda a, b: np.concatenate([a, b]), full, last)
     assert int(state.step) == int(plain.state.step) == 5
     _equal(state.params, plain.state.params)
     _equal(state.opt_state, plain.state.opt_state)
@@ -75,11 +79,14 @@ def test_nan_batches_inside_a_scan_epoch_are_skipped_and_the_rest_train(small):
     data = x.copy()
     data[5, 0] = np.nan  # poisons exactly the batch that holds example 5
     shuffle_key, run_key = jax.random.key(4), jax.random.key(5)
-    chunk = loop.make_train_chunk(loss_fn, tx, 8)
+    chunk = train.make_train_chunk(loss_fn, tx)
     state = train.create_train_state(jaxvae.init(model, jax.random.key(0)), tx)
-    state, metrics = chunk(state, jnp.asarray(data), shuffle_key, run_key, jnp.int32(0),
-                           num_full=4, remainder=True)
     perm = np.asarray(jax.random.permutation(shuffle_key, 36))
+    state, full = chunk(state, jnp.asarray(data), perm[:32].reshape(4, 8), jnp.arange(4),
+                        run_key)
+    state, last = chunk(state, jnp.asarray(data), perm[32:].reshape(1, 4), jnp.arange(4, 5),
+                        run_key)
+    metrics = jax.tree.map(lambda a, b: np.concatenate([a, b]), full, last)
     batch_of_5 = int(np.flatnonzero(perm == 5)[0]) // 8
     expected = np.zeros(5)
     expected[batch_of_5] = 1.0
@@ -129,9 +136,9 @@ def test_skipped_steps_are_reported_per_epoch_and_excluded_from_the_means(small)
     batch = {"x": data.x_train, "y": data.y_train}
     test = {"x": data.x_test, "y": data.y_test}
     records = []
-    _, history, _ = loop.train_run(config, batch, test, flaky, tx, state, keys,
-                                   on_epoch=records.append)
-    assert history == records and records[0]["train_skipped"] == 2
+    run = loop.train_run(config, batch, test, flaky, tx, state, keys,
+                         hooks=[hooks.EveryEpoch(records.append)])
+    assert run.history == records and records[0]["train_skipped"] == 2
     assert np.isfinite(records[0]["train_loss"])
 
 
@@ -161,7 +168,7 @@ def test_reliability_fields_are_validated(change, error, match):
         jaxvae.validate_config(dataclasses.replace(jaxvae.TrainConfig(), **change))
 
 
-def test_should_stop_ends_the_run_after_the_epoch_it_returns_true():
+def test_a_hook_that_returns_true_ends_the_run_after_that_epoch():
     data = _tiny_data(16)
     config = jaxvae.TrainConfig(hidden=(8,), latent_dim=Z, batch_size=8, epochs=5)
     from jaxvae import registry
@@ -170,7 +177,14 @@ def test_should_stop_ends_the_run_after_the_epoch_it_returns_true():
     tx = train.make_optimizer(config.lr)
     keys = jaxvae.trainer.run_keys(0)
     state = train.create_train_state(jaxvae.init(built.model, keys.init), tx)
-    state, history, _ = loop.train_run(
+    calls = []
+
+    def stop_after_two(step, progress):
+        calls.append((step, progress.record is not None))
+        return len(progress.loop["history"]) == 2
+
+    run = loop.train_run(
         config, {"x": data.x_train, "y": data.y_train}, {"x": data.x_test, "y": data.y_test},
-        built.loss_fn, tx, state, keys, should_stop=lambda history: len(history) == 2)
-    assert [r["epoch"] for r in history] == [1, 2] and int(state.step) == 4
+        built.loss_fn, tx, state, keys, hooks=[stop_after_two])
+    assert [r["epoch"] for r in run.history] == [1, 2] and int(run.state.step) == 4
+    assert calls == [(2, True), (4, True)]

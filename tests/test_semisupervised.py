@@ -88,3 +88,19 @@ def test_script_picks_the_same_labelled_digits_of_every_class():
     np.testing.assert_array_equal(np.bincount(y[picked]), np.full(10, 10))
     np.testing.assert_array_equal(picked, script.pick_labelled(y, 10, seed=0))
     assert not np.array_equal(picked, script.pick_labelled(y, 10, seed=1))
+
+
+def test_script_trains_m2_through_the_training_loop(tmp_path):
+    import json
+
+    import semisupervised as script
+    args = script.build_parser().parse_args([
+        "--labels-per-class", "2", "--epochs", "2", "--batch-size", "1000",
+        "--labelled-batch-size", "20", "--latent-dim", "2", "--hidden", "16", "--quiet",
+        "--outdir", str(tmp_path)])
+    results = script.run(args)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps_per_epoch = -(-results["unlabelled"] // 1000)  # the last batch is smaller
+    assert [r["epoch"] for r in lines] == [1, 2] and lines[-1]["step"] == 2 * steps_per_epoch
+    assert all(np.isfinite(r["train_loss"]) and 0 <= r["test_accuracy"] <= 1 for r in lines)
+    assert results["m2_test_accuracy"] == lines[-1]["test_accuracy"]

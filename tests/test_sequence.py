@@ -135,7 +135,7 @@ def trained(tiny):
 def test_loss_falls_and_the_scan_epoch_compiles_once(trained):
     *_, losses, epoch = trained
     assert np.mean(losses[-20:]) < 0.3 * losses[0], (losses[0], losses[-20:])
-    assert epoch._cache_size() == 1
+    assert epoch.chunk._cache_size() == 1  # 4 strings, batch 4: one chunk shape
 
 
 def test_memorised_strings_are_reproduced_greedily(trained):
@@ -211,3 +211,16 @@ def test_words_script_splits_seeded_and_rejects_a_split_larger_than_the_list():
     assert words.split_words(WORDS, 3, 1, seed=0) == (train_words, test_words)
     with pytest.raises(ValueError, match="exceeds the 4 words available"):
         words.split_words(WORDS, 4, 1, seed=0)
+
+
+def test_fit_sequences_trains_through_the_training_loop():
+    from jaxvae.sequence_trainer import SequenceConfig, fit_sequences
+
+    vocab = Vocabulary.from_corpus(WORDS, "char")
+    records = []
+    config = SequenceConfig(embed_dim=4, hidden_dim=8, latent_dim=2, epochs=3, batch_size=2,
+                            lr=1e-2, warmup_steps=0)
+    fit = fit_sequences(config, vocab, WORDS, WORDS[:2], on_epoch=records.append)
+    assert fit.history == records and [r["step"] for r in records] == [2, 4, 6]
+    assert int(fit.state.step) == 6 and all(r["train_skipped"] == 0 for r in records)
+    assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["test_nelbo"]) for r in records)

@@ -1,5 +1,7 @@
 """Training: determinism, no recompilation, the scan epoch and the data-parallel forms agree."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -199,3 +201,36 @@ def test_microbatched_epoch_trains_and_checks_the_divisor(small):
         jaxvae.make_train_step(loss_fn, tx, microbatch_size=0)
     with pytest.raises(TypeError, match="microbatch_size must be an int"):
         jaxvae.make_train_step(loss_fn, tx, microbatch_size=2.0)
+
+
+@pytest.mark.parametrize("feed, microbatch_size", [("device", 4), ("stream", None)])
+def test_fit_on_four_devices_equals_one_device(feed, microbatch_size):
+    # 38 examples, batch 8: 4 full batches split over 4 devices, then a remainder of 6 that 4
+    # devices do not divide (it runs replicated); dynamic binarization draws per-batch noise;
+    # on the device feed each batch is 2 micro-batches of 4, each split over the devices.
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(38, 6)).astype(np.float32)
+    data = jaxvae.Dataset(x, np.zeros(38, np.int32), x[:10], np.zeros(10, np.int32))
+    config = jaxvae.TrainConfig(hidden=(8,), latent_dim=2, batch_size=8, epochs=2, lr=1e-2,
+                                binarize="dynamic", feed=feed, microbatch_size=microbatch_size)
+    one = jaxvae.fit(dataclasses.replace(config, num_devices=1), data)
+    four = jaxvae.fit(config, data)
+    assert jax.local_device_count() == 4
+    assert one.devices_used == 1 and four.devices_used == 4
+    assert int(four.state.step) == int(one.state.step) == 2 * 5
+    shardings = {leaf.sharding for leaf in jax.tree.leaves(four.state.params)}
+    assert all(len(s.device_set) == 4 and s.is_fully_replicated for s in shardings)
+    chex.assert_trees_all_close(four.state.params, one.state.params, rtol=1e-5, atol=1e-6)
+    for a, b in zip(four.history, one.history):
+        np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
+        np.testing.assert_allclose(a["test_loss"], b["test_loss"], rtol=1e-5)
+
+
+def test_fit_uses_the_largest_device_count_that_divides_the_batch():
+    x = np.random.default_rng(1).uniform(size=(12, 4)).astype(np.float32)
+    data = jaxvae.Dataset(x, np.zeros(12, np.int32), x[:4], np.zeros(4, np.int32))
+    config = jaxvae.TrainConfig(hidden=(4,), latent_dim=2, batch_size=6, epochs=1)
+    assert jaxvae.fit(config, data).devices_used == 3  # 6 rows: 3 devices of the 4
+    assert jaxvae.fit(dataclasses.replace(config, num_devices=2), data).devices_used == 2
+    with pytest.raises(ValueError, match="num_devices 5 is more than the 4 local devices"):
+        jaxvae.fit(dataclasses.replace(config, num_devices=5), data)

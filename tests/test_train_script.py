@@ -30,6 +30,7 @@ def test_train_writes_every_output_file(run_dir, capsys):
     assert summary["final"] == records[-1]
     assert summary["train_examples"] == 4000 and summary["test_examples"] == 1000
     assert "jax" in summary["versions"]
+    assert summary["devices_used"] == 4  # batch 128 over the 4 CPU devices of tests/conftest.py
 
 
 def test_the_test_loss_falls_over_three_epochs(run_dir):
@@ -54,6 +55,8 @@ def test_saved_parameters_load_into_the_reference_model(run_dir):
     (["--latent-dim", "0"], "latent_dim must be >= 1"),
     (["--batch-size", "5000"], "batch size 5000 is larger than the training set (4000 examples)"),
     (["--epochs", "0"], "epochs must be >= 1"),
+    (["--num-devices", "0"], "num_devices must be None (all local devices) or an int >= 1"),
+    (["--num-devices", "9"], "num_devices 9 is more than the 4 local devices"),
 ])
 def test_bad_flags_fail_with_a_clear_message_before_training(argv, message, tmp_path, capsys):
     code = train_script.main(argv + ["--outdir", str(tmp_path / "out"), "--quiet"])

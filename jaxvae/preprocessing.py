@@ -93,18 +93,19 @@ def batch_preprocess(binarize_mode: str = "none", dequantize_pixels: bool = Fals
 
 def fixed_transform(binarize_mode: str, dequantize_pixels: bool, key: jax.Array, x,
                     part: int):
-    """The one-off transform of a whole split (``part`` 0 = train, 1 = test), or x unchanged.
+    """The one-off transform of a whole split (``part`` 0 = train, 1 = test, 2 = validation),
+    or x unchanged.
 
     Returns a numpy array.
 
-    ``static`` binarizes both splits once; ``dynamic`` binarization and dequantization transform
-    the test split once (the training split gets fresh noise every epoch), so test losses
-    compare across epochs. The key is ``fold_in(fold_in(key, 0), part)``; epoch keys start at 1.
+    ``static`` binarizes every split once; ``dynamic`` binarization and dequantization transform
+    the held-out splits (test, validation) once (the training split gets fresh noise every
+    epoch), so their losses compare across epochs and are losses on binary data. The key is ``fold_in(fold_in(key, 0), part)``; epoch keys start at 1.
     """
     check_options(binarize_mode, dequantize_pixels)
-    if binarize_mode == "static" or (binarize_mode == "dynamic" and part == 1):
+    if binarize_mode == "static" or (binarize_mode == "dynamic" and part >= 1):
         fn = binarize
-    elif dequantize_pixels and part == 1:
+    elif dequantize_pixels and part >= 1:
         fn = dequantize
     else:
         return x

@@ -124,6 +124,9 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
         name: np.asarray(preprocessing.fixed_transform(config.binarize, config.dequantize,
                                                        data_key, getattr(data, name), part))
         for part, name in enumerate(("x_train", "x_test"))})
+    if val_data is not None:  # held out like the test split: transformed once
+        val_data = {**val_data, "x": np.asarray(preprocessing.fixed_transform(
+            config.binarize, config.dequantize, data_key, val_data["x"], 2))}
     preprocess = preprocessing.batch_preprocess(config.binarize, config.dequantize)
     train_data = {"x": data.x_train, "y": data.y_train}
     stream = config.feed == "stream" or (

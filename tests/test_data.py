@@ -265,6 +265,28 @@ def test_static_binarization_is_fixed_and_depends_on_the_seed():
     assert preprocessing.fixed_transform("dynamic", False, preprocessing.data_key(0), x, 0) is x
 
 
+def test_the_early_stopping_validation_set_is_binarized_like_the_test_split(monkeypatch):
+    """With --binarize dynamic/static, val_loss is a loss on binary digits, as the test loss."""
+    seen = {}
+    real_train_run = jaxvae.trainer.loop.train_run
+
+    def spy(config, train_data, test_data, *args, val_data=None, **kwargs):
+        seen["val"], seen["test"] = np.asarray(val_data["x"]), np.asarray(test_data["x"])
+        return real_train_run(config, train_data, test_data, *args, val_data=val_data, **kwargs)
+
+    monkeypatch.setattr(jaxvae.trainer.loop, "train_run", spy)
+    data = jaxvae.load_digits(seed=0)
+    for mode in ("dynamic", "static"):
+        jaxvae.fit(TrainConfig(dataset="digits", epochs=1, batch_size=64, hidden=(8,),
+                               latent_dim=2, binarize=mode, patience=1), data)
+        assert set(np.unique(seen["val"])) <= {0.0, 1.0}, mode
+        assert set(np.unique(seen["test"])) <= {0.0, 1.0}, mode
+    x = np.tile(INTENSITIES, (50, 1))
+    val = preprocessing.fixed_transform("dynamic", False, preprocessing.data_key(0), x, 2)
+    test = preprocessing.fixed_transform("dynamic", False, preprocessing.data_key(0), x, 1)
+    assert set(np.unique(val)) <= {0.0, 1.0} and not np.array_equal(val, test)
+
+
 def test_dequantize_adds_uniform_noise_within_each_pixel_bin():
     pixels = np.arange(256, dtype=np.float32)
     x = np.tile(pixels / 255.0, (2000, 1))

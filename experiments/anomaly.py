@@ -29,7 +29,7 @@ import cli  # noqa: E402  (experiments/cli.py)
 import jaxvae  # noqa: E402
 import train as train_script  # noqa: E402  (experiments/train.py: its flags and outputs)
 from jaxvae import data as data_lib  # noqa: E402
-from jaxvae import evaluate, plots, trainer  # noqa: E402
+from jaxvae import evaluate, interface, plots, registry, trainer  # noqa: E402
 
 
 def build_parser():
@@ -64,6 +64,9 @@ def run(args) -> dict:
         raise ValueError(f"--holdout-class {args.holdout_class} is not a label of "
                          f"{config.dataset} (labels {labels.tolist()})")
     normal = without_class(data, args.holdout_class)
+    # Refuse a score the model does not define before training it.
+    model = registry.build(config, data.example_shape).model
+    interface.check_defined(model, "log_weights" if args.score == "nll" else "elbo_terms")
 
     metrics_path = out / "metrics.jsonl"
     metrics_path.write_text("")
@@ -90,9 +93,10 @@ def run(args) -> dict:
     written = [metrics_path] + train_script.write_outputs(out, config, normal, result)
 
     start = time.perf_counter()
+    test_batch = {"x": data.x_test, "y": np.asarray(data.y_test, np.int32)}
     scores = np.asarray(evaluate.anomaly_score(
-        result.model, result.state.params, data.x_test, jax.random.key(config.seed + 2),
-        args.score_samples, likelihood=config.likelihood, score=args.score))
+        result.model, result.state.params, test_batch, jax.random.key(config.seed + 2),
+        args.score_samples, score=args.score))
     seconds = time.perf_counter() - start
     if not np.isfinite(scores).all():
         raise ValueError("the anomaly scores are not finite: training diverged?")

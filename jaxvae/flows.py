@@ -196,13 +196,14 @@ def flow_loss(model: FlowVAE, params: Any, x: jax.Array, key: jax.Array, beta: f
     """mean_b[recon + beta * (log q_0 - log_det - log p(z_K))], and its metrics.
 
     Metrics: ``loss``, ``recon``, ``kl`` (the Monte Carlo log q_K(z_K) - log p(z_K)) and
-    ``log_det`` (the flows' total log-determinant).
+    ``log_det`` (the flows' total log-determinant). The terms of ``FlowVAE.elbo_terms`` (what
+    ``jaxvae.losses.make_elbo_loss`` trains).
     """
-    t = flow_terms(model, params, x, key, likelihood)
-    kl_B = t.log_q0 - t.log_det - t.log_prior
-    loss = jnp.mean(t.recon + beta * kl_B)
-    return loss, {"loss": loss, "recon": jnp.mean(t.recon), "kl": jnp.mean(kl_B),
-                  "log_det": jnp.mean(t.log_det)}
+    model = model if model.likelihood == likelihood else model.clone(likelihood=likelihood)
+    terms = interface.elbo_terms(model, params, x, key)
+    loss = jnp.mean(terms.recon_B + beta * terms.kl_B)
+    return loss, {"loss": loss, "recon": jnp.mean(terms.recon_B), "kl": jnp.mean(terms.kl_B),
+                  "log_det": jnp.mean(terms.extras["log_det"])}
 
 
 def flow_vae(hidden: Sequence[int] = (400,), latent_dim: int = 20, flow_steps: int = 4,

@@ -215,12 +215,15 @@ def ladder_terms(model: LadderVAE, params: Any, x: jax.Array, key: jax.Array,
 
 def ladder_loss(model: LadderVAE, params: Any, x: jax.Array, key: jax.Array, beta: float = 1.0,
                 likelihood: str = "bernoulli") -> tuple[jax.Array, dict[str, jax.Array]]:
-    """mean_b[recon + beta * sum_l KL_l], and metrics ``loss``, ``recon``, ``kl``, ``kl_1..L``."""
-    recon_B, kl_LxB, _ = ladder_terms(model, params, x, key, likelihood)
-    kl_B = jnp.sum(kl_LxB, axis=0)
-    loss = jnp.mean(recon_B + beta * kl_B)
-    metrics = {"loss": loss, "recon": jnp.mean(recon_B), "kl": jnp.mean(kl_B)}
-    metrics.update({f"kl_{l + 1}": jnp.mean(kl_LxB[l]) for l in range(kl_LxB.shape[0])})
+    """mean_b[recon + beta * sum_l KL_l], and metrics ``loss``, ``recon``, ``kl``, ``kl_1..L``.
+
+    The terms of ``LadderVAE.elbo_terms`` (what ``jaxvae.losses.make_elbo_loss`` trains).
+    """
+    model = model if model.likelihood == likelihood else model.clone(likelihood=likelihood)
+    terms = interface.elbo_terms(model, params, x, key)
+    loss = jnp.mean(terms.recon_B + beta * terms.kl_B)
+    metrics = {"loss": loss, "recon": jnp.mean(terms.recon_B), "kl": jnp.mean(terms.kl_B)}
+    metrics.update({name: jnp.mean(value) for name, value in terms.extras.items()})
     return loss, metrics
 
 

@@ -305,13 +305,14 @@ def reconstruct(model: nn.Module, params: Params, x_BxD: jax.Array, key: jax.Arr
                 labels: jax.Array | None = None) -> jax.Array:
     """decode(z) with z ~ q(z | x) drawn with ``key``, or z = the posterior mean if key is None.
 
-    ``labels``: the classes of x, for conditional models only. A model with a
-    ``reconstruct_outputs(x, key)`` method (VQ-VAE, ladder, flow) uses it instead.
+    ``labels``: the classes of x, for conditional models only. A model with its own
+    ``reconstruct_outputs`` (VQ-VAE, ladder, flow) uses it.
     """
     if key is not None:
         validation.check_key(key)
-    if hasattr(model, "reconstruct_outputs"):
-        return model.apply({"params": params}, x_BxD, key, method=model.reconstruct_outputs)
+    if isinstance(model, interface.LatentVariableModel) and type(model).reconstruct_outputs is not \
+            interface.LatentVariableModel.reconstruct_outputs:
+        return interface.reconstruct(model, params, {"x": x_BxD, "y": labels}, key)
     mean_BxZ, logvar_BxZ = encode(model, params, x_BxD, labels)
     z_BxZ = mean_BxZ if key is None else distributions.reparameterize(key, mean_BxZ, logvar_BxZ)
     return decode(model, params, z_BxZ, labels)

@@ -26,7 +26,7 @@ FAMILIES = {  # name -> TrainConfig fields; every model x prior that trains with
     "cvae": {"model": "cvae"},
     "iwae": {"model": "iwae", "num_samples": 3},
 }
-STEPS, SAMPLES = 40, 64  # training steps; draws of z per test example in the comparisons
+STEPS, SAMPLES = 20, 32  # training steps; draws of z per test example in the comparisons
 
 
 @pytest.fixture(scope="module")

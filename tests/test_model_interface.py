@@ -11,9 +11,10 @@ import pytest
 
 import evaluate as evaluate_script  # experiments/ is on the path (tests/conftest.py)
 import train as train_script
+import visualize as visualize_script
 from jaxvae import config as config_lib
 from jaxvae import data as data_lib
-from jaxvae import evaluate, interface, losses, models, registry, runs
+from jaxvae import evaluate, interface, latent, losses, models, registry, repair, runs
 
 FAMILIES = {  # name -> TrainConfig fields; every model x prior that trains with an ELBO or IWAE
     "mlp": {},
@@ -197,3 +198,37 @@ def test_evaluate_script_scores_a_vamp_run_under_its_own_prior(tmp_path, capsys)
         {"x": jnp.asarray(batch["x"]), "y": jnp.asarray(batch["y"])})
     assert abs(-result["elbo"] - objective) < 5 * np.sqrt(2) * stderr + 1e-3
     assert "evaluation.json" in capsys.readouterr().out
+    figures = tmp_path / "figures"
+    assert visualize_script.main([str(outdir), "--outdir", str(figures), "--tsne-points", "20",
+                                  "--steps", "3"]) == 0
+    for name in ("reconstructions", "prior_samples", "interpolation", "traversal", "latent_pca"):
+        assert (figures / f"{name}.png").read_bytes().startswith(b"\x89PNG"), name
+
+
+@pytest.mark.parametrize("name", ["cvae", "flow", "ladder"])
+def test_repair_and_latent_views_use_the_models_own_posterior_and_labels(name, digits):
+    model, _, params = _trained(name, digits)
+    _, test = digits
+    batch = {"x": test["x"][:4], "y": test["y"][:4]}
+    observed = jnp.ones_like(batch["x"]).at[:, :20].set(0.0)
+    filled = repair.inpaint(model, params, batch, observed, jax.random.key(0), num_steps=2)
+    np.testing.assert_array_equal(filled[:, 20:], batch["x"][:, 20:])
+    restored = repair.encode_decode(model, params, batch)
+    expected = jax.nn.sigmoid(interface.reconstruct(model, params, batch))
+    np.testing.assert_allclose(restored, expected, rtol=1e-6)
+    mean_Z = interface.encode(model, params, batch).mean[0]
+    label = int(batch["y"][0]) if model.conditional else None
+    rows = latent.traversal(model, params, mean_Z, np.linspace(-1, 1, 3), label=label)
+    assert rows.shape == (model.latent_dim, 3, 64) and np.all((rows > 0) & (rows < 1))
+
+
+def test_vqvae_repairs_by_its_codes_and_has_no_latent_views(digits):
+    _, test = digits
+    model, _ = registry.build(config_lib.TrainConfig(model="vqvae", conv_channels=(4,),
+                                                     num_codes=8, code_dim=2), (64,))
+    params = interface.init(model, jax.random.key(0))
+    observed = jnp.ones_like(test["x"][:4]).at[:, :20].set(0.0)
+    filled = repair.inpaint(model, params, test["x"][:4], observed, jax.random.key(0), 2)
+    np.testing.assert_array_equal(filled[:, 20:], test["x"][:4, 20:])
+    with pytest.raises(ValueError, match="decodes code grids"):
+        latent.traversal(model, params, jnp.zeros(2), np.zeros(3))

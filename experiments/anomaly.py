@@ -83,7 +83,8 @@ def run(args) -> dict:
     if args.tensorboard:
         from jaxvae import tracking
         logger = tracking.TensorBoardLogger(out / "tensorboard", config.likelihood,
-                                            examples=normal.x_test[:8], seed=config.seed)
+                                            examples=normal.x_test[:8], seed=config.seed,
+                                            labels=normal.y_test[:8])
     try:
         result = trainer.fit(config, normal, on_epoch=on_epoch, on_epoch_end=logger)
     finally:

@@ -296,7 +296,8 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
     if tensorboard and lead:
         from jaxvae import tracking
         logger = tracking.TensorBoardLogger(out / "tensorboard", config.likelihood,
-                                            examples=data.x_test[:8], seed=config.seed)
+                                            examples=data.x_test[:8], seed=config.seed,
+                                            labels=data.y_test[:8])
     try:
         result = trainer.fit(config, data, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
                              resume=resume, on_resume=on_resume, on_epoch_end=logger)

@@ -310,9 +310,10 @@ def reconstruct(model: nn.Module, params: Params, x_BxD: jax.Array, key: jax.Arr
     """
     if key is not None:
         validation.check_key(key)
-    if isinstance(model, interface.LatentVariableModel) and type(model).reconstruct_outputs is not \
-            interface.LatentVariableModel.reconstruct_outputs:
-        return interface.reconstruct(model, params, {"x": x_BxD, "y": labels}, key)
+    if isinstance(model, interface.LatentVariableModel):
+        labels = labels if model.conditional else None  # unconditional models ignore them
+        if type(model).reconstruct_outputs is not interface.LatentVariableModel.reconstruct_outputs:
+            return interface.reconstruct(model, params, {"x": x_BxD, "y": labels}, key)
     mean_BxZ, logvar_BxZ = encode(model, params, x_BxD, labels)
     z_BxZ = mean_BxZ if key is None else distributions.reparameterize(key, mean_BxZ, logvar_BxZ)
     return decode(model, params, z_BxZ, labels)

@@ -40,7 +40,6 @@ import numpy as np
 from jaxvae import distributions, likelihoods, validation
 
 Params = Any
-Batch = Mapping[str, Any]
 
 
 class Posterior(NamedTuple):
@@ -287,4 +286,5 @@ def log_weights(model: nn.Module, params: Params, batch, key: jax.Array, num_sam
 
 
 def example_size(model: nn.Module) -> int:
+    """D, the number of values of one example."""
     return int(np.prod(model.data_shape))

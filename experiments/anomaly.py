@@ -26,7 +26,7 @@ import jaxvae
 from experiments import cli
 from experiments import train as train_script
 from jaxvae import data as data_lib
-from jaxvae import evaluate, plots, trainer
+from jaxvae import evaluate, interface, plots, registry, trainer
 
 
 def build_parser():
@@ -61,6 +61,9 @@ def run(args) -> dict:
         raise ValueError(f"--holdout-class {args.holdout_class} is not a label of "
                          f"{config.dataset} (labels {labels.tolist()})")
     normal = without_class(data, args.holdout_class)
+    # Refuse a score the model does not define before training it.
+    model = registry.build(config, data.example_shape).model
+    interface.check_defined(model, "log_weights" if args.score == "nll" else "elbo_terms")
 
     metrics_path = out / "metrics.jsonl"
     metrics_path.write_text("")
@@ -77,7 +80,8 @@ def run(args) -> dict:
     if args.tensorboard:
         from jaxvae import tracking
         logger = tracking.TensorBoardLogger(out / "tensorboard", config.likelihood,
-                                            examples=normal.x_test[:8], seed=config.seed)
+                                            examples=normal.x_test[:8], seed=config.seed,
+                                            labels=normal.y_test[:8])
     try:
         result = trainer.fit(config, normal, on_epoch=on_epoch,
                              hooks=[] if logger is None else [logger])
@@ -88,9 +92,10 @@ def run(args) -> dict:
     written = [metrics_path] + train_script.write_outputs(out, config, normal, result)
 
     start = time.perf_counter()
+    test_batch = {"x": data.x_test, "y": np.asarray(data.y_test, np.int32)}
     scores = np.asarray(evaluate.anomaly_score(
-        result.model, result.state.params, data.x_test, jax.random.key(config.seed + 2),
-        args.score_samples, likelihood=config.likelihood, score=args.score))
+        result.model, result.state.params, test_batch, jax.random.key(config.seed + 2),
+        args.score_samples, score=args.score))
     seconds = time.perf_counter() - start
     if not np.isfinite(scores).all():
         raise ValueError("the anomaly scores are not finite: training diverged?")

@@ -5,7 +5,9 @@
 
 Rebuilds the model from RUN_DIR/summary.json, loads RUN_DIR/params.msgpack and writes
 RUN_DIR/evaluation.json: nll (-mean log p(x), nats per example, K importance samples), elbo
-(the mean ELBO, nats per example, analytic KL), their standard errors, and the settings.
+(the mean ELBO, nats per example, the training objective's estimator), their standard errors,
+and the settings. Both use the run's own model: its prior, posterior, likelihood and labels.
+The NLL of a VQ-VAE (no learned prior over its codes) is not defined and is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import jax
 import numpy as np
 
 from experiments import cli
-from jaxvae import evaluate, runs
+from jaxvae import evaluate, interface, runs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,19 +61,22 @@ def run(args: argparse.Namespace) -> dict:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     loaded = runs.load_run(args.run_dir)
     config = loaded.config
+    interface.check_defined(loaded.model, "log_weights")
     x = loaded.data.x_test if args.split == "test" else loaded.data.x_train
-    x = x[:args.max_examples]
+    y = loaded.data.y_test if args.split == "test" else loaded.data.y_train
+    batch = {"x": x[:args.max_examples], "y": np.asarray(y[:args.max_examples], np.int32)}
+    x = batch["x"]
     ll_key, elbo_key = jax.random.split(jax.random.key(args.seed))
     print(f"evaluating {len(x)} {args.split} examples of {config.dataset} with "
           f"K = {args.num_samples} importance samples", file=sys.stderr)
     start = time.perf_counter()
     log_px = np.asarray(evaluate.log_likelihood(
-        loaded.model, loaded.params, x, ll_key, args.num_samples, chunk_size=args.chunk_size,
-        batch_size=args.batch_size, likelihood=config.likelihood))
+        loaded.model, loaded.params, batch, ll_key, args.num_samples, chunk_size=args.chunk_size,
+        batch_size=args.batch_size))
     nll_seconds = time.perf_counter() - start
     elbo = np.asarray(evaluate.elbo(
-        loaded.model, loaded.params, x, elbo_key, config.likelihood,
-        num_samples=args.elbo_samples, chunk_size=args.chunk_size, batch_size=args.batch_size))
+        loaded.model, loaded.params, batch, elbo_key, num_samples=args.elbo_samples,
+        chunk_size=args.chunk_size, batch_size=args.batch_size))
     seconds = time.perf_counter() - start
     if not (np.isfinite(log_px).all() and np.isfinite(elbo).all()):
         raise ValueError("the estimates are not finite: the parameters hold NaN or Inf?")
@@ -88,6 +93,8 @@ def run(args: argparse.Namespace) -> dict:
         "dataset": config.dataset,
         "split": args.split,
         "examples": int(len(x)),
+        "model": config.model,
+        "prior": config.prior,
         "likelihood": config.likelihood,
         "seed": args.seed,
         "chunk_size": args.chunk_size,

@@ -3,6 +3,10 @@
     python -m experiments.repair                                   # trains 30 epochs first (~1 min)
     python -m experiments.repair --run-dir runs/quickstart         # or reuse a trained model
 
+--run-dir takes a run of any model of experiments/train.py on 28x28 digits (the MLP VAE with
+any prior, conv, cvae, flow, ladder, iwae, vqvae): restoration and inpainting use the run's own
+posterior and decoder through the model interface.
+
 Corrupts the 1,000 test digits three ways (Gaussian noise, salt-and-pepper, a missing square),
 restores them by encode-decode, fills the missing square by iterative conditional sampling that
 keeps the observed pixels fixed (Rezende et al. 2014, Sec. 5), and compares each to a 3x3
@@ -29,7 +33,7 @@ from scipy import ndimage
 import jaxvae
 from experiments import cli
 from jaxvae import data as data_lib
-from jaxvae import plots, repair, trainer
+from jaxvae import interface, plots, repair, runs, trainer
 from jaxvae.config import TrainConfig
 
 
@@ -54,17 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_or_train(args, data: data_lib.Dataset):
-    model = jaxvae.reference_vae()
     if args.run_dir:
         path = Path(args.run_dir) / "params.msgpack"
         if not path.exists():
             raise ValueError(f"{path} does not exist; train with experiments/train.py first")
-        template = jaxvae.init(model, jax.random.key(0))
-        try:
-            params = serialization.from_bytes(template, path.read_bytes())
-        except (ValueError, KeyError) as e:
-            raise ValueError(f"{path} does not hold reference VAE parameters: {e}") from None
-        return model, params, {"run_dir": str(args.run_dir)}
+        loaded = runs.load_run(args.run_dir)
+        size = interface.example_size(loaded.model)
+        if size != data.x_test.shape[1]:
+            raise ValueError(f"the run's model takes examples of {size} values; the repair "
+                             f"experiment needs 28x28 digits ({data.x_test.shape[1]} values): "
+                             "train on mnist5k or mnist")
+        return loaded.model, loaded.params, {"run_dir": str(args.run_dir),
+                                             "model": loaded.config.model}
+    model = jaxvae.reference_vae()
     config = TrainConfig(epochs=args.epochs, seed=args.seed)
     result = trainer.fit(config, data)
     return model, result.state.params, {"trained_here": config.to_dict(),
@@ -93,6 +99,8 @@ def run(args) -> dict:
     model, params, source = load_or_train(args, data)
     train_seconds = time.perf_counter() - start
     clean = np.asarray(data.x_test)
+    labels = np.asarray(data.y_test, np.int32)
+    as_batch = lambda x: {"x": x, "y": labels}
     keys = jax.random.split(jax.random.key(args.seed + 1), 4)
     corruptions = {
         "gaussian_noise": repair.gaussian_noise(keys[0], clean, args.noise_sigma),
@@ -104,16 +112,16 @@ def run(args) -> dict:
     for name, (corrupted, observed) in corruptions.items():
         corrupted, observed = np.asarray(corrupted), np.asarray(observed)
         median = median_filter(corrupted)
-        restored = np.asarray(repair.encode_decode(model, params, corrupted))
+        restored = np.asarray(repair.encode_decode(model, params, as_batch(corrupted)))
         entry = {"corrupted": mse(corrupted, clean), "median_filter": mse(median, clean),
                  "vae_encode_decode": mse(restored, clean),
-                 "vae_encode_decode_of_clean": mse(repair.encode_decode(model, params, clean),
-                                                   clean)}
+                 "vae_encode_decode_of_clean": mse(
+                     repair.encode_decode(model, params, as_batch(clean)), clean)}
         images = [clean[show], corrupted[show], median[show], restored[show]]
         if name == "square_mask":
             missing = observed < 0.5
-            filled = np.asarray(repair.inpaint(model, params, corrupted, observed, keys[3],
-                                               args.inpaint_steps))
+            filled = np.asarray(repair.inpaint(model, params, as_batch(corrupted), observed,
+                                               keys[3], args.inpaint_steps))
             assert np.array_equal(filled[~missing], corrupted[~missing])
             entry.update({"vae_inpaint": mse(filled, clean),
                           "missing_pixels": {"corrupted": mse(corrupted, clean, missing),
@@ -126,7 +134,7 @@ def run(args) -> dict:
     png = plots.save_image_grid(outdir / "repair.png", np.concatenate(rows), 10,
                                 "per corruption: clean / corrupted / median / VAE "
                                 "(/ VAE inpainting)")
-    summary = {"model": "reference VAE 784-400-20", "source": source,
+    summary = {"model": source.get("model", "reference VAE 784-400-20"), "source": source,
                "train_seconds": train_seconds, "test_digits": int(len(clean)),
                "settings": {"noise_sigma": args.noise_sigma, "salt_pepper": args.salt_pepper,
                             "mask_size": args.mask_size, "inpaint_steps": args.inpaint_steps,

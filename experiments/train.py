@@ -209,7 +209,8 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
     if tensorboard and lead:
         from jaxvae import tracking
         logger = tracking.TensorBoardLogger(out / "tensorboard", config.likelihood,
-                                            examples=data.x_test[:8], seed=config.seed)
+                                            examples=data.x_test[:8], seed=config.seed,
+                                            labels=data.y_test[:8])
     run_hooks = [h for h in (metrics, hooks.EveryEpoch(on_epoch), logger) if h is not None]
     try:
         result = trainer.fit(config, data, hooks=run_hooks, checkpoint_dir=checkpoint_dir,

@@ -6,7 +6,10 @@
 Writes into --outdir (default RUN_DIR/figures): reconstructions.png, prior_samples.png,
 interpolation.png, traversal.png, manifold.png (2-D latent models only), latent_pca.png,
 latent_tsne.png (the posterior means of the test set coloured by label) and loss_curves.png
-(loss, reconstruction and KL per epoch, train/val/test).
+(loss, reconstruction and KL per epoch, train/val/test). Works on a run of every model through
+the model interface: samples come from the model's own prior, conditional models reconstruct
+with the test labels and decode traversals with the first example's label; the latent views
+are skipped (with the reason) for the VQ-VAE, whose latent is a grid of codes.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import jax
 import numpy as np
 
 from experiments import cli
-from jaxvae import latent, models, objectives, plots, runs
+from jaxvae import interface, latent, likelihoods, plots, runs
+from jaxvae import models as jaxvae_models
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,68 +60,100 @@ def _pairs(y: np.ndarray, count: int) -> list[tuple[int, int]]:
     return [(firsts[i], firsts[(i + 1) % len(firsts)]) for i in range(min(count, len(firsts)))]
 
 
+def _prior_title(model, config) -> str:
+    if hasattr(model, "sample_title"):
+        return model.sample_title
+    if config.model == "ladder":
+        return "Ancestral samples of the ladder VAE's top-down prior"
+    prior = getattr(model, "prior_name", "standard")
+    names = {"standard": "N(0, I)", "diagonal": "a learned diagonal Gaussian",
+             "mog": "a learned mixture of Gaussians", "vamp": "the VampPrior"}
+    return f"Samples from the prior p(z) = {names[prior]}"
+
+
+def _interpolate(model, params, batch, i, j, steps, spherical):
+    """Decoder means on the path between the posterior means of examples i and j (decoded with
+    the label of example i for conditional models)."""
+    pair = {"x": batch["x"][np.array([i, j])], "y": batch["y"][np.array([i, j])]}
+    mean_2xZ = interface.encode(model, params, pair).mean
+    t_S = np.linspace(0.0, 1.0, steps, dtype=np.float32)
+    if spherical:
+        z_SxZ = jaxvae_models.slerp(mean_2xZ[0], mean_2xZ[1], t_S)
+    else:
+        z_SxZ = (1.0 - t_S[:, None]) * mean_2xZ[:1] + t_S[:, None] * mean_2xZ[1:]
+    labels = np.full((steps,), batch["y"][i], np.int32)
+    return interface.decode(model, params, z_SxZ, labels if model.conditional else None)
+
+
 def run(args: argparse.Namespace) -> list[str]:
     _check(args)
     loaded = runs.load_run(args.run_dir)
     model, params, config = loaded.model, loaded.params, loaded.config
-    x, y = loaded.data.x_test, loaded.data.y_test
+    x, y = loaded.data.x_test, np.asarray(loaded.data.y_test, np.int32)
+    batch = {"x": x, "y": y}
     outdir = Path(args.outdir) if args.outdir else Path(args.run_dir) / "figures"
     outdir.mkdir(parents=True, exist_ok=True)
-    mean_of = lambda out: np.asarray(objectives.likelihood_mean(config.likelihood, out))
+    mean_of = lambda out: np.asarray(likelihoods.likelihood_mean(model.likelihood, out))
     recon_key, sample_key = jax.random.split(jax.random.key(args.seed))
     written, skipped = [], []
 
     def keep(path, what):
         (written if path is not None else skipped).append(str(path) if path else what)
 
-    recon = mean_of(models.reconstruct(model, params, x[:10], recon_key))
+    first = {"x": x[:10], "y": y[:10]}
+    recon = mean_of(interface.reconstruct(model, params, first, recon_key))
     keep(plots.save_reconstructions(outdir / "reconstructions.png", x[:10], recon,
                                     "Test inputs (top), reconstructions (bottom)"),
          "reconstructions (not images)")
-    samples = mean_of(models.sample(model, params, sample_key, 64))
+    samples = mean_of(interface.sample(model, params, sample_key, 64))
     keep(plots.save_image_grid(outdir / "prior_samples.png", samples, 8,
-                               "Samples from the prior p(z) = N(0, I)"), "samples (not images)")
+                               _prior_title(model, config)), "samples (not images)")
 
-    spherical = args.interpolation == "spherical"
-    pairs = _pairs(y, 5)
-    rows = [mean_of(models.interpolate(model, params, x[i], x[j], args.steps, spherical))
-            for i, j in pairs]
-    keep(plots.save_image_rows(
-        outdir / "interpolation.png", rows,
-        f"{args.interpolation.capitalize()} interpolation between posterior means",
-        row_labels=[f"{y[i]} -> {y[j]}" for i, j in pairs],
-        xlabel=f"{args.steps} steps from the first test example to the second"),
-        "interpolation (not images)")
-
-    mean_1xZ, _ = models.encode(model, params, x[:1])
-    values = np.linspace(-args.traversal_range, args.traversal_range, args.steps)
-    traversed = latent.traversal(model, params, mean_1xZ[0], values, config.likelihood)
-    keep(plots.save_image_rows(
-        outdir / "traversal.png", list(traversed),
-        f"Latent traversal around the posterior mean of a test '{y[0]}'",
-        row_labels=[f"z[{d}]" for d in range(model.latent_dim)],
-        xlabel=f"z[d] from {-args.traversal_range:g} to {args.traversal_range:g}"),
-        "traversal (not images)")
-
-    if model.latent_dim == 2:
-        images, grid = latent.manifold(model, params, 20, config.likelihood)
-        keep(plots.save_manifold(outdir / "manifold.png", images, grid,
-                                 "Decoder means on the 5%..95% quantiles of the prior"),
-             "manifold (not images)")
+    no_latent = model.undefined.get("posterior")
+    if no_latent is not None:
+        skipped.append(f"interpolation, traversal, manifold and latent projections ({no_latent})")
+        means = None
     else:
-        skipped.append(f"manifold (needs a 2-D latent, the model has {model.latent_dim})")
+        spherical = args.interpolation == "spherical"
+        pairs = _pairs(y, 5)
+        rows = [mean_of(_interpolate(model, params, batch, i, j, args.steps, spherical))
+                for i, j in pairs]
+        keep(plots.save_image_rows(
+            outdir / "interpolation.png", rows,
+            f"{args.interpolation.capitalize()} interpolation between posterior means",
+            row_labels=[f"{y[i]} -> {y[j]}" for i, j in pairs],
+            xlabel=f"{args.steps} steps from the first test example to the second"),
+            "interpolation (not images)")
 
-    means, _ = models.encode(model, params, x)
-    means = np.asarray(means)
-    pca = latent.project_2d(means, "pca", args.seed)
-    written.append(plots.save_latent_scatter(
-        outdir / "latent_pca.png", pca, y, "Posterior means of the test set, PCA",
-        "principal component 1", "principal component 2"))
-    n = min(args.tsne_points, len(means))
-    tsne = latent.project_2d(means[:n], "tsne", args.seed)
-    written.append(plots.save_latent_scatter(
-        outdir / "latent_tsne.png", tsne, y[:n], f"Posterior means of {n} test examples, t-SNE",
-        "t-SNE 1", "t-SNE 2"))
+        mean_1xZ = interface.encode(model, params, first).mean[:1]
+        label = int(y[0]) if model.conditional else None
+        values = np.linspace(-args.traversal_range, args.traversal_range, args.steps)
+        traversed = latent.traversal(model, params, mean_1xZ[0], values, label=label)
+        keep(plots.save_image_rows(
+            outdir / "traversal.png", list(traversed),
+            f"Latent traversal around the posterior mean of a test '{y[0]}'",
+            row_labels=[f"z[{d}]" for d in range(model.latent_dim)],
+            xlabel=f"z[d] from {-args.traversal_range:g} to {args.traversal_range:g}"),
+            "traversal (not images)")
+
+        if model.latent_dim == 2:
+            images, grid = latent.manifold(model, params, 20, label=label)
+            keep(plots.save_manifold(outdir / "manifold.png", images, grid,
+                                     "Decoder means on the 5%..95% quantiles of N(0, I)"),
+                 "manifold (not images)")
+        else:
+            skipped.append(f"manifold (needs a 2-D latent, the model has {model.latent_dim})")
+
+        means = np.asarray(interface.encode(model, params, batch).mean)
+        pca = latent.project_2d(means, "pca", args.seed)
+        written.append(plots.save_latent_scatter(
+            outdir / "latent_pca.png", pca, y, "Posterior means of the test set, PCA",
+            "principal component 1", "principal component 2"))
+        n = min(args.tsne_points, len(means))
+        tsne = latent.project_2d(means[:n], "tsne", args.seed)
+        written.append(plots.save_latent_scatter(
+            outdir / "latent_tsne.png", tsne, y[:n],
+            f"Posterior means of {n} test examples, t-SNE", "t-SNE 1", "t-SNE 2"))
 
     metrics_path = Path(args.run_dir) / "metrics.jsonl"
     if metrics_path.is_file():

@@ -46,6 +46,11 @@ from jaxvae.flows import FlowVAE, flow_loss, flow_vae, planar_flow
 from jaxvae.ladder import LadderVAE, ladder_loss, ladder_vae
 from jaxvae.vqvae import VQVAE, ema_optimizer, vqvae_loss
 
+# the model interface and the loss contract
+from jaxvae.interface import ElboTerms, LatentVariableModel, Posterior, log_weights
+from jaxvae.losses import (LossFn, make_elbo_loss, make_iwae_loss, make_m2_loss,
+                           make_sequence_loss, make_vq_loss)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -144,4 +149,15 @@ __all__ = [
     "ladder_vae",
     "planar_flow",
     "vqvae_loss",
+    # the model interface and the loss contract
+    "ElboTerms",
+    "LatentVariableModel",
+    "LossFn",
+    "Posterior",
+    "log_weights",
+    "make_elbo_loss",
+    "make_iwae_loss",
+    "make_m2_loss",
+    "make_sequence_loss",
+    "make_vq_loss",
 ]

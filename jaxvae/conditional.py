@@ -6,7 +6,7 @@ The label y (one-hot, C classes) conditions both networks:
     p(x | z, y)                                             decoder input [z, onehot(y)]
     p(z)                                                    any prior but vamp (jaxvae.priors)
 
-and the objective is the ELBO of log p(x | y), trained with ``jaxvae.zoo.elbo_loss_fn`` on
+and the objective is the ELBO of log p(x | y), trained with ``jaxvae.losses.make_elbo_loss`` on
 batches ``{"x", "y"}``. ``generate(model, params, key, labels_N)`` draws z from the prior and
 decodes it with the chosen labels: digits of a chosen class.
 """
@@ -19,17 +19,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvae import zoo
+from jaxvae import models, zoo
 
 
-class CVAE(zoo.ZooVAE):
-    """A ZooVAE whose encoder and decoder also see the one-hot label.
+class CVAE(models.VAE):
+    """An MLP VAE whose encoder and decoder also see the one-hot label.
 
-    Attributes (besides ZooVAE's):
+    Attributes (besides those of ``models.VAE``):
       num_classes: C, the number of labels (labels are ints in [0, C)).
     """
 
     num_classes: int = 10
+
+    conditional = True
 
     def _onehot(self, labels_B: jax.Array) -> jax.Array:
         return jax.nn.one_hot(labels_B, self.num_classes, dtype=jnp.float32)

@@ -2,10 +2,9 @@
 
 The encoder is a stack of stride-2 4x4 convolutions (each halves the height and width) with
 ReLUs, then dense ReLU layers and the Gaussian heads; the decoder mirrors it with stride-2
-transposed convolutions. The model has the interface of ``jaxvae.models.VAE``
-(``encode(x) -> (mean_BxZ, logvar_BxZ)``, ``decode(z) -> out``, ``latent_dim``, ``data_shape``),
-so ``jaxvae.loss``, ``sample``, ``reconstruct``, ``interpolate`` and the training code work
-unchanged.
+transposed convolutions. The model implements the model interface of ``jaxvae.interface``
+(``encode(x) -> (mean_BxZ, logvar_BxZ)``, ``decode(z) -> out``, ``latent_dim``, ``data_shape``,
+the standard-normal prior), so the objectives, evaluation and latent views work unchanged.
 
 Flat data is accepted: examples of shape (784,) are read as 28x28x1 images, (3072,) as
 32x32x3, in general (s*s,) as s x s x 1 and (3*s*s,) as s x s x 3 (see ``image_shape_for``);
@@ -21,7 +20,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from jaxvae import models
+from jaxvae import interface, likelihoods, models
 
 
 def image_shape_for(data_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -98,7 +97,7 @@ class ConvDecoder(nn.Module):
         return h
 
 
-class ConvVAE(nn.Module):
+class ConvVAE(interface.LatentVariableModel):
     """A Gaussian-latent VAE with a convolutional encoder and decoder.
 
     encode: x -> image (H, W, C) -> ConvEncoder -> flatten -> dense ReLU ``hidden`` ->
@@ -111,12 +110,14 @@ class ConvVAE(nn.Module):
       hidden: dense widths between the conv features and the latent (may be empty).
       latent_dim: Z.
       data_shape: the shape of one example, image-shaped or flat (see ``image_shape_for``).
+      likelihood: p(x | z), a one-output name from ``jaxvae.likelihoods.LIKELIHOODS``.
     """
 
     channels: Sequence[int] = (32, 64)
     hidden: Sequence[int] = (256,)
     latent_dim: int = 20
     data_shape: tuple[int, ...] = (784,)
+    likelihood: str = "bernoulli"
 
     def setup(self):
         self.image_shape = image_shape_for(self.data_shape)
@@ -155,7 +156,8 @@ def _check_widths(name: str, widths: tuple, allow_empty: bool = False) -> None:
 
 
 def conv_vae(channels: Sequence[int] = (32, 64), hidden: Sequence[int] = (256,),
-             latent_dim: int = 20, data_shape: Sequence[int] = (784,)) -> ConvVAE:
+             latent_dim: int = 20, data_shape: Sequence[int] = (784,),
+             likelihood: str = "bernoulli") -> ConvVAE:
     """A convolutional VAE for ``data_shape`` examples, validated before any work.
 
     Raises:
@@ -170,4 +172,13 @@ def conv_vae(channels: Sequence[int] = (32, 64), hidden: Sequence[int] = (256,),
         raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
     data_shape = tuple(int(d) for d in data_shape)
     check_conv_shape(image_shape_for(data_shape), len(channels))
-    return ConvVAE(channels, hidden, int(latent_dim), data_shape)
+    check_one_output(likelihood, "the convolutional VAE")
+    return ConvVAE(channels, hidden, int(latent_dim), data_shape, likelihood)
+
+
+def check_one_output(likelihood: str, what: str) -> None:
+    """Raises ValueError for an unknown likelihood or one with a learned scale (two outputs)."""
+    likelihoods.check_likelihood(likelihood)
+    if likelihoods.output_channels(likelihood) != 1:
+        raise ValueError(f"{what} decodes one output per dimension: use the bernoulli or "
+                         f"gaussian likelihood, not {likelihood!r}")

@@ -13,7 +13,9 @@ step) are outputs of the encoder, per example (amortized, as in the paper). The 
 estimated with one sample; ``kl`` in the metrics is the Monte Carlo term
 log q_K(z_K) - log p(z_K) (no closed form after the flows). With K = 0 it is exactly the
 Gaussian-posterior VAE's Monte Carlo bound with the same noise. The prior is N(0, I), so
-``jaxvae.sample`` works unchanged; ``jaxvae.reconstruct`` pushes z_0 through the flows.
+``jaxvae.sample`` works unchanged; ``jaxvae.reconstruct`` pushes z_0 through the flows. In the
+model interface (``jaxvae.interface``) ``posterior`` is q_0 and the log-weights use
+log q_K(z_K) = log q_0(z_0) - sum_k log |det df_k/dz_{k-1}|.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvae import distributions, models, objectives
+from jaxvae import conv, distributions, interface, models, objectives
 
 
 def planar_u_hat(u: jax.Array, w: jax.Array) -> jax.Array:
@@ -75,7 +77,7 @@ class FlowParams(NamedTuple):
     b: jax.Array  # (K, B)
 
 
-class FlowVAE(nn.Module):
+class FlowVAE(interface.LatentVariableModel):
     """MLP VAE with a planar-flow posterior (flow parameters from the encoder's features).
 
     Attributes:
@@ -83,12 +85,14 @@ class FlowVAE(nn.Module):
       latent_dim: Z.
       flow_steps: K >= 0, the number of planar flows.
       data_shape: the shape of one example.
+      likelihood: p(x | z), a one-output name from ``jaxvae.likelihoods.LIKELIHOODS``.
     """
 
     hidden: Sequence[int] = (400,)
     latent_dim: int = 20
     flow_steps: int = 4
     data_shape: tuple[int, ...] = (784,)
+    likelihood: str = "bernoulli"
 
     def setup(self):
         self.encoder_mlp = models.MLP(tuple(self.hidden), torch_init=False)
@@ -119,11 +123,44 @@ class FlowVAE(nn.Module):
     def decode(self, z_BxZ: jax.Array) -> jax.Array:
         return self.decoder(z_BxZ)
 
-    def reconstruct_outputs(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    @property
+    def analytic_kl_per_dim(self) -> bool:
+        return False
+
+    def reconstruct_outputs(self, x: jax.Array, key: jax.Array | None = None,
+                            y: jax.Array | None = None) -> jax.Array:
         """decode(z_K), z_0 ~ q_0 drawn with ``key`` (its mean if None), pushed through the flows."""
+        del y
         fp = self.encode_flow(x)
         z0 = fp.mean if key is None else distributions.reparameterize(key, fp.mean, fp.logvar)
         return self.decode(apply_planar_flows(z0, fp.u, fp.w, fp.b)[0])
+
+    def elbo_terms(self, x: jax.Array, y: jax.Array | None, key: jax.Array
+                   ) -> interface.ElboTerms:
+        """recon = -log p(x | z_K), kl = log q_0(z_0) - sum_k log|det| - log p(z_K) (one sample,
+        z_0 = mean + std * normal(key, (B, Z))); ``extras["log_det"]`` the flows' log-det."""
+        del y
+        fp = self.encode_flow(x)
+        eps = jax.random.normal(key, fp.mean.shape, fp.mean.dtype)  # == objectives.loss's eps
+        z0 = distributions.shift_and_scale(fp.mean, fp.logvar, eps)
+        z_k, log_det = apply_planar_flows(z0, fp.u, fp.w, fp.b)
+        recon = objectives.reconstruction_nll(self.likelihood, self.decode(z_k), x)
+        kl = (distributions.gaussian_log_prob(z0, fp.mean, fp.logvar) - log_det
+              - self.log_prior(z_k))
+        return interface.ElboTerms(recon, kl, None, {"log_det": log_det})
+
+    def log_weight_terms(self, x: jax.Array, y: jax.Array | None, key: jax.Array,
+                         num_samples: int) -> interface.LogWeightTerms:
+        """log p(x | z_K), log p(z_K) and log q_K(z_K) = log q_0(z_0) - sum_k log|det df_k/dz|,
+        z_0 = mean + std * eps_k, eps_KxBxZ = normal(key, (K, B, Z))."""
+        fp = self.encode_flow(x)
+        eps_KxBxZ = jax.random.normal(key, (num_samples,) + fp.mean.shape, fp.mean.dtype)
+        z0_KxBxZ = distributions.shift_and_scale(fp.mean[None], fp.logvar[None], eps_KxBxZ)
+        flow = lambda z0: apply_planar_flows(z0, fp.u, fp.w, fp.b)
+        zk_KxBxZ, log_det_KxB = jax.vmap(flow)(z0_KxBxZ)
+        log_q0_KxB = distributions.gaussian_log_prob(z0_KxBxZ, fp.mean[None], fp.logvar[None])
+        return interface.LogWeightTerms(self._log_px(x, y, zk_KxBxZ), self.log_prior(zk_KxBxZ),
+                                        log_q0_KxB - log_det_KxB)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.reconstruct_outputs(x)
@@ -159,17 +196,18 @@ def flow_loss(model: FlowVAE, params: Any, x: jax.Array, key: jax.Array, beta: f
     """mean_b[recon + beta * (log q_0 - log_det - log p(z_K))], and its metrics.
 
     Metrics: ``loss``, ``recon``, ``kl`` (the Monte Carlo log q_K(z_K) - log p(z_K)) and
-    ``log_det`` (the flows' total log-determinant).
+    ``log_det`` (the flows' total log-determinant). The terms of ``FlowVAE.elbo_terms`` (what
+    ``jaxvae.losses.make_elbo_loss`` trains).
     """
-    t = flow_terms(model, params, x, key, likelihood)
-    kl_B = t.log_q0 - t.log_det - t.log_prior
-    loss = jnp.mean(t.recon + beta * kl_B)
-    return loss, {"loss": loss, "recon": jnp.mean(t.recon), "kl": jnp.mean(kl_B),
-                  "log_det": jnp.mean(t.log_det)}
+    model = model if model.likelihood == likelihood else model.clone(likelihood=likelihood)
+    terms = interface.elbo_terms(model, params, x, key)
+    loss = jnp.mean(terms.recon_B + beta * terms.kl_B)
+    return loss, {"loss": loss, "recon": jnp.mean(terms.recon_B), "kl": jnp.mean(terms.kl_B),
+                  "log_det": jnp.mean(terms.extras["log_det"])}
 
 
 def flow_vae(hidden: Sequence[int] = (400,), latent_dim: int = 20, flow_steps: int = 4,
-             data_shape: Sequence[int] = (784,)) -> FlowVAE:
+             data_shape: Sequence[int] = (784,), likelihood: str = "bernoulli") -> FlowVAE:
     """A planar-flow VAE, validated.
 
     Raises:
@@ -181,4 +219,6 @@ def flow_vae(hidden: Sequence[int] = (400,), latent_dim: int = 20, flow_steps: i
     for name, value, low in (("latent_dim", latent_dim, 1), ("flow_steps", flow_steps, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return FlowVAE(hidden, int(latent_dim), int(flow_steps), tuple(int(d) for d in data_shape))
+    conv.check_one_output(likelihood, "the planar-flow VAE")
+    return FlowVAE(hidden, int(latent_dim), int(flow_steps), tuple(int(d) for d in data_shape),
+                   likelihood)

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvae import distributions, models, objectives
+from jaxvae import conv, distributions, interface, models, objectives
 
 
 def precision_weighted_merge(mean_a: jax.Array, logvar_a: jax.Array, mean_b: jax.Array,
@@ -79,7 +79,7 @@ class LadderOutput(NamedTuple):
     p: tuple  # (mean, logvar) of p(z_l | z_{l+1}), l = 1 .. L (the last is N(0, I))
 
 
-class LadderVAE(nn.Module):
+class LadderVAE(interface.LatentVariableModel):
     """A ladder VAE with MLP blocks; every list runs bottom (layer 1, next to x) to top.
 
     Attributes:
@@ -87,11 +87,26 @@ class LadderVAE(nn.Module):
       hidden: the width of each layer's bottom-up and top-down ReLU block (length L); the
         decoder p(x | z_1) has one hidden layer of ``hidden[0]``.
       data_shape: the shape of one example (flattened for the bottom-up MLP).
+      likelihood: p(x | z_1), a one-output name from ``jaxvae.likelihoods.LIKELIHOODS``.
     """
 
     latents: Sequence[int] = (32, 16)
     hidden: Sequence[int] = (256, 128)
     data_shape: tuple[int, ...] = (784,)
+    likelihood: str = "bernoulli"
+
+    undefined = {"log_prior": "the ladder VAE's prior is the top-down hierarchy p(z_L) "
+                              "prod_l p(z_l | z_(l+1)), not a density of z_1 alone; use "
+                              "log_weights, which include every layer"}
+
+    @property
+    def latent_dim(self) -> int:
+        """Z_1, the size of the layer the decoder reads."""
+        return self.latents[0]
+
+    @property
+    def analytic_kl_per_dim(self) -> bool:
+        return False
 
     def setup(self):
         num = len(self.latents)
@@ -144,9 +159,46 @@ class LadderVAE(nn.Module):
             z = distributions.reparameterize(keys[l], mean, logvar)
         return self.decode(z)
 
-    def reconstruct_outputs(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    def reconstruct_outputs(self, x: jax.Array, key: jax.Array | None = None,
+                            y: jax.Array | None = None) -> jax.Array:
         """decode(z_1) with z ~ q (drawn with ``key``; the means of q layer by layer if None)."""
+        del y
         return self.infer(x, key).out
+
+    def posterior(self, x: jax.Array, y: jax.Array | None = None) -> interface.Posterior:
+        """q(z_1 | z_2, x) with z_2 .. z_L at their posterior means, layer by layer."""
+        del y
+        return interface.Posterior(*self.infer(x, None).q[0])
+
+    def elbo_terms(self, x: jax.Array, y: jax.Array | None, key: jax.Array
+                   ) -> interface.ElboTerms:
+        """recon = -log p(x | z_1), kl = sum_l KL(q(z_l | z_(l+1), x) || p(z_l | z_(l+1))), each
+        analytic given the sampled parent; ``extras["kl_l"]`` the layers' KLs."""
+        del y
+        out = self.infer(x, key)
+        recon_B = objectives.reconstruction_nll(self.likelihood, out.out, x)
+        kl_LxB = jnp.stack([gaussian_kl_between(*q, *p) for q, p in zip(out.q, out.p)])
+        extras = {f"kl_{l + 1}": kl_LxB[l] for l in range(kl_LxB.shape[0])}
+        return interface.ElboTerms(recon_B, jnp.sum(kl_LxB, axis=0), None, extras)
+
+    def log_weight_terms(self, x: jax.Array, y: jax.Array | None, key: jax.Array,
+                         num_samples: int) -> interface.LogWeightTerms:
+        """Over every layer: log p(x | z_1), sum_l log p(z_l | z_(l+1)), sum_l log q(z_l | .),
+        for K top-down draws, the k-th with ``infer``'s keys from ``split(key, K)[k]``."""
+        del y
+        keys_K = jax.random.split(key, num_samples)
+        log_px, log_pz, log_qz = nn.vmap(
+            LadderVAE._sample_log_terms, in_axes=(None, 0), variable_axes={"params": None},
+            split_rngs={"params": False})(self, x, keys_K)
+        return interface.LogWeightTerms(log_px, log_pz, log_qz)
+
+    def _sample_log_terms(self, x: jax.Array, key: jax.Array
+                          ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """log p(x | z_1), sum_l log p(z_l | z_(l+1)), sum_l log q(z_l | .) of one draw."""
+        out = self.infer(x, key)
+        log_p = sum(distributions.gaussian_log_prob(z, *p) for z, p in zip(out.z, out.p))
+        log_q = sum(distributions.gaussian_log_prob(z, *q) for z, q in zip(out.z, out.q))
+        return -objectives.reconstruction_nll(self.likelihood, out.out, x), log_p, log_q
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.infer(x, None).out
@@ -163,17 +215,20 @@ def ladder_terms(model: LadderVAE, params: Any, x: jax.Array, key: jax.Array,
 
 def ladder_loss(model: LadderVAE, params: Any, x: jax.Array, key: jax.Array, beta: float = 1.0,
                 likelihood: str = "bernoulli") -> tuple[jax.Array, dict[str, jax.Array]]:
-    """mean_b[recon + beta * sum_l KL_l], and metrics ``loss``, ``recon``, ``kl``, ``kl_1..L``."""
-    recon_B, kl_LxB, _ = ladder_terms(model, params, x, key, likelihood)
-    kl_B = jnp.sum(kl_LxB, axis=0)
-    loss = jnp.mean(recon_B + beta * kl_B)
-    metrics = {"loss": loss, "recon": jnp.mean(recon_B), "kl": jnp.mean(kl_B)}
-    metrics.update({f"kl_{l + 1}": jnp.mean(kl_LxB[l]) for l in range(kl_LxB.shape[0])})
+    """mean_b[recon + beta * sum_l KL_l], and metrics ``loss``, ``recon``, ``kl``, ``kl_1..L``.
+
+    The terms of ``LadderVAE.elbo_terms`` (what ``jaxvae.losses.make_elbo_loss`` trains).
+    """
+    model = model if model.likelihood == likelihood else model.clone(likelihood=likelihood)
+    terms = interface.elbo_terms(model, params, x, key)
+    loss = jnp.mean(terms.recon_B + beta * terms.kl_B)
+    metrics = {"loss": loss, "recon": jnp.mean(terms.recon_B), "kl": jnp.mean(terms.kl_B)}
+    metrics.update({name: jnp.mean(value) for name, value in terms.extras.items()})
     return loss, metrics
 
 
 def ladder_vae(latents: Sequence[int] = (32, 16), hidden: Sequence[int] = (256, 128),
-               data_shape: Sequence[int] = (784,)) -> LadderVAE:
+               data_shape: Sequence[int] = (784,), likelihood: str = "bernoulli") -> LadderVAE:
     """A ladder VAE, validated: L >= 2 layers, one positive width per layer.
 
     Raises:
@@ -189,4 +244,5 @@ def ladder_vae(latents: Sequence[int] = (32, 16), hidden: Sequence[int] = (256, 
     if len(hidden) != len(latents):
         raise ValueError(f"give one ladder hidden width per latent layer: {len(latents)} latents "
                          f"{latents} but {len(hidden)} widths {hidden}")
-    return LadderVAE(latents, hidden, tuple(int(d) for d in data_shape))
+    conv.check_one_output(likelihood, "the ladder VAE")
+    return LadderVAE(latents, hidden, tuple(int(d) for d in data_shape), likelihood)

@@ -1,6 +1,9 @@
 """Latent-space views of a trained VAE: traversals, the 2-D manifold, 2-D projections.
 
 The functions return arrays (decoder means, projected points); ``jaxvae.plots`` draws them.
+They decode through the model interface (``jaxvae.interface.decode``), so they work for every
+model with a latent vector (not the VQ-VAE's code grid); conditional models decode with
+``label``.
 """
 
 from __future__ import annotations
@@ -13,14 +16,23 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.stats import norm
 
-from jaxvae import models, objectives
+from jaxvae import interface, likelihoods
+
+
+def _decode_means(model: nn.Module, params: Any, z_NxZ: jax.Array, likelihood: str | None,
+                  label: int | None) -> np.ndarray:
+    labels = None if label is None else jnp.full((z_NxZ.shape[0],), label, jnp.int32)
+    out = interface.decode(model, params, z_NxZ, labels)
+    likelihood = getattr(model, "likelihood", None) or likelihood or "bernoulli"
+    return np.asarray(likelihoods.likelihood_mean(likelihood, out))
 
 
 def traversal(model: nn.Module, params: Any, z_Z: jax.Array, values_V: np.ndarray,
-              likelihood: str = "bernoulli") -> np.ndarray:
+              likelihood: str | None = None, label: int | None = None) -> np.ndarray:
     """Decoder means with one latent dimension swept at a time: ``(Z, V, *data_shape)``.
 
     Row d decodes ``z`` with ``z[d]`` replaced by each of ``values_V`` (the others fixed).
+    ``likelihood``: for a model without its own; ``label``: the class, for conditional models.
     """
     z_Z = jnp.asarray(z_Z)
     latent = z_Z.shape[-1]
@@ -28,13 +40,12 @@ def traversal(model: nn.Module, params: Any, z_Z: jax.Array, values_V: np.ndarra
     z_ZxVxZ = jnp.broadcast_to(z_Z, (latent, len(values_V), latent))
     eye_ZxZ = jnp.eye(latent, dtype=bool)
     z_ZxVxZ = jnp.where(eye_ZxZ[:, None, :], values_V[None, :, None], z_ZxVxZ)
-    out = models.decode(model, params, z_ZxVxZ.reshape(-1, latent))
-    mean = np.asarray(objectives.likelihood_mean(likelihood, out))
+    mean = _decode_means(model, params, z_ZxVxZ.reshape(-1, latent), likelihood, label)
     return mean.reshape((latent, len(values_V)) + mean.shape[1:])
 
 
-def manifold(model: nn.Module, params: Any, n: int = 20, likelihood: str = "bernoulli"
-             ) -> tuple[np.ndarray, np.ndarray]:
+def manifold(model: nn.Module, params: Any, n: int = 20, likelihood: str | None = None,
+             label: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decoder means on an n x n grid of a 2-D latent: ``(n, n, *data_shape)`` and the grid.
 
     The grid holds the standard-normal quantiles of evenly spaced probabilities in (0, 1)
@@ -47,8 +58,7 @@ def manifold(model: nn.Module, params: Any, n: int = 20, likelihood: str = "bern
     grid_N = norm.ppf(np.linspace(0.05, 0.95, n)).astype(np.float32)
     z0, z1 = np.meshgrid(grid_N, grid_N[::-1])
     z_NNx2 = np.stack([z0.ravel(), z1.ravel()], axis=-1)
-    out = models.decode(model, params, jnp.asarray(z_NNx2))
-    mean = np.asarray(objectives.likelihood_mean(likelihood, out))
+    mean = _decode_means(model, params, jnp.asarray(z_NNx2), likelihood, label)
     return mean.reshape((n, n) + mean.shape[1:]), grid_N
 
 

@@ -132,9 +132,35 @@ def bits_per_dim(nll_nats: jax.Array, num_dims: int) -> jax.Array:
     return nll_nats / (num_dims * math.log(2.0))
 
 
-# name -> (nll(out, x) -> nll_B, mean(out)); merged into jaxvae.objectives.LIKELIHOODS.
+# The learned-scale likelihoods: name -> (nll(out, x) -> nll_B, mean(out)); part of LIKELIHOODS.
 TABLE = {
     "gaussian_learned": (gaussian_learned_nll, location),
     "gaussian_global": (gaussian_learned_nll, location),
     "logistic": (logistic_nll, lambda out: jnp.clip(out[..., 0], 0.0, 1.0)),
 }
+
+
+# name -> (nll(decoder_outputs, x) -> nll_B, mean(decoder_outputs) -> E[x | z]), every likelihood.
+LIKELIHOODS = {
+    # Bernoulli: outputs are logits.
+    "bernoulli": (distributions.bernoulli_nll, jax.nn.sigmoid),
+    # Gaussian with unit variance: outputs are the mean (the "MSE" VAE, see gaussian_nll).
+    "gaussian": (lambda out, x: distributions.gaussian_nll(out, x), lambda out: out),
+    **TABLE,
+}
+
+
+def check_likelihood(likelihood: str) -> None:
+    """Raises ValueError for a likelihood name that is not in LIKELIHOODS."""
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {sorted(LIKELIHOODS)}")
+
+
+def reconstruction_nll(likelihood: str, out: jax.Array, x: jax.Array) -> jax.Array:
+    """-log p(x | z) per example for the named likelihood, from the decoder outputs."""
+    return LIKELIHOODS[likelihood][0](out, x)
+
+
+def likelihood_mean(likelihood: str, out: jax.Array) -> jax.Array:
+    """E[x | z] from decoder outputs: sigmoid(logits) for Bernoulli, the mean for Gaussian."""
+    return LIKELIHOODS[likelihood][1](out)

@@ -1,6 +1,6 @@
-"""Flax (linen) encoders, decoders and the VAE, used as pure functions.
+"""Flax (linen) encoders, decoders and the MLP VAE, used as pure functions.
 
-A VAE model here is a linen module with two methods,
+The MLP VAE implements the model interface of ``jaxvae.interface`` with two methods of its own,
 
     encode(x_BxD) -> (mean_BxZ, logvar_BxZ)      the Gaussian posterior q(z | x)
     decode(z_BxZ) -> out_BxD                     the parameters of p(x | z) (e.g. Bernoulli logits)
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvae import distributions, validation
+from jaxvae import distributions, interface, likelihoods, priors, validation
 
 Params = Any
 
@@ -103,40 +103,115 @@ class Decoder(nn.Module):
         return out_BxD.reshape((z_BxZ.shape[0],) + tuple(self.data_shape))
 
 
-class VAE(nn.Module):
-    """A Gaussian-latent VAE with MLP encoder and decoder (the decoder mirrors the encoder).
+class VAE(interface.LatentVariableModel):
+    """A Gaussian-latent VAE with MLP encoder and decoder, a choice of prior and of likelihood.
+
+    The decoder mirrors the encoder and is sized by the likelihood (two outputs per dimension
+    for learned scales, see ``jaxvae.likelihoods``). The prior is a submodule ``prior`` (see
+    ``jaxvae.priors``) whose parameters live in ``params["prior"]``; the standard prior has
+    none, so that with a one-output likelihood (bernoulli, gaussian) the parameters are exactly
+    ``encoder`` and ``decoder``, those of the PyTorch reference (``from_torch``).
 
     Attributes:
       hidden: encoder hidden widths; the decoder uses them reversed.
       latent_dim: Z.
       data_shape: the shape of one example, e.g. (784,).
       torch_init: PyTorch's default layer init (the reference's) instead of Flax's.
+      likelihood: a name from ``jaxvae.likelihoods.LIKELIHOODS``; sets the decoder's outputs.
+      prior_name: one of ``jaxvae.priors.PRIORS``.
+      num_components: K of the mog and vamp priors.
     """
 
     hidden: Sequence[int] = (400,)
     latent_dim: int = 20
     data_shape: tuple[int, ...] = (784,)
     torch_init: bool = True
+    likelihood: str = "bernoulli"
+    prior_name: str = "standard"
+    num_components: int = 10
 
     def setup(self):
         self.encoder = Encoder(tuple(self.hidden), self.latent_dim, self.torch_init)
-        self.decoder = Decoder(tuple(reversed(self.hidden)), tuple(self.data_shape),
-                               self.torch_init)
+        out_shape = tuple(self.data_shape)
+        if likelihoods.output_channels(self.likelihood) == 2 and not self._global_scale:
+            out_shape = out_shape + (2,)  # [..., 0] location, [..., 1] raw log-scale
+        self.decoder = Decoder(tuple(reversed(self.hidden)), out_shape, self.torch_init)
+        if self._global_scale:
+            self.output_logvar = self.param("output_logvar", nn.initializers.zeros, ())
+        self.prior = priors.make_prior(self.prior_name, self.latent_dim, tuple(self.data_shape),
+                                       self.num_components)
+
+    @property
+    def analytic_kl_per_dim(self) -> bool:
+        return self.prior_name in priors.ANALYTIC_KL
+
+    @property
+    def _global_scale(self) -> bool:
+        return self.likelihood == "gaussian_global"
+
+    def _outputs(self, out: jax.Array) -> jax.Array:
+        if self._global_scale:  # one learned log-variance, broadcast to every dimension
+            return jnp.stack([out, jnp.broadcast_to(self.output_logvar, out.shape)], axis=-1)
+        return out
 
     def encode(self, x_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
         return self.encoder(x_BxD)
 
     def decode(self, z_BxZ: jax.Array) -> jax.Array:
-        return self.decoder(z_BxZ)
+        return self._outputs(self.decoder(z_BxZ))
+
+    def prior_mixture(self) -> priors.Mixture:
+        """The prior as a mixture (K = 1 for the Gaussian priors)."""
+        if self.prior_name == "vamp":
+            return priors.vamp_mixture(*self.encode(self.prior()))
+        return self.prior()
+
+    def log_prior(self, z: jax.Array) -> jax.Array:
+        """log p(z) over the last axis; any leading axes."""
+        if self.prior_name == "standard":
+            return distributions.standard_normal_log_prob(z)
+        return priors.mixture_log_prob(z, self.prior_mixture())
+
+    def analytic_kl(self, mean_BxZ: jax.Array, logvar_BxZ: jax.Array
+                    ) -> tuple[jax.Array, jax.Array] | None:
+        """Closed-form KL for the standard and diagonal priors; None for the mixtures."""
+        if self.prior_name == "standard":
+            return (distributions.gaussian_kl(mean_BxZ, logvar_BxZ),
+                    priors.standard_kl_per_dim(mean_BxZ, logvar_BxZ))
+        if self.prior_name not in priors.ANALYTIC_KL:
+            return None
+        kl_BxZ = self.kl_per_dim(mean_BxZ, logvar_BxZ)
+        return jnp.sum(kl_BxZ, axis=-1), kl_BxZ
+
+    def kl_per_dim(self, mean_BxZ: jax.Array, logvar_BxZ: jax.Array) -> jax.Array:
+        """Analytic KL(q(z|x) || p(z)) per latent dimension (standard and diagonal priors)."""
+        if self.prior_name == "standard":
+            return priors.standard_kl_per_dim(mean_BxZ, logvar_BxZ)
+        mixture = self.prior_mixture()
+        return priors.diagonal_kl_per_dim(mean_BxZ, logvar_BxZ, mixture.mean_KxZ,
+                                          mixture.logvar_KxZ)
+
+    def sample_latent(self, key: jax.Array, n: int) -> jax.Array:
+        """n draws z_NxZ from the prior."""
+        if self.prior_name == "standard":
+            return jax.random.normal(key, (n, self.latent_dim))
+        return priors.sample_mixture(key, n, self.prior_mixture())
+
+    def sample_outputs(self, key: jax.Array, n: int) -> jax.Array:
+        """Decoder outputs of n draws from the prior (what ``jaxvae.sample`` returns)."""
+        return self.decode(self.sample_latent(key, n))
 
     def __call__(self, x_BxD: jax.Array) -> jax.Array:
-        """Decodes the posterior mean (deterministic; used to create the parameters)."""
+        """Decodes the posterior mean and touches the prior (creates every parameter)."""
         mean_BxZ, _ = self.encode(x_BxD)
+        self.prior_mixture()
         return self.decode(mean_BxZ)
 
 
 def mlp_vae(hidden: Sequence[int] = (400,), latent_dim: int = 20,
-            data_shape: Sequence[int] = (784,), torch_init: bool = True) -> VAE:
+            data_shape: Sequence[int] = (784,), torch_init: bool = True,
+            likelihood: str = "bernoulli", prior: str = "standard", num_components: int = 10
+            ) -> VAE:
     """An MLP VAE, validated: every width and the latent size must be positive integers."""
     hidden = tuple(hidden)
     if isinstance(latent_dim, bool) or not isinstance(latent_dim, (int, np.integer)):
@@ -148,7 +223,10 @@ def mlp_vae(hidden: Sequence[int] = (400,), latent_dim: int = 20,
     data_shape = tuple(int(d) for d in data_shape)
     if not data_shape or any(d < 1 for d in data_shape):
         raise ValueError(f"data_shape must be non-empty with positive sizes, got {data_shape}")
-    return VAE(hidden, int(latent_dim), data_shape, torch_init)
+    likelihoods.check_likelihood(likelihood)
+    priors.check_prior(prior, num_components)
+    return VAE(hidden, int(latent_dim), data_shape, torch_init, likelihood, prior,
+               int(num_components))
 
 
 def reference_vae() -> VAE:
@@ -227,13 +305,15 @@ def reconstruct(model: nn.Module, params: Params, x_BxD: jax.Array, key: jax.Arr
                 labels: jax.Array | None = None) -> jax.Array:
     """decode(z) with z ~ q(z | x) drawn with ``key``, or z = the posterior mean if key is None.
 
-    ``labels``: the classes of x, for conditional models only. A model with a
-    ``reconstruct_outputs(x, key)`` method (VQ-VAE, ladder, flow) uses it instead.
+    ``labels``: the classes of x, for conditional models only. A model with its own
+    ``reconstruct_outputs`` (VQ-VAE, ladder, flow) uses it.
     """
     if key is not None:
         validation.check_key(key)
-    if hasattr(model, "reconstruct_outputs"):
-        return model.apply({"params": params}, x_BxD, key, method=model.reconstruct_outputs)
+    if isinstance(model, interface.LatentVariableModel):
+        labels = labels if model.conditional else None  # unconditional models ignore them
+        if type(model).reconstruct_outputs is not interface.LatentVariableModel.reconstruct_outputs:
+            return interface.reconstruct(model, params, {"x": x_BxD, "y": labels}, key)
     mean_BxZ, logvar_BxZ = encode(model, params, x_BxD, labels)
     z_BxZ = mean_BxZ if key is None else distributions.reparameterize(key, mean_BxZ, logvar_BxZ)
     return decode(model, params, z_BxZ, labels)

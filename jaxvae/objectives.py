@@ -18,31 +18,10 @@ import numpy as np
 
 from jaxvae import distributions, likelihoods, models, validation
 
-# name -> (nll(decoder_outputs, x) -> nll_B, mean(decoder_outputs) -> E[x | z])
-LIKELIHOODS: dict[str, tuple[Callable, Callable]] = {
-    # Bernoulli: outputs are logits.
-    "bernoulli": (distributions.bernoulli_nll, jax.nn.sigmoid),
-    # Gaussian with unit variance: outputs are the mean (the "MSE" VAE, see gaussian_nll).
-    "gaussian": (lambda out, x: distributions.gaussian_nll(out, x), lambda out: out),
-}
-# issue 7a: learned-variance Gaussian and discretized logistic (two decoder outputs per dimension)
-LIKELIHOODS.update(likelihoods.TABLE)
-
-
-def check_likelihood(likelihood: str) -> None:
-    """Raises ValueError for a likelihood name that is not in LIKELIHOODS."""
-    if likelihood not in LIKELIHOODS:
-        raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {sorted(LIKELIHOODS)}")
-
-
-def reconstruction_nll(likelihood: str, out: jax.Array, x: jax.Array) -> jax.Array:
-    """-log p(x | z) per example for the named likelihood, from the decoder outputs."""
-    return LIKELIHOODS[likelihood][0](out, x)
-
-
-def likelihood_mean(likelihood: str, out: jax.Array) -> jax.Array:
-    """E[x | z] from decoder outputs: sigmoid(logits) for Bernoulli, the mean for Gaussian."""
-    return LIKELIHOODS[likelihood][1](out)
+LIKELIHOODS = likelihoods.LIKELIHOODS
+check_likelihood = likelihoods.check_likelihood
+reconstruction_nll = likelihoods.reconstruction_nll
+likelihood_mean = likelihoods.likelihood_mean
 
 
 def elbo_terms(model: nn.Module, params: Any, x_BxD: jax.Array,

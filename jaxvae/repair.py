@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxvae import distributions, models, objectives
+from jaxvae import interface, likelihoods
 
 
 def gaussian_noise(key: jax.Array, x_BxD: jax.Array, sigma: float
@@ -62,23 +62,40 @@ def square_mask(key: jax.Array, x_BxD: jax.Array, size: int, side: int = 28, fil
     return jnp.where(missing_BxD, fill, x_BxD), observed
 
 
-def encode_decode(model: nn.Module, params: Any, x_BxD: jax.Array,
-                  likelihood: str = "bernoulli") -> jax.Array:
-    """E[x | z = mean(q(z | x))]: the image projected through the model."""
-    out = models.reconstruct(model, params, x_BxD)
-    return objectives.likelihood_mean(likelihood, out)
+def _likelihood(model: nn.Module, likelihood: str | None) -> str:
+    own = getattr(model, "likelihood", None)
+    if own is not None and likelihood is not None and likelihood != own:
+        raise ValueError(f"the model has the {own!r} likelihood, got likelihood={likelihood!r}")
+    return own or likelihood or "bernoulli"
 
 
-def inpaint(model: nn.Module, params: Any, x_BxD: jax.Array, observed_BxD: jax.Array,
+def encode_decode(model: nn.Module, params: Any, batch, likelihood: str | None = None
+                  ) -> jax.Array:
+    """E[x | z = the posterior mean]: the image projected through the model.
+
+    ``batch``: ``{"x": x_BxD, "y": labels_B}`` or the array ``x_BxD`` (unconditional models).
+    Any model of ``jaxvae.interface`` (for the flow the mean pushed through the flows, for the
+    ladder the means layer by layer, for the VQ-VAE the nearest codes).
+    """
+    out = interface.reconstruct(model, params, batch)
+    return likelihoods.likelihood_mean(_likelihood(model, likelihood), out)
+
+
+def inpaint(model: nn.Module, params: Any, batch, observed_BxD: jax.Array,
             key: jax.Array, num_steps: int = 50, sample_pixels: bool = False,
-            likelihood: str = "bernoulli") -> jax.Array:
+            likelihood: str | None = None) -> jax.Array:
     """Fills the missing pixels by iterative conditional sampling (Rezende et al. 2014, Sec. 5).
 
-    Starts from ``x`` with its missing pixels as given (e.g. zeros), then runs ``num_steps``
-    steps of the chain above under ``lax.scan``; step t uses the key ``fold_in(key, t)`` for
-    z_t ~ q(z | x_t) (and, with ``sample_pixels``, for x' ~ p(x | z_t); else x' = E[x | z_t]).
-    Returns the last state of the chain: observed pixels are exactly those of ``x``.
+    Starts from ``x`` (``batch``: ``{"x": x_BxD, "y": labels_B}`` or the array ``x_BxD``) with
+    its missing pixels as given (e.g. zeros), then runs ``num_steps`` steps of the chain above
+    under ``lax.scan``; step t uses the key ``fold_in(key, t)`` for z_t ~ q(z | x_t) (drawn by
+    the model's own posterior: through the flows, layer by layer for the ladder) and, with
+    ``sample_pixels``, for x' ~ p(x | z_t); else x' = E[x | z_t]. Returns the last state of the
+    chain: observed pixels are exactly those of ``x``.
     """
+    batch = interface.as_batch(model, batch)
+    x_BxD = batch["x"]
+    likelihood = _likelihood(model, likelihood)
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
     if x_BxD.shape != observed_BxD.shape:
@@ -86,25 +103,24 @@ def inpaint(model: nn.Module, params: Any, x_BxD: jax.Array, observed_BxD: jax.A
                          "shape")
     if sample_pixels and likelihood != "bernoulli":
         raise ValueError("sample_pixels draws Bernoulli pixels; use likelihood='bernoulli'")
-    return _inpaint(model, params, x_BxD, observed_BxD, key, num_steps, sample_pixels, likelihood)
+    return _inpaint(model, params, x_BxD, batch["y"], observed_BxD, key, num_steps,
+                    sample_pixels, likelihood)
 
 
-def _inpaint(model, params, x_BxD, observed_BxD, key, num_steps, sample_pixels, likelihood):
+def _inpaint(model, params, x_BxD, y_B, observed_BxD, key, num_steps, sample_pixels, likelihood):
     keep = observed_BxD > 0.5
 
     def step(x_t, t):
         z_key, x_key = jax.random.split(jax.random.fold_in(key, t))
-        mean_BxZ, logvar_BxZ = models.encode(model, params, x_t)
-        z_BxZ = distributions.reparameterize(z_key, mean_BxZ, logvar_BxZ)
-        out = models.decode(model, params, z_BxZ)
+        out = interface.reconstruct(model, params, {"x": x_t, "y": y_B}, z_key)
         if sample_pixels:
             proposal = jax.random.bernoulli(x_key, jax.nn.sigmoid(out)).astype(x_t.dtype)
         else:
-            proposal = objectives.likelihood_mean(likelihood, out)
+            proposal = likelihoods.likelihood_mean(likelihood, out)
         return jnp.where(keep, x_BxD, proposal.reshape(x_t.shape)), None
 
     x_T, _ = jax.lax.scan(step, x_BxD, jnp.arange(num_steps))
     return x_T
 
 
-_inpaint = jax.jit(_inpaint, static_argnums=(0, 5, 6, 7))
+_inpaint = jax.jit(_inpaint, static_argnums=(0, 6, 7, 8))

@@ -43,18 +43,20 @@ class TensorBoardLogger:
       logdir: the directory of the event files (created).
       likelihood: the model's p(x | z), to turn decoder outputs into images.
       examples: a few inputs whose reconstructions are drawn every epoch (None: no grid).
+      labels: the examples' int labels, for conditional models (None: unlabelled).
       num_samples: prior samples drawn every epoch (0: no grid).
       seed: the key of the prior samples, the same every epoch so that they can be compared.
     """
 
     def __init__(self, logdir, likelihood: str = "bernoulli", examples=None,
-                 num_samples: int = 16, seed: int = 0):
+                 num_samples: int = 16, seed: int = 0, labels=None):
         objectives.check_likelihood(likelihood)
         Path(logdir).mkdir(parents=True, exist_ok=True)
         self.logdir = str(logdir)
         self.writer = _summary_writer(self.logdir)
         self.likelihood = likelihood
         self.examples = None if examples is None else np.asarray(examples, np.float32)
+        self.labels = None if labels is None else np.asarray(labels, np.int32)
         self.num_samples = num_samples
         self.sample_key = jax.random.key(seed)
 
@@ -82,7 +84,7 @@ class TensorBoardLogger:
     def _images(self, model, params, step: int) -> None:
         mean = lambda out: np.asarray(objectives.likelihood_mean(self.likelihood, out))
         if self.examples is not None and len(self.examples):
-            recon = mean(models.reconstruct(model, params, self.examples))
+            recon = mean(models.reconstruct(model, params, self.examples, labels=self.labels))
             grid = self._grid(np.concatenate([self.examples, recon]), len(self.examples))
             if grid is not None:
                 self.writer.add_image("images/reconstructions", grid, step,

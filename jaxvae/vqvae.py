@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxvae import conv, objectives
+from jaxvae import conv, interface, objectives
 
 SAMPLE_TITLE = "Decoded uniformly random codes (VQ-VAE: no learned prior)"
 
@@ -103,7 +103,7 @@ def ema_targets(count_K: jax.Array, sum_KxD: jax.Array, z_NxD: jax.Array, codes_
                       decay * sum_KxD + (1.0 - decay) * onehot_NxK.T @ z_NxD)
 
 
-class VQVAE(nn.Module):
+class VQVAE(interface.LatentVariableModel):
     """Conv encoder -> 1x1 conv to D -> nearest code -> 3x3 conv + ReLU -> conv decoder.
 
     Attributes:
@@ -113,6 +113,7 @@ class VQVAE(nn.Module):
       data_shape: the shape of one example, image-shaped or flat (see ``conv.image_shape_for``).
       ema: keep the codebook as moving averages (``ema_count``, ``ema_sum``) instead of a
         learned ``codebook`` parameter.
+      likelihood: p(x | z_q), a one-output name from ``jaxvae.likelihoods.LIKELIHOODS``.
     """
 
     channels: Sequence[int] = (32, 64)
@@ -120,6 +121,21 @@ class VQVAE(nn.Module):
     code_dim: int = 16
     data_shape: tuple[int, ...] = (784,)
     ema: bool = False
+    likelihood: str = "bernoulli"
+
+    _NO_PRIOR = ("the VQ-VAE has no learned prior over its codes (the paper fits a PixelCNN "
+                 "afterwards), so {} is not defined; use the ELBO under the uniform code prior "
+                 "(jaxvae.elbo) instead")
+    undefined = {
+        "posterior": "the VQ-VAE has a discrete latent grid, not a Gaussian posterior q(z | x)",
+        "likelihood_params": "the VQ-VAE decodes code grids (B, h, w, D), not latent vectors",
+        "log_prior": _NO_PRIOR.format("log p(z)"),
+        "log_weights": _NO_PRIOR.format("the importance-sampled log-likelihood"),
+    }
+
+    @property
+    def analytic_kl_per_dim(self) -> bool:
+        return False
 
     # models.sample / models.reconstruct dispatch on these (see jaxvae.models).
     sample_title = SAMPLE_TITLE
@@ -172,11 +188,23 @@ class VQVAE(nn.Module):
         codes = jax.random.randint(key, (n,) + self.grid_shape, 0, self.num_codes)
         return self.decode_codes(codes)
 
-    def reconstruct_outputs(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    def reconstruct_outputs(self, x: jax.Array, key: jax.Array | None = None,
+                            y: jax.Array | None = None) -> jax.Array:
         """decode(quantize(encode(x))): deterministic, ``key`` is not used."""
-        del key
+        del key, y
         z_q, _ = self.quantize(self.encode(x))
         return self.decode(z_q)
+
+    def elbo_terms(self, x: jax.Array, y: jax.Array | None, key: jax.Array
+                   ) -> interface.ElboTerms:
+        """recon = -log p(x | z_q) and kl = h * w * log K: with a uniform prior over the codes and
+        a one-hot posterior, KL(q || p) = log K per grid position (deterministic; no key)."""
+        del y, key
+        z_q, codes = self.quantize(self.encode(x))
+        recon_B = objectives.reconstruction_nll(self.likelihood, self.decode(z_q), x)
+        grid_size = int(np.prod(codes.shape[1:]))
+        kl_B = jnp.full(recon_B.shape, grid_size * math.log(self.num_codes), recon_B.dtype)
+        return interface.ElboTerms(recon_B, kl_B, None, {})
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.reconstruct_outputs(x)
@@ -269,7 +297,8 @@ def ema_optimizer(tx: optax.GradientTransformation) -> optax.GradientTransformat
 
 
 def vqvae(channels: Sequence[int] = (32, 64), num_codes: int = 64, code_dim: int = 16,
-          data_shape: Sequence[int] = (784,), ema: bool = False) -> VQVAE:
+          data_shape: Sequence[int] = (784,), ema: bool = False, likelihood: str = "bernoulli"
+          ) -> VQVAE:
     """A VQ-VAE for ``data_shape`` examples, validated before any work.
 
     Raises:
@@ -283,4 +312,5 @@ def vqvae(channels: Sequence[int] = (32, 64), num_codes: int = 64, code_dim: int
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     data_shape = tuple(int(d) for d in data_shape)
     conv.check_conv_shape(conv.image_shape_for(data_shape), len(channels))
-    return VQVAE(channels, int(num_codes), int(code_dim), data_shape, bool(ema))
+    conv.check_one_output(likelihood, "the VQ-VAE")
+    return VQVAE(channels, int(num_codes), int(code_dim), data_shape, bool(ema), likelihood)

@@ -192,14 +192,14 @@ def test_anomaly_scores_are_the_negative_estimates(small):
     ({"chunk_size": 0}, ValueError, "chunk_size must be >= 1"),
     ({"batch_size": -1}, ValueError, "batch_size must be >= 1"),
     ({"likelihood": "poisson"}, ValueError, "unknown likelihood 'poisson'"),
-    ({"x_BxD": np.zeros((3, 5), np.float32)}, ValueError,
+    ({"batch": np.zeros((3, 5), np.float32)}, ValueError,
      "x has examples of shape (5,), the model expects (6,)"),
-    ({"x_BxD": np.zeros(6, np.float32)}, ValueError, "with a batch axis"),
-    ({"x_BxD": np.full((2, 6), 2.0, np.float32)}, ValueError, "outside [0, 1]"),
+    ({"batch": np.zeros(6, np.float32)}, ValueError, "with a batch axis"),
+    ({"batch": np.full((2, 6), 2.0, np.float32)}, ValueError, "outside [0, 1]"),
 ])
 def test_bad_inputs_fail_with_a_clear_message(small, kwargs, error, message):
     model, params, x = small
-    args = {"x_BxD": x, "num_samples": 3, **kwargs}
+    args = {"batch": x, "num_samples": 3, **kwargs}
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")
                        .replace("[", r"\[").replace("]", r"\]")):
         evaluate.log_likelihood(model, params, key=jax.random.key(0), **args)

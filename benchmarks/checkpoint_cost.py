@@ -1,7 +1,7 @@
 """What verified checkpoints cost: the SHA-256 of the content and the read-back check per save.
 
-    python benchmarks/checkpoint_cost.py             # the reference VAE (784-400-20, Adam)
-    python benchmarks/checkpoint_cost.py --saves 30 --hidden 1024 1024
+    python -m benchmarks.checkpoint_cost             # the reference VAE (784-400-20, Adam)
+    python -m benchmarks.checkpoint_cost --saves 30 --hidden 1024 1024
 
 Times ``CheckpointManager.save`` (checksum, Orbax write, read back and verify, rotation), its
 two verification parts on their own (``content_digests`` and the read-back), and
@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from jaxvae import TrainConfig, checkpoint, models, registry, train, trainer  # noqa: E402
+from jaxvae import TrainConfig, checkpoint, models, registry, train, trainer
 
 
 def main(argv=None) -> None:

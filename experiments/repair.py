@@ -27,7 +27,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from flax import serialization
 from scipy import ndimage
 
 import jaxvae

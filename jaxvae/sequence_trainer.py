@@ -12,7 +12,6 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-import jax
 import optax
 
 from jaxvae import hooks as hooks_lib

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import evaluate as evaluate_script  # experiments/ is on the path (tests/conftest.py)
-import train as train_script
+from experiments import train as train_script
 import visualize as visualize_script
 from jaxvae import config as config_lib
 from jaxvae import data as data_lib

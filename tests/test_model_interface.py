@@ -9,9 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-import evaluate as evaluate_script  # experiments/ is on the path (tests/conftest.py)
+from experiments import evaluate as evaluate_script
 from experiments import train as train_script
-import visualize as visualize_script
+from experiments import visualize as visualize_script
 from jaxvae import config as config_lib
 from jaxvae import data as data_lib
 from jaxvae import evaluate, interface, latent, losses, models, registry, repair, runs

@@ -93,7 +93,7 @@ def test_script_picks_the_same_labelled_digits_of_every_class():
 def test_script_trains_m2_through_the_training_loop(tmp_path):
     import json
 
-    import semisupervised as script
+    from experiments import semisupervised as script
     args = script.build_parser().parse_args([
         "--labels-per-class", "2", "--epochs", "2", "--batch-size", "1000",
         "--labelled-batch-size", "20", "--latent-dim", "2", "--hidden", "16", "--quiet",

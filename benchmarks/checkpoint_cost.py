@@ -19,7 +19,12 @@ import time
 import jax
 import numpy as np
 
-from jaxvae import TrainConfig, checkpoint, models, registry, train, trainer
+from jaxvae import TrainConfig
+from jaxvae.training import checkpoint
+from jaxvae.models import mlp as models
+from jaxvae.models import registry
+from jaxvae.training import step as train
+from jaxvae.training import fit as trainer
 
 
 def main(argv=None) -> None:

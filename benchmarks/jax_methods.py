@@ -8,8 +8,8 @@ to batches that are already on the device; only the way the steps are dispatched
                 (one dispatch; the permutation and the batch gathers run inside it)
     scan_micro  the same with ``microbatch_size=MICROBATCH`` (gradients accumulated over
                 cache-sized micro-batches), for batches larger than MICROBATCH only
-    pmap        ``jaxvae.parallel.make_pmap_train_step`` over the local devices
-    sharded     ``jaxvae.parallel.make_sharded_train_step``: jit + NamedSharding over a mesh
+    pmap        ``jaxvae.training.parallel.make_pmap_train_step`` over the local devices
+    sharded     ``jaxvae.training.parallel.make_sharded_train_step``: jit + NamedSharding over a mesh
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import numpy as np
 
 import jaxvae
 from benchmarks.harness import Runner, mlp_nll_flops, mlp_train_flops
-from jaxvae import parallel
-from jaxvae.evaluate import log_likelihood
+from jaxvae.training import parallel
+from jaxvae.evaluation.likelihood import log_likelihood
 
 
 # Micro-batch of the scan_micro method: the best of 256-1024 for batch 2048 and 8192 here.
@@ -168,7 +168,7 @@ def nll_runner(model, params, x_BxD: np.ndarray, num_samples: int, chunk_size: i
     flops = mlp_nll_flops(int(np.prod(model.data_shape)), model.hidden, model.latent_dim,
                           num_samples) * len(x_BxD)
     extra = {"num_samples": num_samples, "chunk_size": chunk_size,
-             "implementation": "jaxvae.evaluate.log_likelihood"}
+             "implementation": "jaxvae.evaluation.likelihood.log_likelihood"}
 
     def call():
         extra["mean_log_px"] = float(fn(params, x, key).mean())  # float() waits for the result

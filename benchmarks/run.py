@@ -194,7 +194,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     if len(devices) == 1:
         notes.append("one local device: pmap and sharded run on it alone (on CPU, set "
                      "XLA_FLAGS=--xla_force_host_platform_device_count=N to split the cores)")
-    from jaxvae import data as data_lib
+    from jaxvae.data import datasets as data_lib
     data = data_lib.load_mnist5k()
 
     rows = []

@@ -127,7 +127,7 @@ def fit_section(s, jax, torch, backend, devices, data, notes) -> list[dict]:
     epochs and the torch epoch runs there. The first epoch of each is the warm-up.
     """
     import jaxvae
-    from jaxvae import trainer
+    from jaxvae.training import fit as trainer
 
     epochs = s["fit_epochs"]
     if s["fit_examples"]:

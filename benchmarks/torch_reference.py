@@ -190,7 +190,7 @@ def main(argv=None):
     parser.add_argument("--json", help="write the per-epoch test losses here")
     args = parser.parse_args(argv)
 
-    from jaxvae.data import load_mnist5k
+    from jaxvae.data.datasets import load_mnist5k
 
     data = load_mnist5k()
     torch.manual_seed(args.seed)

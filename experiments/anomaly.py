@@ -25,8 +25,12 @@ from tqdm import tqdm
 import jaxvae
 from experiments import cli
 from experiments import train as train_script
-from jaxvae import data as data_lib
-from jaxvae import evaluate, interface, plots, registry, trainer
+from jaxvae.data import datasets as data_lib
+from jaxvae.evaluation import likelihood as evaluate
+from jaxvae.models import interface
+from jaxvae.evaluation import plots
+from jaxvae.models import registry
+from jaxvae.training import fit as trainer
 
 
 def build_parser():
@@ -78,7 +82,7 @@ def run(args) -> dict:
 
     logger = None
     if args.tensorboard:
-        from jaxvae import tracking
+        from jaxvae.training import tensorboard as tracking
         logger = tracking.TensorBoardLogger(out / "tensorboard", config.likelihood,
                                             examples=normal.x_test[:8], seed=config.seed,
                                             labels=normal.y_test[:8])

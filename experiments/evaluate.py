@@ -22,7 +22,9 @@ import jax
 import numpy as np
 
 from experiments import cli
-from jaxvae import evaluate, interface, runs
+from jaxvae.evaluation import likelihood as evaluate
+from jaxvae.models import interface
+from jaxvae.training import runs
 
 
 def build_parser() -> argparse.ArgumentParser:

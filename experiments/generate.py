@@ -21,8 +21,13 @@ import numpy as np
 from flax import serialization
 
 from experiments import cli
-from jaxvae import conditional, models, objectives, plots, registry, zoo
-from jaxvae import data as data_lib
+from jaxvae.models import conditional
+from jaxvae.models import mlp as models
+from jaxvae.objectives import bounds as objectives
+from jaxvae.evaluation import plots
+from jaxvae.models import registry
+from jaxvae.models import builders as zoo
+from jaxvae.data import datasets as data_lib
 from jaxvae.config import TrainConfig
 
 

@@ -35,8 +35,11 @@ import jaxvae
 from experiments import cli
 from experiments import augment as augment_script
 from experiments import train as train_script
-from jaxvae import conditional, objectives, plots, trainer
-from jaxvae import data as data_lib
+from jaxvae.models import conditional
+from jaxvae.objectives import bounds as objectives
+from jaxvae.evaluation import plots
+from jaxvae.training import fit as trainer
+from jaxvae.data import datasets as data_lib
 from jaxvae.config import TrainConfig
 
 SETTINGS = ("imbalanced", "oversampled", "cvae", "full")

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from experiments import cli
-from jaxvae import checkpoint
+from jaxvae.training import checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 

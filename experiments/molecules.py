@@ -27,12 +27,12 @@ import jax
 import numpy as np
 
 from experiments import cli, seqlib
-from jaxvae import molecules
-from jaxvae.sequence_trainer import fit_sequences
-from jaxvae.vocab import Vocabulary
+from jaxvae.data import molecules
+from jaxvae.training.sequences import fit_sequences
+from jaxvae.data.vocab import Vocabulary
 
 # Polykovskiy et al. 2020, Table 2 (VAE row): the published MOSES VAE baseline.
-# Keys as in jaxvae.molecules.generation_metrics (unique@1000 is the paper's unique@1k).
+# Keys as in jaxvae.data.molecules.generation_metrics (unique@1000 is the paper's unique@1k).
 MOSES_VAE = {"valid": 0.977, "unique@1000": 1.0, "unique@10000": 0.998, "novelty": 0.695,
              "filters": 0.997}
 

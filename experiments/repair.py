@@ -31,8 +31,12 @@ from scipy import ndimage
 
 import jaxvae
 from experiments import cli
-from jaxvae import data as data_lib
-from jaxvae import interface, plots, repair, runs, trainer
+from jaxvae.data import datasets as data_lib
+from jaxvae.models import interface
+from jaxvae.evaluation import plots
+from jaxvae.evaluation import repair
+from jaxvae.training import runs
+from jaxvae.training import fit as trainer
 from jaxvae.config import TrainConfig
 
 

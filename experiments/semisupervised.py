@@ -27,10 +27,12 @@ from sklearn.linear_model import LogisticRegression
 from tqdm import tqdm
 
 from experiments import cli
-from jaxvae import data as data_lib
-from jaxvae import hooks as hooks_lib
-from jaxvae import loop, train, trainer
-from jaxvae import semisupervised as ss
+from jaxvae.data import datasets as data_lib
+from jaxvae.training import hooks as hooks_lib
+from jaxvae.training import loop
+from jaxvae.training import step as train
+from jaxvae.training import fit as trainer
+from jaxvae.models import m2 as ss
 
 
 def build_parser() -> argparse.ArgumentParser:

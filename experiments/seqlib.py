@@ -14,8 +14,8 @@ from flax import serialization
 from tqdm import tqdm
 
 import jaxvae
-from jaxvae import sequence
-from jaxvae.sequence_trainer import SequenceConfig, SequenceFit
+from jaxvae.models import sequence
+from jaxvae.training.sequences import SequenceConfig, SequenceFit
 from experiments.train import prepare_outdir  # noqa: F401  (one copy for every script)
 
 

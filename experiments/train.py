@@ -27,9 +27,20 @@ from tqdm import tqdm
 
 import jaxvae
 from experiments import cli
-from jaxvae import checkpoint, hooks, loop, models, multihost, objectives, plots, preprocessing
-from jaxvae import early_stopping, priors, registry, schedules, trainer
-from jaxvae import data as data_lib
+from jaxvae.training import checkpoint
+from jaxvae.training import hooks
+from jaxvae.training import loop
+from jaxvae.models import mlp as models
+from jaxvae.training import distributed as multihost
+from jaxvae.objectives import bounds as objectives
+from jaxvae.evaluation import plots
+from jaxvae.data import preprocessing
+from jaxvae.training import early_stopping
+from jaxvae.models import priors
+from jaxvae.models import registry
+from jaxvae.objectives import schedules
+from jaxvae.training import fit as trainer
+from jaxvae.data import datasets as data_lib
 from jaxvae.config import FEEDS, TrainConfig
 
 
@@ -207,7 +218,7 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
 
     logger = None
     if tensorboard and lead:
-        from jaxvae import tracking
+        from jaxvae.training import tensorboard as tracking
         logger = tracking.TensorBoardLogger(out / "tensorboard", config.likelihood,
                                             examples=data.x_test[:8], seed=config.seed,
                                             labels=data.y_test[:8])

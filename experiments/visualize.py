@@ -23,8 +23,12 @@ import jax
 import numpy as np
 
 from experiments import cli
-from jaxvae import interface, latent, likelihoods, plots, runs
-from jaxvae import models as jaxvae_models
+from jaxvae import likelihoods
+from jaxvae.models import interface
+from jaxvae.evaluation import latent
+from jaxvae.evaluation import plots
+from jaxvae.training import runs
+from jaxvae.models import mlp as jaxvae_models
 
 
 def build_parser() -> argparse.ArgumentParser:

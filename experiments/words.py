@@ -19,8 +19,8 @@ import jax
 import numpy as np
 
 from experiments import cli, seqlib
-from jaxvae.sequence_trainer import fit_sequences
-from jaxvae.vocab import Vocabulary
+from jaxvae.training.sequences import fit_sequences
+from jaxvae.data.vocab import Vocabulary
 
 
 def load_words(min_len: int, max_len: int) -> list[str]:

@@ -4,51 +4,51 @@ Every function takes its parameters and PRNG keys as arguments; nothing holds hi
 """
 
 from jaxvae.config import TrainConfig, validate_config
-from jaxvae.data import Dataset, load_digits, load_mnist5k
+from jaxvae.data.datasets import Dataset, load_digits, load_mnist5k
 from jaxvae.distributions import (bernoulli_nll, gaussian_kl, gaussian_log_prob, gaussian_nll,
                                   reparameterize, standard_normal_log_prob)
-from jaxvae.trainer import FitResult, fit
-from jaxvae.models import (VAE, Decoder, Encoder, decode, encode, from_torch, init, interpolate,
+from jaxvae.training.fit import FitResult, fit
+from jaxvae.models.mlp import (VAE, Decoder, Encoder, decode, encode, from_torch, init, interpolate,
                            mlp_vae, reconstruct, reference_vae, sample, slerp)
-from jaxvae.objectives import (elbo_terms, iwae_bound, likelihood_mean, log_importance_weights,
+from jaxvae.objectives.bounds import (elbo_terms, iwae_bound, likelihood_mean, log_importance_weights,
                                loss)
-from jaxvae.train import (TrainState, create_train_state, make_evaluate, make_optimizer,
+from jaxvae.training.step import (TrainState, create_train_state, make_evaluate, make_optimizer,
                           make_train_epoch, make_train_step, vae_loss_fn)
 from jaxvae.validation import check_data
 # issue 4: data
-from jaxvae.data import dataset_names, process_shard
-from jaxvae.data import load as load_dataset
-from jaxvae.feeding import prefetch_to_device
-from jaxvae.preprocessing import binarize, dequantize
-from jaxvae.tfds_data import DatasetNotPreparedError, MissingDependencyError
+from jaxvae.data.datasets import dataset_names, process_shard
+from jaxvae.data.datasets import load as load_dataset
+from jaxvae.training.feeding import prefetch_to_device
+from jaxvae.data.preprocessing import binarize, dequantize
+from jaxvae.data.tfds_source import DatasetNotPreparedError, MissingDependencyError
 # issue 7a: objectives, priors, likelihoods, conditional VAE
-from jaxvae.conditional import CVAE, generate
+from jaxvae.models.conditional import CVAE, generate
 from jaxvae.likelihoods import (bits_per_dim, discretized_logistic_log_prob, gaussian_learned_nll,
                                 logistic_nll)
-from jaxvae.priors import Mixture, mixture_log_prob
-from jaxvae.schedules import free_bits_kl, make_kl_schedule
-from jaxvae.zoo import ZooVAE, elbo_loss_fn, iwae_loss_fn, log_prior_fn
-from jaxvae.checkpoint import CheckpointManager
-from jaxvae.loop import TrainingDiverged
-from jaxvae.train import make_train_chunk
+from jaxvae.models.priors import Mixture, mixture_log_prob
+from jaxvae.objectives.schedules import free_bits_kl, make_kl_schedule
+from jaxvae.models.builders import ZooVAE, elbo_loss_fn, iwae_loss_fn, log_prior_fn
+from jaxvae.training.checkpoint import CheckpointManager
+from jaxvae.training.loop import TrainingDiverged
+from jaxvae.training.step import make_train_chunk
 from jaxvae.validation import check_array, check_key
 # issue 6: evaluation
-from jaxvae.evaluate import anomaly_score, elbo, log_likelihood
+from jaxvae.evaluation.likelihood import anomaly_score, elbo, log_likelihood
 # issue 9: sequence VAE, semi-supervised M2, repair
-from jaxvae.repair import inpaint
-from jaxvae.semisupervised import M2, m2_loss_fn
-from jaxvae.sequence import SequenceVAE, sequence_loss_fn, sequence_vae
-from jaxvae.sequence_trainer import SequenceConfig, fit_sequences
-from jaxvae.vocab import Vocabulary
-# issue 7b: architectures (the VQ-VAE builder stays jaxvae.vqvae.vqvae: the module keeps its name)
-from jaxvae.conv import ConvVAE, conv_vae
-from jaxvae.flows import FlowVAE, flow_loss, flow_vae, planar_flow
-from jaxvae.ladder import LadderVAE, ladder_loss, ladder_vae
-from jaxvae.vqvae import VQVAE, ema_optimizer, vqvae_loss
+from jaxvae.evaluation.repair import inpaint
+from jaxvae.models.m2 import M2, m2_loss_fn
+from jaxvae.models.sequence import SequenceVAE, sequence_loss_fn, sequence_vae
+from jaxvae.training.sequences import SequenceConfig, fit_sequences
+from jaxvae.data.vocab import Vocabulary
+# issue 7b: architectures (the VQ-VAE builder stays jaxvae.models.vq.vqvae: the module keeps its name)
+from jaxvae.models.conv import ConvVAE, conv_vae
+from jaxvae.models.flow import FlowVAE, flow_loss, flow_vae, planar_flow
+from jaxvae.models.ladder import LadderVAE, ladder_loss, ladder_vae
+from jaxvae.models.vq import VQVAE, ema_optimizer, vqvae_loss
 
 # the model interface and the loss contract
-from jaxvae.interface import ElboTerms, LatentVariableModel, Posterior, log_weights
-from jaxvae.losses import (LossFn, make_elbo_loss, make_iwae_loss, make_m2_loss,
+from jaxvae.models.interface import ElboTerms, LatentVariableModel, Posterior, log_weights
+from jaxvae.objectives.losses import (LossFn, make_elbo_loss, make_iwae_loss, make_m2_loss,
                            make_sequence_loss, make_vq_loss)
 
 __version__ = "0.1.0"

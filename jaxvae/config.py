@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from jaxvae import objectives
+from jaxvae.objectives import bounds as objectives
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,8 +17,8 @@ class TrainConfig:
     """
 
     dataset: str = "mnist5k"  # a dataset name (digits, mnist5k, mnist, fashion_mnist, cifar10,
-    #   celeb_a, binarized_mnist: jaxvae.data.dataset_names()) or a .npy/.npz/.csv file
-    model: str = "mlp"  # the model family (jaxvae.registry.MODELS)
+    #   celeb_a, binarized_mnist: jaxvae.data.datasets.dataset_names()) or a .npy/.npz/.csv file
+    model: str = "mlp"  # the model family (jaxvae.models.registry.MODELS)
     epochs: int = 10  # passes over the training split
     batch_size: int = 128  # examples per gradient step (the reference's 128)
     lr: float = 1e-3  # Adam learning rate (the reference's 1e-3)
@@ -55,7 +55,7 @@ class TrainConfig:
     free_bits: float = 0.0  # free bits lambda: KL term sum_j max(lambda, KL_j), in nats per
     #   latent dimension (0 = off)
     prior: str = "standard"  # p(z): standard, diagonal (learned), mog (mixture of Gaussians),
-    #   vamp (VampPrior) (jaxvae.priors)
+    #   vamp (VampPrior) (jaxvae.models.priors)
     prior_components: int = 10  # K components of the mog prior, pseudo-inputs of vamp
     num_samples: int = 5  # K importance samples of the iwae model
     num_classes: int = 10  # C labels of the cvae model
@@ -121,23 +121,23 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"beta must be >= 0, got {config.beta}")
     objectives.check_likelihood(config.likelihood)
     _check_architectures(config)
-    from jaxvae import train  # train imports objectives only, not config
+    from jaxvae.training import step as train  # train imports objectives only, not config
     train.check_microbatch_size(config.microbatch_size, config.batch_size)
     if config.num_devices is not None and (not _is_int(config.num_devices)
                                            or config.num_devices < 1):
         raise ValueError(f"num_devices must be None (all local devices) or an int >= 1, got "
                          f"{config.num_devices!r}")
-    from jaxvae import registry  # registry imports models, which import nothing of config
+    from jaxvae.models import registry  # registry imports models, which import nothing of config
 
     registry.check_model(config.model)
-    from jaxvae import preprocessing
+    from jaxvae.data import preprocessing
 
     preprocessing.check_options(config.binarize, config.dequantize)
     if config.feed not in FEEDS:
         raise ValueError(f"unknown feed {config.feed!r}; choose one of {list(FEEDS)}")
     if not isinstance(config.download, bool):
         raise TypeError(f"download must be True or False, got {config.download!r}")
-    from jaxvae import zoo
+    from jaxvae.models import builders as zoo
 
     zoo.check_config(config)
     _validate_reliability(config)

@@ -19,5 +19,5 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 @pytest.fixture(scope="session")
 def mnist5k():
-    from jaxvae.data import load_mnist5k
+    from jaxvae.data.datasets import load_mnist5k
     return load_mnist5k()

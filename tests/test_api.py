@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jaxvae
-from jaxvae import trainer
+from jaxvae.training import fit as trainer
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from experiments import train as train_script
-from jaxvae import checkpoint, trainer
+from jaxvae.training import checkpoint
+from jaxvae.training import fit as trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 # digits: 1,437 training examples, batch 64 -> 22 full batches + 1 of 29 = 23 steps per epoch;
@@ -58,7 +59,10 @@ def test_the_last_k_checkpoints_are_kept_and_hold_the_whole_run_state(uninterrup
 
 
 def _template_state():
-    from jaxvae import TrainConfig, models, registry, train
+    from jaxvae import TrainConfig
+    from jaxvae.models import mlp as models
+    from jaxvae.models import registry
+    from jaxvae.training import step as train
     config = TrainConfig(hidden=(16,), latent_dim=2)
     model, _ = registry.build(config, (64,))
     tx = train.make_optimizer(config.lr)

@@ -16,7 +16,13 @@ import tensorflow_datasets as tfds
 
 import jaxvae
 from experiments import train as train_script
-from jaxvae import data, feeding, mnist_data, preprocessing, registry, tfds_data, train
+from jaxvae.data import datasets as data
+from jaxvae.training import feeding
+from jaxvae.data import mnist as mnist_data
+from jaxvae.data import preprocessing
+from jaxvae.models import registry
+from jaxvae.data import tfds_source as tfds_data
+from jaxvae.training import step as train
 from jaxvae.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -268,13 +274,13 @@ def test_static_binarization_is_fixed_and_depends_on_the_seed():
 def test_the_early_stopping_validation_set_is_binarized_like_the_test_split(monkeypatch):
     """With --binarize dynamic/static, val_loss is a loss on binary digits, as the test loss."""
     seen = {}
-    real_train_run = jaxvae.trainer.loop.train_run
+    real_train_run = jaxvae.training.fit.loop.train_run
 
     def spy(config, train_data, test_data, *args, val_data=None, **kwargs):
         seen["val"], seen["test"] = np.asarray(val_data["x"]), np.asarray(test_data["x"])
         return real_train_run(config, train_data, test_data, *args, val_data=val_data, **kwargs)
 
-    monkeypatch.setattr(jaxvae.trainer.loop, "train_run", spy)
+    monkeypatch.setattr(jaxvae.training.fit.loop, "train_run", spy)
     data = jaxvae.load_digits(seed=0)
     for mode in ("dynamic", "static"):
         jaxvae.fit(TrainConfig(dataset="digits", epochs=1, batch_size=64, hidden=(8,),

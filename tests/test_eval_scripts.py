@@ -12,8 +12,13 @@ from experiments import anomaly as anomaly_script
 from experiments import evaluate as evaluate_script
 from experiments import train as train_script
 from experiments import visualize as visualize_script
-from jaxvae import data as data_lib
-from jaxvae import early_stopping, evaluate, registry, runs, train, trainer
+from jaxvae.data import datasets as data_lib
+from jaxvae.training import early_stopping
+from jaxvae.evaluation import likelihood as evaluate
+from jaxvae.models import registry
+from jaxvae.training import runs
+from jaxvae.training import step as train
+from jaxvae.training import fit as trainer
 
 TINY = ["--dataset", "digits", "--epochs", "2", "--hidden", "32", "--batch-size", "256",
         "--quiet"]

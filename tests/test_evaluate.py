@@ -1,4 +1,4 @@
-"""The importance-sampled log-likelihood, the ELBO and anomaly scores (jaxvae.evaluate)."""
+"""The importance-sampled log-likelihood, the ELBO and anomaly scores (jaxvae.evaluation.likelihood)."""
 
 import flax.linen as nn
 import jax
@@ -8,7 +8,8 @@ import pytest
 from scipy.stats import multivariate_normal
 
 import jaxvae
-from jaxvae import evaluate, objectives
+from jaxvae.evaluation import likelihood as evaluate
+from jaxvae.objectives import bounds as objectives
 
 D, Z = 6, 3
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments import imbalanced as imbalanced_script
-from jaxvae import data as data_lib
+from jaxvae.data import datasets as data_lib
 
 
 def toy_data(counts=(40, 100, 7, 60)) -> data_lib.Dataset:

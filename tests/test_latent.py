@@ -1,4 +1,4 @@
-"""Latent-space views (jaxvae.latent) against direct computations."""
+"""Latent-space views (jaxvae.evaluation.latent) against direct computations."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxvae
-from jaxvae import latent
+from jaxvae.evaluation import latent
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,10 @@ import tensorflow_datasets as tfds
 
 import tasks
 from experiments import train as train_script
-from jaxvae import data, early_stopping, mnist_data, preprocessing
+from jaxvae.data import datasets as data
+from jaxvae.training import early_stopping
+from jaxvae.data import mnist as mnist_data
+from jaxvae.data import preprocessing
 
 # The fake splits: 20 training rows (digit 0 three times, 9 once) and 10 test rows.
 FAKE_COUNTS = {"train": (3, 2, 2, 2, 2, 2, 2, 2, 2, 1), "test": (1,) * 10}

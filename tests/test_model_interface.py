@@ -13,8 +13,15 @@ from experiments import evaluate as evaluate_script
 from experiments import train as train_script
 from experiments import visualize as visualize_script
 from jaxvae import config as config_lib
-from jaxvae import data as data_lib
-from jaxvae import evaluate, interface, latent, losses, models, registry, repair, runs
+from jaxvae.data import datasets as data_lib
+from jaxvae.evaluation import likelihood as evaluate
+from jaxvae.models import interface
+from jaxvae.evaluation import latent
+from jaxvae.objectives import losses
+from jaxvae.models import mlp as models
+from jaxvae.models import registry
+from jaxvae.evaluation import repair
+from jaxvae.training import runs
 
 FAMILIES = {  # name -> TrainConfig fields; every model x prior that trains with an ELBO or IWAE
     "mlp": {},

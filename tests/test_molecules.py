@@ -2,7 +2,7 @@
 
 import pytest
 
-from jaxvae import molecules
+from jaxvae.data import molecules
 
 pytest.importorskip("rdkit")
 

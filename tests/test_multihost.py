@@ -15,8 +15,12 @@ import pytest
 from flax import serialization
 
 from jaxvae import config as config_lib
-from jaxvae import data as data_lib
-from jaxvae import models, multihost, registry, train, trainer
+from jaxvae.data import datasets as data_lib
+from jaxvae.models import mlp as models
+from jaxvae.training import distributed as multihost
+from jaxvae.models import registry
+from jaxvae.training import step as train
+from jaxvae.training import fit as trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 # digits: 1,437 training examples -> blocks of 719 and 718; batch 140 = 70 per process,
@@ -98,7 +102,7 @@ def test_only_process_zero_writes_logs_and_checkpoints(two_process_run):
     assert [r["epoch"] for r in records] == [1, 2]  # once, not once per process
     summary = json.loads((outdir / "summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["num_devices"] == 4
-    from jaxvae import checkpoint
+    from jaxvae.training import checkpoint
     assert checkpoint.saved_steps(outdir / "checkpoints") == [10, 15, 20]
     assert "wrote" in logs[0] and "wrote" not in logs[1]
 

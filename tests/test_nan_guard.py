@@ -10,7 +10,10 @@ import optax
 import pytest
 
 import jaxvae
-from jaxvae import checkpoint, hooks, loop, train
+from jaxvae.training import checkpoint
+from jaxvae.training import hooks
+from jaxvae.training import loop
+from jaxvae.training import step as train
 
 D, Z = 6, 2
 
@@ -121,7 +124,7 @@ def test_skipped_steps_are_reported_per_epoch_and_excluded_from_the_means(small)
     data = _tiny_data(16)
     config = jaxvae.TrainConfig(hidden=(8,), latent_dim=Z, batch_size=4, epochs=1,
                                 max_skipped_steps=2)
-    from jaxvae import registry
+    from jaxvae.models import registry
 
     built = registry.build(config, (D,))
 
@@ -131,7 +134,7 @@ def test_skipped_steps_are_reported_per_epoch_and_excluded_from_the_means(small)
         return loss + nan, {**metrics, "loss": metrics["loss"] + nan}
 
     tx = train.make_optimizer(config.lr)
-    keys = jaxvae.trainer.run_keys(0)
+    keys = jaxvae.training.fit.run_keys(0)
     state = train.create_train_state(jaxvae.init(built.model, keys.init), tx)
     batch = {"x": data.x_train, "y": data.y_train}
     test = {"x": data.x_test, "y": data.y_test}
@@ -171,11 +174,11 @@ def test_reliability_fields_are_validated(change, error, match):
 def test_a_hook_that_returns_true_ends_the_run_after_that_epoch():
     data = _tiny_data(16)
     config = jaxvae.TrainConfig(hidden=(8,), latent_dim=Z, batch_size=8, epochs=5)
-    from jaxvae import registry
+    from jaxvae.models import registry
 
     built = registry.build(config, (D,))
     tx = train.make_optimizer(config.lr)
-    keys = jaxvae.trainer.run_keys(0)
+    keys = jaxvae.training.fit.run_keys(0)
     state = train.create_train_state(jaxvae.init(built.model, keys.init), tx)
     calls = []
 

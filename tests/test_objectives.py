@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxvae
-from jaxvae import data, distributions, objectives
+from jaxvae import distributions
+from jaxvae.data import datasets as data
+from jaxvae.objectives import bounds as objectives
 
 
 def _small():

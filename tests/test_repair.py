@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxvae
-from jaxvae import repair
+from jaxvae.evaluation import repair
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvae import semisupervised as ss
+from jaxvae.models import m2 as ss
 
 D, K, Z = 4, 3, 2
 

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvae import sequence, train
-from jaxvae.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary, tokenize_smiles
+from jaxvae.models import sequence
+from jaxvae.training import step as train
+from jaxvae.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary, tokenize_smiles
 
 SMILES = ["CC(=O)Oc1ccccc1C(=O)O", "Clc1ccc(Br)cc1", "c1cc[nH]c1", "C[C@@H](N)C(=O)O",
           "C1CC2CCC1CC%10CC2%10", "O=[N+]([O-])c1ccccc1", "C#N"]
@@ -194,7 +195,7 @@ def test_bad_arguments_raise_clear_errors(tiny):
 
 
 def test_fit_sequences_checks_its_inputs_before_training():
-    from jaxvae.sequence_trainer import SequenceConfig, fit_sequences
+    from jaxvae.training.sequences import SequenceConfig, fit_sequences
     vocab = Vocabulary.from_corpus(WORDS)
     with pytest.raises(ValueError, match="word_dropout must be in"):
         fit_sequences(SequenceConfig(word_dropout=1.0), vocab, WORDS, WORDS)
@@ -214,7 +215,7 @@ def test_words_script_splits_seeded_and_rejects_a_split_larger_than_the_list():
 
 
 def test_fit_sequences_trains_through_the_training_loop():
-    from jaxvae.sequence_trainer import SequenceConfig, fit_sequences
+    from jaxvae.training.sequences import SequenceConfig, fit_sequences
 
     vocab = Vocabulary.from_corpus(WORDS, "char")
     records = []

@@ -13,7 +13,7 @@ import torch
 
 import jaxvae
 from benchmarks.torch_reference import TorchVAE, loss_function
-from jaxvae import train
+from jaxvae.training import step as train
 
 RTOL, ATOL = 1e-5, 1e-5
 

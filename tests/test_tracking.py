@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from experiments import train as train_script
-from jaxvae import early_stopping
+from jaxvae.training import early_stopping
 
 
 def test_early_stopping_keeps_the_best_state_and_stops_after_patience_epochs():

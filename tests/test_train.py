@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import jaxvae
-from jaxvae import parallel, train
+from jaxvae.training import parallel
+from jaxvae.training import step as train
 
 B, D, Z = 16, 12, 3
 

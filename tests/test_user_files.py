@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from experiments import train as train_script
-from jaxvae import data, user_data
+from jaxvae.data import datasets as data
+from jaxvae.data import files as user_data
 
 
 def _every(ds):

@@ -10,7 +10,14 @@ import optax
 import pytest
 
 import jaxvae
-from jaxvae import conv, distributions, flows, ladder, objectives, registry, train, vqvae
+from jaxvae import distributions
+from jaxvae.models import conv
+from jaxvae.models import flow as flows
+from jaxvae.models import ladder
+from jaxvae.objectives import bounds as objectives
+from jaxvae.models import registry
+from jaxvae.training import step as train
+from jaxvae.models import vq as vqvae
 from jaxvae.config import TrainConfig
 
 # Tiny versions of every registered architecture (widths small enough for 2 CPU cores).

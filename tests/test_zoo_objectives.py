@@ -11,8 +11,15 @@ import scipy.stats
 import torch
 
 import jaxvae
-from jaxvae import conditional, distributions, likelihoods, models, priors, registry, schedules
-from jaxvae import train, trainer, zoo
+from jaxvae import distributions, likelihoods
+from jaxvae.models import conditional
+from jaxvae.models import mlp as models
+from jaxvae.models import priors
+from jaxvae.models import registry
+from jaxvae.objectives import schedules
+from jaxvae.training import step as train
+from jaxvae.training import fit as trainer
+from jaxvae.models import builders as zoo
 
 D, Z = 16, 2
 

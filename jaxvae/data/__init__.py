@@ -1,0 +1,1 @@
+"""Data: datasets as arrays, user files, TFDS, preprocessing, tokenizers."""

@@ -1,0 +1,1 @@
+"""Evaluation: importance-sampled log-likelihood and ELBO, latent views, repair, plots."""

@@ -1,0 +1,336 @@
+"""A sequence VAE (Bowman et al. 2016) over token ids: bidirectional GRU encoder, GRU decoder.
+
+    q(z | x) = N(mean(h), diag(exp(logvar(h)))),  h = [h_fwd(x_1..x_T), h_bwd(x_T..x_1)]
+    p(x | z) = prod_t Cat(x_t | GRU(h_{t-1}, [embed(x_{t-1}), z])),  h_0 = tanh(W z + b)
+
+A batch is ``{"tokens": tokens_BxL}`` (int32, built by ``jaxvae.data.vocab.Vocabulary.encode_batch``):
+each row holds a string's ids, then EOS, then PAD. The decoder is fed ``[BOS, tokens[:-1]]`` and
+predicts ``tokens``; the reconstruction term sums the cross entropy over the real tokens (EOS
+included) and ignores PAD, so padding a batch further never changes the loss.
+
+Against posterior collapse (the decoder ignoring z) the loss has the two remedies of Bowman et
+al. 2016: KL annealing (the KL weight rises linearly from 0 to ``beta`` over ``warmup_steps``
+steps) and word dropout (each decoder input token but BOS is replaced by UNK with probability
+``word_dropout``, so the decoder must take what it cannot read from z).
+
+Generation runs the decoder under ``lax.scan`` for ``max_len`` steps: greedy (argmax) or
+sampled with a temperature, with an explicit key; after EOS a row emits PAD.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxvae import distributions
+from jaxvae.models import mlp as models
+from jaxvae.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+Params = Any
+# tokens the decoder never has to predict, so generation never emits them
+NEVER_EMITTED = (PAD_ID, BOS_ID, UNK_ID)
+
+
+class SequenceVAE(nn.Module):
+    """Embedding + bidirectional GRU encoder -> (mean, logvar); z-conditioned GRU decoder.
+
+    Attributes:
+      vocab_size: V, the number of token ids (``len(vocabulary)``).
+      embed_dim: size of the token embedding (shared by encoder and decoder).
+      hidden_dim: H, the GRU state size (each encoder direction and the decoder).
+      latent_dim: Z.
+    """
+
+    vocab_size: int
+    embed_dim: int = 64
+    hidden_dim: int = 256
+    latent_dim: int = 32
+
+    def setup(self):
+        self.embed = nn.Embed(self.vocab_size, self.embed_dim, name="embed")
+        self.encoder_fwd = nn.GRUCell(self.hidden_dim, name="encoder_fwd")
+        self.encoder_bwd = nn.GRUCell(self.hidden_dim, name="encoder_bwd")
+        self.to_mean = nn.Dense(self.latent_dim, name="mean")
+        self.to_logvar = nn.Dense(self.latent_dim, name="logvar")
+        self.z_to_hidden = nn.Dense(self.hidden_dim, name="z_to_hidden")
+        self.decoder_cell = nn.GRUCell(self.hidden_dim, name="decoder_cell")
+        self.out = nn.Dense(self.vocab_size, name="out")
+
+    def embed_tokens(self, tokens_BxL: jax.Array) -> jax.Array:
+        return self.embed(tokens_BxL)
+
+    def encoder_step(self, h_fwd_BxH: jax.Array, h_bwd_BxH: jax.Array, e_fwd_BxE: jax.Array,
+                     e_bwd_BxE: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """One step of both encoder directions (the caller masks PAD positions)."""
+        return self.encoder_fwd(h_fwd_BxH, e_fwd_BxE)[0], self.encoder_bwd(h_bwd_BxH, e_bwd_BxE)[0]
+
+    def posterior(self, h_fwd_BxH: jax.Array, h_bwd_BxH: jax.Array
+                  ) -> tuple[jax.Array, jax.Array]:
+        """(mean, logvar) of q(z | x) from the final states of both directions."""
+        h_Bx2H = jnp.concatenate([h_fwd_BxH, h_bwd_BxH], axis=-1)
+        return self.to_mean(h_Bx2H), self.to_logvar(h_Bx2H)
+
+    def initial_state(self, z_BxZ: jax.Array) -> jax.Array:
+        """h_0 = tanh(W z + b)."""
+        return jnp.tanh(self.z_to_hidden(z_BxZ))
+
+    def decode_step(self, h_BxH: jax.Array, token_B: jax.Array, z_BxZ: jax.Array
+                    ) -> tuple[jax.Array, jax.Array]:
+        """One decoder step: (h_{t-1}, x_{t-1}, z) -> (h_t, logits of x_t, ``(B, V)``)."""
+        inp = jnp.concatenate([self.embed(token_B), z_BxZ], axis=-1)
+        h_BxH, y_BxH = self.decoder_cell(h_BxH, inp)
+        return h_BxH, self.out(y_BxH)
+
+    def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+        """One step of every layer (used to create the parameters without compiling a scan)."""
+        e_BxE = self.embed(tokens_BxL[:, 0])
+        h_BxH = jnp.zeros(e_BxE.shape[:1] + (self.hidden_dim,), e_BxE.dtype)
+        mean_BxZ, _ = self.posterior(*self.encoder_step(h_BxH, h_BxH, e_BxE, e_BxE))
+        return self.decode_step(self.initial_state(mean_BxZ), tokens_BxL[:, 0], mean_BxZ)[1]
+
+
+def sequence_vae(vocab_size: int, embed_dim: int = 64, hidden_dim: int = 256,
+                 latent_dim: int = 32) -> SequenceVAE:
+    """A validated ``SequenceVAE``: every size a positive int, at least one non-special token."""
+    for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim),
+                        ("hidden_dim", hidden_dim), ("latent_dim", latent_dim)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if vocab_size <= UNK_ID + 1:
+        raise ValueError(f"vocab_size {vocab_size} holds only the 4 special tokens; build the "
+                         "vocabulary from a non-empty corpus")
+    return SequenceVAE(vocab_size, embed_dim, hidden_dim, latent_dim)
+
+
+# ---------------------------------------------------------------------------------------------
+# The functional API.
+
+
+def init(model: SequenceVAE, key: jax.Array, length: int = 8) -> Params:
+    """The model's parameters from ``key`` (a dummy batch of one row of ``length`` tokens)."""
+    tokens = jnp.full((1, length), EOS_ID, jnp.int32)
+    return jax.jit(model.init)(key, tokens)["params"]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def encode(model: SequenceVAE, params: Params, tokens_BxL: jax.Array
+           ) -> tuple[jax.Array, jax.Array]:
+    """q(z | x): ``(mean_BxZ, logvar_BxZ)``.
+
+    Both GRU directions run under one ``lax.scan`` over the L positions; at PAD positions a
+    direction keeps its state, so the forward state ends at the last real token and the backward
+    one (which starts from zeros at the end of the padding) first sees the last real token.
+    """
+    variables = {"params": params}
+    e_BxLxE = model.apply(variables, tokens_BxL, method=model.embed_tokens)
+    real_LxB = (tokens_BxL != PAD_ID).T
+    batch, length = tokens_BxL.shape
+    h0 = jnp.zeros((batch, model.hidden_dim), e_BxLxE.dtype)
+    e_LxBxE = jnp.transpose(e_BxLxE, (1, 0, 2))
+
+    def body(carry, xs):
+        h_fwd, h_bwd = carry
+        e_fwd, e_bwd, real_fwd, real_bwd = xs
+        new_fwd, new_bwd = model.apply(variables, h_fwd, h_bwd, e_fwd, e_bwd,
+                                       method=model.encoder_step)
+        return (jnp.where(real_fwd[:, None], new_fwd, h_fwd),
+                jnp.where(real_bwd[:, None], new_bwd, h_bwd)), None
+
+    # step t reads position t forwards and position L-1-t backwards
+    xs = (e_LxBxE, e_LxBxE[::-1], real_LxB, real_LxB[::-1])
+    (h_fwd, h_bwd), _ = jax.lax.scan(body, (h0, h0), xs)
+    return model.apply(variables, h_fwd, h_bwd, method=model.posterior)
+
+
+def decoder_inputs(tokens_BxL: jax.Array) -> jax.Array:
+    """``[BOS, tokens[:, :-1]]``: the teacher-forced inputs that predict ``tokens``."""
+    bos = jnp.full((tokens_BxL.shape[0], 1), BOS_ID, tokens_BxL.dtype)
+    return jnp.concatenate([bos, tokens_BxL[:, :-1]], axis=1)
+
+
+def teacher_forced_logits(model: SequenceVAE, params: Params, z_BxZ: jax.Array,
+                          inputs_BxL: jax.Array) -> jax.Array:
+    """Decoder logits ``(B, L, V)`` for the given inputs (teacher forcing), under lax.scan."""
+    variables = {"params": params}
+    h0 = model.apply(variables, z_BxZ, method=model.initial_state)
+
+    def body(h, token_B):
+        return model.apply(variables, h, token_B, z_BxZ, method=model.decode_step)
+
+    _, logits_LxBxV = jax.lax.scan(body, h0, inputs_BxL.T)
+    return jnp.transpose(logits_LxBxV, (1, 0, 2))
+
+
+def token_mask(tokens_BxL: jax.Array) -> jax.Array:
+    """1.0 at real tokens (EOS included), 0.0 at PAD."""
+    return (tokens_BxL != PAD_ID).astype(jnp.float32)
+
+
+def reconstruction_nll(logits_BxLxV: jax.Array, tokens_BxL: jax.Array) -> jax.Array:
+    """-log p(x | z) per sequence: the cross entropy summed over real tokens, ``(B,)``."""
+    nll_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, tokens_BxL)
+    return jnp.sum(nll_BxL * token_mask(tokens_BxL), axis=1)
+
+
+def position_uniform(key: jax.Array, batch: int, length: int) -> jax.Array:
+    """U(0, 1) of shape (B, L) where column t depends only on (key, t), not on L.
+
+    So that word dropout draws the same numbers for a row's real tokens however far the batch is
+    padded (padding never changes the loss, also with dropout).
+    """
+    u_LxB = jax.vmap(lambda t: jax.random.uniform(jax.random.fold_in(key, t), (batch,)))(
+        jnp.arange(length))
+    return u_LxB.T
+
+
+def word_dropout(key: jax.Array, inputs_BxL: jax.Array, rate: float) -> jax.Array:
+    """Replaces each decoder input but BOS (and PAD) by UNK with probability ``rate``."""
+    u_BxL = position_uniform(key, *inputs_BxL.shape)
+    drop = (u_BxL < rate) & (inputs_BxL != BOS_ID) & (inputs_BxL != PAD_ID)
+    return jnp.where(drop, UNK_ID, inputs_BxL)
+
+
+def kl_weight(step: jax.Array, beta: float = 1.0, warmup_steps: int = 0) -> jax.Array:
+    """The annealed KL weight: beta * min(1, step / warmup_steps) (beta when warmup_steps == 0)."""
+    if warmup_steps <= 0:
+        return jnp.asarray(beta, jnp.float32)
+    return beta * jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / warmup_steps)
+
+
+def sequence_loss_fn(model: SequenceVAE, beta: float = 1.0, warmup_steps: int = 0,
+                     word_dropout_rate: float = 0.0):
+    """``loss_fn(params, batch, key, step) -> (loss, metrics)`` for ``jaxvae.training.step``.
+
+        loss = mean_b [ -log p(x_b | z_b) + kl_weight(step) * KL(q(z | x_b) || N(0, I)) ]
+
+    with z_b ~ q(z | x_b) (one reparameterized sample) and word-dropped decoder inputs. Metrics
+    (batch means, nats per sequence): ``loss``, ``recon``, ``kl``, ``nelbo`` (recon + kl: the
+    negative ELBO, whatever the weight), ``kl_weight``, ``token_accuracy`` (teacher-forced argmax
+    over real tokens) and ``nll_per_token``.
+
+    Args:
+      model: a ``SequenceVAE``.
+      beta: the KL weight after the warm-up.
+      warmup_steps: steps of the linear warm-up from 0 (0: no annealing).
+      word_dropout_rate: probability of replacing a decoder input token by UNK (Bowman et al.).
+    """
+    for name, value in (("beta", beta), ("word_dropout_rate", word_dropout_rate)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+    if not beta >= 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if not 0.0 <= word_dropout_rate < 1.0:
+        raise ValueError(f"word_dropout_rate must be in [0, 1), got {word_dropout_rate}")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
+
+    def loss_fn(params, batch, key, step):
+        tokens_BxL = batch["tokens"]
+        z_key, drop_key = jax.random.split(key)
+        mean_BxZ, logvar_BxZ = encode(model, params, tokens_BxL)
+        z_BxZ = distributions.reparameterize(z_key, mean_BxZ, logvar_BxZ)
+        inputs_BxL = decoder_inputs(tokens_BxL)
+        if word_dropout_rate > 0:
+            inputs_BxL = word_dropout(drop_key, inputs_BxL, word_dropout_rate)
+        logits_BxLxV = teacher_forced_logits(model, params, z_BxZ, inputs_BxL)
+        recon_B = reconstruction_nll(logits_BxLxV, tokens_BxL)
+        kl_B = distributions.gaussian_kl(mean_BxZ, logvar_BxZ)
+        weight = kl_weight(step, beta, warmup_steps)
+        loss = jnp.mean(recon_B + weight * kl_B)
+        mask_BxL = token_mask(tokens_BxL)
+        correct = jnp.sum((jnp.argmax(logits_BxLxV, -1) == tokens_BxL) * mask_BxL)
+        metrics = {"loss": loss, "recon": jnp.mean(recon_B), "kl": jnp.mean(kl_B),
+                   "nelbo": jnp.mean(recon_B + kl_B), "kl_weight": weight,
+                   "token_accuracy": correct / jnp.sum(mask_BxL),
+                   "nll_per_token": jnp.sum(recon_B) / jnp.sum(mask_BxL)}
+        return loss, metrics
+
+    return loss_fn
+
+
+def generate(model: SequenceVAE, params: Params, z_BxZ: jax.Array, max_len: int,
+             key: jax.Array | None = None, temperature: float = 1.0) -> jax.Array:
+    """Decodes z into ``tokens_BxL`` (L = max_len) under ``lax.scan``.
+
+    Greedy (argmax) when ``key`` is None, else sampled from softmax(logits / temperature) with
+    the key ``fold_in(key, t)`` at step t. Each row ends with EOS (if emitted within max_len)
+    followed by PAD; ``Vocabulary.decode_batch`` turns the rows into strings. The tokens that are
+    never targets in training (PAD, BOS and UNK, the word-dropout placeholder) are masked out of
+    the logits, so a sample holds only corpus tokens and EOS.
+    """
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+        raise ValueError(f"max_len must be an int >= 1, got {max_len!r}")
+    if key is not None and not temperature > 0:
+        raise ValueError(f"temperature must be > 0 for sampling, got {temperature}; pass "
+                         "key=None for greedy decoding")
+    return _generate(model, params, z_BxZ, max_len, key, float(temperature))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _generate(model, params, z_BxZ, max_len, key, temperature):
+    variables = {"params": params}
+    batch = z_BxZ.shape[0]
+    h0 = model.apply(variables, z_BxZ, method=model.initial_state)
+    bos_B = jnp.full((batch,), BOS_ID, jnp.int32)
+    # PAD, BOS and UNK are never training targets (UNK only replaces dropped inputs): never emit
+    never_target_1xV = jnp.isin(jnp.arange(model.vocab_size), jnp.array(NEVER_EMITTED))[None, :]
+
+    def body(carry, t):
+        h, prev_B, done_B = carry
+        h, logits_BxV = model.apply(variables, h, prev_B, z_BxZ, method=model.decode_step)
+        logits_BxV = jnp.where(never_target_1xV, -jnp.inf, logits_BxV)
+        if key is None:
+            tok_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+        else:
+            tok_B = jax.random.categorical(jax.random.fold_in(key, t),
+                                           logits_BxV / temperature).astype(jnp.int32)
+        out_B = jnp.where(done_B, PAD_ID, tok_B)
+        return (h, tok_B, done_B | (tok_B == EOS_ID)), out_B
+
+    _, tokens_LxB = jax.lax.scan(body, (h0, bos_B, jnp.zeros((batch,), bool)),
+                                 jnp.arange(max_len))
+    return tokens_LxB.T
+
+
+def sample(model: SequenceVAE, params: Params, key: jax.Array, n: int, max_len: int,
+           temperature: float = 1.0, greedy: bool = False) -> jax.Array:
+    """n sequences from the prior: z ~ N(0, I), then ``generate`` (sampled, or greedy)."""
+    z_key, tok_key = jax.random.split(key)
+    z_NxZ = jax.random.normal(z_key, (n, model.latent_dim))
+    return generate(model, params, z_NxZ, max_len, None if greedy else tok_key, temperature)
+
+
+def reconstruct(model: SequenceVAE, params: Params, tokens_BxL: jax.Array, max_len: int,
+                key: jax.Array | None = None) -> jax.Array:
+    """Greedy decoding of the posterior mean (key None) or of z ~ q(z | x) drawn with ``key``."""
+    mean_BxZ, logvar_BxZ = encode(model, params, tokens_BxL)
+    z_BxZ = mean_BxZ if key is None else distributions.reparameterize(key, mean_BxZ, logvar_BxZ)
+    return generate(model, params, z_BxZ, max_len)
+
+
+def interpolate(model: SequenceVAE, params: Params, tokens0_L: jax.Array, tokens1_L: jax.Array,
+                steps: int, max_len: int, spherical: bool = False) -> jax.Array:
+    """Greedy decodings of ``steps`` points between the posterior means of two sequences.
+
+    Returns ``tokens_SxL`` (L = max_len); row 0 decodes mean(x0), the last row mean(x1).
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+        raise ValueError(f"steps must be an int >= 2 (both end points), got {steps!r}")
+    tokens0_L, tokens1_L = jnp.asarray(tokens0_L), jnp.asarray(tokens1_L)
+    if tokens0_L.ndim != 1 or tokens0_L.shape != tokens1_L.shape:
+        raise ValueError("interpolate takes two token rows of the same length (encode_batch "
+                         f"both together), got shapes {tokens0_L.shape} and {tokens1_L.shape}")
+    mean_2xZ, _ = encode(model, params, jnp.stack([tokens0_L, tokens1_L]))
+    t_S = jnp.linspace(0.0, 1.0, steps)
+    if spherical:
+        z_SxZ = models.slerp(mean_2xZ[0], mean_2xZ[1], t_S)
+    else:
+        z_SxZ = (1.0 - t_S[:, None]) * mean_2xZ[:1] + t_S[:, None] * mean_2xZ[1:]
+    return generate(model, params, z_SxZ, max_len)

@@ -1,0 +1,1 @@
+"""Objectives: loss factories ``make_*_loss -> loss_fn(params, batch, key, step)`` and KL schedules."""

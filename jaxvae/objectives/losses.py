@@ -1,0 +1,165 @@
+"""Training objectives, one contract: ``loss_fn(params, batch, key, step) -> (loss, metrics)``.
+
+``batch`` is a dict with ``"x"`` (examples) and ``"y"`` (int labels, -1 where a dataset has
+none); ``step`` is the int32 number of updates applied so far (for KL schedules); ``loss`` is
+the scalar to minimize and ``metrics`` a dict of batch means in nats per example, with at least
+``loss``, ``recon`` and ``kl`` (recon + kl is the one-sample negative ELBO). Every objective is
+made by a factory named ``make_*_loss``:
+
+    make_elbo_loss      mean_b recon_b + beta * w(step) * KL-term, for every model of
+                        ``jaxvae.models.interface`` (MLP with any prior and likelihood, conv, cvae,
+                        planar flow, ladder); KL-term = mean_b KL_b, or with free bits
+                        sum_j max(lambda, mean_b KL_bj) (models with a per-dimension KL)
+    make_iwae_loss      -mean_b [logsumexp_k log w_kb - log K]   (Burda et al. 2016)
+    make_vq_loss        the VQ-VAE objective (van den Oord et al. 2017)
+    make_m2_loss        the semi-supervised M2 objective (Kingma et al. 2014)
+    make_sequence_loss  the sequence VAE's -ELBO with KL warm-up and word dropout
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvae import likelihoods
+from jaxvae.models import interface
+from jaxvae.objectives import bounds as objectives
+from jaxvae.objectives import schedules
+from jaxvae.models import m2 as semisupervised
+from jaxvae.models import sequence
+from jaxvae.models import vq as vqvae
+
+
+class LossFn(Protocol):
+    """The training objective's contract (in the spirit of penzai's ``LossFunction``)."""
+
+    def __call__(self, params: Any, batch: dict, key: jax.Array, step: jax.Array
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        ...
+
+
+def _check_beta(beta) -> float:
+    if isinstance(beta, (bool, np.bool_)) or not isinstance(beta, (int, float, np.floating)):
+        raise TypeError(f"beta must be a number, got {beta!r}")
+    if not 0 <= beta < float("inf"):
+        raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+    return float(beta)
+
+
+def check_free_bits(free_bits: float, model: nn.Module) -> float:
+    """free_bits as a float >= 0; > 0 only for a model with an analytic KL per latent dimension."""
+    if isinstance(free_bits, bool) or not isinstance(free_bits, (int, float)):
+        raise TypeError(f"free_bits must be a number, got {free_bits!r}")
+    if not math.isfinite(free_bits) or free_bits < 0:
+        raise ValueError(f"free_bits must be a finite number >= 0 (nats per latent dimension), "
+                         f"got {free_bits}")
+    if free_bits > 0 and not getattr(model, "analytic_kl_per_dim", False):
+        what = (f"the {model.prior_name} prior" if hasattr(model, "prior_name")
+                else f"the {type(model).__name__}")
+        raise ValueError(f"free bits need a KL per latent dimension, which {what} does not "
+                         "have; use an MLP or conv VAE with --prior standard or diagonal")
+    return float(free_bits)
+
+
+def make_elbo_loss(model: nn.Module, beta: float = 1.0,
+                   kl_schedule: schedules.Schedule | None = None, free_bits: float = 0.0
+                   ) -> LossFn:
+    """The beta-weighted, scheduled, free-bits negative ELBO of any interface model.
+
+        loss = mean_b recon_b + beta * w(step) * KL-term
+
+    with recon_b, KL_b = ``interface.elbo_terms`` (one reparameterized z per example with
+    eps = normal(key, (B, Z)); the KL analytic where the model has it, else the Monte Carlo
+    log q(z | x) - log p(z)), KL-term = mean_b KL_b, or with ``free_bits`` = lambda > 0 the
+    term sum_j max(lambda, mean_b KL_bj) of ``schedules.free_bits_kl``. With beta = 1, the
+    constant schedule, no free bits, the standard prior it equals ``jaxvae.loss`` exactly.
+
+    Args:
+      model: a ``jaxvae.models.interface.LatentVariableModel`` (not the VQ-VAE: ``make_vq_loss``).
+      beta: the KL weight (the beta-VAE's beta, Higgins et al. 2017), >= 0.
+      kl_schedule: ``w(step)`` from ``jaxvae.objectives.schedules`` (default constant 1).
+      free_bits: lambda, nats per latent dimension (0 = off).
+
+    Returns:
+      ``loss_fn``; metrics ``loss``, ``recon``, ``kl`` (the true KL or its estimate, never
+      floored or weighted), ``kl_weight`` (beta * w(step)), ``kl_free_bits`` (with free bits),
+      ``bits_per_dim`` (logistic likelihood), and the model's own terms (``log_det`` of the
+      flows, ``kl_1`` .. ``kl_L`` of the ladder).
+    """
+    if isinstance(model, vqvae.VQVAE):
+        raise ValueError("the VQ-VAE is trained with make_vq_loss, not make_elbo_loss")
+    interface.check_defined(model, "elbo_terms")
+    beta = _check_beta(beta)
+    free_bits = check_free_bits(free_bits, model)
+    kl_schedule = kl_schedule or schedules.constant_schedule()
+    num_dims = interface.example_size(model)
+
+    def loss_fn(params, batch, key, step):
+        terms = interface.elbo_terms(model, params, batch, key)
+        weight = beta * kl_schedule(step)
+        if free_bits > 0:
+            kl_term, _ = schedules.free_bits_kl(terms.kl_BxZ, free_bits)
+            recon = jnp.mean(terms.recon_B)
+            loss = recon + weight * kl_term
+            metrics = {"loss": loss, "recon": recon, "kl": jnp.mean(terms.kl_B),
+                       "kl_free_bits": kl_term}
+        else:
+            loss, metrics = objectives.batch_metrics(terms.recon_B, terms.kl_B, weight)
+        metrics["kl_weight"] = weight
+        metrics.update({name: jnp.mean(value) for name, value in terms.extras.items()})
+        if model.likelihood == "logistic":
+            metrics["bits_per_dim"] = likelihoods.bits_per_dim(
+                metrics["recon"] + metrics["kl"], num_dims)
+        return loss, metrics
+
+    return loss_fn
+
+
+def make_iwae_loss(model: nn.Module, num_samples: int) -> LossFn:
+    """The negative K-sample IWAE bound (Burda et al. 2016) of any model with log-weights.
+
+        loss = -mean_b [logsumexp_k log w_kb - log K],
+        log w_kb = log p(x_b | z_kb) + log p(z_kb) - log q(z_kb | x_b),  z_kb ~ q(z | x_b)
+
+    with ``interface.log_weights`` (for the Gaussian posterior eps_KxBxZ = normal(key, (K, B,
+    Z))). The gradient weights each sample by its normalized importance weight. At K = 1 the
+    loss is the one-sample Monte Carlo -ELBO. Metrics ``recon`` and ``kl`` are the averages
+    over the K samples of -log p(x|z) and of log q(z|x) - log p(z), so recon + kl is the
+    average one-sample -ELBO, an upper bound of ``loss``.
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples (K) must be an int >= 1, got {num_samples!r}")
+    interface.check_defined(model, "log_weights")
+
+    def loss_fn(params, batch, key, step):
+        del step
+        terms = interface.log_weight_terms(model, params, batch, key, num_samples)
+        log_w_KxB = terms.log_weights()
+        loss = -jnp.mean(objectives.iwae_bound(log_w_KxB))
+        return loss, {"loss": loss, "recon": -jnp.mean(terms.log_px),
+                      "kl": jnp.mean(terms.log_qz - terms.log_pz)}
+
+    return loss_fn
+
+
+def make_vq_loss(model: vqvae.VQVAE, commitment_cost: float = 0.25, decay: float = 0.99
+                 ) -> LossFn:
+    """The VQ-VAE objective of ``vqvae.vqvae_loss`` with the model's likelihood (step unused)."""
+    if not isinstance(model, vqvae.VQVAE):
+        raise TypeError(f"make_vq_loss trains a VQVAE, got {type(model).__name__}")
+
+    def loss_fn(params, batch, key, step):
+        del key, step
+        return vqvae.vqvae_loss(model, params, batch["x"], model.likelihood, commitment_cost,
+                                decay)
+
+    return loss_fn
+
+
+make_m2_loss = semisupervised.m2_loss_fn
+make_sequence_loss = sequence.sequence_loss_fn

@@ -1,0 +1,153 @@
+"""``fit``: a VAE from a ``TrainConfig`` and a dataset, trained by ``jaxvae.training.loop``.
+
+``fit`` prints nothing; a caller that wants progress passes ``on_epoch`` or hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from jaxvae import config as config_lib
+from jaxvae.data import datasets as data_lib
+from jaxvae.training import early_stopping
+from jaxvae.training import feeding
+from jaxvae.training import loop
+from jaxvae.models import mlp as models
+from jaxvae.data import preprocessing
+from jaxvae.models import registry
+from jaxvae.training import step as train
+from jaxvae.training import hooks as hooks_lib
+from jaxvae import validation
+from jaxvae.models import builders as zoo
+
+
+class RunKeys(NamedTuple):
+    """The four independent streams of a run, split once from ``jax.random.key(seed)``."""
+
+    init: jax.Array  # parameter initialization
+    train: jax.Array  # reparameterization noise: step s uses fold_in(train, s)
+    shuffle: jax.Array  # data order: epoch e uses fold_in(shuffle, e)
+    eval: jax.Array  # evaluation noise (the same every epoch, so test losses compare)
+
+
+def run_keys(seed: int) -> RunKeys:
+    return RunKeys(*jax.random.split(jax.random.key(seed), 4))
+
+
+class FitResult(NamedTuple):
+    model: nn.Module
+    state: train.TrainState
+    history: list[dict]  # one record per epoch (see ``fit``)
+    compile_seconds: float  # compiling the training chunks and the evaluation
+    best_epoch: int | None = None  # with early stopping: the epoch whose state ``state`` is
+    devices_used: int = 1  # devices each batch was split over (all processes together)
+
+
+def final_record(result: FitResult) -> dict:
+    """The record of the returned state: the best epoch's with early stopping, else the last."""
+    return result.history[-1] if result.best_epoch is None else \
+        result.history[result.best_epoch - 1]
+
+
+def check_inputs(config: config_lib.TrainConfig, data: data_lib.Dataset) -> data_lib.Dataset:
+    """Validates the config and both splits; returns the data as float32 arrays."""
+    config_lib.validate_config(config)
+    x_train = validation.check_data(data.x_train, name="training data",
+                                    likelihood=config.likelihood)
+    x_test = validation.check_data(data.x_test, name="test data", likelihood=config.likelihood,
+                                   example_shape=x_train.shape[1:])
+    if config.batch_size > x_train.shape[0]:
+        raise ValueError(f"batch size {config.batch_size} is larger than the training set "
+                         f"({x_train.shape[0]} examples); use --batch-size <= {x_train.shape[0]}")
+    return data._replace(x_train=x_train, x_test=x_test)
+
+
+def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
+        on_epoch: Callable[[dict], Any] | None = None, *, hooks: Sequence[loop.Hook] = (),
+        checkpoint_dir: str | None = None, resume: bool = False,
+        on_resume: Callable[[list[dict]], Any] | None = None) -> FitResult:
+    """Trains the config's VAE on ``data`` and evaluates it on the test split after each epoch.
+
+    Each history record holds ``epoch``, ``train_loss``, ``train_recon``, ``train_kl`` (means
+    over the epoch's steps, per example), ``test_loss``, ``test_recon``, ``test_kl`` (per
+    example, with the parameters at the end of the epoch) and ``seconds`` (the epoch's
+    training time, compilation excluded). Losses are in nats per example.
+
+    Data parallel: each batch is split over ``config.num_devices`` local devices (None: all),
+    the parameters replicated (``jaxvae.training.placement``); if the devices do not divide the batch
+    size, the largest count that does is used (``FitResult.devices_used``). The result equals
+    one device's to float32 summation order.
+
+    The run goes through ``jaxvae.training.loop``: ``hooks`` are called as ``hook(step, progress)``
+    after each chunk of steps and at each epoch end (``jaxvae.training.hooks``; e.g.
+    ``tracking.TensorBoardLogger``); ``on_epoch(record)`` is a shorthand for
+    ``hooks.EveryEpoch(on_epoch)``.
+
+    Reliability: steps with a non-finite loss or gradient are skipped (``train_skipped``
+    counts them per epoch; the train means are over the finite steps) and
+    ``config.max_skipped_steps`` of them in a row raise ``loop.TrainingDiverged``. With
+    ``checkpoint_dir``, an Orbax checkpoint is written at every epoch end and every
+    ``config.checkpoint_every`` steps (the last ``config.keep_checkpoints`` are kept);
+    ``resume=True`` continues from the newest readable one (bitwise the uninterrupted run) and
+    calls ``on_resume(history)`` with the records of the epochs already done. In a multi-process
+    run (``jax.distributed``), ``data.x_train`` is this process's block of the training set,
+    training is data parallel over every process's devices and only process 0 writes.
+
+    With ``config.patience`` (early stopping), ``config.validation_fraction`` of the training
+    split is held out (stratified) and evaluated after each epoch (``val_loss``, ``val_recon``,
+    ``val_kl`` in the records); training stops after ``patience`` epochs without a lower
+    ``val_loss``, and the returned state is the best epoch's (``FitResult.best_epoch``).
+    Early stopping cannot be resumed yet (the best epoch's parameters are not checkpointed):
+    ``resume`` with ``config.patience`` raises ValueError.
+    """
+    data = check_inputs(config, data)
+    config = zoo.prepare(config, data)  # cyclical KL needs the run's steps
+    stopper = val_data = None
+    if config.patience:
+        if resume:
+            raise ValueError("early stopping (patience) cannot resume a run yet: the best "
+                             "epoch's parameters are not in the checkpoints; resume without "
+                             "--patience or start a new run")
+        data, val_data = early_stopping.split_validation(data, config.validation_fraction,
+                                                         config.seed)
+        if config.batch_size > len(data.x_train):
+            raise ValueError(f"batch size {config.batch_size} is larger than the training set "
+                             f"without its validation part ({len(data.x_train)} examples)")
+        stopper = early_stopping.EarlyStopping(config.patience)
+    model, loss_fn = registry.build(config, data.example_shape)
+    keys = run_keys(config.seed)
+    tx = registry.optimizer(config)  # Adam at config.lr (clipped), or what the model needs
+    state = train.create_train_state(models.init(model, keys.init), tx)
+    # binarization / dequantization; data too large for the device is streamed
+    for name in ("x_train", "x_test"):
+        preprocessing.check_range(getattr(data, name), config.binarize, config.dequantize, name)
+    data_key = preprocessing.data_key(config.seed)
+    data = data._replace(**{
+        name: np.asarray(preprocessing.fixed_transform(config.binarize, config.dequantize,
+                                                       data_key, getattr(data, name), part))
+        for part, name in enumerate(("x_train", "x_test"))})
+    if val_data is not None:  # held out like the test split: transformed once
+        val_data = {**val_data, "x": np.asarray(preprocessing.fixed_transform(
+            config.binarize, config.dequantize, data_key, val_data["x"], 2))}
+    preprocess = preprocessing.batch_preprocess(config.binarize, config.dequantize)
+    train_data = {"x": data.x_train, "y": data.y_train}
+    stream = config.feed == "stream" or (
+        config.feed == "auto" and not feeding.fits_on_device(feeding.tree_nbytes(train_data)))
+
+    hooks = ([] if on_epoch is None else [hooks_lib.EveryEpoch(on_epoch)]) + list(hooks) + \
+        ([] if stopper is None else [stopper])
+    run = loop.train_run(
+        config, train_data, {"x": data.x_test, "y": data.y_test}, loss_fn, tx, state, keys,
+        hooks=hooks, checkpoint_dir=checkpoint_dir, resume=resume, on_resume=on_resume,
+        preprocess=preprocess, data_key=data_key, stream=stream, val_data=val_data,
+        model=model)
+    if stopper is not None and stopper.best_state is not None:
+        return FitResult(model, stopper.best_state, run.history, run.compile_seconds,
+                         stopper.best_epoch, run.devices_used)
+    return FitResult(model, run.state, run.history, run.compile_seconds,
+                     devices_used=run.devices_used)

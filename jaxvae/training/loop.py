@@ -1,0 +1,393 @@
+"""The training loop: every model trains here, from the first step to the last hook.
+
+Read top to bottom:
+
+1. ``train_run`` sets a run up: the data placement (a feed of ``jaxvae.training.placement``: data on the
+   devices, streamed from the host, or split over processes), the one compiled chunk of steps
+   (``train.make_train_chunk``: the step with its NaN guard and micro-batching, under
+   ``lax.scan``), the evaluation, and the checkpoint restored on resume.
+2. ``run_epochs`` runs the epochs as chunks of steps and calls the hooks after each chunk:
+   ``for hook in hooks: hook(step, progress)``. Logging, metrics files, TensorBoard,
+   checkpoints, early stopping and time limits are hooks (``jaxvae.training.hooks``); a hook that returns
+   True ends the run after the current epoch.
+
+An epoch runs as one or more *chunks*: steps ``[start, stop)`` of the epoch's permutation
+(``fold_in(shuffle_key, epoch)``, recomputed on resume). Without ``checkpoint_every`` a chunk is
+the whole epoch; with ``checkpoint_every = N`` chunks end at the epoch positions N, 2N, ... and
+at the epoch end, where the checkpoint hook writes a checkpoint. The chunk boundaries depend only
+on the step count, so a run resumed from any checkpoint executes exactly the programs of the
+uninterrupted run and ends with bitwise identical parameters.
+
+The NaN guard (``train.train_step_fn(..., skip_nonfinite=True)``) skips non-finite steps inside
+the compiled chunk; the host reads the per-step ``skipped`` flags once per chunk and stops the run
+(``TrainingDiverged``) when ``max_skipped_steps`` consecutive steps were skipped. The check runs
+at chunk boundaries: steps after the limit inside the same chunk still run (their results are
+discarded with the run), and no checkpoint is written after the limit, so the last good one is
+kept.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvae.training import checkpoint as checkpoint_lib
+from jaxvae.training import placement
+from jaxvae.training import step as train
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+class Progress(NamedTuple):
+    """What a hook sees after each chunk of steps."""
+
+    state: train.TrainState  # the state reached; valid only during the call (the next chunk
+    #   donates it: copy what you keep)
+    loop: dict  # the loop's host state (``new_loop_state``), checkpointed with the state
+    record: dict | None  # at an epoch end: the epoch's history record; else None
+    step_metrics: dict | None  # at an epoch end: the epoch's per-step training metrics
+    model: Any = None  # the model being trained (for hooks that draw from it)
+
+
+class Hook(Protocol):
+    def __call__(self, step: int, progress: Progress) -> bool | None:
+        """Acts on the run after a chunk; returns True to end the run after this epoch."""
+
+
+class RunResult(NamedTuple):
+    state: train.TrainState
+    history: list[dict]  # one record per epoch
+    compile_seconds: float  # compiling the chunks and the evaluation
+    devices_used: int  # devices the batches were split over (all processes)
+
+
+def new_loop_state() -> dict:
+    """The host-side state of the loop, saved as JSON in every checkpoint."""
+    return {"epoch": 1,  # the epoch in progress (1-based)
+            "position": 0,  # steps of that epoch done
+            "sums": {},  # sum over the epoch's finite steps of metric * batch size
+            "examples": 0,  # examples in the epoch's finite steps
+            "skipped": 0,  # skipped steps in this epoch
+            "seconds": 0.0,  # training time of this epoch so far
+            "consecutive_skipped": 0,
+            "last_finite_loss": None, "last_finite_step": None,
+            "history": []}  # the records of finished epochs
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def train_run(config, train_data: dict, test_data: dict, loss_fn: train.LossFn, tx,
+              state: train.TrainState, keys, *, hooks: Sequence[Hook] = (),
+              checkpoint_dir=None, resume: bool = False,
+              on_resume: Callable[[list[dict]], Any] | None = None,
+              preprocess: Callable[[jax.Array, Any], Any] | None = None,
+              data_key: jax.Array | None = None, stream: bool = False,
+              val_data: dict | None = None, eval_loss_fn: train.LossFn | None = None,
+              evaluate_params: Callable[[Any], dict] | None = None,
+              model: Any = None) -> RunResult:
+    """Trains ``state`` on ``train_data`` for ``config.epochs`` epochs; returns a ``RunResult``.
+
+    ``config`` supplies ``epochs``, ``batch_size``, ``eval_batch_size`` and, where it has
+    them, ``max_skipped_steps`` (default 10), ``checkpoint_every``, ``keep_checkpoints``,
+    ``microbatch_size`` and ``num_devices`` (the most local devices to split batches over;
+    None: all). ``keys`` is a NamedTuple with ``train``, ``shuffle`` and ``eval`` keys.
+
+    ``train_data`` / ``test_data`` are dicts of numpy arrays (in a multi-process run, this
+    process's block of the training set and the whole test set). ``preprocess(key, batch)``
+    transforms each training batch on the device (dynamic binarization, dequantization) with
+    the key ``fold_in(fold_in(data_key, epoch), position)``; ``stream`` keeps the training data
+    in host memory instead of on the devices. ``val_data`` is evaluated after each epoch into
+    ``val_loss``, ``val_recon``, ... . ``eval_loss_fn`` (default ``loss_fn``) is the loss the
+    evaluation reports; ``test_data`` None: no loss evaluation. ``evaluate_params(params)``
+    (e.g. a classifier's test accuracy) returns more entries of each epoch's record.
+
+    With ``checkpoint_dir`` a checkpoint is written at every epoch end and every
+    ``checkpoint_every`` steps (process 0 writes); ``resume=True`` continues from the newest
+    readable one and calls ``on_resume(history)`` with the records of the epochs already done.
+    """
+    multi = jax.process_count() > 1
+    microbatch_size = getattr(config, "microbatch_size", None)
+    if multi and (preprocess is not None or stream):
+        raise ValueError("multi-process training supports neither batch preprocessing "
+                         "(--binarize dynamic, --dequantize) nor --feed stream yet: use "
+                         "--binarize static / none and --feed device")
+    if microbatch_size is not None and (multi or stream):
+        raise ValueError("microbatch_size (--microbatch-size) works with the data on one "
+                         "process's devices (--feed device, one process) only: drop it for "
+                         "multi-process or streamed training")
+
+    # The loop's state: new, or the newest checkpoint's.
+    loop = new_loop_state()
+    checkpoints = None
+    if checkpoint_dir is not None:
+        checkpoints = CheckpointHook(checkpoint_dir, config, keys)
+        restored = checkpoints.restore_if(resume, state)
+        if restored is not None:
+            state, keys, loop = restored
+            if on_resume is not None:
+                on_resume(list(loop["history"]))
+    elif resume:
+        raise ValueError("resume needs a checkpoint directory (checkpoint_dir)")
+
+    # Where the data lives: the feed hands each chunk its batches.
+    if multi:
+        feed = placement.ProcessFeed(train_data, config.batch_size, keys.shuffle)
+    else:
+        devices = placement.data_parallel_devices(config.batch_size,
+                                                  getattr(config, "num_devices", None))
+        feed_type = placement.HostFeed if stream else placement.DeviceFeed
+        feed = feed_type(train_data, config.batch_size, keys.shuffle, devices)
+    state = feed.place_state(state)
+
+    # The evaluation, compiled once for the test (and validation) split.
+    t0 = time.perf_counter()
+    eval_loss_fn = loss_fn if eval_loss_fn is None else eval_loss_fn
+    splits = {name: split for name, split in (("test", test_data), ("val", val_data))
+              if split is not None}
+    evaluators = {}
+    for name, split in splits.items():
+        split = feed.place_eval(split)
+        batch_size = min(config.eval_batch_size, len(jax.tree.leaves(split)[0]))
+        params, step = feed.to_host(state.params), feed.to_host(state.step)
+        if multi:
+            params, step = jax.device_put((params, step), jax.local_devices()[0])
+        evaluate = train.make_evaluate(eval_loss_fn, batch_size).lower(
+            params, split, keys.eval, step).compile()
+        evaluators[name] = (evaluate, split)
+    compile_seconds = time.perf_counter() - t0
+
+    def evaluate_state(state) -> dict:
+        params, step = feed.to_host(state.params), feed.to_host(state.step)
+        if multi:
+            params, step = jax.device_put((params, step), jax.local_devices()[0])
+        out = {f"{name}_{k}": float(v) for name, (evaluate, split) in evaluators.items()
+               for k, v in jax.device_get(evaluate(params, split, keys.eval, step)).items()}
+        if evaluate_params is not None:
+            out.update(evaluate_params(params))
+        return out
+
+    t0 = time.perf_counter()
+    feed.permutation(loop["epoch"])  # the first call compiles: keep it out of the epoch's time
+    compile_seconds += time.perf_counter() - t0
+    chunk = train.make_train_chunk(loss_fn, tx, preprocess=preprocess,
+                                   microbatch_size=microbatch_size)
+    run_chunk = _chunk_runner(chunk, feed, placement.run_key_for(feed, keys.train),
+                              preprocess, data_key)
+    all_hooks = ([checkpoints] if checkpoints is not None else []) + list(hooks)
+    try:
+        state, loop, chunk_compile = run_epochs(
+            state=state, loop=loop, run_chunk=run_chunk, steps_per_epoch=feed.steps_per_epoch,
+            evaluate=evaluate_state, hooks=all_hooks, epochs=config.epochs,
+            max_skipped_steps=getattr(config, "max_skipped_steps", 10),
+            checkpoint_every=getattr(config, "checkpoint_every", None), model=model)
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()
+    if multi:
+        state = jax.device_put(feed.to_host(state), jax.local_devices()[0])
+    devices_used = jax.device_count() if multi else feed.num_devices
+    return RunResult(state, loop["history"], compile_seconds + chunk_compile, devices_used)
+
+
+def _chunk_runner(chunk: Callable, feed, run_key, preprocess, data_key) -> Callable:
+    """``run_chunk(state, epoch, start, stop) -> (state, step_metrics, batch_sizes,
+    compile_seconds)``: the feed's pieces of steps [start, stop) through the compiled chunk."""
+    compiled: dict = {}
+
+    def run_chunk(state, epoch: int, start: int, stop: int):
+        preprocess_key = None if preprocess is None else jax.random.fold_in(data_key, epoch)
+        metrics, sizes, compile_seconds = [], [], 0.0
+        for piece in feed.pieces(epoch, start, stop):
+            args = (state, piece.data, piece.items, piece.positions, run_key, preprocess_key)
+            signature = (jax.tree.map(np.shape, piece.items), piece.batch_sharding)
+            signature = (str(signature), piece.data is None)
+            if signature not in compiled:
+                jax.block_until_ready(state)  # no earlier piece runs on during the compile
+                t0 = time.perf_counter()
+                compiled[signature] = chunk.lower(
+                    *args, batch_sharding=piece.batch_sharding).compile()
+                compile_seconds += time.perf_counter() - t0
+            state, m = compiled[signature](*args)
+            metrics.append(m)
+            sizes += piece.sizes
+        metrics = [jax.device_get(feed.to_host(m)) for m in metrics]
+        metrics = jax.tree.map(lambda *m: np.concatenate(m), *metrics)
+        return state, metrics, np.asarray(sizes, np.float64), compile_seconds
+
+    return run_chunk
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def run_epochs(*, state: train.TrainState, loop: dict, run_chunk: Callable,
+               steps_per_epoch: int, evaluate: Callable[[train.TrainState], dict],
+               hooks: Sequence[Hook], epochs: int, max_skipped_steps: int,
+               checkpoint_every: int | None, model: Any = None
+               ) -> tuple[train.TrainState, dict, float]:
+    """Runs epochs ``loop["epoch"] .. epochs`` from ``loop``'s position.
+
+    ``run_chunk(state, epoch, start, stop) -> (state, step_metrics, batch_sizes, compile_s)``;
+    ``evaluate(state)`` returns the record's evaluation entries (``test_loss``, ...). After a
+    chunk that ends inside an epoch, and once at each epoch end (after the evaluation, with the
+    epoch's record), every hook is called as ``hook(step, Progress(...))``; the run ends after
+    an epoch in which a hook returned True.
+
+    Returns:
+      ``(state, loop, compile_seconds)``.
+
+    Raises:
+      TrainingDiverged: ``max_skipped_steps`` consecutive skipped steps.
+    """
+    compile_total = 0.0
+    while loop["epoch"] <= epochs:
+        epoch = loop["epoch"]
+        epoch_steps, stop_run = [], False
+        while loop["position"] < steps_per_epoch:
+            first = (epoch - 1) * steps_per_epoch + loop["position"]  # steps done before
+            stop = steps_per_epoch
+            if checkpoint_every:  # at epoch positions N, 2N, ...: few distinct chunk lengths
+                stop = min(stop, (loop["position"] // checkpoint_every + 1) * checkpoint_every)
+            t0 = time.perf_counter()
+            state, metrics, sizes, compile_s = run_chunk(state, epoch, loop["position"], stop)
+            metrics = jax.device_get(metrics)
+            epoch_steps.append(metrics)
+            loop["seconds"] += time.perf_counter() - t0 - compile_s
+            compile_total += compile_s
+            _account(loop, metrics, sizes, first, max_skipped_steps)
+            loop["position"] = stop
+            if stop < steps_per_epoch:  # (the epoch end calls the hooks below)
+                stop_run |= _call(hooks, first + len(sizes), Progress(state, loop, None, None,
+                                                                        model))
+        record = {"epoch": epoch, "step": epoch * steps_per_epoch,
+                  **{f"train_{k}": (v / loop["examples"] if loop["examples"] else math.nan)
+                     for k, v in loop["sums"].items()},
+                  "train_skipped": loop["skipped"],
+                  **evaluate(state),
+                  "seconds": loop["seconds"]}
+        loop.update(new_loop_state(), history=loop["history"] + [record], epoch=epoch + 1,
+                    consecutive_skipped=loop["consecutive_skipped"],
+                    last_finite_loss=loop["last_finite_loss"],
+                    last_finite_step=loop["last_finite_step"],
+                    **({"last_checkpoint": loop["last_checkpoint"]}
+                       if "last_checkpoint" in loop else {}))
+        step_metrics = jax.tree.map(lambda *m: np.concatenate(m), *epoch_steps)
+        stop_run |= _call(hooks, epoch * steps_per_epoch,
+                          Progress(state, loop, record, step_metrics, model))
+        if stop_run:
+            break
+    return state, loop, compile_total
+
+
+def _call(hooks: Sequence[Hook], step: int, progress: Progress) -> bool:
+    stop = False
+    for hook in hooks:
+        stop |= bool(hook(step, progress))
+    return stop
+
+
+def _account(loop: dict, metrics: dict, sizes: np.ndarray, first: int,
+             max_skipped: int) -> None:
+    """Adds a chunk's per-step metrics to the epoch sums; stops after too many skips."""
+    skipped = np.asarray(metrics.get("skipped", np.zeros(len(sizes))))
+    names = [k for k in metrics if k != "skipped"]
+    for i, size in enumerate(sizes):
+        step = first + i + 1  # the step number this update would have made
+        if skipped[i]:
+            loop["skipped"] += 1
+            loop["consecutive_skipped"] += 1
+            if loop["consecutive_skipped"] >= max_skipped:
+                last = loop["last_finite_loss"]
+                last = ("no step had a finite loss" if last is None else
+                        f"the last finite loss was {last:.6g} at step {loop['last_finite_step']}")
+                saved = loop.get("last_checkpoint")
+                kept = (f"the last good checkpoint, {saved}, is kept" if saved
+                        else "no checkpoint was written after the divergence")
+                raise TrainingDiverged(
+                    f"training stopped at step {step}: {loop['consecutive_skipped']} consecutive "
+                    f"steps had a non-finite loss or gradient (max_skipped_steps={max_skipped}); "
+                    f"{last}; {kept}. Lower the learning rate, clip gradients (clip_norm, "
+                    "--clip-norm) or look for extreme values in the data.")
+            continue
+        loop["consecutive_skipped"] = 0
+        loop["last_finite_loss"] = float(metrics["loss"][i])
+        loop["last_finite_step"] = step
+        for k in names:
+            loop["sums"][k] = loop["sums"].get(k, 0.0) + float(metrics[k][i]) * float(size)
+        loop["examples"] += int(size)
+
+
+# ------------------------------------------------------------------------- checkpoints
+
+
+class CheckpointHook:
+    """Writes an Orbax checkpoint of the state, the run keys and the loop state at each call.
+
+    ``train_run`` puts it first among the hooks, so it is called after every chunk that ends
+    inside an epoch (``checkpoint_every``) and at every epoch end. Only process 0 writes. The
+    loop's ``last_checkpoint`` names the newest checkpoint written (for error messages); it is
+    not part of the saved loop state.
+    """
+
+    def __init__(self, directory, config, keys):
+        self.config_json = checkpoint_lib.config_dict(config)
+        self.keys = keys
+        self.manager = checkpoint_lib.CheckpointManager(
+            directory, getattr(config, "keep_checkpoints", 3),
+            writer=jax.process_index() == 0)
+
+    def restore_if(self, resume: bool, template: train.TrainState):
+        """``(state, keys, loop)`` of the newest readable checkpoint when resuming, else None.
+
+        Refuses to start over existing checkpoints, to resume without any, and to resume
+        with a config that differs from the saved run's.
+        """
+        manager = self.manager
+        steps = manager.all_steps()
+        if steps and not resume:
+            raise ValueError(f"{manager.directory} already holds checkpoints (steps {steps}); "
+                             "pass resume=True (--resume) to continue that run, or train into "
+                             "another directory")
+        if resume and not steps:
+            raise ValueError(f"nothing to resume: no checkpoint in {manager.directory}; run "
+                             "without resume (--resume) to start a new run")
+        if not steps:
+            return None
+
+        def check(saved: dict) -> None:
+            diffs = checkpoint_lib.config_differences(saved, self.config_json)
+            if diffs:
+                raise _ConfigMismatch(
+                    f"cannot resume from {manager.directory}: the config differs from the "
+                    "saved run's (" + "; ".join(diffs) + "); resume with the saved values "
+                    "or start a new run in another directory")
+
+        restored = manager.restore_latest(template, tuple(self.keys._fields),
+                                          check_config=check)
+        checkpoint_lib.check_resumable_epochs(restored, self.config_json["epochs"])
+        self.keys = type(self.keys)(**restored.keys)
+        loop = {**restored.loop, "last_checkpoint": str(restored.path)}
+        return jax.tree.map(jnp.asarray, restored.state), self.keys, loop
+
+    def __call__(self, step: int, progress: Progress) -> None:
+        loop = {k: v for k, v in progress.loop.items() if k != "last_checkpoint"}
+        if self.manager.writer:
+            path = self.manager.save(progress.state, self.keys._asdict(), loop,
+                                     self.config_json)
+            progress.loop["last_checkpoint"] = None if path is None else str(path)
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+class _ConfigMismatch(ValueError):
+    pass

@@ -26,7 +26,7 @@ from jaxvae.models import mlp as models
 from jaxvae.objectives import bounds as objectives
 from jaxvae.evaluation import plots
 from jaxvae.models import registry
-from jaxvae.models import builders as zoo
+from jaxvae.models import builders
 from jaxvae.data import datasets as data_lib
 from jaxvae.config import TrainConfig
 
@@ -45,7 +45,7 @@ def load_run(run_dir: str, check=None):
     saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields}
     config = TrainConfig(**saved)
     data = data_lib.load_for(config)
-    model = registry.build(zoo.prepare(config, data), data.example_shape).model
+    model = registry.build(builders.prepare(config, data), data.example_shape).model
     if check is not None:
         check(config, model)
     template = models.init(model, jax.random.key(0))

@@ -137,9 +137,9 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"unknown feed {config.feed!r}; choose one of {list(FEEDS)}")
     if not isinstance(config.download, bool):
         raise TypeError(f"download must be True or False, got {config.download!r}")
-    from jaxvae.models import builders as zoo
+    from jaxvae.models import builders
 
-    zoo.check_config(config)
+    builders.check_config(config)
     _validate_reliability(config)
     if config.patience is not None and (not _is_int(config.patience) or config.patience < 0):
         raise ValueError(f"patience must be None or an int >= 0, got {config.patience!r}")

@@ -4,7 +4,7 @@ The decoder of these likelihoods has two outputs per data dimension, stacked on 
 axis: ``out_BxDx2`` with ``out[..., 0]`` the location (the mean) and ``out[..., 1]`` the raw
 log-scale, which the NLL bounds softly (see ``soft_bound``) so that no dimension's density can
 run off to infinity on (near-)constant pixels. ``OUTPUT_CHANNELS`` says how many outputs per
-dimension each likelihood needs; ``jaxvae.models.builders.ZooVAE`` sizes its decoder from it.
+dimension each likelihood needs; ``jaxvae.models.mlp.VAE`` sizes its decoder from it.
 
     gaussian          unit variance (jaxvae.distributions.gaussian_nll): the "MSE" VAE
     gaussian_learned  N(x | mu(z), sigma^2(z)): the decoder predicts a log-variance per dimension

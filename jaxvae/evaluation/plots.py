@@ -73,7 +73,7 @@ def save_loss_curves(path, history: Sequence[dict],
     return str(path)
 
 
-# issue 6: evaluation and latent-space figures
+# evaluation and latent-space figures
 
 
 def _save(fig, path) -> str:

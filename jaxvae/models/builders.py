@@ -28,9 +28,6 @@ from jaxvae.objectives import schedules
 Params = Any
 
 
-ZooVAE = models.VAE  # the MLP VAE with any prior and likelihood
-
-
 def log_prior_fn(model: nn.Module, params: Params) -> Callable[[jax.Array], jax.Array]:
     """log p(z) of the model's prior as a function of z (for ``log_importance_weights``).
 

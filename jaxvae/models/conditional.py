@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvae.models import mlp as models
-from jaxvae.models import builders as zoo
+from jaxvae.models import builders
 
 
 class CVAE(models.VAE):
@@ -88,6 +88,6 @@ def generate(model: CVAE, params: Any, key: jax.Array, labels_N) -> jax.Array:
 
 def build(config, example_shape: tuple[int, ...]):
     """``(model, loss_fn)`` of ``--model cvae``: the conditional VAE and its -ELBO."""
-    model = zoo.make_model(config, example_shape, CVAE,
+    model = builders.make_model(config, example_shape, CVAE,
                            num_classes=getattr(config, "num_classes", 10))
-    return model, zoo.elbo_loss_from_config(model, config)
+    return model, builders.elbo_loss_from_config(model, config)

@@ -3,7 +3,7 @@
 Every prior is a diagonal-Gaussian mixture p(z) = sum_k pi_k N(z | mu_k, diag(exp(lv_k))),
 described by ``Mixture(logits_K, mean_KxZ, logvar_KxZ)`` (K = 1 for the Gaussians), so one
 ``log_prob`` and one ``sample`` serve all of them. The prior's parameters are Flax parameters
-of a submodule ``prior`` of ``jaxvae.models.builders.ZooVAE``, trained with the rest of the model.
+of a submodule ``prior`` of ``jaxvae.models.mlp.VAE``, trained with the rest of the model.
 
     standard   N(0, I); no parameters.                            KL analytic (closed form)
     diagonal   N(mu, diag(exp(lv))) with learned mu, lv.          KL analytic (closed form)
@@ -124,7 +124,7 @@ class VampPseudoInputs(nn.Module):
     """The K learned pseudo-inputs u_k of the VampPrior, shape ``(K, *data_shape)``.
 
     Initialized from N(0.5, 0.1^2), inside the [0, 1] range of image data. The mixture itself
-    needs the encoder: ``ZooVAE.prior_mixture`` encodes the pseudo-inputs.
+    needs the encoder: ``VAE.prior_mixture`` encodes the pseudo-inputs.
     """
 
     data_shape: tuple[int, ...]

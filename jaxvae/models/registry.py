@@ -24,7 +24,7 @@ from jaxvae.models import ladder
 from jaxvae.objectives import losses
 from jaxvae.training import step as train
 from jaxvae.models import vq as vqvae
-from jaxvae.models import builders as zoo
+from jaxvae.models import builders
 
 
 class Built(NamedTuple):
@@ -33,15 +33,15 @@ class Built(NamedTuple):
 
 
 def _elbo(model: nn.Module, config) -> Built:
-    return Built(model, zoo.elbo_loss_from_config(model, config))
+    return Built(model, builders.elbo_loss_from_config(model, config))
 
 
 def _mlp(config, example_shape: tuple[int, ...]) -> Built:
-    return _elbo(zoo.make_model(config, example_shape), config)
+    return _elbo(builders.make_model(config, example_shape), config)
 
 
 def _iwae(config, example_shape: tuple[int, ...]) -> Built:
-    model = zoo.make_model(config, example_shape)
+    model = builders.make_model(config, example_shape)
     return Built(model, losses.make_iwae_loss(model, getattr(config, "num_samples", 5)))
 
 

@@ -23,7 +23,7 @@ from jaxvae.models import registry
 from jaxvae.training import step as train
 from jaxvae.training import hooks as hooks_lib
 from jaxvae import validation
-from jaxvae.models import builders as zoo
+from jaxvae.models import builders
 
 
 class RunKeys(NamedTuple):
@@ -106,7 +106,7 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     ``resume`` with ``config.patience`` raises ValueError.
     """
     data = check_inputs(config, data)
-    config = zoo.prepare(config, data)  # cyclical KL needs the run's steps
+    config = builders.prepare(config, data)  # cyclical KL needs the run's steps
     stopper = val_data = None
     if config.patience:
         if resume:

@@ -3,7 +3,7 @@
 A training objective is any pure ``loss_fn(params, batch, key, step) -> (loss, metrics)`` (a
 scalar and a dict of scalars; ``step`` is the int32 number of updates applied so far, for
 schedules such as KL warm-up); ``vae_loss_fn`` makes the VAE's. Every function here is built from a
-loss_fn and an optax optimizer, so the model zoo plugs in without new training code.
+loss_fn and an optax optimizer, so every model trains through the same code.
 
 Randomness: the step with ``state.step == s`` uses the key ``fold_in(run_key, s)``, so a run
 resumed from a checkpoint draws exactly the numbers the uninterrupted run would have drawn.

@@ -1,4 +1,4 @@
-"""Model zoo objectives: KL schedules, free bits, priors, likelihoods, IWAE, the conditional VAE."""
+"""Objectives, priors and likelihoods: KL schedules, free bits, priors, likelihoods, IWAE, the conditional VAE."""
 
 import dataclasses
 import math
@@ -19,7 +19,7 @@ from jaxvae.models import registry
 from jaxvae.objectives import schedules
 from jaxvae.training import step as train
 from jaxvae.training import fit as trainer
-from jaxvae.models import builders as zoo
+from jaxvae.models import builders
 
 D, Z = 16, 2
 
@@ -97,11 +97,11 @@ def test_free_bits_gradient_is_zero_below_the_floor_and_the_mean_above():
 
 
 def test_free_bits_above_every_kl_leave_only_the_reconstruction_gradient():
-    model = zoo.make_model(_config(), (D,))
+    model = builders.make_model(_config(), (D,))
     params = models.init(model, jax.random.key(0))
     batch, key = _batch(), jax.random.key(1)
-    floored = zoo.elbo_loss_fn(model, free_bits=1e6)
-    recon_only = zoo.elbo_loss_fn(model, beta=0.0)
+    floored = builders.elbo_loss_fn(model, free_bits=1e6)
+    recon_only = builders.elbo_loss_fn(model, beta=0.0)
     grad = jax.jit(jax.grad(lambda p: floored(p, batch, key, 0)[0]
                             - recon_only(p, batch, key, 0)[0]))(params)
     jax.tree.map(lambda g: np.testing.assert_allclose(g, 0.0, atol=1e-6), grad)
@@ -113,27 +113,27 @@ def test_free_bits_above_every_kl_leave_only_the_reconstruction_gradient():
 # ----------------------------------------------------------------- special cases of the loss
 
 
-def test_standard_prior_zoo_loss_is_the_foundation_loss_to_the_bit():
+def test_standard_prior_elbo_loss_is_the_reference_loss_to_the_bit():
     ref = jaxvae.mlp_vae((16,), Z, (D,))
     params = models.init(ref, jax.random.key(0))
-    model = zoo.make_model(_config(), (D,))  # same parameter tree as models.VAE
+    model = builders.make_model(_config(), (D,))  # same parameter tree as models.VAE
     assert (jax.tree.structure(models.init(model, jax.random.key(0)))
             == jax.tree.structure(params))
     batch, key = _batch(), jax.random.key(2)
     for beta in (1.0, 0.25):
         expected, m_ref = jaxvae.loss(ref, params, batch["x"], key, beta=beta)
-        got, m = zoo.elbo_loss_fn(model, beta=beta)(params, batch, key, 0)
+        got, m = builders.elbo_loss_fn(model, beta=beta)(params, batch, key, 0)
         assert float(got) == float(expected)
         assert float(m["kl"]) == float(m_ref["kl"]) and float(m["recon"]) == float(m_ref["recon"])
     # beta = 1 is the plain VAE: loss = recon + kl
-    loss, m = zoo.elbo_loss_fn(model)(params, batch, key, 0)
+    loss, m = builders.elbo_loss_fn(model)(params, batch, key, 0)
     np.testing.assert_allclose(loss, m["recon"] + m["kl"], rtol=1e-6)
 
 
 def test_linear_schedule_scales_the_kl_term_by_its_weight():
-    model = zoo.make_model(_config(), (D,))
+    model = builders.make_model(_config(), (D,))
     params = models.init(model, jax.random.key(0))
-    loss_fn = zoo.elbo_loss_fn(model, beta=2.0, kl_schedule=schedules.linear_schedule(8))
+    loss_fn = builders.elbo_loss_fn(model, beta=2.0, kl_schedule=schedules.linear_schedule(8))
     batch, key = _batch(), jax.random.key(3)
     for step, w in ((0, 0.0), (2, 0.25), (8, 1.0), (50, 1.0)):
         loss, m = loss_fn(params, batch, key, jnp.int32(step))
@@ -156,12 +156,12 @@ def test_one_component_mixture_prior_equals_the_gaussian_prior():
     np.testing.assert_allclose(priors.mixture_log_prob(z, standard),
                                distributions.standard_normal_log_prob(z), rtol=1e-6)
     # A one-component mog VAE whose component is N(0, I) has the standard VAE's expected KL.
-    mog = zoo.make_model(_config(prior="mog", prior_components=1), (D,))
+    mog = builders.make_model(_config(prior="mog", prior_components=1), (D,))
     params = models.init(mog, jax.random.key(0))
     params["prior"] = {"logits": jnp.zeros(1), "mean": jnp.zeros((1, Z)),
                        "logvar": jnp.zeros((1, Z))}
     batch = _batch(4)
-    kl_mc = jnp.mean(jax.jit(jax.vmap(lambda k: zoo.elbo_terms(mog, params, batch, k).kl_B))(
+    kl_mc = jnp.mean(jax.jit(jax.vmap(lambda k: builders.elbo_terms(mog, params, batch, k).kl_B))(
         jax.random.split(jax.random.key(1), 4000)), 0)
     mean_q, logvar_q = models.encode(mog, params, batch["x"])
     np.testing.assert_allclose(kl_mc, distributions.gaussian_kl(mean_q, logvar_q), atol=0.04)
@@ -184,11 +184,11 @@ def test_mixture_log_prob_matches_scipy():
 
 
 def test_diagonal_prior_kl_matches_torch_and_monte_carlo():
-    model = zoo.make_model(_config(prior="diagonal"), (D,))
+    model = builders.make_model(_config(prior="diagonal"), (D,))
     params = models.init(model, jax.random.key(0))
     params["prior"] = {"mean": jnp.array([[0.5, -1.0]]), "logvar": jnp.array([[0.3, -0.7]])}
     batch = _batch(4)
-    terms = zoo.elbo_terms(model, params, batch, jax.random.key(0))
+    terms = builders.elbo_terms(model, params, batch, jax.random.key(0))
     mean_q, logvar_q = models.encode(model, params, batch["x"])
     q = torch.distributions.Normal(torch.tensor(np.asarray(mean_q), dtype=torch.float64),
                                    torch.tensor(np.exp(0.5 * np.asarray(logvar_q)),
@@ -212,7 +212,7 @@ def _quadrature_kl(mean_q, logvar_q, log_p):
 
 @pytest.mark.parametrize("prior", ["mog", "vamp"])
 def test_mixture_prior_monte_carlo_kl_matches_quadrature(prior):
-    model = zoo.make_model(dataclasses.replace(_config(prior=prior, prior_components=3),
+    model = builders.make_model(dataclasses.replace(_config(prior=prior, prior_components=3),
                                                latent_dim=1), (D,))
     params = models.init(model, jax.random.key(4))
     batch = _batch(3)
@@ -229,14 +229,14 @@ def test_mixture_prior_monte_carlo_kl_matches_quadrature(prior):
     mean_q, logvar_q = jax.tree.map(np.asarray, models.encode(model, params, batch["x"]))
     expected = [_quadrature_kl(float(mean_q[b, 0]), float(logvar_q[b, 0]), log_p)
                 for b in range(3)]
-    kl_SxB = jax.jit(jax.vmap(lambda k: zoo.elbo_terms(model, params, batch, k).kl_B))(
+    kl_SxB = jax.jit(jax.vmap(lambda k: builders.elbo_terms(model, params, batch, k).kl_B))(
         jax.random.split(jax.random.key(5), 20000))
     se = np.std(kl_SxB, 0) / math.sqrt(kl_SxB.shape[0])
     np.testing.assert_array_less(np.abs(np.mean(kl_SxB, 0) - np.asarray(expected)), 4 * se + 1e-4)
 
 
 def test_learned_prior_samples_follow_the_prior():
-    model = zoo.make_model(_config(prior="diagonal"), (D,))
+    model = builders.make_model(_config(prior="diagonal"), (D,))
     params = models.init(model, jax.random.key(0))
     params["prior"] = {"mean": jnp.array([[3.0, -2.0]]), "logvar": jnp.array([[0.0, -2.0]])}
     z = model.apply({"params": params}, jax.random.key(1), 20000, method=model.sample_latent)
@@ -271,7 +271,7 @@ def test_unit_variance_gaussian_is_half_the_sse_plus_a_constant():
 
 
 def test_gaussian_global_decoder_shares_one_learned_variance():
-    model = zoo.make_model(_config(likelihood="gaussian_global"), (D,))
+    model = builders.make_model(_config(likelihood="gaussian_global"), (D,))
     params = models.init(model, jax.random.key(0))
     assert params["output_logvar"].shape == ()
     params["output_logvar"] = jnp.float32(-1.5)
@@ -325,10 +325,10 @@ def test_bits_per_dim_is_nats_over_d_log_2():
 
 
 def test_iwae_with_one_sample_is_the_monte_carlo_elbo_with_the_same_key():
-    model = zoo.make_model(_config(), (D,))
+    model = builders.make_model(_config(), (D,))
     params = models.init(model, jax.random.key(0))
     batch, key = _batch(), jax.random.key(7)
-    loss, m = zoo.iwae_loss_fn(model, 1)(params, batch, key, 0)
+    loss, m = builders.iwae_loss_fn(model, 1)(params, batch, key, 0)
     # jaxvae.loss draws eps = normal(key, (B, Z)): the same z as K = 1; it uses the analytic KL.
     _, plain = jaxvae.loss(model, params, batch["x"], key)
     np.testing.assert_allclose(m["recon"], plain["recon"], rtol=1e-6)
@@ -340,12 +340,12 @@ def test_iwae_with_one_sample_is_the_monte_carlo_elbo_with_the_same_key():
 
 
 def test_iwae_bound_is_tighter_than_the_average_elbo_and_uses_the_learned_prior():
-    model = zoo.make_model(_config(prior="vamp", prior_components=3), (D,))
+    model = builders.make_model(_config(prior="vamp", prior_components=3), (D,))
     params = models.init(model, jax.random.key(0))
     batch, key = _batch(), jax.random.key(8)
-    loss, m = zoo.iwae_loss_fn(model, 8)(params, batch, key, 0)
+    loss, m = builders.iwae_loss_fn(model, 8)(params, batch, key, 0)
     assert float(loss) < float(m["recon"] + m["kl"])  # log mean w >= mean log w (Jensen)
-    log_prior = zoo.log_prior_fn(model, params)
+    log_prior = builders.log_prior_fn(model, params)
     log_w = objectives_log_w = jaxvae.log_importance_weights(model, params, batch["x"], key, 8,
                                                              log_prior=log_prior)
     np.testing.assert_allclose(loss, -jnp.mean(jaxvae.iwae_bound(objectives_log_w)), rtol=1e-6)
@@ -405,7 +405,7 @@ def test_generate_rejects_bad_labels(labels, error, match):
 
 def _train(config, data, epochs):
     """Trains with one compiled epoch program; returns (model, params, per-epoch metrics)."""
-    config = zoo.prepare(config, data)
+    config = builders.prepare(config, data)
     model, loss_fn = registry.build(config, data.example_shape)
     tx = train.make_optimizer(config.lr)
     state = train.create_train_state(models.init(model, jax.random.key(0)), tx)
@@ -418,7 +418,7 @@ def _train(config, data, epochs):
     return model, state.params, history
 
 
-ZOO = [  # every prior, likelihood, schedule and model at least once (the cvae: below)
+SETTINGS = [  # every prior, likelihood, schedule and model at least once (the cvae: below)
     dict(beta=4.0, likelihood="gaussian"),
     dict(prior="diagonal", kl_schedule="linear", kl_warmup_steps=20, free_bits=0.1),
     dict(prior="mog", prior_components=4),
@@ -430,8 +430,8 @@ ZOO = [  # every prior, likelihood, schedule and model at least once (the cvae: 
 ]
 
 
-@pytest.mark.parametrize("change", ZOO, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
-def test_every_zoo_model_has_shapes_finite_loss_and_learns(change):
+@pytest.mark.parametrize("change", SETTINGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_every_setting_has_shapes_finite_loss_and_learns(change):
     config = _config(epochs=25, batch_size=16, lr=3e-3, **change)
     batch = _batch(64)
     data = jaxvae.Dataset(batch["x"], batch["y"], batch["x"][:32], batch["y"][:32])
@@ -455,7 +455,7 @@ def test_cyclical_total_steps_default_to_the_run():
     config = _config(kl_schedule="cyclical", epochs=3, batch_size=16)
     batch = _batch(40)
     data = jaxvae.Dataset(batch["x"], batch["y"], batch["x"], batch["y"])
-    assert zoo.prepare(config, data).kl_total_steps == 3 * 3  # ceil(40 / 16) steps per epoch
+    assert builders.prepare(config, data).kl_total_steps == 3 * 3  # ceil(40 / 16) steps per epoch
     with pytest.raises(ValueError, match="needs kl_total_steps"):
         registry.build(config, (D,))
 
@@ -472,12 +472,12 @@ def test_cyclical_total_steps_default_to_the_run():
     (dict(prior="mog", prior_components=0), ValueError, "prior_components must be >= 1"),
     (dict(kl_cycles=2.0), TypeError, "kl_cycles must be an int"),
 ])
-def test_bad_zoo_configs_are_rejected_before_training(change, error, match):
+def test_bad_objective_configs_are_rejected_before_training(change, error, match):
     with pytest.raises(error, match=match):
         jaxvae.validate_config(_config(**change))
 
 
-def test_fit_rejects_data_the_zoo_model_cannot_use():
+def test_fit_rejects_data_the_model_cannot_use():
     x = np.full((8, D), 0.5, np.float32)
     unlabelled = jaxvae.Dataset(x, np.full(8, -1, np.int32), x, np.full(8, -1, np.int32))
     with pytest.raises(ValueError, match=r"cvae needs training labels in \[0, 10\)"):
@@ -488,7 +488,7 @@ def test_fit_rejects_data_the_zoo_model_cannot_use():
         trainer.fit(_config(likelihood="logistic", batch_size=4), data)
 
 
-def test_zoo_loss_compiles_once_across_steps():
+def test_elbo_loss_compiles_once_across_steps():
     config = _config(prior="mog", kl_schedule="linear", kl_warmup_steps=5)
     model, loss_fn = registry.build(config, (D,))
     tx = train.make_optimizer(1e-3)

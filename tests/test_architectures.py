@@ -1,4 +1,4 @@
-"""Model zoo architectures (issue 7b): conv VAE, VQ-VAE, ladder VAE, planar-flow posterior."""
+"""Architectures: conv VAE, VQ-VAE, ladder VAE, planar-flow posterior."""
 
 import dataclasses
 
@@ -26,7 +26,7 @@ from jaxvae.config import TrainConfig
 TINY = dict(hidden=(32,), latent_dim=4, conv_channels=(4, 8), num_codes=16, code_dim=4,
             ladder_latents=(6, 4, 3), ladder_hidden=(32, 16, 16), flow_steps=2, lr=1e-2,
             batch_size=32)
-ZOO = ("conv", "vqvae", "ladder", "flow")
+ARCHITECTURES = ("conv", "vqvae", "ladder", "flow")
 
 
 def _config(name: str) -> TrainConfig:
@@ -41,13 +41,13 @@ def tiny_data():
 
 @pytest.fixture(scope="module")
 def trained(tiny_data):
-    """Each zoo model trained for 6 scan epochs (24 steps) on 128 8x8 digits.
+    """Each architecture trained for 6 scan epochs (24 steps) on 128 8x8 digits.
 
     ``before``: the metrics of the first step (initial parameters); ``after``: the means over
     the last epoch.
     """
     results = {}
-    for name in ZOO:
+    for name in ARCHITECTURES:
         config = _config(name)
         jaxvae.validate_config(config)
         model, loss_fn = registry.build(config, (64,))
@@ -64,8 +64,8 @@ def trained(tiny_data):
     return results
 
 
-@pytest.mark.parametrize("name", ZOO)
-def test_every_zoo_model_trains_with_finite_falling_loss(trained, name):
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_every_architecture_trains_with_finite_falling_loss(trained, name):
     model, _, params, before, after = trained[name]
     for metrics in (before, after):
         assert {"loss", "recon", "kl"} <= set(metrics)

@@ -214,7 +214,22 @@ def mlp_vae(hidden: Sequence[int] = (400,), latent_dim: int = 20,
             data_shape: Sequence[int] = (784,), torch_init: bool = True,
             likelihood: str = "bernoulli", prior: str = "standard", num_components: int = 10
             ) -> VAE:
-    """An MLP VAE, validated: every width and the latent size must be positive integers."""
+    """An MLP VAE, validated: every width and the latent size must be positive integers.
+
+    Args:
+      hidden, latent_dim, data_shape, torch_init, likelihood: as the ``VAE`` attributes.
+      prior: one of ``jaxvae.models.priors.PRIORS`` (the ``VAE``'s ``prior_name``).
+      num_components: K of the mog and vamp priors.
+
+    Returns:
+      the ``VAE`` module (no parameters: ``init`` makes them).
+
+    Examples:
+      >>> import jaxvae
+      >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
+      >>> model.latent_dim, model.data_shape, model.likelihood, model.prior_name
+      (2, (4,), 'bernoulli', 'standard')
+    """
     hidden = tuple(hidden)
     if isinstance(latent_dim, bool) or not isinstance(latent_dim, (int, np.integer)):
         raise TypeError(f"latent_dim must be an int, got {type(latent_dim).__name__}")
@@ -259,7 +274,17 @@ def _check_params(params: Params) -> None:
 
 
 def init(model: nn.Module, key: jax.Array) -> Params:
-    """Creates the model's parameters from ``key`` (a dummy batch of one example of zeros)."""
+    """Creates the model's parameters from ``key`` (a dummy batch of one example of zeros).
+
+    Examples:
+      >>> import jax, jaxvae
+      >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
+      >>> params = jaxvae.init(model, jax.random.key(0))
+      >>> sorted(params)
+      ['decoder', 'encoder']
+      >>> params["encoder"]["mean"]["kernel"].shape  # hidden 8 -> latent 2
+      (8, 2)
+    """
     validation.check_key(key)
     x_1xD = jnp.zeros((1,) + tuple(model.data_shape), jnp.float32)
     return model.init(key, x_1xD)["params"]
@@ -267,7 +292,16 @@ def init(model: nn.Module, key: jax.Array) -> Params:
 
 def encode(model: nn.Module, params: Params, x_BxD: jax.Array, labels: jax.Array | None = None
            ) -> tuple[jax.Array, jax.Array]:
-    """q(z | x): returns ``(mean_BxZ, logvar_BxZ)``. ``labels``: for conditional models only."""
+    """q(z | x): returns ``(mean_BxZ, logvar_BxZ)``. ``labels``: for conditional models only.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxvae
+      >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
+      >>> params = jaxvae.init(model, jax.random.key(0))
+      >>> mean, logvar = jaxvae.encode(model, params, jnp.zeros((3, 4)))  # x_BxD, B = 3
+      >>> mean.shape, logvar.shape
+      ((3, 2), (3, 2))
+    """
     _check_params(params)
     x_BxD = validation.check_array(x_BxD, "x", min_ndim=2, example_size=_example_size(model))
     cond = () if labels is None else (labels,)
@@ -278,7 +312,18 @@ def encode(model: nn.Module, params: Params, x_BxD: jax.Array, labels: jax.Array
 
 def decode(model: nn.Module, params: Params, z_BxZ: jax.Array, labels: jax.Array | None = None
            ) -> jax.Array:
-    """p(x | z): returns the decoder outputs (Bernoulli logits for the reference VAE)."""
+    """p(x | z): returns the decoder outputs (Bernoulli logits for the reference VAE).
+
+    ``z_BxZ`` -> ``(B, *data_shape)`` for one-output likelihoods (bernoulli, gaussian);
+    ``labels``: for conditional models only.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxvae
+      >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
+      >>> params = jaxvae.init(model, jax.random.key(0))
+      >>> jaxvae.decode(model, params, jnp.zeros((3, 2))).shape  # z_BxZ -> logits_BxD
+      (3, 4)
+    """
     _check_params(params)
     z_BxZ = validation.check_array(z_BxZ, "z", ndim=2,
                                    last_dim=getattr(model, "latent_dim", None))
@@ -294,6 +339,17 @@ def sample(model: nn.Module, params: Params, key: jax.Array, n: int) -> jax.Arra
     Returns logits for a Bernoulli model: use ``jaxvae.likelihood_mean`` (sigmoid) for images.
     A model with its own prior or sampler (a ``sample_outputs(key, n)`` method: learned priors,
     the conditional VAE, VQ-VAE, ladder VAE) draws from it instead.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxvae
+      >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
+      >>> params = jaxvae.init(model, jax.random.key(0))
+      >>> logits = jaxvae.sample(model, params, jax.random.key(1), 5)
+      >>> logits.shape
+      (5, 4)
+      >>> images = jaxvae.likelihood_mean("bernoulli", logits)  # sigmoid(logits)
+      >>> bool(jnp.all((images > 0) & (images < 1)))
+      True
     """
     validation.check_key(key)
     n = validation.check_count(n, "n (the number of samples)")
@@ -309,6 +365,17 @@ def reconstruct(model: nn.Module, params: Params, x_BxD: jax.Array, key: jax.Arr
 
     ``labels``: the classes of x, for conditional models only. A model with its own
     ``reconstruct_outputs`` (VQ-VAE, ladder, flow) uses it.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxvae
+      >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
+      >>> params = jaxvae.init(model, jax.random.key(0))
+      >>> x = jnp.zeros((3, 4))
+      >>> jaxvae.reconstruct(model, params, x, jax.random.key(1)).shape  # z ~ q(z | x)
+      (3, 4)
+      >>> mean, _ = jaxvae.encode(model, params, x)  # without a key: decode(mean)
+      >>> bool(jnp.all(jaxvae.reconstruct(model, params, x) == jaxvae.decode(model, params, mean)))
+      True
     """
     if key is not None:
         validation.check_key(key)

@@ -258,7 +258,24 @@ def reconstruct(model: nn.Module, params: Params, batch, key: jax.Array | None =
 
 
 def elbo_terms(model: nn.Module, params: Params, batch, key: jax.Array) -> ElboTerms:
-    """The one-sample negative-ELBO terms per example (``ElboTerms``); the training objective's."""
+    """The one-sample negative-ELBO terms per example (``ElboTerms``); the training objective's.
+
+        -ELBO_b = recon_b + kl_b,  recon_b = -log p(x_b | z_b),  z_b ~ q(z | x_b) (with ``key``)
+
+    ``recon_B`` and ``kl_B`` are ``(B,)``; ``kl_BxZ`` the KL per latent dimension where it is
+    analytic (else None).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxvae
+      >>> from jaxvae.models import interface
+      >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
+      >>> params, x = jaxvae.init(model, jax.random.key(0)), jnp.zeros((3, 4))
+      >>> terms = interface.elbo_terms(model, params, {"x": x}, jax.random.key(1))
+      >>> terms.recon_B.shape, terms.kl_B.shape, terms.kl_BxZ.shape
+      ((3,), (3,), (3, 2))
+      >>> bool(jnp.allclose(terms.kl_B, jaxvae.gaussian_kl(*jaxvae.encode(model, params, x))))
+      True
+    """
     check_defined(model, "elbo_terms")
     batch = as_batch(model, batch)
     return _apply(model, params, "elbo_terms", batch["x"], batch["y"], key)
@@ -280,6 +297,17 @@ def log_weights(model: nn.Module, params: Params, batch, key: jax.Array, num_sam
     z is every stochastic layer, p the top-down prior; for the conditional VAE the labels come
     from ``batch["y"]``. The IWAE bound is ``logsumexp_k log w_k - log K``; at K = 1 it is the
     one-sample ELBO estimate.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxvae
+      >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
+      >>> params = jaxvae.init(model, jax.random.key(0))
+      >>> log_w = jaxvae.log_weights(model, params, {"x": jnp.zeros((3, 4))}, jax.random.key(1),
+      ...                            num_samples=5)
+      >>> log_w.shape  # (K, B)
+      (5, 3)
+      >>> jaxvae.iwae_bound(log_w).shape  # logsumexp_k log w_k - log K, per example
+      (3,)
     """
     num_samples = validation.check_count(num_samples, "num_samples")
     return log_weight_terms(model, params, batch, key, num_samples).log_weights()

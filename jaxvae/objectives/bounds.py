@@ -72,6 +72,16 @@ def loss(model: nn.Module, params: Any, x: jax.Array, key: jax.Array, beta: floa
 
     Returns:
       ``(loss, metrics)``; metrics holds the batch means of ``loss``, ``recon`` and ``kl`` (nats).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxvae
+      >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
+      >>> params, x = jaxvae.init(model, jax.random.key(0)), jnp.zeros((3, 4))
+      >>> value, metrics = jaxvae.loss(model, params, x, jax.random.key(1))
+      >>> sorted(metrics)
+      ['kl', 'loss', 'recon']
+      >>> bool(jnp.isclose(value, metrics["recon"] + metrics["kl"]))  # beta = 1
+      True
     """
     check_likelihood(likelihood)
     validation.check_key(key)
@@ -133,5 +143,19 @@ def log_importance_weights(model: nn.Module, params: Any, x_BxD: jax.Array, key:
 
 
 def iwae_bound(log_w_KxB: jax.Array) -> jax.Array:
-    """log (1/K) sum_k w_k = logsumexp_k log w_k - log K, per example: ``(B,)``."""
+    """log (1/K) sum_k w_k = logsumexp_k log w_k - log K, per example: ``(B,)``.
+
+    Args:
+      log_w_KxB: log importance weights, K samples of B examples (``log_importance_weights``).
+
+    Returns:
+      ``bound_B``: the log of the mean weight, >= the mean log-weight (Jensen).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxvae import iwae_bound
+      >>> log_w = jnp.log(jnp.array([[1.0, 2.0], [3.0, 2.0]]))  # K = 2 samples, B = 2 examples
+      >>> [round(v, 4) for v in iwae_bound(log_w).tolist()]  # log(mean w): log 2, log 2
+      [0.6931, 0.6931]
+    """
     return jax.nn.logsumexp(log_w_KxB, axis=0) - jnp.log(log_w_KxB.shape[0])

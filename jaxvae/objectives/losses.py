@@ -90,6 +90,17 @@ def make_elbo_loss(model: nn.Module, beta: float = 1.0,
       floored or weighted), ``kl_weight`` (beta * w(step)), ``kl_free_bits`` (with free bits),
       ``bits_per_dim`` (logistic likelihood), and the model's own terms (``log_det`` of the
       flows, ``kl_1`` .. ``kl_L`` of the ladder).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxvae
+      >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
+      >>> params, x = jaxvae.init(model, jax.random.key(0)), jnp.zeros((3, 4))
+      >>> loss_fn = jaxvae.make_elbo_loss(model, beta=1.0)
+      >>> loss, metrics = loss_fn(params, {"x": x}, jax.random.key(1), jnp.int32(0))
+      >>> sorted(metrics)
+      ['kl', 'kl_weight', 'loss', 'recon']
+      >>> bool(jnp.isclose(loss, metrics["recon"] + metrics["kl"]))  # beta = 1: the -ELBO
+      True
     """
     if isinstance(model, vqvae.VQVAE):
         raise ValueError("the VQ-VAE is trained with make_vq_loss, not make_elbo_loss")
@@ -131,6 +142,22 @@ def make_iwae_loss(model: nn.Module, num_samples: int) -> LossFn:
     loss is the one-sample Monte Carlo -ELBO. Metrics ``recon`` and ``kl`` are the averages
     over the K samples of -log p(x|z) and of log q(z|x) - log p(z), so recon + kl is the
     average one-sample -ELBO, an upper bound of ``loss``.
+
+    Args:
+      model: a model of ``jaxvae.models.interface`` that defines ``log_weights``.
+      num_samples: K >= 1, importance samples per example.
+
+    Returns:
+      ``loss_fn``; metrics ``loss``, ``recon`` and ``kl``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxvae
+      >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
+      >>> params, x = jaxvae.init(model, jax.random.key(0)), jnp.zeros((3, 4))
+      >>> loss_fn = jaxvae.make_iwae_loss(model, num_samples=5)
+      >>> loss, metrics = loss_fn(params, {"x": x}, jax.random.key(1), jnp.int32(0))
+      >>> bool(loss <= metrics["recon"] + metrics["kl"])  # K = 5 bound >= mean one-sample ELBO
+      True
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples (K) must be an int >= 1, got {num_samples!r}")

@@ -249,6 +249,18 @@ def log_likelihood(model: nn.Module, params: Any, batch, key: jax.Array, num_sam
       ValueError / TypeError: a count that is not a positive int, data of the wrong shape or
         range, an unknown likelihood, missing labels for a conditional model, or a model whose
         log-likelihood is not defined (the VQ-VAE).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxvae
+      >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
+      >>> params, x = jaxvae.init(model, jax.random.key(0)), jnp.zeros((3, 4))
+      >>> key = jax.random.key(1)
+      >>> log_px = jaxvae.log_likelihood(model, params, x, key, num_samples=10)
+      >>> log_px.shape
+      (3,)
+      >>> mean_log_w = jaxvae.elbo(model, params, x, key, num_samples=10, analytic_kl=False)
+      >>> bool(jnp.all(log_px >= mean_log_w))  # log mean w >= mean log w, the same 10 samples
+      True
     """
     return _run(model, params, batch, key, num_samples=num_samples, chunk_size=chunk_size,
                 batch_size=batch_size, likelihood=likelihood, log_prior=log_prior, kind="iwae")
@@ -278,6 +290,18 @@ def elbo(model: nn.Module, params: Any, batch, key: jax.Array, likelihood: str |
 
     Returns:
       ``elbo_B`` (negative for the Bernoulli likelihood; ``-mean`` is the test loss at beta 1).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxvae
+      >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
+      >>> params, x = jaxvae.init(model, jax.random.key(0)), jnp.zeros((3, 4))
+      >>> key = jax.random.key(1)
+      >>> elbo_B = jaxvae.elbo(model, params, x, key)  # one z per example, analytic KL
+      >>> elbo_B.shape, bool(jnp.all(elbo_B < 0))
+      ((3,), True)
+      >>> one_sample = jaxvae.elbo(model, params, x, key, analytic_kl=False)  # K = 1: log w
+      >>> bool(jnp.allclose(one_sample, jaxvae.log_likelihood(model, params, x, key, 1)))
+      True
     """
     return _run(model, params, batch, key, num_samples=num_samples, chunk_size=chunk_size,
                 batch_size=batch_size, likelihood=likelihood, log_prior=log_prior,

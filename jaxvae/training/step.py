@@ -39,6 +39,14 @@ def create_train_state(params: Any, tx: optax.GradientTransformation) -> TrainSt
 
     The parameters are copied: the jitted steps donate the state, and the caller's ``params``
     must stay usable after the first step.
+
+    Examples:
+      >>> import jax, jaxvae
+      >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
+      >>> params = jaxvae.init(model, jax.random.key(0))
+      >>> state = jaxvae.create_train_state(params, jaxvae.make_optimizer(1e-3))
+      >>> int(state.step), state.params is params  # step 0, a copy of the parameters
+      (0, False)
     """
     params = jax.tree.map(jnp.copy, params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
@@ -50,6 +58,14 @@ def make_optimizer(lr: float = 1e-3, clip_norm: float | None = None
 
     With ``clip_norm``, gradients are first rescaled to a global L2 norm of at most clip_norm
     (``optax.clip_by_global_norm``, Pascanu et al. 2013).
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxvae
+      >>> tx = jaxvae.make_optimizer(lr=1e-3, clip_norm=1.0)
+      >>> params = {"w": jnp.zeros(3)}
+      >>> updates, _ = tx.update({"w": jnp.array([4.0, -2.0, 0.5])}, tx.init(params), params)
+      >>> [round(u, 6) for u in updates["w"].tolist()]  # Adam's first step: -lr * sign(grad)
+      [-0.001, 0.001, -0.001]
     """
     if isinstance(lr, bool) or not isinstance(lr, (int, float)):
         raise TypeError(f"learning rate must be a number, got {type(lr).__name__}")
@@ -225,6 +241,16 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *,
 
     The key of the step is ``fold_in(run_key, state.step)``. Do not reuse a donated state.
     ``microbatch_size``: see ``train_step_fn``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxvae
+      >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
+      >>> tx = jaxvae.make_optimizer(1e-3)
+      >>> state = jaxvae.create_train_state(jaxvae.init(model, jax.random.key(0)), tx)
+      >>> train_step = jaxvae.make_train_step(jaxvae.make_elbo_loss(model), tx)
+      >>> state, metrics = train_step(state, {"x": jnp.zeros((3, 4))}, jax.random.key(1))
+      >>> int(state.step), sorted(metrics)
+      (1, ['kl', 'kl_weight', 'loss', 'recon'])
     """
     return jax.jit(train_step_fn(loss_fn, tx, microbatch_size=microbatch_size),
                    donate_argnums=0)

@@ -3,6 +3,7 @@
 
     python3 tasks.py train [train.py flags]   # train the reference VAE on mnist5k -> runs/quickstart
     python3 tasks.py test  [pytest flags]     # install the test dependencies, run the whole suite
+                                              # on every core (pytest-xdist: -n logical --dist loadfile)
 
 Each creates (or reuses) the virtual environment .venv in this folder and installs the project
 into it (re-installing only when pyproject.toml or the requested extras change).
@@ -51,7 +52,20 @@ def main(argv: list[str]) -> int:
         args = rest or ["--outdir", "runs/quickstart"]
         return subprocess.call([str(PYTHON), str(ROOT / "experiments" / "train.py"), *args],
                                cwd=ROOT, env=env)
-    return subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT, env=env)
+    return subprocess.call([str(PYTHON), "-m", "pytest", *parallel_flags(rest), *rest],
+                           cwd=ROOT, env=env)
+
+
+def parallel_flags(pytest_args: list[str]) -> list[str]:
+    """pytest-xdist flags, unless the caller chose a worker count or turned xdist off.
+
+    Whole files go to one worker (--dist loadfile) so that each file's module fixtures (trained
+    models, script runs) are built once; tests/conftest.py hands out the slowest files first.
+    """
+    if any(a.startswith(("-n", "--numprocesses", "--dist")) or a == "no:xdist" or a == "-pno:xdist"
+           for a in pytest_args):
+        return []
+    return ["-n", "logical", "--maxprocesses", "4", "--dist", "loadfile"]
 
 
 if __name__ == "__main__":

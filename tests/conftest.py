@@ -1,13 +1,32 @@
-"""Test setup: 4 CPU devices (set before JAX is imported) and the repository on sys.path."""
+"""Test setup: 4 CPU devices (set before JAX is imported), the repository on sys.path, one
+compilation cache for the whole run, and the slowest test files scheduled first."""
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# Many tests build the same program anew (each call of a script's main() or of fit() makes
+# fresh closures, which jit's in-memory cache does not recognise). JAX's persistent cache keys
+# programs by their HLO, so an identical program compiles once per run, across tests, pytest-xdist
+# workers and the scripts that tests start as subprocesses (they inherit the environment). The
+# directory lives for one run (the first process that loads this file makes it and removes it at
+# exit), so every run still compiles everything once. A positive size limit makes JAX lock the
+# directory while reading or writing, so that two workers never see half-written entries.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache_dir = tempfile.mkdtemp(prefix="jaxvae-test-compile-cache-")
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -17,6 +36,23 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# The files that take longest (training runs, script runs, subprocesses), slowest first. pytest-xdist
+# with --dist loadfile (what `python3 tasks.py test` runs) hands out whole files in collection order,
+# so starting these first keeps one long file from running alone at the end.
+SLOW_FILES_FIRST = (
+    "test_benchmarks.py",
+    "test_eval_scripts.py",
+    "test_checkpoint.py",
+    "test_zoo_objectives.py",
+    "test_multihost.py",
+    "test_zoo_models.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: keeps file order
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 
     python3 tasks.py train [train.py flags]   # train the reference VAE on mnist5k -> runs/quickstart
     python3 tasks.py test  [pytest flags]     # install the test dependencies, run the whole suite
-                                              # on every core (pytest-xdist: -n logical --dist loadfile)
+                                              # on every core (pytest-xdist, whole files per worker)
 
 Each creates (or reuses) the virtual environment .venv in this folder and installs the project
 into it (re-installing only when pyproject.toml or the requested extras change).
@@ -62,10 +62,12 @@ def parallel_flags(pytest_args: list[str]) -> list[str]:
     Whole files go to one worker (--dist loadfile) so that each file's module fixtures (trained
     models, script runs) are built once; tests/conftest.py hands out the slowest files first.
     """
-    if any(a.startswith(("-n", "--numprocesses", "--dist")) or a == "no:xdist" or a == "-pno:xdist"
+    if any(a.startswith(("-n", "--numprocesses", "--dist")) or a in ("no:xdist", "-pno:xdist")
            for a in pytest_args):
         return []
-    return ["-n", "logical", "--maxprocesses", "4", "--dist", "loadfile"]
+    # --no-loadscope-reorder: keep the collection order of tests/conftest.py (slowest files first)
+    # instead of xdist's order by test count.
+    return ["-n", "logical", "--maxprocesses", "4", "--dist", "loadfile", "--no-loadscope-reorder"]
 
 
 if __name__ == "__main__":

@@ -33,13 +33,15 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-# The files that take longest (training runs, script runs, subprocesses), slowest first. pytest-xdist
-# with --dist loadfile (what `python3 tasks.py test` runs) hands out whole files in collection order,
-# so starting these first keeps one long file from running alone at the end.
+# The files that take longest (training runs, script runs, subprocesses), slowest first.
+# `python3 tasks.py test` runs pytest-xdist with --dist loadfile --no-loadscope-reorder, which hands
+# out whole files in collection order: starting these first keeps one long file from running alone
+# at the end.
 SLOW_FILES_FIRST = (
     "test_benchmarks.py",
     "test_eval_scripts.py",
@@ -53,6 +55,16 @@ SLOW_FILES_FIRST = (
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: keeps file order
+
+
+@pytest.fixture(autouse=True)
+def _seed_global_generators():
+    """Each test starts torch's and numpy's global generators from seed 0, so that a test which
+    draws from them gets the same numbers whatever ran before it (the order differs between a
+    serial run, a -k selection and the pytest-xdist workers)."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(0)
+    np.random.seed(0)
 
 
 @pytest.fixture(scope="session")

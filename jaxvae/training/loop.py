@@ -354,6 +354,8 @@ def run_epochs(*, state: train.TrainState, loop: dict, run_chunk: Callable,
                 + ("no step of the run had a finite loss" if loop["last_finite_loss"] is None
                    else f"the last finite loss was {loop['last_finite_loss']:.6g} at step "
                         f"{loop['last_finite_step']}")
+                + (f"; the last checkpoint, {loop['last_checkpoint']}, is kept"
+                   if loop.get("last_checkpoint") else "")
                 + "). Lower the learning rate (--lr), clip gradients (--clip-norm) or scale "
                 "the data to values around 1.")
         record = {"epoch": epoch, "step": epoch * steps_per_epoch,

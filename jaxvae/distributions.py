@@ -57,15 +57,11 @@ def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Ar
     Args:
       key: a PRNG key (``jax.random.key``).
       mean: Gaussian means, any shape (usually ``mean_BxZ``): an array, or a nested list of
-        numbers (converted; integers become float32).
-      logvar: log-variances, the shape of ``mean``.
+        numbers (converted; integers become float32; anything else is a TypeError).
+      logvar: log-variances, the shape of ``mean`` (a ValueError names both shapes otherwise).
 
     Returns:
       z with the shape and dtype of ``mean``.
-
-    Raises:
-      TypeError: ``key`` is not a PRNG key, or ``mean`` / ``logvar`` is not numeric.
-      ValueError: ``mean`` and ``logvar`` differ in shape.
     """
     from jaxvae import validation  # (validation imports nothing of jaxvae)
 

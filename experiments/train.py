@@ -15,6 +15,8 @@ import argparse
 import dataclasses
 import json
 import platform
+import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -160,7 +162,8 @@ def with_validation_size(config: TrainConfig, size: int, num_train: int) -> Trai
 
 def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool = False,
         distributed: tuple | None = None, tensorboard: bool = False,
-        validation_size: int | None = None) -> trainer.FitResult:
+        validation_size: int | None = None,
+        stop_on_signals: bool = False) -> trainer.FitResult:
     """Loads the data, trains, and writes every output file into outdir.
 
     ``validation_size`` (with ``config.patience``) holds out exactly that many training
@@ -169,6 +172,8 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
     ``distributed = (coordinator, num_processes, process_id)`` starts jax.distributed first;
     every process then trains on its block of the training set and only process 0 writes.
     ``tensorboard`` writes event files into OUTDIR/tensorboard (process 0).
+    ``stop_on_signals``: SIGINT / SIGTERM stop training at the next chunk boundary with
+    ``loop.Interrupted``, after a checkpoint when there is a checkpoint directory.
     """
     jaxvae.validate_config(config)
     if validation_size is not None and not config.patience:
@@ -225,7 +230,8 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
     run_hooks = [h for h in (metrics, hooks.EveryEpoch(on_epoch), logger) if h is not None]
     try:
         result = trainer.fit(config, data, hooks=run_hooks, checkpoint_dir=checkpoint_dir,
-                             resume=resume, on_resume=on_resume)
+                             resume=resume, on_resume=on_resume,
+                             stop_on_signals=stop_on_signals)
     finally:
         bar.close()
         if logger is not None:
@@ -245,6 +251,17 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
     return result
 
 
+def interrupted_line(e: loop.Interrupted, argv: list[str]) -> str:
+    """One line: where the run stopped, and the command that continues it."""
+    if e.checkpoint is None and e.step is not None:
+        return f"{e}; to be able to resume, train with --checkpoint-every N"
+    again = shlex.join(["python", "-m", "experiments.train", *argv,
+                        *([] if "--resume" in argv else ["--resume"])])
+    if e.step is None:
+        return f"{e}; continue from the newest checkpoint, if any, with: {again}"
+    return f"{e}; continue with: {again}"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     options = cli.config_from_flags(args, RunOptions)
@@ -254,7 +271,13 @@ def main(argv=None) -> int:
     try:
         run(config_from_args(args), options.outdir, options.quiet, resume=options.resume,
             distributed=distributed, tensorboard=options.tensorboard,
-            validation_size=options.validation_size)
+            validation_size=options.validation_size, stop_on_signals=True)
+    except loop.Interrupted as e:
+        print(interrupted_line(e, sys.argv[1:] if argv is None else argv), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside training (loading data, writing outputs)
+        print("interrupted by SIGINT", file=sys.stderr)
+        return 128 + signal.SIGINT
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -20,6 +21,25 @@ def _same_shape(a, b, name_a: str, name_b: str) -> None:
     if jnp.shape(a) != jnp.shape(b):
         raise ValueError(f"{name_a} and {name_b} must have the same shape, got {jnp.shape(a)} and "
                          f"{jnp.shape(b)}")
+
+
+def _as_float_array(x, name: str) -> jax.Array:
+    """``x`` (an array, a number or a nested list of numbers) as a JAX array of a float dtype."""
+    if not isinstance(x, jax.Array):
+        try:
+            x = np.asarray(x)
+        except ValueError as e:
+            raise TypeError(f"{name} must be an array of numbers (a JAX or NumPy array, or a "
+                            f"nested list of numbers of one shape), got a {type(x).__name__} "
+                            f"that is not: {e}") from None
+        if x.dtype.kind not in "biufc":
+            raise TypeError(f"{name} must be an array of numbers (a JAX or NumPy array, or a "
+                            f"nested list of numbers of one shape), got values of dtype "
+                            f"{x.dtype}")
+        x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return x
 
 
 def _sum_non_batch(values: jax.Array) -> jax.Array:
@@ -36,8 +56,9 @@ def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Ar
 
     Args:
       key: a PRNG key (``jax.random.key``).
-      mean: Gaussian means, any shape (usually ``mean_BxZ``).
-      logvar: log-variances, the shape of ``mean``.
+      mean: Gaussian means, any shape (usually ``mean_BxZ``): an array, or a nested list of
+        numbers (converted; integers become float32; anything else is a TypeError).
+      logvar: log-variances, the shape of ``mean`` (a ValueError names both shapes otherwise).
 
     Returns:
       z with the shape and dtype of ``mean``.
@@ -55,6 +76,7 @@ def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Ar
     from jaxvae import validation  # (validation imports nothing of jaxvae)
 
     validation.check_key(key)
+    mean, logvar = _as_float_array(mean, "mean"), _as_float_array(logvar, "logvar")
     _same_shape(mean, logvar, "mean", "logvar")
     eps = jax.random.normal(key, mean.shape, mean.dtype)
     return shift_and_scale(mean, logvar, eps)

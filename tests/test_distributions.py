@@ -105,6 +105,28 @@ def test_reparameterize_uses_the_key_as_given():
     assert not np.allclose(z, D.reparameterize(jax.random.key(8), mean, logvar))
 
 
+def test_reparameterize_takes_python_lists_as_the_arrays_they_spell():
+    key = jax.random.key(3)
+    expected = D.reparameterize(key, np.array([[0.5, -1.0]], np.float32),
+                                np.array([[0.0, 2.0]], np.float32))
+    np.testing.assert_array_equal(D.reparameterize(key, [[0.5, -1.0]], [[0.0, 2.0]]), expected)
+    # integers: float32, as their float values
+    z = D.reparameterize(key, [[1, 0]], [[0, 0]])
+    assert z.dtype == jnp.float32
+    np.testing.assert_array_equal(z, D.reparameterize(key, np.array([[1.0, 0.0]], np.float32),
+                                                      np.zeros((1, 2), np.float32)))
+
+
+@pytest.mark.parametrize("mean, logvar, what", [
+    ([[0.5, -1.0], [2.0]], [[0.0, 0.0], [0.0]], "mean"),  # ragged
+    (["a", "b"], [0.0, 0.0], "mean"),
+    ([0.0, 1.0], None, "logvar"),
+])
+def test_reparameterize_names_a_non_numeric_or_ragged_argument(mean, logvar, what):
+    with pytest.raises(TypeError, match=f"^{what} must be an array of numbers"):
+        D.reparameterize(jax.random.key(0), mean, logvar)
+
+
 def test_reparameterize_moments():
     z = D.reparameterize(jax.random.key(0), jnp.full((100_000, 1), 2.0),
                          jnp.full((100_000, 1), math.log(9.0)))

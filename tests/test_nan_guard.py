@@ -191,3 +191,53 @@ def test_a_hook_that_returns_true_ends_the_run_after_that_epoch():
         built.loss_fn, tx, state, keys, hooks=[stop_after_two])
     assert [r["epoch"] for r in run.history] == [1, 2] and int(run.state.step) == 4
     assert calls == [(2, True), (4, True)]
+
+
+def test_an_epoch_without_a_finite_step_is_a_divergence_not_a_record_without_a_loss():
+    # batch 8 of 24: 3 steps per epoch, fewer than max_skipped_steps. Step 1 is finite, every
+    # later step overflows, so epoch 2 has no finite step.
+    config = jaxvae.TrainConfig(hidden=(8,), latent_dim=Z, batch_size=8, epochs=3, lr=1e30,
+                                max_skipped_steps=10)
+    records = []
+    with pytest.raises(loop.TrainingDiverged) as info:
+        jaxvae.fit(config, _tiny_data(24), on_epoch=records.append)
+    assert str(info.value).startswith(
+        "training diverged: no step of epoch 2 had a finite loss and gradient (all 3 skipped; "
+        "the last finite loss was ")
+    assert "at step 1)" in str(info.value) and "--lr" in str(info.value)
+    assert [(r["epoch"], r["train_skipped"]) for r in records] == [(1, 2)]
+
+
+def test_metrics_lines_are_strict_json_with_null_for_non_finite_numbers(tmp_path):
+    import json
+    import math
+
+    metrics = hooks.MetricsFile(tmp_path / "metrics.jsonl")
+    record = {"epoch": 1, "train_loss": 2.5, "test_loss": math.nan, "test_kl": math.inf,
+              "test_recon": -math.inf, "train_skipped": 0}
+    metrics(3, loop.Progress(None, {}, record, None))
+    metrics.rewrite([record, record])
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    strict = lambda token: pytest.fail(f"{token} is not JSON")  # noqa: E731
+    assert [json.loads(line, parse_constant=strict) for line in lines] == 2 * [
+        {"epoch": 1, "train_loss": 2.5, "test_loss": None, "test_kl": None,
+         "test_recon": None, "train_skipped": 0}]
+
+
+def test_the_script_exits_3_with_one_line_and_no_nan_in_metrics_when_an_epoch_diverges(
+        tmp_path, capsys):
+    import json
+
+    from experiments import train as train_script
+    outdir = tmp_path / "run"
+    # digits, batch 512: 3 steps per epoch; lr 1e30 overflows everything after step 1.
+    code = train_script.main(["--dataset", "digits", "--hidden", "8", "--latent-dim", "2",
+                              "--batch-size", "512", "--epochs", "3", "--lr", "1e30",
+                              "--quiet", "--outdir", str(outdir)])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert err.count("\n") == 1 and err.startswith(
+        "error: training diverged: no step of epoch 2 had a finite loss and gradient"), err
+    text = (outdir / "metrics.jsonl").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert [json.loads(line)["epoch"] for line in text.splitlines()] == [1]

@@ -70,3 +70,23 @@ def test_repair_script_needs_trained_parameters_in_the_run_dir(tmp_path):
                                              "--outdir", str(tmp_path / "out")])
     with pytest.raises(ValueError, match="params.msgpack does not exist"):
         script.run(args)
+
+
+def test_repair_of_a_run_on_data_that_is_not_28x28_is_one_error_line(tmp_path, capsys):
+    import json
+
+    from flax import serialization
+
+    from experiments import repair as script
+    from jaxvae.models import registry
+    config = jaxvae.TrainConfig(dataset="digits", hidden=(8,), latent_dim=2)
+    model = registry.build(config, (64,)).model  # digits: 8x8 images
+    run_dir = tmp_path / "digits_run"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(json.dumps({"config": config.to_dict()}))
+    (run_dir / "params.msgpack").write_bytes(
+        serialization.to_bytes(jaxvae.init(model, jax.random.key(0))))
+    assert script.main(["--run-dir", str(run_dir), "--outdir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: the run's model takes examples of 64 values; the repair experiment "
+                   "needs 28x28 digits (784 values): train on mnist5k or mnist\n")

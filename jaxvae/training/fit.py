@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -70,7 +71,8 @@ def check_inputs(config: config_lib.TrainConfig, data: data_lib.Dataset) -> data
 def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
         on_epoch: Callable[[dict], Any] | None = None, *, hooks: Sequence[loop.Hook] = (),
         checkpoint_dir: str | None = None, resume: bool = False,
-        on_resume: Callable[[list[dict]], Any] | None = None) -> FitResult:
+        on_resume: Callable[[list[dict]], Any] | None = None,
+        stop_on_signals: bool = False) -> FitResult:
     """Trains the config's VAE on ``data`` and evaluates it on the test split after each epoch.
 
     Each history record holds ``epoch``, ``train_loss``, ``train_recon``, ``train_kl`` (means
@@ -104,6 +106,12 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     ``val_loss``, and the returned state is the best epoch's (``FitResult.best_epoch``).
     Early stopping cannot be resumed yet (the best epoch's parameters are not checkpointed):
     ``resume`` with ``config.patience`` raises ValueError.
+
+    ``stop_on_signals`` (called from the main thread of a one-process run): during training,
+    SIGINT (Ctrl-C) and SIGTERM stop the run at the next chunk boundary, after the checkpoint of
+    that step when there is a ``checkpoint_dir``, with ``loop.Interrupted`` (a second signal
+    stops at once); the previous handlers are restored afterwards. An epoch without a finite
+    step raises ``loop.TrainingDiverged``.
     """
     data = check_inputs(config, data)
     config = builders.prepare(config, data)  # cyclical KL needs the run's steps
@@ -141,11 +149,14 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
 
     hooks = ([] if on_epoch is None else [hooks_lib.EveryEpoch(on_epoch)]) + list(hooks) + \
         ([] if stopper is None else [stopper])
-    run = loop.train_run(
-        config, train_data, {"x": data.x_test, "y": data.y_test}, loss_fn, tx, state, keys,
-        hooks=hooks, checkpoint_dir=checkpoint_dir, resume=resume, on_resume=on_resume,
-        preprocess=preprocess, data_key=data_key, stream=stream, val_data=val_data,
-        model=model)
+    stop = loop.StopSignals() if stop_on_signals and jax.process_count() == 1 else \
+        contextlib.nullcontext()
+    with stop:
+        run = loop.train_run(
+            config, train_data, {"x": data.x_test, "y": data.y_test}, loss_fn, tx, state, keys,
+            hooks=hooks, checkpoint_dir=checkpoint_dir, resume=resume, on_resume=on_resume,
+            preprocess=preprocess, data_key=data_key, stream=stream, val_data=val_data,
+            model=model, stop_requested=stop if isinstance(stop, loop.StopSignals) else None)
     if stopper is not None and stopper.best_state is not None:
         return FitResult(model, stopper.best_state, run.history, run.compile_seconds,
                          stopper.best_epoch, run.devices_used)

@@ -10,6 +10,7 @@ current epoch. Hooks elsewhere: ``loop.CheckpointHook`` (checkpoints),
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,14 @@ class EveryEpoch:
             self.fn(progress.record)
 
 
+def json_line(record: dict) -> str:
+    """``record`` as one line of strict JSON: a non-finite number (NaN, inf) becomes null."""
+    return json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
+                       for k, v in record.items()}, allow_nan=False) + "\n"
+
+
 class MetricsFile:
-    """Appends each epoch's record as one JSON line to ``path``.
+    """Appends each epoch's record as one JSON line (``json_line``: NaN -> null) to ``path``.
 
     ``rewrite(history)`` (on resume) replaces the file with the checkpoint's records, so lines
     written after that checkpoint are dropped.
@@ -39,12 +46,12 @@ class MetricsFile:
             self.path.write_text("")
 
     def rewrite(self, history: list[dict]) -> None:
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in history))
+        self.path.write_text("".join(json_line(r) for r in history))
 
     def __call__(self, step: int, progress) -> None:
         if progress.record is not None:
             with self.path.open("a") as f:
-                f.write(json.dumps(progress.record) + "\n")
+                f.write(json_line(progress.record))
 
 
 class TimeLimit:

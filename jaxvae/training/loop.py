@@ -23,12 +23,19 @@ the compiled chunk; the host reads the per-step ``skipped`` flags once per chunk
 (``TrainingDiverged``) when ``max_skipped_steps`` consecutive steps were skipped. The check runs
 at chunk boundaries: steps after the limit inside the same chunk still run (their results are
 discarded with the run), and no checkpoint is written after the limit, so the last good one is
-kept.
+kept. An epoch without a single finite step also stops the run (its record would have no
+training loss).
+
+Signals: inside ``StopSignals`` (a context manager for the main thread), SIGINT and SIGTERM
+only set a flag. The loop reads it after each chunk's hooks, so the checkpoint hook has just
+written the checkpoint of the current step, and raises ``Interrupted``; ``--resume`` from that
+checkpoint is bitwise the uninterrupted run. A second signal stops at once.
 """
 
 from __future__ import annotations
 
-import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
@@ -44,6 +51,61 @@ from jaxvae.training import step as train
 
 class TrainingDiverged(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+class Interrupted(Exception):
+    """The run stopped at a chunk boundary because of a signal (SIGINT, SIGTERM)."""
+
+    def __init__(self, signum: int, step: int | None, checkpoint: str | None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        name = signal.Signals(signum).name
+        if step is None:
+            where = "stopped at once (second signal), without a checkpoint"
+        elif checkpoint is not None:
+            where = f"stopped at step {step}; checkpoint {checkpoint} written"
+        else:
+            where = f"stopped at step {step} without a checkpoint"
+        super().__init__(f"interrupted by {name}: {where}")
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as a shell reports a process ended by that signal."""
+        return 128 + self.signum
+
+
+class StopSignals:
+    """Turns SIGINT and SIGTERM into a request to stop at the next chunk boundary.
+
+    ``with StopSignals() as stop: ... stop.received`` (the signal number, or None). The
+    handler only records the signal; a second signal raises ``Interrupted`` at once. The
+    previous handlers are restored on exit. Outside the main thread (where Python cannot set
+    handlers) it installs nothing and ``received`` stays None.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            raise Interrupted(signum, None, None)
+        self.received = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def __call__(self) -> int | None:
+        return self.received
 
 
 class Progress(NamedTuple):
@@ -93,7 +155,8 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn: train.LossFn, 
               data_key: jax.Array | None = None, stream: bool = False,
               val_data: dict | None = None, eval_loss_fn: train.LossFn | None = None,
               evaluate_params: Callable[[Any], dict] | None = None,
-              model: Any = None) -> RunResult:
+              model: Any = None,
+              stop_requested: Callable[[], int | None] | None = None) -> RunResult:
     """Trains ``state`` on ``train_data`` for ``config.epochs`` epochs; returns a ``RunResult``.
 
     ``config`` supplies ``epochs``, ``batch_size``, ``eval_batch_size`` and, where it has
@@ -113,6 +176,10 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn: train.LossFn, 
     With ``checkpoint_dir`` a checkpoint is written at every epoch end and every
     ``checkpoint_every`` steps (process 0 writes); ``resume=True`` continues from the newest
     readable one and calls ``on_resume(history)`` with the records of the epochs already done.
+
+    ``stop_requested()`` (e.g. a ``StopSignals``) is read after each chunk's hooks: a signal
+    number ends the run with ``Interrupted`` (after the checkpoint of that step, with
+    ``checkpoint_dir``).
     """
     multi = jax.process_count() > 1
     microbatch_size = getattr(config, "microbatch_size", None)
@@ -188,7 +255,8 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn: train.LossFn, 
             state=state, loop=loop, run_chunk=run_chunk, steps_per_epoch=feed.steps_per_epoch,
             evaluate=evaluate_state, hooks=all_hooks, epochs=config.epochs,
             max_skipped_steps=getattr(config, "max_skipped_steps", 10),
-            checkpoint_every=getattr(config, "checkpoint_every", None), model=model)
+            checkpoint_every=getattr(config, "checkpoint_every", None), model=model,
+            stop_requested=stop_requested)
     finally:
         if checkpoints is not None:
             checkpoints.close()
@@ -232,7 +300,8 @@ def _chunk_runner(chunk: Callable, feed, run_key, preprocess, data_key) -> Calla
 def run_epochs(*, state: train.TrainState, loop: dict, run_chunk: Callable,
                steps_per_epoch: int, evaluate: Callable[[train.TrainState], dict],
                hooks: Sequence[Hook], epochs: int, max_skipped_steps: int,
-               checkpoint_every: int | None, model: Any = None
+               checkpoint_every: int | None, model: Any = None,
+               stop_requested: Callable[[], int | None] | None = None
                ) -> tuple[train.TrainState, dict, float]:
     """Runs epochs ``loop["epoch"] .. epochs`` from ``loop``'s position.
 
@@ -240,14 +309,23 @@ def run_epochs(*, state: train.TrainState, loop: dict, run_chunk: Callable,
     ``evaluate(state)`` returns the record's evaluation entries (``test_loss``, ...). After a
     chunk that ends inside an epoch, and once at each epoch end (after the evaluation, with the
     epoch's record), every hook is called as ``hook(step, Progress(...))``; the run ends after
-    an epoch in which a hook returned True.
+    an epoch in which a hook returned True. ``stop_requested()`` is read after the hooks of
+    every chunk but the run's last.
 
     Returns:
       ``(state, loop, compile_seconds)``.
 
     Raises:
-      TrainingDiverged: ``max_skipped_steps`` consecutive skipped steps.
+      TrainingDiverged: ``max_skipped_steps`` consecutive skipped steps, or an epoch in which
+        every step was skipped.
+      Interrupted: ``stop_requested()`` returned a signal number.
     """
+
+    def check_stop(step: int) -> None:
+        signum = None if stop_requested is None else stop_requested()
+        if signum is not None:
+            raise Interrupted(signum, step, loop.get("last_checkpoint"))
+
     compile_total = 0.0
     while loop["epoch"] <= epochs:
         epoch = loop["epoch"]
@@ -268,9 +346,20 @@ def run_epochs(*, state: train.TrainState, loop: dict, run_chunk: Callable,
             if stop < steps_per_epoch:  # (the epoch end calls the hooks below)
                 stop_run |= _call(hooks, first + len(sizes), Progress(state, loop, None, None,
                                                                         model))
+                check_stop(first + len(sizes))
+        if not loop["examples"]:
+            raise TrainingDiverged(
+                f"training diverged: no step of epoch {epoch} had a finite loss and gradient "
+                f"(all {loop['skipped']} skipped; "
+                + ("no step of the run had a finite loss" if loop["last_finite_loss"] is None
+                   else f"the last finite loss was {loop['last_finite_loss']:.6g} at step "
+                        f"{loop['last_finite_step']}")
+                + (f"; the last checkpoint, {loop['last_checkpoint']}, is kept"
+                   if loop.get("last_checkpoint") else "")
+                + "). Lower the learning rate (--lr), clip gradients (--clip-norm) or scale "
+                "the data to values around 1.")
         record = {"epoch": epoch, "step": epoch * steps_per_epoch,
-                  **{f"train_{k}": (v / loop["examples"] if loop["examples"] else math.nan)
-                     for k, v in loop["sums"].items()},
+                  **{f"train_{k}": v / loop["examples"] for k, v in loop["sums"].items()},
                   "train_skipped": loop["skipped"],
                   **evaluate(state),
                   "seconds": loop["seconds"]}
@@ -285,6 +374,8 @@ def run_epochs(*, state: train.TrainState, loop: dict, run_chunk: Callable,
                           Progress(state, loop, record, step_metrics, model))
         if stop_run:
             break
+        if loop["epoch"] <= epochs:  # a signal during the last epoch lets the run finish
+            check_stop(epoch * steps_per_epoch)
     return state, loop, compile_total
 
 

@@ -6,6 +6,8 @@
 Writes into --outdir: metrics.jsonl (one line per epoch), summary.json (config, final metrics,
 device, versions), reconstructions.png, samples.png, loss_curves.png, params.msgpack, and with
 --checkpoint-every the Orbax checkpoints in checkpoints/ (continue a run with --resume).
+A run directory holds one run: a new run into a non-empty --outdir is refused (--resume continues
+the run in it, --overwrite deletes it first), and nothing is written before every check passed.
 Every field of jaxvae.TrainConfig is a flag of the same name.
 """
 

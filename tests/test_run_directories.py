@@ -92,6 +92,7 @@ def _broken_npz(tmp_path: Path) -> str:
     (["--likelihood", "logistic"], "logistic"),
     (["--model", "cvae", "--dataset", _bad_csv, "--batch-size", "8"], "labels"),
     (["--dataset", _broken_npz], "broken.npz"),
+    (["--model", "conv", "--dataset", _bad_csv, "--batch-size", "8"], "convolutions"),
     (["--validation-size", "10"], "--patience"),
 ])
 @pytest.mark.parametrize("mode", [[], ["--overwrite"], ["--resume"]])
@@ -180,3 +181,18 @@ def test_write_atomic_replaces_the_whole_file_or_nothing(tmp_path, monkeypatch):
         files.write_atomic(path, "x" * 100_000)
     assert path.read_bytes() == b"new bytes"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]  # no temp file left
+
+
+def test_tasks_train_writes_runs_quickstart_whatever_other_flags_are_given(monkeypatch):
+    import subprocess
+
+    import tasks
+
+    calls = []
+    monkeypatch.setattr(tasks, "ensure_env", lambda *a: None)
+    monkeypatch.setattr(subprocess, "call", lambda argv, **kw: calls.append(argv) or 0)
+    for rest in ([], ["--overwrite"], ["--epochs", "2", "--outdir", "runs/x"]):
+        assert tasks.main(["train", *rest]) == 0
+    tails = [argv[argv.index("experiments.train") + 1:] for argv in calls]
+    assert tails == [["--outdir", "runs/quickstart"], ["--overwrite", "--outdir", "runs/quickstart"],
+                     ["--epochs", "2", "--outdir", "runs/x"]]

@@ -110,6 +110,18 @@ def prepare_outdir(path: str, overwrite: bool = False) -> Path:
     return outdir
 
 
+def check_data_outside(config: TrainConfig, outdir: str) -> None:
+    """Refuses --overwrite when the data (--dataset file, --data-dir) lies inside --outdir."""
+    run_dir = Path(outdir).resolve()
+    for flag, value in (("--dataset", config.dataset), ("--data-dir", config.data_dir)):
+        if value is None or not Path(value).exists():
+            continue
+        data = Path(value).resolve()
+        if data == run_dir or run_dir in data.parents:
+            raise ValueError(f"{flag} {value} lies inside --outdir {outdir}, whose files "
+                             "--overwrite deletes: move the data or choose another --outdir")
+
+
 def environment() -> dict:
     return {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
             "num_devices": jax.device_count(), "num_processes": jax.process_count(),
@@ -195,6 +207,8 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
         raise ValueError("--validation-size and --validation-fraction both set the validation "
                          "set: pass one of them")
     runs.check_new_run(outdir, resume=resume, overwrite=overwrite)  # reads only
+    if overwrite:
+        check_data_outside(config, outdir)
     lead = True
     if distributed is not None:
         multihost.initialize(*distributed)  # checks the flags first

@@ -138,6 +138,15 @@ def test_overwrite_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
     assert _snapshot(tmp_path) == before
 
 
+def test_overwrite_refuses_to_delete_the_data_it_trains_on(old_run, tmp_path, capsys):
+    (old_run / "table.csv").write_text(Path(_bad_csv(tmp_path)).read_text())
+    before = _snapshot(old_run)
+    assert train_script.main(TINY + ["--dataset", str(old_run / "table.csv"), "--batch-size", "8",
+                                      "--overwrite", "--outdir", str(old_run)]) == 2
+    assert "lies inside --outdir" in _one_error_line(capsys)
+    assert _snapshot(old_run) == before
+
+
 def test_overwrite_removes_symlinks_without_following_them(tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()

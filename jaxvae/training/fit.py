@@ -68,6 +68,47 @@ def check_inputs(config: config_lib.TrainConfig, data: data_lib.Dataset) -> data
     return data._replace(x_train=x_train, x_test=x_test)
 
 
+def _prepare(config, data: data_lib.Dataset, resume: bool):
+    """Every check of ``fit`` before training: the config, the data, the labels, the model.
+
+    Returns the run's config (run-dependent fields filled), its data (without the validation
+    part), the validation data (None without early stopping) and the built model and loss.
+    """
+    data = check_inputs(config, data)
+    config = builders.prepare(config, data)  # cyclical KL needs the run's steps
+    val_data = None
+    if config.patience:
+        if resume:
+            raise ValueError("early stopping (patience) cannot resume a run yet: the best "
+                             "epoch's parameters are not in the checkpoints; resume without "
+                             "--patience or start a new run")
+        data, val_data = early_stopping.split_validation(data, config.validation_fraction,
+                                                         config.seed)
+        if config.batch_size > len(data.x_train):
+            raise ValueError(f"batch size {config.batch_size} is larger than the training set "
+                             f"without its validation part ({len(data.x_train)} examples)")
+    built = registry.build(config, data.example_shape)
+    for name in ("x_train", "x_test"):
+        preprocessing.check_range(getattr(data, name), config.binarize, config.dequantize, name)
+    return config, data, val_data, built
+
+
+def check_run(config: config_lib.TrainConfig, data: data_lib.Dataset, *,
+              resume: bool = False) -> None:
+    """Raises what ``fit(config, data, resume=resume)`` would raise before its first step.
+
+    Checks the config, both splits (shapes, values, the batch size), the labels a model needs,
+    the early-stopping split and that the model can be built and initialized for the data
+    (shapes only: ``jax.eval_shape``); trains nothing, so a script can call it before it
+    writes any file.
+
+    Raises:
+      ValueError, TypeError: with a message naming the problem.
+    """
+    _, _, _, (model, _) = _prepare(config, data, resume)
+    jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
+
+
 def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
         on_epoch: Callable[[dict], Any] | None = None, *, hooks: Sequence[loop.Hook] = (),
         checkpoint_dir: str | None = None, resume: bool = False,
@@ -113,27 +154,12 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     stops at once); the previous handlers are restored afterwards. An epoch without a finite
     step raises ``loop.TrainingDiverged``.
     """
-    data = check_inputs(config, data)
-    config = builders.prepare(config, data)  # cyclical KL needs the run's steps
-    stopper = val_data = None
-    if config.patience:
-        if resume:
-            raise ValueError("early stopping (patience) cannot resume a run yet: the best "
-                             "epoch's parameters are not in the checkpoints; resume without "
-                             "--patience or start a new run")
-        data, val_data = early_stopping.split_validation(data, config.validation_fraction,
-                                                         config.seed)
-        if config.batch_size > len(data.x_train):
-            raise ValueError(f"batch size {config.batch_size} is larger than the training set "
-                             f"without its validation part ({len(data.x_train)} examples)")
-        stopper = early_stopping.EarlyStopping(config.patience)
-    model, loss_fn = registry.build(config, data.example_shape)
+    config, data, val_data, (model, loss_fn) = _prepare(config, data, resume)
+    stopper = early_stopping.EarlyStopping(config.patience) if config.patience else None
     keys = run_keys(config.seed)
     tx = registry.optimizer(config)  # Adam at config.lr (clipped), or what the model needs
     state = train.create_train_state(models.init(model, keys.init), tx)
     # binarization / dequantization; data too large for the device is streamed
-    for name in ("x_train", "x_test"):
-        preprocessing.check_range(getattr(data, name), config.binarize, config.dequantize, name)
     data_key = preprocessing.data_key(config.seed)
     data = data._replace(**{
         name: np.asarray(preprocessing.fixed_transform(config.binarize, config.dequantize,

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from jaxvae.training import files
+
 
 class EveryEpoch:
     """Calls ``fn(record)`` with each epoch's history record (progress bars, printing)."""
@@ -36,8 +38,8 @@ def json_line(record: dict) -> str:
 class MetricsFile:
     """Appends each epoch's record as one JSON line (``json_line``: NaN -> null) to ``path``.
 
-    ``rewrite(history)`` (on resume) replaces the file with the checkpoint's records, so lines
-    written after that checkpoint are dropped.
+    ``rewrite(history)`` (on resume) replaces the file, atomically, with the checkpoint's
+    records, so lines written after that checkpoint are dropped.
     """
 
     def __init__(self, path, *, fresh: bool = True):
@@ -46,7 +48,7 @@ class MetricsFile:
             self.path.write_text("")
 
     def rewrite(self, history: list[dict]) -> None:
-        self.path.write_text("".join(json_line(r) for r in history))
+        files.write_atomic(self.path, "".join(json_line(r) for r in history))
 
     def __call__(self, step: int, progress) -> None:
         if progress.record is not None:

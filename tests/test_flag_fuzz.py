@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from experiments import train as train_script
@@ -144,6 +144,14 @@ FUZZ = settings(max_examples=25, deadline=None, derandomize=True,
 
 
 @FUZZ
+# Found by fuzzing: a seed beyond 64 bits raised OverflowError from jax.random.key, a layer
+# 2**31 wide made XLA abort the process, and --num-devices above the local devices was refused
+# only after metrics.jsonl had been created.
+@example(edits=[("set", "--seed", "99999999999999999999")], target="new", mode=None)
+@example(edits=[("set", "--seed", "-99999999999999999999")], target="new", mode=None)
+@example(edits=[("set", "--latent-dim", "2147483648")], target="new", mode=None)
+@example(edits=[("set", "--hidden", "9" * 400)], target="new", mode=None)
+@example(edits=[("set", "--num-devices", "99999999999999999999")], target="new", mode=None)
 @given(edits=mutations(), target=st.sampled_from(["run", "new", "new"]),
        mode=st.sampled_from([None, None, "--overwrite", "--resume"]))
 def test_malformed_flags_are_one_error_line_or_a_correct_run_and_never_change_a_run(

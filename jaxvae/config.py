@@ -104,11 +104,18 @@ def validate_config(config: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "latent_dim", "eval_batch_size"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if not -2**63 <= config.seed < 2**63:  # jax.random.key takes a 64-bit integer
+        raise ValueError(f"seed must fit in 64 bits (-2**63 <= seed < 2**63), got {config.seed}")
     if not isinstance(config.hidden, (tuple, list)):
         raise TypeError(f"hidden must be a tuple of layer widths, e.g. (400,), got "
                         f"{config.hidden!r}")
     if not all(_is_int(h) and h >= 1 for h in config.hidden):
         raise ValueError(f"hidden sizes must be positive ints, got {config.hidden}")
+    # A layer this wide cannot be allocated: XLA aborts the process instead of raising.
+    for name, value in (("latent_dim", config.latent_dim), ("hidden", max(config.hidden, default=1))):
+        if value >= MAX_WIDTH:
+            raise ValueError(f"{name} must be below 2**31 (a wider layer cannot be allocated), "
+                             f"got {getattr(config, name)}")
     for name in ("lr", "beta"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -150,6 +157,7 @@ def validate_config(config: TrainConfig) -> None:
 
 
 FEEDS = ("auto", "device", "stream")  # how fit feeds the training data
+MAX_WIDTH = 2**31  # layer widths and latent sizes stay below this
 
 
 def _validate_reliability(config: TrainConfig) -> None:

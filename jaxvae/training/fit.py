@@ -18,6 +18,7 @@ from jaxvae.data import datasets as data_lib
 from jaxvae.training import early_stopping
 from jaxvae.training import feeding
 from jaxvae.training import loop
+from jaxvae.training import placement
 from jaxvae.models import mlp as models
 from jaxvae.data import preprocessing
 from jaxvae.models import registry
@@ -107,6 +108,8 @@ def check_run(config: config_lib.TrainConfig, data: data_lib.Dataset, *,
     """
     _, _, _, (model, _) = _prepare(config, data, resume)
     jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
+    if jax.process_count() == 1:  # --num-devices beyond the local devices
+        placement.data_parallel_devices(config.batch_size, getattr(config, "num_devices", None))
 
 
 def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,

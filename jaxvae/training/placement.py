@@ -57,7 +57,7 @@ def data_parallel_devices(batch_size: int, num_devices: int | None = None) -> li
     validation.check_count(num_devices, "num_devices")
     if num_devices > len(local):
         raise ValueError(f"num_devices {num_devices} is more than the {len(local)} local "
-                         f"devices ({local[0].platform}); use --devices <= {len(local)}")
+                         f"devices ({local[0].platform}); use --num-devices <= {len(local)}")
     count = max(d for d in range(1, num_devices + 1) if batch_size % d == 0)
     return local[:count]
 

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from experiments import cli
+from jaxvae.data import preprocessing
 from jaxvae.evaluation import likelihood as evaluate
 from jaxvae.models import interface
 from jaxvae.training import runs
@@ -67,6 +68,11 @@ def run(args: argparse.Namespace) -> dict:
     interface.check_defined(loaded.model, "log_weights")
     x = loaded.data.x_test if args.split == "test" else loaded.data.x_train
     y = loaded.data.y_test if args.split == "test" else loaded.data.y_train
+    # The data the run was scored on: binarized / dequantized once, with the run's own key, as
+    # the training loop does for its held-out splits (the whole split first, then the slice).
+    x = preprocessing.fixed_transform(config.binarize, config.dequantize,
+                                      preprocessing.data_key(config.seed), np.asarray(x),
+                                      1 if args.split == "test" else 2)
     batch = {"x": x[:args.max_examples], "y": np.asarray(y[:args.max_examples], np.int32)}
     x = batch["x"]
     ll_key, elbo_key = jax.random.split(jax.random.key(args.seed))
@@ -99,6 +105,8 @@ def run(args: argparse.Namespace) -> dict:
         "model": config.model,
         "prior": config.prior,
         "likelihood": config.likelihood,
+        "binarize": config.binarize,
+        "dequantize": config.dequantize,
         "seed": args.seed,
         "chunk_size": args.chunk_size,
         "batch_size": args.batch_size,

@@ -17,6 +17,7 @@ from jaxvae.training import early_stopping
 from jaxvae.evaluation import likelihood as evaluate
 from jaxvae.models import registry
 from jaxvae.training import runs
+from jaxvae.data import preprocessing
 from jaxvae.training import step as train
 from jaxvae.training import fit as trainer
 
@@ -122,6 +123,27 @@ def test_evaluate_writes_nll_below_the_negative_elbo(run_dir, capsys):
         loaded.model, loaded.params, loaded.data.x_test[:40], key, 64)), dtype=np.float64)
     assert result["nll"] == pytest.approx(expected, rel=1e-6)
     assert "evaluation.json" in capsys.readouterr().out
+
+
+def test_evaluate_scores_a_binarized_run_on_the_binary_test_set_it_was_trained_for(tmp_path):
+    """--binarize dynamic: the test split is binarized once with the run's key, as in training."""
+    outdir = tmp_path / "binary"
+    assert train_script.main(TINY + ["--binarize", "dynamic", "--latent-dim", "2",
+                                     "--outdir", str(outdir)]) == 0
+    argv = [str(outdir), "--num-samples", "16", "--elbo-samples", "4", "--max-examples", "40"]
+    assert evaluate_script.main(argv) == 0
+    result = json.loads((outdir / "evaluation.json").read_text())
+    assert result["binarize"] == "dynamic"
+    loaded = runs.load_run(outdir)
+    binary = preprocessing.fixed_transform("dynamic", False,
+                                           preprocessing.data_key(loaded.config.seed),
+                                           loaded.data.x_test, 1)[:40]
+    assert set(np.unique(binary)) <= {0.0, 1.0}
+    key = jax.random.split(jax.random.key(0))[0]
+    nll = lambda x: -np.mean(np.asarray(evaluate.log_likelihood(
+        loaded.model, loaded.params, x, key, 16)), dtype=np.float64)
+    assert result["nll"] == pytest.approx(nll(binary), rel=1e-6)
+    assert abs(result["nll"] - nll(loaded.data.x_test[:40])) > 1e-3  # not the grey pixels
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -204,7 +204,17 @@ def _apply(model: nn.Module, params: Params, method: str, *args):
 
 
 def init(model: nn.Module, key: jax.Array) -> Params:
-    """The model's parameters from ``key`` (created by decoding a batch of one zero example)."""
+    """The model's parameters from ``key`` (created by decoding a batch of one zero example).
+
+    Examples:
+      >>> import jax, jaxvae
+      >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
+      >>> params = jaxvae.init(model, jax.random.key(0))
+      >>> sorted(params)
+      ['decoder', 'encoder']
+      >>> params["encoder"]["mean"]["kernel"].shape  # hidden 8 -> latent 2
+      (8, 2)
+    """
     validation.check_key(key)
     x_1xD = jnp.zeros((1,) + tuple(model.data_shape), jnp.float32)
     return model.init(key, x_1xD)["params"]

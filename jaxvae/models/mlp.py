@@ -273,21 +273,7 @@ def _check_params(params: Params) -> None:
                         f"{type(params).__name__}")
 
 
-def init(model: nn.Module, key: jax.Array) -> Params:
-    """Creates the model's parameters from ``key`` (a dummy batch of one example of zeros).
-
-    Examples:
-      >>> import jax, jaxvae
-      >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
-      >>> params = jaxvae.init(model, jax.random.key(0))
-      >>> sorted(params)
-      ['decoder', 'encoder']
-      >>> params["encoder"]["mean"]["kernel"].shape  # hidden 8 -> latent 2
-      (8, 2)
-    """
-    validation.check_key(key)
-    x_1xD = jnp.zeros((1,) + tuple(model.data_shape), jnp.float32)
-    return model.init(key, x_1xD)["params"]
+init = interface.init  # one init for every model of the interface
 
 
 def encode(model: nn.Module, params: Params, x_BxD: jax.Array, labels: jax.Array | None = None

@@ -22,8 +22,14 @@ class TrainConfig:
     epochs: int = 10  # passes over the training split
     batch_size: int = 128  # examples per gradient step (the reference's 128)
     lr: float = 1e-3  # Adam learning rate (the reference's 1e-3)
+    lr_schedule: str = "constant"  # the learning rate over the run: constant, iwae (8 stages at
+    #   lr * 10**(-i/7) lasting 3**i/3280 of the run: Burda et al. 2016) or cosine (to 0)
+    lr_total_steps: int = 0  # steps the lr schedule spans; 0 = the whole run
+    adam_eps: float = 1e-8  # Adam's epsilon (PyTorch's 1e-8; the IWAE paper's 1e-4)
     latent_dim: int = 20  # Z, the size of the latent code (the reference's 20)
     hidden: tuple[int, ...] = (400,)  # encoder hidden widths; the decoder mirrors them
+    activation: str = "relu"  # the MLP's hidden nonlinearity: relu (the reference's) or tanh
+    #   (the IWAE paper's)
     beta: float = 1.0  # weight of the KL term (1 = the ELBO; beta-VAE otherwise)
     likelihood: str = "bernoulli"  # p(x | z): bernoulli (BCE), gaussian (unit variance, MSE),
     #   gaussian_learned (per-pixel variance from the decoder), gaussian_global (one learned
@@ -96,6 +102,22 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _check_optimizer(config: TrainConfig) -> None:
+    from jaxvae.models import mlp
+    from jaxvae.training import step
+
+    mlp.check_activation(config.activation)
+    if config.lr_schedule not in step.LR_SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {config.lr_schedule!r}; choose one of "
+                         f"{list(step.LR_SCHEDULES)}")
+    if not _is_int(config.lr_total_steps) or config.lr_total_steps < 0:
+        raise ValueError(f"lr_total_steps must be an int >= 0 (0: the whole run), got "
+                         f"{config.lr_total_steps!r}")
+    eps = config.adam_eps
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
+        raise ValueError(f"adam_eps must be a finite number > 0, got {eps!r}")
+
+
 def validate_config(config: TrainConfig) -> None:
     """Raises ValueError / TypeError naming the first field that cannot work."""
     for name in ("epochs", "batch_size", "latent_dim", "seed", "eval_batch_size"):
@@ -127,6 +149,7 @@ def validate_config(config: TrainConfig) -> None:
     if config.beta < 0:
         raise ValueError(f"beta must be >= 0, got {config.beta}")
     objectives.check_likelihood(config.likelihood)
+    _check_optimizer(config)
     _check_architectures(config)
     from jaxvae.training import step as train  # train imports objectives only, not config
     train.check_microbatch_size(config.microbatch_size, config.batch_size)

@@ -66,12 +66,14 @@ def _get(config, name: str, default):
 
 def make_model(config, example_shape: tuple[int, ...], cls: type = None, **extra) -> models.VAE:
     """The config's MLP VAE (or ``cls``, a subclass) with the checks of ``models.mlp_vae``."""
-    base = models.mlp_vae(config.hidden, config.latent_dim, example_shape)
+    base = models.mlp_vae(config.hidden, config.latent_dim, example_shape,
+                          activation=_get(config, "activation", "relu"))
     cls = cls or models.VAE
     return cls(hidden=tuple(base.hidden), latent_dim=base.latent_dim,
                data_shape=tuple(base.data_shape), likelihood=config.likelihood,
                prior_name=_get(config, "prior", "standard"),
-               num_components=_get(config, "prior_components", 10), **extra)
+               num_components=_get(config, "prior_components", 10),
+               activation=base.activation, **extra)
 
 
 def make_schedule(config) -> schedules.Schedule:
@@ -137,13 +139,18 @@ def steps_per_run(config, num_train: int) -> int:
 def prepare(config, data) -> Any:
     """Fills the config's run-dependent fields and checks the data that the models need.
 
-    Resolves ``kl_total_steps = 0`` of the cyclical schedule to the run's number of steps;
+    Resolves ``kl_total_steps = 0`` of the cyclical schedule and ``lr_total_steps = 0`` of a
+    decaying learning-rate schedule to the run's number of steps;
     checks the labels of the cvae (ints in [0, num_classes)) and that data for the logistic
     likelihood is 8-bit (k / 255). Called by ``trainer.fit`` before it builds the model.
     """
     if _get(config, "kl_schedule", "constant") == "cyclical" and _get(config, "kl_total_steps",
                                                                        0) == 0:
         config = dataclasses.replace(config, kl_total_steps=steps_per_run(config,
+                                                                          len(data.x_train)))
+    if _get(config, "lr_schedule", "constant") != "constant" and _get(config, "lr_total_steps",
+                                                                        0) == 0:
+        config = dataclasses.replace(config, lr_total_steps=steps_per_run(config,
                                                                           len(data.x_train)))
     if config.model == "cvae":
         num_classes = _get(config, "num_classes", 10)

@@ -46,16 +46,31 @@ def dense(features: int, fan_in: int, torch_init: bool, name: str) -> nn.Dense:
     return nn.Dense(features, name=name)
 
 
+ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh}  # the hidden layers' nonlinearity f
+
+
+def check_activation(name: str) -> str:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {list(ACTIVATIONS)}")
+    return name
+
+
 class MLP(nn.Module):
-    """Dense + ReLU layers: x -> relu(W_1 x + b_1) -> ... -> relu(W_n h + b_n)."""
+    """Dense layers with a nonlinearity f: x -> f(W_1 x + b_1) -> ... -> f(W_n h + b_n).
+
+    ``activation`` names f in ``ACTIVATIONS``: relu (the PyTorch reference's) or tanh (the
+    IWAE paper's, Burda et al. 2016).
+    """
 
     hidden: Sequence[int]
     torch_init: bool = True
+    activation: str = "relu"
 
     @nn.compact
     def __call__(self, h: jax.Array) -> jax.Array:
+        f = ACTIVATIONS[self.activation]
         for i, features in enumerate(self.hidden):
-            h = nn.relu(dense(features, h.shape[-1], self.torch_init, f"hidden_{i}")(h))
+            h = f(dense(features, h.shape[-1], self.torch_init, f"hidden_{i}")(h))
         return h
 
 
@@ -63,18 +78,21 @@ class Encoder(nn.Module):
     """MLP encoder of q(z | x) = N(mean(x), diag(exp(logvar(x)))).
 
     Attributes:
-      hidden: widths of the hidden ReLU layers.
+      hidden: widths of the hidden layers.
       latent_dim: Z, the size of z.
       torch_init: PyTorch's default layer init (U(+-1/sqrt(fan_in))) instead of Flax's.
+      activation: the hidden layers' nonlinearity (``ACTIVATIONS``).
     """
 
     hidden: Sequence[int] = (400,)
     latent_dim: int = 20
     torch_init: bool = True
+    activation: str = "relu"
 
     @nn.compact
     def __call__(self, x_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h_BxH = MLP(self.hidden, self.torch_init, name="mlp")(x_BxD.reshape(x_BxD.shape[0], -1))
+        h_BxH = MLP(self.hidden, self.torch_init, self.activation,
+                    name="mlp")(x_BxD.reshape(x_BxD.shape[0], -1))
         fan_in = h_BxH.shape[-1]
         mean_BxZ = dense(self.latent_dim, fan_in, self.torch_init, "mean")(h_BxH)
         logvar_BxZ = dense(self.latent_dim, fan_in, self.torch_init, "logvar")(h_BxH)
@@ -88,18 +106,20 @@ class Decoder(nn.Module):
     Gaussian likelihood they are the mean itself.
 
     Attributes:
-      hidden: widths of the hidden ReLU layers.
+      hidden: widths of the hidden layers.
       data_shape: the shape of one example; outputs are reshaped to (B, *data_shape).
       torch_init: PyTorch's default layer init instead of Flax's.
+      activation: the hidden layers' nonlinearity (``ACTIVATIONS``).
     """
 
     hidden: Sequence[int] = (400,)
     data_shape: tuple[int, ...] = (784,)
     torch_init: bool = True
+    activation: str = "relu"
 
     @nn.compact
     def __call__(self, z_BxZ: jax.Array) -> jax.Array:
-        h_BxH = MLP(self.hidden, self.torch_init, name="mlp")(z_BxZ)
+        h_BxH = MLP(self.hidden, self.torch_init, self.activation, name="mlp")(z_BxZ)
         out_BxD = dense(int(np.prod(self.data_shape)), h_BxH.shape[-1], self.torch_init,
                         "out")(h_BxH)
         return out_BxD.reshape((z_BxZ.shape[0],) + tuple(self.data_shape))
@@ -122,6 +142,7 @@ class VAE(interface.LatentVariableModel):
       likelihood: a name from ``jaxvae.likelihoods.LIKELIHOODS``; sets the decoder's outputs.
       prior_name: one of ``jaxvae.models.priors.PRIORS``.
       num_components: K of the mog and vamp priors.
+      activation: the hidden layers' nonlinearity (``ACTIVATIONS``: relu, tanh).
     """
 
     hidden: Sequence[int] = (400,)
@@ -131,13 +152,16 @@ class VAE(interface.LatentVariableModel):
     likelihood: str = "bernoulli"
     prior_name: str = "standard"
     num_components: int = 10
+    activation: str = "relu"
 
     def setup(self):
-        self.encoder = Encoder(tuple(self.hidden), self.latent_dim, self.torch_init)
+        self.encoder = Encoder(tuple(self.hidden), self.latent_dim, self.torch_init,
+                               self.activation)
         out_shape = tuple(self.data_shape)
         if likelihoods.output_channels(self.likelihood) == 2 and not self._global_scale:
             out_shape = out_shape + (2,)  # [..., 0] location, [..., 1] raw log-scale
-        self.decoder = Decoder(tuple(reversed(self.hidden)), out_shape, self.torch_init)
+        self.decoder = Decoder(tuple(reversed(self.hidden)), out_shape, self.torch_init,
+                               self.activation)
         if self._global_scale:
             self.output_logvar = self.param("output_logvar", nn.initializers.zeros, ())
         self.prior = priors.make_prior(self.prior_name, self.latent_dim, tuple(self.data_shape),
@@ -212,14 +236,15 @@ class VAE(interface.LatentVariableModel):
 
 def mlp_vae(hidden: Sequence[int] = (400,), latent_dim: int = 20,
             data_shape: Sequence[int] = (784,), torch_init: bool = True,
-            likelihood: str = "bernoulli", prior: str = "standard", num_components: int = 10
-            ) -> VAE:
+            likelihood: str = "bernoulli", prior: str = "standard", num_components: int = 10,
+            activation: str = "relu") -> VAE:
     """An MLP VAE, validated: every width and the latent size must be positive integers.
 
     Args:
       hidden, latent_dim, data_shape, torch_init, likelihood: as the ``VAE`` attributes.
       prior: one of ``jaxvae.models.priors.PRIORS`` (the ``VAE``'s ``prior_name``).
       num_components: K of the mog and vamp priors.
+      activation: the hidden layers' nonlinearity: relu or tanh (``ACTIVATIONS``).
 
     Returns:
       the ``VAE`` module (no parameters: ``init`` makes them).
@@ -242,8 +267,9 @@ def mlp_vae(hidden: Sequence[int] = (400,), latent_dim: int = 20,
         raise ValueError(f"data_shape must be non-empty with positive sizes, got {data_shape}")
     likelihoods.check_likelihood(likelihood)
     priors.check_prior(prior, num_components)
+    check_activation(activation)
     return VAE(hidden, int(latent_dim), data_shape, torch_init, likelihood, prior,
-               int(num_components))
+               int(num_components), activation)
 
 
 def reference_vae() -> VAE:

@@ -96,9 +96,13 @@ def build(config, example_shape: tuple[int, ...]) -> Built:
 
 
 def optimizer(config) -> optax.GradientTransformation:
-    """The config's optimizer: Adam at ``config.lr``; for a VQ-VAE with an EMA codebook, SGD with
-    learning rate 1 on the EMA statistics (``vqvae.ema_optimizer``)."""
-    tx = train.make_optimizer(config.lr, clip_norm=getattr(config, "clip_norm", None))
+    """The config's optimizer: Adam at ``config.lr`` on its ``lr_schedule`` over the run's steps
+    (``builders.prepare`` fills them in); for a VQ-VAE with an EMA codebook, SGD with learning
+    rate 1 on the EMA statistics (``vqvae.ema_optimizer``)."""
+    tx = train.make_optimizer(config.lr, clip_norm=getattr(config, "clip_norm", None),
+                              schedule=getattr(config, "lr_schedule", "constant"),
+                              total_steps=getattr(config, "lr_total_steps", 0),
+                              eps=getattr(config, "adam_eps", 1e-8))
     if config.model == "vqvae" and getattr(config, "vq_ema", False):
         return vqvae.ema_optimizer(tx)
     return tx

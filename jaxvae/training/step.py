@@ -18,6 +18,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxvae.objectives import bounds as objectives
@@ -52,12 +53,46 @@ def create_train_state(params: Any, tx: optax.GradientTransformation) -> TrainSt
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def make_optimizer(lr: float = 1e-3, clip_norm: float | None = None
+LR_SCHEDULES = ("constant", "iwae", "cosine")
+
+
+def make_lr_schedule(name: str, lr: float, total_steps: int = 0) -> optax.ScalarOrSchedule:
+    """The learning rate at each step.
+
+    - ``constant``: lr.
+    - ``iwae``: the schedule of Burda et al. (2016): 8 stages i = 0..7 at lr * 10**(-i/7), stage i
+      lasting 3**i / 3280 of ``total_steps`` (with 3,280 epochs: 3**i epochs each, the paper's).
+    - ``cosine``: lr * (1 + cos(pi t / total_steps)) / 2, from lr to 0 (Loshchilov & Hutter 2017).
+
+    Examples:
+      >>> from jaxvae.training import step
+      >>> schedule = step.make_lr_schedule("iwae", 1e-3, total_steps=3280)
+      >>> [float(f"{float(schedule(t)):.3g}") for t in (0, 1, 4, 3279)]
+      [0.001, 0.000719, 0.000518, 0.0001]
+    """
+    if name not in LR_SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {name!r}; choose one of "
+                         f"{list(LR_SCHEDULES)}")
+    if name == "constant":
+        return float(lr)
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"the {name} learning-rate schedule needs total_steps >= 1, got "
+                         f"{total_steps!r}")
+    if name == "cosine":
+        return optax.cosine_decay_schedule(float(lr), total_steps)
+    ends = np.cumsum([3 ** i for i in range(8)]) / 3280  # stage i ends at ends[i] of the run
+    return optax.piecewise_constant_schedule(
+        float(lr), {int(round(e * total_steps)): 10 ** (-1 / 7) for e in ends[:-1]})
+
+
+def make_optimizer(lr: float = 1e-3, clip_norm: float | None = None, *,
+                   schedule: str = "constant", total_steps: int = 0, eps: float = 1e-8
                    ) -> optax.GradientTransformation:
     """Adam (Kingma & Ba 2015) with PyTorch's defaults: b1 0.9, b2 0.999, eps 1e-8.
 
-    With ``clip_norm``, gradients are first rescaled to a global L2 norm of at most clip_norm
-    (``optax.clip_by_global_norm``, Pascanu et al. 2013).
+    The learning rate follows ``make_lr_schedule(schedule, lr, total_steps)``; ``eps`` is Adam's
+    epsilon (the IWAE paper's 1e-4). With ``clip_norm``, gradients are first rescaled to a
+    global L2 norm of at most clip_norm (``optax.clip_by_global_norm``, Pascanu et al. 2013).
 
     Examples:
       >>> import jax.numpy as jnp, jaxvae
@@ -71,14 +106,17 @@ def make_optimizer(lr: float = 1e-3, clip_norm: float | None = None
         raise TypeError(f"learning rate must be a number, got {type(lr).__name__}")
     if not lr > 0 or lr != lr or lr == float("inf"):
         raise ValueError(f"learning rate must be a finite number > 0, got {lr}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < float("inf"):
+        raise ValueError(f"Adam's eps must be a finite number > 0, got {eps!r}")
+    adam = optax.adam(make_lr_schedule(schedule, lr, total_steps), eps=float(eps))
     if clip_norm is None:
-        return optax.adam(float(lr))
+        return adam
     if isinstance(clip_norm, bool) or not isinstance(clip_norm, (int, float)):
         raise TypeError(f"clip_norm must be a number or None, got {type(clip_norm).__name__}")
     if not 0 < clip_norm < float("inf"):
         raise ValueError(f"clip_norm must be a finite number > 0 (or None: no clipping), got "
                          f"{clip_norm}")
-    return optax.chain(optax.clip_by_global_norm(float(clip_norm)), optax.adam(float(lr)))
+    return optax.chain(optax.clip_by_global_norm(float(clip_norm)), adam)
 
 
 def _global_noise(axis_name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:

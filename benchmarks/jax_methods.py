@@ -47,7 +47,7 @@ def train_runners(model, x_NxD: np.ndarray, batch_size: int, steps: int, device,
     on the methods skipped (e.g. a batch that does not split over the devices).
     """
     tx = jaxvae.make_optimizer(1e-3)
-    loss_fn = jaxvae.vae_loss_fn(model)
+    loss_fn = jaxvae.training.step.vae_loss_fn(model)
     run_key = jax.random.key(1)
     n = steps * batch_size
     x = np.ascontiguousarray(x_NxD[:n])
@@ -103,7 +103,7 @@ def train_runners(model, x_NxD: np.ndarray, batch_size: int, steps: int, device,
         parallel_methods = []
 
     if "pmap" in parallel_methods:
-        p_loss = jaxvae.vae_loss_fn(model, axis_name=parallel.AXIS)
+        p_loss = jaxvae.training.step.vae_loss_fn(model, axis_name=parallel.AXIS)
         p_step = parallel.make_pmap_train_step(p_loss, tx, devices=list(local_devices))
         p_batches = [parallel.shard_batch(x[i * batch_size:(i + 1) * batch_size], num_dev)
                      for i in range(steps)]
@@ -139,7 +139,7 @@ def train_runners(model, x_NxD: np.ndarray, batch_size: int, steps: int, device,
 def xla_flops_per_sample(model, batch_size: int, device) -> float | None:
     """XLA's own FLOP count of one jitted train step, per example (a check on the formula)."""
     tx = jaxvae.make_optimizer(1e-3)
-    step = jaxvae.make_train_step(jaxvae.vae_loss_fn(model), tx)
+    step = jaxvae.make_train_step(jaxvae.training.step.vae_loss_fn(model), tx)
     state = _state(model, tx, device)
     x = jax.ShapeDtypeStruct((batch_size,) + tuple(model.data_shape), np.float32)
     try:

@@ -52,7 +52,7 @@ def paired(data: jaxvae.Dataset, epochs: int, seed: int = 0) -> list[dict]:
     model = jaxvae.reference_vae()
     tx = jaxvae.make_optimizer(1e-3)
     state = jaxvae.create_train_state(jaxvae.from_torch(model, net.state_dict()), tx)
-    step = jaxvae.make_train_step(jaxvae.vae_loss_fn(model), tx)
+    step = jaxvae.make_train_step(jaxvae.training.step.vae_loss_fn(model), tx)
     run_key = jax.random.key(seed)
     rng = np.random.default_rng(seed)
     n, history = len(data.x_train), []
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.seeds < 2 or args.epochs < 1:
         parser.error("need --seeds >= 2 and --epochs >= 1")
-    data = jaxvae.load_mnist5k()
+    data = jaxvae.data.datasets.load_mnist5k()
     rows = []
     for seed in range(args.seeds):
         jax_loss, torch_loss = independent(data, seed, args.epochs)

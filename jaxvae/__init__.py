@@ -13,60 +13,41 @@ The package is laid out by concept; this module re-exports the public names:
                          repair, plots
 """
 
-# Configuration and input checks
+# Configuration
 from jaxvae.config import TrainConfig, validate_config
-from jaxvae.validation import check_array, check_data, check_key
 
 # Distributions and likelihoods (pure math)
-from jaxvae.distributions import (bernoulli_nll, gaussian_kl, gaussian_log_prob, gaussian_nll,
-                                  reparameterize, standard_normal_log_prob)
-from jaxvae.likelihoods import (bits_per_dim, discretized_logistic_log_prob, gaussian_learned_nll,
-                                logistic_nll)
-from jaxvae.models.priors import Mixture, mixture_log_prob
+from jaxvae.distributions import bernoulli_nll, gaussian_kl, gaussian_nll, reparameterize
 
 # Data
-from jaxvae.data.datasets import (Dataset, dataset_names, load_digits, load_mnist5k,
-                                  process_shard)
+from jaxvae.data.datasets import Dataset
 from jaxvae.data.datasets import load as load_dataset
 from jaxvae.data.preprocessing import binarize, dequantize
-from jaxvae.data.tfds_source import DatasetNotPreparedError, MissingDependencyError
-from jaxvae.data.vocab import Vocabulary
-from jaxvae.training.feeding import prefetch_to_device
 
 # Models: the interface every model implements, and the families
 from jaxvae.models.interface import ElboTerms, LatentVariableModel, Posterior, log_weights
-from jaxvae.models.mlp import (VAE, Decoder, Encoder, decode, encode, from_torch, init,
-                               interpolate, mlp_vae, reconstruct, reference_vae, sample, slerp)
-from jaxvae.models.conditional import CVAE, generate
-from jaxvae.models.conv import ConvVAE, conv_vae
-from jaxvae.models.flow import FlowVAE, flow_vae, planar_flow
-from jaxvae.models.ladder import LadderVAE, ladder_vae
-from jaxvae.models.vq import VQVAE, ema_optimizer
+from jaxvae.models.mlp import (VAE, decode, encode, from_torch, init, interpolate, mlp_vae,
+                               reconstruct, reference_vae, sample)
+from jaxvae.models.conditional import CVAE
+from jaxvae.models.conv import conv_vae
+from jaxvae.models.flow import flow_vae
+from jaxvae.models.ladder import ladder_vae
+from jaxvae.models.vq import VQVAE
 from jaxvae.models.m2 import M2
 from jaxvae.models.sequence import SequenceVAE, sequence_vae
 
 # Objectives: one contract, loss_fn(params, batch, key, step) -> (loss, metrics)
 from jaxvae.objectives.losses import (LossFn, make_elbo_loss, make_iwae_loss, make_m2_loss,
                                       make_sequence_loss, make_vq_loss)
-from jaxvae.objectives.bounds import (elbo_terms, iwae_bound, likelihood_mean,
-                                      log_importance_weights, loss)
-from jaxvae.objectives.schedules import free_bits_kl, make_kl_schedule
-# Older names of the same objectives
-from jaxvae.models.builders import elbo_loss_fn, iwae_loss_fn, log_prior_fn
-from jaxvae.models.flow import flow_loss
-from jaxvae.models.ladder import ladder_loss
-from jaxvae.models.m2 import m2_loss_fn
-from jaxvae.models.sequence import sequence_loss_fn
-from jaxvae.models.vq import vqvae_loss
+from jaxvae.objectives.bounds import elbo_terms, iwae_bound, likelihood_mean, loss
+from jaxvae.objectives.schedules import make_kl_schedule
 
 # Training
-from jaxvae.training.checkpoint import CheckpointManager
 from jaxvae.training.fit import FitResult, fit
 from jaxvae.training.loop import TrainingDiverged
 from jaxvae.training.sequences import SequenceConfig, fit_sequences
 from jaxvae.training.step import (TrainState, create_train_state, make_evaluate, make_optimizer,
-                                  make_train_chunk, make_train_epoch, make_train_step,
-                                  vae_loss_fn)
+                                  make_train_chunk, make_train_epoch, make_train_step)
 
 # Evaluation
 from jaxvae.evaluation.likelihood import anomaly_score, elbo, log_likelihood
@@ -75,31 +56,24 @@ from jaxvae.evaluation.repair import inpaint
 __version__ = "0.1.0"
 
 __all__ = [
-    # configuration and input checks
-    "TrainConfig", "check_array", "check_data", "check_key", "validate_config",
+    # configuration
+    "TrainConfig", "validate_config",
     # distributions and likelihoods
-    "Mixture", "bernoulli_nll", "bits_per_dim", "discretized_logistic_log_prob", "gaussian_kl",
-    "gaussian_learned_nll", "gaussian_log_prob", "gaussian_nll", "logistic_nll",
-    "mixture_log_prob", "reparameterize", "standard_normal_log_prob",
+    "bernoulli_nll", "gaussian_kl", "gaussian_nll", "reparameterize",
     # data
-    "Dataset", "DatasetNotPreparedError", "MissingDependencyError", "Vocabulary", "binarize",
-    "dataset_names", "dequantize", "load_dataset", "load_digits", "load_mnist5k",
-    "prefetch_to_device", "process_shard",
+    "Dataset", "binarize", "dequantize", "load_dataset",
     # models
-    "CVAE", "ConvVAE", "Decoder", "ElboTerms", "Encoder", "FlowVAE", "LadderVAE",
-    "LatentVariableModel", "M2", "Posterior", "SequenceVAE", "VAE", "VQVAE", "conv_vae", "decode",
-    "ema_optimizer", "encode", "flow_vae", "from_torch", "generate", "init", "interpolate",
-    "ladder_vae", "log_weights", "mlp_vae", "planar_flow", "reconstruct", "reference_vae",
-    "sample", "sequence_vae", "slerp",
+    "CVAE", "ElboTerms", "LatentVariableModel", "M2", "Posterior", "SequenceVAE", "VAE", "VQVAE",
+    "conv_vae", "decode", "encode", "flow_vae", "from_torch", "init", "interpolate",
+    "ladder_vae", "log_weights", "mlp_vae", "reconstruct", "reference_vae", "sample",
+    "sequence_vae",
     # objectives
-    "LossFn", "elbo_loss_fn", "elbo_terms", "flow_loss", "free_bits_kl", "iwae_bound",
-    "iwae_loss_fn", "ladder_loss", "likelihood_mean", "log_importance_weights", "log_prior_fn",
-    "loss", "m2_loss_fn", "make_elbo_loss", "make_iwae_loss", "make_kl_schedule", "make_m2_loss",
-    "make_sequence_loss", "make_vq_loss", "sequence_loss_fn", "vqvae_loss",
+    "LossFn", "elbo_terms", "iwae_bound", "likelihood_mean", "loss", "make_elbo_loss",
+    "make_iwae_loss", "make_kl_schedule", "make_m2_loss", "make_sequence_loss", "make_vq_loss",
     # training
-    "CheckpointManager", "FitResult", "SequenceConfig", "TrainState", "TrainingDiverged",
-    "create_train_state", "fit", "fit_sequences", "make_evaluate", "make_optimizer",
-    "make_train_chunk", "make_train_epoch", "make_train_step", "vae_loss_fn",
+    "FitResult", "SequenceConfig", "TrainState", "TrainingDiverged", "create_train_state", "fit",
+    "fit_sequences", "make_evaluate", "make_optimizer", "make_train_chunk", "make_train_epoch",
+    "make_train_step",
     # evaluation
     "anomaly_score", "elbo", "inpaint", "log_likelihood",
 ]

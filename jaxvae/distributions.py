@@ -213,7 +213,7 @@ def gaussian_log_prob(z: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.A
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jaxvae import gaussian_log_prob
+      >>> from jaxvae.distributions import gaussian_log_prob
       >>> mean, logvar = jnp.zeros((1, 3, 2)), jnp.zeros((1, 3, 2))
       >>> log_q = gaussian_log_prob(jnp.zeros((5, 3, 2)), mean, logvar)  # K = 5 samples
       >>> log_q.shape
@@ -238,7 +238,7 @@ def standard_normal_log_prob(z: jax.Array) -> jax.Array:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jaxvae import standard_normal_log_prob
+      >>> from jaxvae.distributions import standard_normal_log_prob
       >>> log_p = standard_normal_log_prob(jnp.array([[0.0, 0.0], [1.0, 1.0]]))
       >>> log_p.shape
       (2,)

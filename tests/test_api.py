@@ -59,9 +59,9 @@ def test_interpolate_ends_at_the_two_posterior_means(ref, spherical):
 
 def test_slerp_keeps_the_norm_between_equal_norm_points():
     z0, z1 = jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0])
-    path = jaxvae.slerp(z0, z1, jnp.linspace(0, 1, 7))
+    path = jaxvae.models.mlp.slerp(z0, z1, jnp.linspace(0, 1, 7))
     np.testing.assert_allclose(jnp.linalg.norm(path, axis=-1), 1.0, rtol=1e-6)
-    np.testing.assert_allclose(jaxvae.slerp(z0, 2 * z0, jnp.array([0.5])), [[1.5, 0.0]])
+    np.testing.assert_allclose(jaxvae.models.mlp.slerp(z0, 2 * z0, jnp.array([0.5])), [[1.5, 0.0]])
 
 
 def test_interpolate_needs_two_steps(ref):
@@ -108,7 +108,7 @@ def test_mlp_vae_rejects_bad_sizes(latent_dim, error, match):
 ])
 def test_check_data_names_the_problem(x, error, match):
     with pytest.raises(error, match=match):
-        jaxvae.check_data(x, example_shape=(784,))
+        jaxvae.validation.check_data(x, example_shape=(784,))
 
 
 @pytest.mark.parametrize("change, error, match", [

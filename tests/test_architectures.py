@@ -35,7 +35,7 @@ def _config(name: str) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def tiny_data():
-    digits = jaxvae.load_digits()  # 8x8 digits, flat (64,): small enough for quick training
+    digits = jaxvae.data.datasets.load_digits()  # 8x8 digits, flat (64,): small enough for quick training
     return {"x": jnp.asarray(digits.x_train[:128]), "y": jnp.asarray(digits.y_train[:128])}
 
 
@@ -429,7 +429,7 @@ def test_zero_flows_are_exactly_the_gaussian_monte_carlo_bound():
         mean, logvar = jaxvae.encode(model, params, x)
         z = jaxvae.reparameterize(key, mean, logvar)  # the noise of jaxvae.loss
         recon = jaxvae.bernoulli_nll(jaxvae.decode(model, params, z), x)
-        mc_kl = jaxvae.gaussian_log_prob(z, mean, logvar) - jaxvae.standard_normal_log_prob(z)
+        mc_kl = jaxvae.distributions.gaussian_log_prob(z, mean, logvar) - jaxvae.distributions.standard_normal_log_prob(z)
         return (flows.flow_terms(model, params, x, key), flows.flow_loss(model, params, x, key),
                 recon, mc_kl, jaxvae.loss(model, params, x, key)[1])
 

@@ -281,7 +281,7 @@ def test_the_early_stopping_validation_set_is_binarized_like_the_test_split(monk
         return real_train_run(config, train_data, test_data, *args, val_data=val_data, **kwargs)
 
     monkeypatch.setattr(jaxvae.training.fit.loop, "train_run", spy)
-    data = jaxvae.load_digits(seed=0)
+    data = jaxvae.data.datasets.load_digits(seed=0)
     for mode in ("dynamic", "static"):
         jaxvae.fit(TrainConfig(dataset="digits", epochs=1, batch_size=64, hidden=(8,),
                                latent_dim=2, binarize=mode, patience=1), data)

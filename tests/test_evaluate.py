@@ -59,7 +59,7 @@ def test_one_sample_estimate_is_the_one_sample_elbo_with_the_same_key(small):
                     for i in range(len(x))])
     z = mean + jnp.exp(0.5 * logvar) * eps
     expected = (-jaxvae.bernoulli_nll(jaxvae.decode(model, params, z), x)
-                + jaxvae.standard_normal_log_prob(z) - jaxvae.gaussian_log_prob(z, mean, logvar))
+                + jaxvae.distributions.standard_normal_log_prob(z) - jaxvae.distributions.gaussian_log_prob(z, mean, logvar))
     np.testing.assert_allclose(estimate, expected, rtol=1e-5, atol=1e-5)
     # The analytic-KL ELBO uses the same z for its reconstruction term.
     analytic = -(jaxvae.bernoulli_nll(jaxvae.decode(model, params, z), x)

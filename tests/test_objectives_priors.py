@@ -16,7 +16,7 @@ from jaxvae.models import conditional
 from jaxvae.models import mlp as models
 from jaxvae.models import priors
 from jaxvae.models import registry
-from jaxvae.objectives import schedules
+from jaxvae.objectives import losses, schedules
 from jaxvae.training import step as train
 from jaxvae.training import fit as trainer
 from jaxvae.models import builders
@@ -100,8 +100,8 @@ def test_free_bits_above_every_kl_leave_only_the_reconstruction_gradient():
     model = builders.make_model(_config(), (D,))
     params = models.init(model, jax.random.key(0))
     batch, key = _batch(), jax.random.key(1)
-    floored = builders.elbo_loss_fn(model, free_bits=1e6)
-    recon_only = builders.elbo_loss_fn(model, beta=0.0)
+    floored = losses.make_elbo_loss(model, free_bits=1e6)
+    recon_only = losses.make_elbo_loss(model, beta=0.0)
     grad = jax.jit(jax.grad(lambda p: floored(p, batch, key, 0)[0]
                             - recon_only(p, batch, key, 0)[0]))(params)
     jax.tree.map(lambda g: np.testing.assert_allclose(g, 0.0, atol=1e-6), grad)
@@ -122,18 +122,18 @@ def test_standard_prior_elbo_loss_is_the_reference_loss_to_the_bit():
     batch, key = _batch(), jax.random.key(2)
     for beta in (1.0, 0.25):
         expected, m_ref = jaxvae.loss(ref, params, batch["x"], key, beta=beta)
-        got, m = builders.elbo_loss_fn(model, beta=beta)(params, batch, key, 0)
+        got, m = losses.make_elbo_loss(model, beta=beta)(params, batch, key, 0)
         assert float(got) == float(expected)
         assert float(m["kl"]) == float(m_ref["kl"]) and float(m["recon"]) == float(m_ref["recon"])
     # beta = 1 is the plain VAE: loss = recon + kl
-    loss, m = builders.elbo_loss_fn(model)(params, batch, key, 0)
+    loss, m = losses.make_elbo_loss(model)(params, batch, key, 0)
     np.testing.assert_allclose(loss, m["recon"] + m["kl"], rtol=1e-6)
 
 
 def test_linear_schedule_scales_the_kl_term_by_its_weight():
     model = builders.make_model(_config(), (D,))
     params = models.init(model, jax.random.key(0))
-    loss_fn = builders.elbo_loss_fn(model, beta=2.0, kl_schedule=schedules.linear_schedule(8))
+    loss_fn = losses.make_elbo_loss(model, beta=2.0, kl_schedule=schedules.linear_schedule(8))
     batch, key = _batch(), jax.random.key(3)
     for step, w in ((0, 0.0), (2, 0.25), (8, 1.0), (50, 1.0)):
         loss, m = loss_fn(params, batch, key, jnp.int32(step))
@@ -328,7 +328,7 @@ def test_iwae_with_one_sample_is_the_monte_carlo_elbo_with_the_same_key():
     model = builders.make_model(_config(), (D,))
     params = models.init(model, jax.random.key(0))
     batch, key = _batch(), jax.random.key(7)
-    loss, m = builders.iwae_loss_fn(model, 1)(params, batch, key, 0)
+    loss, m = losses.make_iwae_loss(model, 1)(params, batch, key, 0)
     # jaxvae.loss draws eps = normal(key, (B, Z)): the same z as K = 1; it uses the analytic KL.
     _, plain = jaxvae.loss(model, params, batch["x"], key)
     np.testing.assert_allclose(m["recon"], plain["recon"], rtol=1e-6)
@@ -343,13 +343,13 @@ def test_iwae_bound_is_tighter_than_the_average_elbo_and_uses_the_learned_prior(
     model = builders.make_model(_config(prior="vamp", prior_components=3), (D,))
     params = models.init(model, jax.random.key(0))
     batch, key = _batch(), jax.random.key(8)
-    loss, m = builders.iwae_loss_fn(model, 8)(params, batch, key, 0)
+    loss, m = losses.make_iwae_loss(model, 8)(params, batch, key, 0)
     assert float(loss) < float(m["recon"] + m["kl"])  # log mean w >= mean log w (Jensen)
     log_prior = builders.log_prior_fn(model, params)
-    log_w = objectives_log_w = jaxvae.log_importance_weights(model, params, batch["x"], key, 8,
+    log_w = objectives_log_w = jaxvae.objectives.bounds.log_importance_weights(model, params, batch["x"], key, 8,
                                                              log_prior=log_prior)
     np.testing.assert_allclose(loss, -jnp.mean(jaxvae.iwae_bound(objectives_log_w)), rtol=1e-6)
-    standard = jaxvae.log_importance_weights(model, params, batch["x"], key, 8)
+    standard = jaxvae.objectives.bounds.log_importance_weights(model, params, batch["x"], key, 8)
     assert not np.allclose(log_w, standard)
 
 

@@ -158,7 +158,7 @@ def test_learning_rate_must_be_positive():
 def test_microbatched_gradient_is_the_mean_of_the_microbatch_gradients(small):
     model, x = small[0], small[1][:12]
     params = jaxvae.init(model, jax.random.key(0))
-    loss_fn = jaxvae.vae_loss_fn(model)
+    loss_fn = jaxvae.training.step.vae_loss_fn(model)
     key, step = jax.random.key(7), jnp.zeros((), jnp.int32)
     (loss, metrics), grads = train.microbatched_value_and_grad(loss_fn, 4)(params, x, key, step)
     # by hand: micro-batch i is rows 4i..4i+3 with the key fold_in(key, i)
@@ -187,7 +187,7 @@ def test_microbatched_gradient_is_the_mean_of_the_microbatch_gradients(small):
 def test_microbatched_epoch_trains_and_checks_the_divisor(small):
     model, x = small
     tx = jaxvae.make_optimizer(1e-2)
-    loss_fn = jaxvae.vae_loss_fn(model)
+    loss_fn = jaxvae.training.step.vae_loss_fn(model)
     epoch = jaxvae.make_train_epoch(loss_fn, tx, 16, microbatch_size=8)  # 2 full + 8 left
     state = jaxvae.create_train_state(jaxvae.init(model, jax.random.key(0)), tx)
     losses = []

@@ -3,8 +3,7 @@
 ``make_model`` builds ``models.VAE`` with the config's prior (see ``jaxvae.models.priors``) and
 likelihood (see ``jaxvae.likelihoods``); ``make_schedule`` builds the KL schedule;
 ``check_config`` refuses settings that cannot work before any training; ``prepare`` fills the
-run-dependent fields and checks the data. The objectives are those of ``jaxvae.objectives.losses``
-(``elbo_loss_fn`` and ``iwae_loss_fn`` are ``make_elbo_loss`` and ``make_iwae_loss``).
+run-dependent fields and checks the data. The objectives are those of ``jaxvae.objectives.losses``.
 """
 
 from __future__ import annotations
@@ -54,10 +53,6 @@ def check_free_bits(free_bits: float, prior_name: str) -> float:
         raise ValueError(f"free bits need a KL per latent dimension, which the {prior_name} "
                          f"prior does not have; use --prior {' or '.join(priors.ANALYTIC_KL)}")
     return float(free_bits)
-
-
-elbo_loss_fn = losses.make_elbo_loss
-iwae_loss_fn = losses.make_iwae_loss
 
 
 def _get(config, name: str, default):

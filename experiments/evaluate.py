@@ -4,15 +4,23 @@
     python -m experiments.evaluate runs/ref --num-samples 5000
 
 Rebuilds the model from RUN_DIR/summary.json, loads RUN_DIR/params.msgpack and writes
-RUN_DIR/evaluation.json: nll (-mean log p(x), nats per example, K importance samples), elbo
-(the mean ELBO, nats per example, the training objective's estimator), their standard errors,
-and the settings. Both use the run's own model: its prior, posterior, likelihood and labels.
-The NLL of a VQ-VAE (no learned prior over its codes) is not defined and is refused.
+RUN_DIR/evaluation.json (or --output): nll (-mean log p(x), nats per example, K importance
+samples), elbo (the mean ELBO, nats per example, the training objective's estimator), their
+standard errors, and the settings; beside it, evaluation.log_px.npy holds log p(x) per example
+(float32, in the split's order). Both use the run's own model: its prior, posterior, likelihood
+and labels. The NLL of a VQ-VAE (no learned prior over its codes) is not defined and is refused.
+An existing evaluation is kept unless --overwrite is given.
+
+Sample k of example i is drawn with fold_in(fold_in(key, i), k), so the first N examples of a
+larger evaluation get exactly the values of --max-examples N with the same seed and K:
+
+    python -m experiments.evaluate results/iwae-vae --max-examples 100 --output /tmp/check.json
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -46,7 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="examples evaluated at once (memory and speed, not the result; default: "
                         "4,096 decoder rows on a CPU, 65,536 on a GPU/TPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples (default %(default)s)")
+    p.add_argument("--output", default=None,
+                   help="where to write the evaluation JSON (default RUN_DIR/evaluation.json); "
+                        "the per-example log p(x) goes beside it as NAME.log_px.npy")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing evaluation at the output path")
     return p
+
+
+def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(the evaluation JSON, the per-example log p(x) .npy beside it)."""
+    out = Path(args.output) if args.output else Path(args.run_dir) / "evaluation.json"
+    return out, out.with_name(out.stem + ".log_px.npy")
 
 
 def _mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
@@ -63,6 +82,13 @@ def run(args: argparse.Namespace) -> dict:
             continue
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    out, out_log_px = output_paths(args)
+    for path in (out, out_log_px):
+        if path.exists() and not args.overwrite:
+            raise ValueError(f"{path} already holds an evaluation; pass --overwrite to replace "
+                             "it, or --output another file")
+    if not out.parent.is_dir():
+        raise ValueError(f"--output {out}: the directory {out.parent} does not exist")
     loaded = runs.load_run(args.run_dir)
     config = loaded.config
     interface.check_defined(loaded.model, "log_weights")
@@ -114,11 +140,13 @@ def run(args: argparse.Namespace) -> dict:
         "seconds": seconds,
         "device": str(jax.devices()[0].device_kind),
     }
-    out = Path(args.run_dir) / "evaluation.json"
+    buffer = io.BytesIO()
+    np.save(buffer, log_px.astype(np.float32))
+    files.write_atomic(out_log_px, buffer.getvalue())
     files.write_atomic(out, json.dumps(result, indent=2))
     print(f"{args.split} NLL {neg_ll:.2f} +- {nll_stderr:.2f} nats (K = {args.num_samples}), "
           f"-ELBO {-mean_elbo:.2f} +- {elbo_stderr:.2f}, in {seconds:.1f} s")
-    print(f"wrote {out}")
+    print(f"wrote {out}, {out_log_px}")
     return result
 
 

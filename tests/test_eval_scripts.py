@@ -107,7 +107,7 @@ def test_train_script_with_patience_saves_the_best_epoch(run_dir):
 
 
 
-def test_evaluate_writes_nll_below_the_negative_elbo(run_dir, capsys):
+def test_evaluate_writes_nll_below_the_negative_elbo(run_dir, tmp_path, capsys):
     argv = [str(run_dir), "--num-samples", "64", "--elbo-samples", "8", "--max-examples", "40"]
     assert evaluate_script.main(argv) == 0
     result = json.loads((run_dir / "evaluation.json").read_text())
@@ -123,6 +123,19 @@ def test_evaluate_writes_nll_below_the_negative_elbo(run_dir, capsys):
         loaded.model, loaded.params, loaded.data.x_test[:40], key, 64)), dtype=np.float64)
     assert result["nll"] == pytest.approx(expected, rel=1e-6)
     assert "evaluation.json" in capsys.readouterr().out
+    log_px = np.load(run_dir / "evaluation.log_px.npy")
+    assert log_px.shape == (40,) and -log_px.mean() == pytest.approx(result["nll"], rel=1e-5)
+
+    # An existing evaluation is kept unless --overwrite; --output writes elsewhere.
+    before = (run_dir / "evaluation.json").read_bytes()
+    assert evaluate_script.main(argv[:-1] + ["10"]) == 2
+    assert "already holds an evaluation" in capsys.readouterr().err
+    assert (run_dir / "evaluation.json").read_bytes() == before
+    # The first 10 examples alone get exactly their values in the 40-example evaluation.
+    out = tmp_path / "first10.json"
+    assert evaluate_script.main(argv[:-1] + ["10", "--output", str(out)]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "first10.log_px.npy"), log_px[:10], rtol=1e-6)
+    assert evaluate_script.main(argv + ["--overwrite"]) == 0
 
 
 def test_evaluate_scores_a_binarized_run_on_the_binary_test_set_it_was_trained_for(tmp_path):

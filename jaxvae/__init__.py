@@ -56,7 +56,7 @@ from jaxvae.models.builders import elbo_loss_fn, iwae_loss_fn, log_prior_fn
 from jaxvae.models.flow import flow_loss
 from jaxvae.models.ladder import ladder_loss
 from jaxvae.objectives.losses import make_m2_loss as m2_loss_fn
-from jaxvae.models.sequence import sequence_loss_fn
+from jaxvae.objectives.losses import make_sequence_loss as sequence_loss_fn
 from jaxvae.models.vq import vqvae_loss
 
 # Training

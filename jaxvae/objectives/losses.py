@@ -287,4 +287,54 @@ def make_m2_loss(model: semisupervised.M2, x_labelled_NxD=None, y_labelled_N=Non
     return loss_fn
 
 
-make_sequence_loss = sequence.sequence_loss_fn
+def make_sequence_loss(model: sequence.SequenceVAE, beta: float = 1.0, warmup_steps: int = 0,
+                       word_dropout_rate: float = 0.0) -> LossFn:
+    """The sequence VAE's annealed negative ELBO with word dropout (Bowman et al. 2016).
+
+        loss = mean_b [ -log p(x_b | z_b) + kl_weight(step) * KL(q(z | x_b) || N(0, I)) ]
+
+    on batches ``{"x": tokens_BxL}``, with the model's ``elbo_terms_and_logits``: one
+    reparameterized z_b ~ q(z | x_b) and word-dropped decoder inputs (each input token but BOS
+    replaced by UNK with probability ``word_dropout_rate``); kl_weight(step) = beta * min(1,
+    step / warmup_steps). Without word dropout, recon + kl is ``interface.elbo_terms``'s -ELBO.
+
+    Args:
+      model: a ``SequenceVAE``.
+      beta: the KL weight after the warm-up, >= 0.
+      warmup_steps: steps of the linear warm-up from 0 (0: no annealing).
+      word_dropout_rate: in [0, 1).
+
+    Returns:
+      ``loss_fn``; metrics (batch means, nats per sequence) ``loss``, ``recon``, ``kl``,
+      ``nelbo`` (recon + kl: the negative ELBO, whatever the weight), ``kl_weight``,
+      ``token_accuracy`` (teacher-forced argmax over real tokens) and ``nll_per_token``.
+    """
+    if not isinstance(model, sequence.SequenceVAE):
+        raise TypeError(f"make_sequence_loss trains a SequenceVAE, got {type(model).__name__}")
+    for name, value in (("beta", beta), ("word_dropout_rate", word_dropout_rate)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+    if not beta >= 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if not 0.0 <= word_dropout_rate < 1.0:
+        raise ValueError(f"word_dropout_rate must be in [0, 1), got {word_dropout_rate}")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
+    word_dropout_rate = float(word_dropout_rate)
+
+    def loss_fn(params, batch, key, step):
+        tokens_BxL = interface.as_batch(model, batch)["x"]
+        terms, logits_BxLxV = model.apply({"params": params}, tokens_BxL, key, word_dropout_rate,
+                                          method=sequence.SequenceVAE.elbo_terms_and_logits)
+        recon_B, kl_B = terms.recon_B, terms.kl_B
+        weight = sequence.kl_weight(step, beta, warmup_steps)
+        loss = jnp.mean(recon_B + weight * kl_B)
+        mask_BxL = sequence.token_mask(tokens_BxL)
+        correct = jnp.sum((jnp.argmax(logits_BxLxV, -1) == tokens_BxL) * mask_BxL)
+        metrics = {"loss": loss, "recon": jnp.mean(recon_B), "kl": jnp.mean(kl_B),
+                   "nelbo": jnp.mean(recon_B + kl_B), "kl_weight": weight,
+                   "token_accuracy": correct / jnp.sum(mask_BxL),
+                   "nll_per_token": jnp.sum(recon_B) / jnp.sum(mask_BxL)}
+        return loss, metrics
+
+    return loss_fn

@@ -275,20 +275,6 @@ def classify(model: M2, params: Params, x_BxD: jax.Array) -> jax.Array:
     return model.apply({"params": params}, x_BxD, method=M2.classify)
 
 
-def labelled_elbo(model: M2, params: Params, x_BxD: jax.Array, y_BxC: jax.Array,
-                  eps_BxZ: jax.Array) -> jax.Array:
-    """L(x, y) = log p(x | y, z) + log p(y) - KL(q(z | x, y) || N(0, I)), z = mean + sd * eps.
-
-    ``y_BxC`` one-hot; returns ``(B,)`` (nats, a lower bound on log p(x, y)).
-    """
-    variables = {"params": params}
-    mean_BxZ, logvar_BxZ = model.apply(variables, x_BxD, y_BxC, method=M2.encode_onehot)
-    z_BxZ = distributions.shift_and_scale(mean_BxZ, logvar_BxZ, eps_BxZ)
-    logits_BxD = model.apply(variables, z_BxZ, y_BxC, method=M2.decode_onehot)
-    return (-distributions.bernoulli_nll(logits_BxD, x_BxD) - jnp.log(float(model.num_classes))
-            - distributions.gaussian_kl(mean_BxZ, logvar_BxZ))
-
-
 def classification_loss(logits_BxC: jax.Array, y_B: jax.Array) -> jax.Array:
     """-log q(y | x) per example, ``(B,)``."""
     return optax.softmax_cross_entropy_with_integer_labels(logits_BxC, y_B)

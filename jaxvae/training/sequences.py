@@ -92,8 +92,8 @@ def fit_sequences(config: SequenceConfig, vocab: Vocabulary, train_strings: Sequ
     Every string must tokenize into ``vocab``'s tokens (checked before any training). Records
     hold ``epoch``, ``step``, ``train_<metric>`` (means over the epoch's finite steps),
     ``train_skipped``, ``test_<metric>`` (with the parameters at the end of the epoch; see
-    ``jaxvae.objectives.losses.make_sequence_loss``) and ``seconds`` (the epoch's training time, compilation
-    excluded).
+    ``jaxvae.objectives.losses.make_sequence_loss``) and ``seconds`` (the epoch's training
+    time, compilation excluded).
     """
     validate_sequence_config(config)
     if len(train_strings) < config.batch_size:

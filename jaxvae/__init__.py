@@ -55,8 +55,6 @@ from jaxvae.objectives.schedules import free_bits_kl, make_kl_schedule
 from jaxvae.models.builders import elbo_loss_fn, iwae_loss_fn, log_prior_fn
 from jaxvae.models.flow import flow_loss
 from jaxvae.models.ladder import ladder_loss
-from jaxvae.objectives.losses import make_m2_loss as m2_loss_fn
-from jaxvae.objectives.losses import make_sequence_loss as sequence_loss_fn
 from jaxvae.models.vq import vqvae_loss
 
 # Training
@@ -94,8 +92,8 @@ __all__ = [
     # objectives
     "LossFn", "elbo_loss_fn", "elbo_terms", "flow_loss", "free_bits_kl", "iwae_bound",
     "iwae_loss_fn", "ladder_loss", "likelihood_mean", "log_importance_weights", "log_prior_fn",
-    "loss", "m2_loss_fn", "make_elbo_loss", "make_iwae_loss", "make_kl_schedule", "make_m2_loss",
-    "make_sequence_loss", "make_vq_loss", "sequence_loss_fn", "vqvae_loss",
+    "loss", "make_elbo_loss", "make_iwae_loss", "make_kl_schedule", "make_m2_loss",
+    "make_sequence_loss", "make_vq_loss", "vqvae_loss",
     # training
     "CheckpointManager", "FitResult", "SequenceConfig", "TrainState", "TrainingDiverged",
     "create_train_state", "fit", "fit_sequences", "make_evaluate", "make_optimizer",

@@ -201,3 +201,11 @@ def test_script_trains_m2_through_the_training_loop(tmp_path):
     # the test digits are scored unlabelled: test -ELBO = -U(x) = recon + kl
     assert lines[-1]["test_loss"] == pytest.approx(lines[-1]["test_unlabelled"], rel=1e-5)
     assert results["test_nll"] < results["test_nelbo"] + 1.0  # K = 2: at most about the -ELBO
+    from flax import serialization
+    model = ss.m2(784, 10, latent_dim=2, hidden=(16,))
+    params = serialization.from_bytes(ss.init(model, jax.random.key(0)),
+                                      (tmp_path / "params.msgpack").read_bytes())
+    from jaxvae.data import datasets
+    data = datasets.load_mnist5k()
+    accuracy = np.mean(np.argmax(ss.classify(model, params, data.x_test), -1) == data.y_test)
+    assert accuracy == pytest.approx(results["m2_test_accuracy"])

@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=None,
                    help="weight of the classification term; default: the paper's 0.1 N "
                         "expressed for per-batch means, 0.1 * N * n_labelled / n_unlabelled")
+    p.add_argument("--labelled-weight", type=float, default=1.0,
+                   help="weight of the labelled examples' mean bound; the paper's Eq. 9 with "
+                        "sums over the data set is n_labelled / n_unlabelled, with --alpha "
+                        "0.1 * N / n_unlabelled (%(default)s)")
     p.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (%(default)s)")
     p.add_argument("--latent-dim", type=int, default=50, help="Z (%(default)s)")
     p.add_argument("--hidden", type=int, nargs="+", default=[500],
@@ -117,7 +121,8 @@ def run(args) -> dict:
     keys = trainer.RunKeys(init_key, train_key, shuffle_key, eval=eval_key)
     tx = train.make_optimizer(args.lr)
     state = train.create_train_state(m2_lib.init(model, init_key), tx)
-    loss_fn = losses.make_m2_loss(model, x_l, y_l, alpha, args.labelled_batch_size)
+    loss_fn = losses.make_m2_loss(model, x_l, y_l, alpha, args.labelled_batch_size,
+                                  args.labelled_weight)
     # the test digits unlabelled: test_recon + test_kl is the test -ELBO -U(x)
     eval_loss_fn = losses.make_m2_loss(model, None, None, alpha)
     predict = jax.jit(lambda p, x: jnp.argmax(m2_lib.classify(model, p, x), -1))

@@ -133,6 +133,10 @@ def test_objective_is_labelled_plus_unlabelled_plus_alpha_times_cross_entropy(ti
                                rtol=1e-6)
     np.testing.assert_allclose(m["labelled"], m0["labelled"], rtol=1e-6)  # same key, same draws
     np.testing.assert_allclose(m["unlabelled"], m["recon"] + m["kl"], rtol=1e-6)
+    weighted, _ = losses.make_m2_loss(model, x32, y, alpha=2.5, labelled_batch_size=4,
+                                      labelled_weight=0.01)(params, {"x": x32}, key, 0)
+    np.testing.assert_allclose(weighted, 0.01 * m["labelled"] + m["unlabelled"]
+                               + 2.5 * m["classification"], rtol=1e-6)
 
 
 def test_objective_takes_the_labels_of_the_batch(tiny):

@@ -189,10 +189,12 @@ def make_vq_loss(model: vqvae.VQVAE, commitment_cost: float = 0.25, decay: float
 
 
 def make_m2_loss(model: semisupervised.M2, x_labelled_NxD=None, y_labelled_N=None,
-                 alpha: float = 1.0, labelled_batch_size: int = 100) -> LossFn:
+                 alpha: float = 1.0, labelled_batch_size: int = 100,
+                 labelled_weight: float = 1.0) -> LossFn:
     """The semi-supervised M2 objective (Kingma et al. 2014, Eq. 9) on batches ``{"x", "y"}``.
 
-        loss = mean_l [-L(x_l, y_l)] + mean_b [-ELBO_b] + alpha * mean_{labelled} [-log q(y | x)]
+        loss = lambda * mean_l [-L(x_l, y_l)] + mean_b [-ELBO_b]
+               + alpha * mean_{labelled} [-log q(y | x)]
 
     ``-ELBO_b`` is the model's ``elbo_terms`` (``jaxvae.models.m2``): -L(x, y) where the
     batch's label is given, -U(x) where it is -1 (or the batch has no ``"y"``). The first term
@@ -200,14 +202,16 @@ def make_m2_loss(model: semisupervised.M2, x_labelled_NxD=None, y_labelled_N=Non
     from the labelled set ``x_labelled_NxD, y_labelled_N`` held on the device, so that the
     training loop can run its epochs over the unlabelled examples alone; without a labelled set
     (None) it is absent and the labels come from the batches. The classification term averages
-    over every labelled example of the step (the drawn ones and the batch's). The paper's
-    alpha is 0.1 N for sums over the data set.
+    over every labelled example of the step (the drawn ones and the batch's). Eq. 9 sums the
+    bounds over the data set and weighs the mean classification loss by alpha = 0.1 N; divided
+    by the number of unlabelled examples N_u that is lambda = N_l / N_u and alpha = 0.1 N / N_u.
 
     Args:
       model: an ``M2``.
       x_labelled_NxD, y_labelled_N: the labelled set (labels in [0, C)), or both None.
       alpha: the weight of the classification term, >= 0.
       labelled_batch_size: labelled examples drawn per step.
+      labelled_weight: lambda, the weight of the drawn labelled examples' mean bound, >= 0.
 
     Returns:
       ``loss_fn``; metrics ``loss``, ``recon`` and ``kl`` (means over the batch: recon + kl is
@@ -231,6 +235,9 @@ def make_m2_loss(model: semisupervised.M2, x_labelled_NxD=None, y_labelled_N=Non
         raise TypeError(f"make_m2_loss trains an M2, got {type(model).__name__}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < math.inf:
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+    if (isinstance(labelled_weight, bool) or not isinstance(labelled_weight, (int, float))
+            or not 0 <= labelled_weight < math.inf):
+        raise ValueError(f"labelled_weight must be a finite number >= 0, got {labelled_weight!r}")
     labelled_batch_size = validation.check_count(labelled_batch_size, "labelled_batch_size")
     if (x_labelled_NxD is None) != (y_labelled_N is None):
         raise ValueError("give the labelled set as both x_labelled_NxD and y_labelled_N, or "
@@ -280,7 +287,7 @@ def make_m2_loss(model: semisupervised.M2, x_labelled_NxD=None, y_labelled_N=Non
             correct += jnp.sum(jnp.argmax(logits, -1) == yb, dtype=jnp.float32)
             count += labelled_batch_size
         ce = ce_sum / jnp.maximum(count, 1.0)
-        loss = neg_l + unlabelled + alpha * ce
+        loss = labelled_weight * neg_l + unlabelled + alpha * ce
         return loss, {"loss": loss, **metrics, "labelled": neg_l, "classification": ce,
                       "labelled_accuracy": correct / jnp.maximum(count, 1.0)}
 

@@ -97,6 +97,9 @@ def run(args) -> dict:
         raise ValueError("--labels-per-class, --epochs and --batch-size must be >= 1")
     if args.nll_samples < 0:
         raise ValueError("--nll-samples must be >= 0")
+    for flag, value in (("--labelled-weight", args.labelled_weight), ("--alpha", args.alpha)):
+        if value is not None and not 0 <= value < float("inf"):
+            raise ValueError(f"{flag} must be a finite number >= 0, got {value}")
     if args.dataset not in DATASETS:
         raise ValueError(f"unknown --dataset {args.dataset!r}; choose one of {list(DATASETS)}")
     data = data_lib.load(args.dataset, data_dir=args.data_dir, flatten=True)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxvae.models import sequence
+from jaxvae.objectives import losses
 from jaxvae.training import step as train
 from jaxvae.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Vocabulary, tokenize_smiles
 
@@ -63,10 +64,10 @@ def tiny():
 
 def test_padding_never_changes_the_loss_or_its_gradient(tiny):
     vocab, model, params = tiny
-    loss_fn = sequence.sequence_loss_fn(model, warmup_steps=10, word_dropout_rate=0.3)
+    loss_fn = losses.make_sequence_loss(model, warmup_steps=10, word_dropout_rate=0.3)
     key, step = jax.random.key(3), jnp.int32(4)
-    short = {"tokens": jnp.asarray(vocab.encode_batch(WORDS, length=12))}
-    long = {"tokens": jnp.asarray(vocab.encode_batch(WORDS, length=25))}
+    short = {"x": jnp.asarray(vocab.encode_batch(WORDS, length=12))}
+    long = {"x": jnp.asarray(vocab.encode_batch(WORDS, length=25))}
     value_and_grad = jax.jit(jax.value_and_grad(lambda p, b: loss_fn(p, b, key, step),
                                                 has_aux=True))
     ((l_short, m_short), g_short), ((l_long, m_long), g_long) = (value_and_grad(params, short),
@@ -103,6 +104,101 @@ def test_decoder_step_t_sees_only_earlier_tokens(tiny):
     assert not np.allclose(a[:, 4], b[:, 4])
 
 
+# ------------------------------------------------- the model interface, against NumPy (float64)
+
+
+def _np(a):
+    return np.asarray(a, np.float64)
+
+
+def _np_gru(p, h, e):
+    """flax's GRUCell: r, u gates; n = tanh(W_in e + b_in + r * (W_hn h + b_hn))."""
+    sig = lambda a: 1.0 / (1.0 + np.exp(-a))  # noqa: E731
+    dense = lambda name, v: v @ _np(p[name]["kernel"]) + (  # noqa: E731
+        _np(p[name]["bias"]) if "bias" in p[name] else 0.0)
+    r = sig(dense("ir", e) + dense("hr", h))
+    u = sig(dense("iz", e) + dense("hz", h))
+    n = np.tanh(dense("in", e) + r * dense("hn", h))
+    return (1.0 - u) * n + u * h
+
+
+def _np_posterior(p, row):
+    """(mean, logvar) of one token row: both GRU directions over the real tokens only."""
+    real = [t for t in row if t != PAD_ID]
+    emb = _np(p["embed"]["embedding"])
+    h_fwd = h_bwd = np.zeros(p["encoder_fwd"]["hn"]["bias"].shape[0])
+    for t in real:
+        h_fwd = _np_gru(p["encoder_fwd"], h_fwd, emb[t])
+    for t in reversed(real):
+        h_bwd = _np_gru(p["encoder_bwd"], h_bwd, emb[t])
+    h = np.concatenate([h_fwd, h_bwd])
+    return (h @ _np(p["mean"]["kernel"]) + _np(p["mean"]["bias"]),
+            h @ _np(p["logvar"]["kernel"]) + _np(p["logvar"]["bias"]))
+
+
+def _np_log_px(p, row, z):
+    """sum_t log p(x_t | x_<t, z) over the real tokens (EOS included), teacher forced."""
+    emb = _np(p["embed"]["embedding"])
+    h = np.tanh(z @ _np(p["z_to_hidden"]["kernel"]) + _np(p["z_to_hidden"]["bias"]))
+    prev, total = BOS_ID, 0.0
+    for t in row:
+        if t == PAD_ID:
+            break
+        h = _np_gru(p["decoder_cell"], h, np.concatenate([emb[prev], z]))
+        logits = h @ _np(p["out"]["kernel"]) + _np(p["out"]["bias"])
+        total += logits[t] - np.log(np.sum(np.exp(logits)))
+        prev = t
+    return total
+
+
+def test_interface_negative_elbo_matches_a_numpy_computation(tiny):
+    from jaxvae.models import interface
+    vocab, model, params = tiny
+    tokens = jnp.asarray(vocab.encode_batch(WORDS, length=13))
+    key = jax.random.key(4)
+    terms = jax.jit(lambda p, b, k: interface.elbo_terms(model, p, b, k))(
+        params, {"x": tokens}, key)
+    eps = _np(jax.random.normal(jax.random.split(key)[0], (len(WORDS), model.latent_dim)))
+    for b, row in enumerate(np.asarray(tokens)):
+        mean, logvar = _np_posterior(params, row)
+        z = mean + np.exp(0.5 * logvar) * eps[b]
+        kl = -0.5 * np.sum(1 + logvar - mean ** 2 - np.exp(logvar))
+        np.testing.assert_allclose(terms.recon_B[b], -_np_log_px(params, row, z), rtol=1e-4)
+        np.testing.assert_allclose(terms.kl_B[b], kl, rtol=1e-4, atol=1e-6)
+    # the loss without word dropout, at full KL weight, is this -ELBO
+    loss, metrics = losses.make_sequence_loss(model)(params, {"x": tokens}, key, jnp.int32(0))
+    np.testing.assert_allclose(loss, jnp.mean(terms.recon_B + terms.kl_B), rtol=1e-6)
+    np.testing.assert_allclose(metrics["nelbo"], loss, rtol=1e-6)
+
+
+def test_log_weights_match_a_numpy_computation_and_the_nll_is_below_the_elbo(tiny):
+    from jaxvae.models import interface
+    vocab, model, params = tiny
+    tokens = jnp.asarray(vocab.encode_batch(WORDS[:2], length=13))
+    key = jax.random.key(5)
+    terms = interface.log_weight_terms(model, params, {"x": tokens}, key, 3)
+    eps = _np(jax.random.normal(key, (3, 2, model.latent_dim)))
+    for b, row in enumerate(np.asarray(tokens)):
+        mean, logvar = _np_posterior(params, row)
+        for k in range(3):
+            z = mean + np.exp(0.5 * logvar) * eps[k, b]
+            log_q = -0.5 * np.sum((z - mean) ** 2 / np.exp(logvar) + logvar + np.log(2 * np.pi))
+            log_p = -0.5 * np.sum(z ** 2 + np.log(2 * np.pi))
+            np.testing.assert_allclose(terms.log_px[k, b], _np_log_px(params, row, z),
+                                       rtol=1e-4)
+            np.testing.assert_allclose(terms.log_qz[k, b], log_q, rtol=1e-4)
+            np.testing.assert_allclose(terms.log_pz[k, b], log_p, rtol=1e-4)
+    import jaxvae
+    nll = -jaxvae.log_likelihood(model, params, {"x": tokens}, key, num_samples=200)
+    neg_elbo = -jaxvae.elbo(model, params, {"x": tokens}, key, num_samples=200,
+                            analytic_kl=False)
+    assert np.all(np.asarray(nll) <= np.asarray(neg_elbo))
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, "):
+        jaxvae.log_likelihood(model, params, {"x": tokens + 100}, key, num_samples=2)
+    with pytest.raises(ValueError, match="autoregressive"):
+        interface.decode(model, params, jnp.zeros((1, model.latent_dim)))
+
+
 def test_kl_weight_rises_linearly_to_beta_then_stays():
     weights = [float(sequence.kl_weight(jnp.int32(s), 0.5, 100)) for s in (0, 25, 100, 1000)]
     np.testing.assert_allclose(weights, [0.0, 0.125, 0.5, 0.5])
@@ -122,28 +218,28 @@ def test_word_dropout_replaces_only_inner_inputs_at_the_rate():
 def trained(tiny):
     vocab, model, params = tiny
     tx = train.make_optimizer(1e-2)
-    loss_fn = sequence.sequence_loss_fn(model, beta=1.0, warmup_steps=100, word_dropout_rate=0.1)
+    loss_fn = losses.make_sequence_loss(model, beta=1.0, warmup_steps=100, word_dropout_rate=0.1)
     epoch = train.make_train_epoch(loss_fn, tx, batch_size=4)
     state = train.create_train_state(params, tx)
-    data = {"tokens": jnp.asarray(vocab.encode_batch(WORDS, length=14))}
-    losses = []
+    data = {"x": jnp.asarray(vocab.encode_batch(WORDS, length=14))}
+    nelbos = []
     for e in range(300):
         state, metrics, _ = epoch(state, data, jax.random.key(e), jax.random.key(1))
-        losses.append(float(metrics["nelbo"]))
-    return vocab, model, state, data, losses, epoch
+        nelbos.append(float(metrics["nelbo"]))
+    return vocab, model, state, data, nelbos, epoch
 
 
 def test_loss_falls_and_the_scan_epoch_compiles_once(trained):
-    *_, losses, epoch = trained
-    assert np.mean(losses[-20:]) < 0.3 * losses[0], (losses[0], losses[-20:])
+    *_, nelbos, epoch = trained
+    assert np.mean(nelbos[-20:]) < 0.3 * nelbos[0], (nelbos[0], nelbos[-20:])
     assert epoch.chunk._cache_size() == 1  # 4 strings, batch 4: one chunk shape
 
 
 def test_memorised_strings_are_reproduced_greedily(trained):
     vocab, model, state, data, _, _ = trained
-    out = sequence.reconstruct(model, state.params, data["tokens"], max_len=14)
+    out = sequence.reconstruct(model, state.params, data["x"], max_len=14)
     assert vocab.decode_batch(out) == WORDS
-    path = sequence.interpolate(model, state.params, data["tokens"][0], data["tokens"][3],
+    path = sequence.interpolate(model, state.params, data["x"][0], data["x"][3],
                                 steps=4, max_len=14)  # 4 rows: greedy decoding compiled once
     decoded = vocab.decode_batch(path)
     assert decoded[0] == "hello" and decoded[-1] == "variational"
@@ -186,7 +282,7 @@ def test_generation_never_emits_pad_bos_or_unk_even_when_they_score_highest(trai
 def test_bad_arguments_raise_clear_errors(tiny):
     _, model, params = tiny
     with pytest.raises(ValueError, match="word_dropout_rate must be in"):
-        sequence.sequence_loss_fn(model, word_dropout_rate=1.0)
+        losses.make_sequence_loss(model, word_dropout_rate=1.0)
     with pytest.raises(ValueError, match="only the 4 special tokens"):
         sequence.sequence_vae(4)
     with pytest.raises(ValueError, match="temperature must be > 0"):

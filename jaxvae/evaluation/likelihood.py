@@ -55,6 +55,13 @@ def _check_inputs(model: nn.Module, batch, likelihood: str | None
     if not hasattr(model, "data_shape"):
         raise TypeError(f"model must be a VAE module with encode/decode and a data_shape "
                         f"attribute, got {type(model).__name__}")
+    if hasattr(model, "check_examples"):  # examples that are not arrays in [0, 1] (token ids)
+        if likelihood is not None:
+            raise ValueError(f"the model has its own likelihood ({model.likelihood}): leave "
+                             "likelihood out")
+        batch = interface.as_batch(model, batch)
+        x = np.asarray(model.check_examples(batch["x"]))
+        return x, np.full((x.shape[0],), -1, np.int32), model.likelihood
     if likelihood is not None:
         likelihoods.check_likelihood(likelihood)
     own = getattr(model, "likelihood", None) if _is_interface(model) else None
@@ -79,6 +86,9 @@ def _check_inputs(model: nn.Module, batch, likelihood: str | None
         if getattr(model, "conditional", False) and (y.min() < 0 or y.max() >= num_classes):
             raise ValueError(f"{type(model).__name__} needs labels in [0, {num_classes}), got "
                              f"[{y.min()}, {y.max()}]")
+        if num_classes is not None and (y.min() < -1 or y.max() >= num_classes):
+            raise ValueError(f"{type(model).__name__} takes labels in [0, {num_classes}), or -1 "
+                             f"for an unlabelled example, got [{y.min()}, {y.max()}]")
         y = y.astype(np.int32)
     return x, y, likelihood
 

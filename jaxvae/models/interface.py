@@ -1,7 +1,8 @@
 """The model interface: what every latent-variable model offers, and the pure functions that use it.
 
 Every model of jaxvae (the MLP VAE with each prior and likelihood, the convolutional VAE, the
-conditional VAE, the planar-flow VAE, the ladder VAE, the VQ-VAE) is a linen module derived from
+conditional VAE, the planar-flow VAE, the ladder VAE, the VQ-VAE, the semi-supervised M2 and the
+sequence VAE) is a linen module derived from
 ``LatentVariableModel``. Its methods all take a batch as ``x`` (``(B, *data_shape)``) and ``y``
 (int labels ``(B,)``: used by conditional models, ignored by the others), so that one piece of
 code serves every model:
@@ -204,7 +205,9 @@ def _apply(model: nn.Module, params: Params, method: str, *args):
 
 
 def init(model: nn.Module, key: jax.Array) -> Params:
-    """The model's parameters from ``key`` (created by decoding a batch of one zero example).
+    """The model's parameters from ``key`` (created by decoding a batch of one zero example, of
+    the model's ``input_dtype``: float32 unless it says otherwise, int32 token ids for the
+    sequence VAE).
 
     Examples:
       >>> import jax, jaxvae
@@ -216,7 +219,7 @@ def init(model: nn.Module, key: jax.Array) -> Params:
       (8, 2)
     """
     validation.check_key(key)
-    x_1xD = jnp.zeros((1,) + tuple(model.data_shape), jnp.float32)
+    x_1xD = jnp.zeros((1,) + tuple(model.data_shape), getattr(model, "input_dtype", jnp.float32))
     return model.init(key, x_1xD)["params"]
 
 

@@ -2,17 +2,27 @@
 
 The label is a latent variable that is observed for some examples:
 
-    p(x, y, z) = p(y) p(z) p(x | y, z),  p(y) = Cat(1/K),  p(z) = N(0, I),  p(x | y, z) Bernoulli
+    p(x, y, z) = p(y) p(z) p(x | y, z),  p(y) = Cat(1/C),  p(z) = N(0, I),  p(x | y, z) Bernoulli
     q(y, z | x) = q(y | x) q(z | x, y),  q(y | x) = Cat(pi(x)),  q(z | x, y) Gaussian
 
-Labelled examples (x, y):   -L(x, y) = E_q(z|x,y)[-log p(x | y, z)] + KL(q(z | x, y) || p(z))
-                                        - log p(y)
-Unlabelled examples x:      -U(x)    = sum_y q(y | x) (-L(x, y)) - H(q(y | x))
-Objective (per example):    J = mean_l[-L(x, y)] + mean_u[-U(x)] + alpha * mean_l[-log q(y | x)]
+A batch is ``{"x": x_BxD, "y": y_B}`` with ``y = -1`` where an example has no label (the model
+interface's convention; a batch without ``"y"`` is all unlabelled). Per example the negative
+ELBO (``elbo_terms``, Kingma et al. 2014, Eqs. 6-8) is
 
-(Kingma et al. 2014, Eqs. 6-9; the paper weighs the classification term by alpha = 0.1 N with
-sums over the data set). One reparameterized sample of z per (x, y) pair; for U every class y is
-tried, so an unlabelled example costs K encoder and decoder passes.
+    labelled (x, y):   -L(x, y) = E_q(z|x,y)[-log p(x | y, z)] + KL(q(z | x, y) || p(z)) - log p(y)
+    unlabelled x:      -U(x)    = sum_y q(y | x) (-L(x, y)) - H(q(y | x))
+
+a bound on -log p(x, y) and on -log p(x) respectively. Both split into ``recon`` + ``kl`` with
+``kl`` = KL(q(y, z | x) || p(y) p(z)): for an unlabelled example
+sum_y q(y|x) KL(q(z|x,y) || p(z)) + KL(q(y|x) || Cat(1/C)); for a labelled one q(y | x) is the
+point mass at the observed y, whose KL to Cat(1/C) is log C = -log p(y).
+
+The training objective (``jaxvae.objectives.losses.make_m2_loss``) adds alpha times the
+classification loss -log q(y | x) of the labelled examples (Eq. 9).
+
+Networks: MLPs with softplus hidden layers for q(y | x) (``classifier``), q(z | x, y)
+(``encoder``, input [x, onehot(y)]) and p(x | y, z) (``decoder``, input [z, onehot(y)]). One
+reparameterized z per (x, y) pair: an unlabelled example costs C encoder and decoder passes.
 """
 
 from __future__ import annotations
@@ -25,7 +35,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxvae import distributions
+from jaxvae import distributions, validation
+from jaxvae.models import interface
 
 Params = Any
 
@@ -41,125 +52,229 @@ class _MLP(nn.Module):
         return nn.Dense(self.out, name="out")(h)
 
 
-class M2(nn.Module):
+class M2(interface.LatentVariableModel):
     """M2 with MLPs (softplus hidden layers, as in the paper) for q(y|x), q(z|x,y), p(x|y,z).
 
+    The interface's methods take int labels ``y_B`` (-1: unlabelled). Where a label is missing,
+    ``posterior`` and ``reconstruct_outputs`` use the classifier's most probable class.
+
     Attributes:
-      data_dim: D (flat examples).
-      num_classes: K.
+      data_shape: ``(D,)``, flat examples in [0, 1].
+      num_classes: C.
       latent_dim: Z.
       hidden: hidden widths of each of the three networks.
     """
 
-    data_dim: int = 784
+    data_shape: tuple[int, ...] = (784,)
     num_classes: int = 10
     latent_dim: int = 50
     hidden: Sequence[int] = (500,)
+
+    likelihood = "bernoulli"
+
+    @property
+    def analytic_kl_per_dim(self) -> bool:
+        return False  # the label's KL is not a sum over latent dimensions
+
+    @property
+    def data_dim(self) -> int:
+        return int(self.data_shape[0])
 
     def setup(self):
         self.classifier = _MLP(tuple(self.hidden), self.num_classes, name="classifier")
         self.encoder = _MLP(tuple(self.hidden), 2 * self.latent_dim, name="encoder")
         self.decoder = _MLP(tuple(self.hidden), self.data_dim, name="decoder")
 
+    # ------------------------------------------------------------------ the networks
+
     def classify(self, x_BxD: jax.Array) -> jax.Array:
-        """Logits of q(y | x), ``(B, K)``."""
+        """Logits of q(y | x), ``(B, C)``."""
         return self.classifier(x_BxD)
 
-    def encode(self, x_BxD: jax.Array, y_BxK: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """q(z | x, y) from the concatenation [x, one_hot(y)]: ``(mean_BxZ, logvar_BxZ)``."""
-        out = self.encoder(jnp.concatenate([x_BxD, y_BxK], axis=-1))
+    def encode_onehot(self, x_BxD: jax.Array, y_BxC: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """q(z | x, y) from [x, y] with y one-hot (or any vector of C weights)."""
+        out = self.encoder(jnp.concatenate([x_BxD, y_BxC.astype(x_BxD.dtype)], axis=-1))
         return out[:, :self.latent_dim], out[:, self.latent_dim:]
 
-    def decode(self, z_BxZ: jax.Array, y_BxK: jax.Array) -> jax.Array:
-        """Bernoulli logits of p(x | y, z), ``(B, D)``."""
-        return self.decoder(jnp.concatenate([z_BxZ, y_BxK], axis=-1))
+    def decode_onehot(self, z_BxZ: jax.Array, y_BxC: jax.Array) -> jax.Array:
+        """Bernoulli logits of p(x | y, z), ``(B, D)``, from [z, y] with y one-hot."""
+        return self.decoder(jnp.concatenate([z_BxZ, y_BxC.astype(z_BxZ.dtype)], axis=-1))
 
-    def __call__(self, x_BxD: jax.Array) -> jax.Array:
-        y_BxK = jax.nn.softmax(self.classify(x_BxD))
-        mean_BxZ, _ = self.encode(x_BxD, y_BxK)
-        return self.decode(mean_BxZ, y_BxK)
+    def _onehot(self, y_B: jax.Array) -> jax.Array:
+        return jax.nn.one_hot(y_B, self.num_classes, dtype=jnp.float32)
+
+    def resolve_labels(self, x_BxD: jax.Array, y_B: jax.Array | None) -> jax.Array:
+        """The labels where given (y >= 0), else argmax q(y | x)."""
+        predicted_B = jnp.argmax(self.classify(x_BxD), axis=-1).astype(jnp.int32)
+        if y_B is None:
+            return predicted_B
+        return jnp.where(y_B >= 0, y_B, predicted_B).astype(jnp.int32)
+
+    def __call__(self, x_BxD: jax.Array, y_B: jax.Array | None = None) -> jax.Array:
+        y_BxC = self._onehot(self.resolve_labels(x_BxD, y_B))
+        mean_BxZ, _ = self.encode_onehot(x_BxD, y_BxC)
+        return self.decode_onehot(mean_BxZ, y_BxC)
+
+    # ------------------------------------------------------------------ the interface
+
+    def encode(self, x_BxD: jax.Array, y_B: jax.Array | None = None
+               ) -> tuple[jax.Array, jax.Array]:
+        """q(z | x, y): ``(mean_BxZ, logvar_BxZ)`` at the labels (the predicted class where
+        y = -1 or None)."""
+        return self.encode_onehot(x_BxD, self._onehot(self.resolve_labels(x_BxD, y_B)))
+
+    def decode(self, z_BxZ: jax.Array, y_B: jax.Array | None = None) -> jax.Array:
+        """Bernoulli logits of p(x | y, z), ``(B, D)``, for int labels ``y_B`` in [0, C)."""
+        if y_B is None:
+            raise ValueError("M2 decodes with labels: pass labels (B,) in [0, num_classes)")
+        return self.decode_onehot(z_BxZ, self._onehot(y_B))
+
+    def posterior(self, x_BxD: jax.Array, y_B: jax.Array | None = None) -> interface.Posterior:
+        """q(z | x, y) at the given labels (the predicted class where y = -1)."""
+        return interface.Posterior(*self.encode(x_BxD, y_B))
+
+    def likelihood_params(self, z_BxZ: jax.Array, y_B: jax.Array | None = None) -> jax.Array:
+        """Bernoulli logits of p(x | y, z) for int labels ``y_B`` in [0, C)."""
+        return self.decode(z_BxZ, y_B)
+
+    def labelled_terms(self, x_BxD: jax.Array, y_B: jax.Array, eps_BxZ: jax.Array
+                       ) -> tuple[jax.Array, jax.Array]:
+        """(recon_B, kl_z_B) of -L(x, y) with z = mean + std * eps: -log p(x | y, z) and
+        KL(q(z | x, y) || N(0, I)) (analytic)."""
+        y_BxC = self._onehot(y_B)
+        mean_BxZ, logvar_BxZ = self.encode_onehot(x_BxD, y_BxC)
+        z_BxZ = distributions.shift_and_scale(mean_BxZ, logvar_BxZ, eps_BxZ)
+        recon_B = distributions.bernoulli_nll(self.decode_onehot(z_BxZ, y_BxC), x_BxD)
+        return recon_B, distributions.gaussian_kl(mean_BxZ, logvar_BxZ)
+
+    def labelled_elbo_terms(self, x_BxD: jax.Array, y_B: jax.Array, key: jax.Array
+                            ) -> interface.ElboTerms:
+        """-L(x, y) = recon + kl for labelled examples only (every y_B in [0, C)), one pass.
+
+        kl = KL(q(z | x, y) || p(z)) - log p(y); eps = normal(key, (B, Z)).
+        """
+        eps_BxZ = jax.random.normal(key, x_BxD.shape[:1] + (self.latent_dim,), x_BxD.dtype)
+        recon_B, kl_z_B = self.labelled_terms(x_BxD, y_B, eps_BxZ)
+        return interface.ElboTerms(recon_B, kl_z_B + jnp.log(float(self.num_classes)), None, {})
+
+    def elbo_terms(self, x_BxD: jax.Array, y_B: jax.Array | None, key: jax.Array
+                   ) -> interface.ElboTerms:
+        """-L(x, y) for labelled examples, -U(x) for unlabelled ones (y = -1), as recon + kl.
+
+        Every class c is tried with its own noise eps_CxBxZ[c] = normal(key, (C, B, Z))[c]; an
+        example weighs class c by w_bc = onehot(y_b) (labelled) or q(c | x_b) (unlabelled):
+
+            recon_b = sum_c w_bc (-log p(x_b | c, z_bc))
+            kl_b    = sum_c w_bc KL(q(z | x_b, c) || p(z)) + KL(w_b || Cat(1/C))
+
+        (KL(onehot || Cat(1/C)) = log C.) ``extras`` holds ``log_q_y`` = log q(y_b | x_b) of the
+        observed label (0 for unlabelled examples), for the classification term.
+        """
+        num_classes, batch = self.num_classes, x_BxD.shape[0]
+        if y_B is None:
+            y_B = jnp.full((batch,), -1, jnp.int32)
+        eps_CxBxZ = jax.random.normal(key, (num_classes, batch, self.latent_dim), x_BxD.dtype)
+        x_CBxD = jnp.tile(x_BxD, (num_classes, 1))
+        y_CB = jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), batch)
+        recon_CB, kl_z_CB = self.labelled_terms(x_CBxD, y_CB,
+                                                eps_CxBxZ.reshape(num_classes * batch, -1))
+        recon_BxC = recon_CB.reshape(num_classes, batch).T
+        kl_z_BxC = kl_z_CB.reshape(num_classes, batch).T
+        log_q_BxC = jax.nn.log_softmax(self.classify(x_BxD), axis=-1)
+        labelled_B = y_B >= 0
+        onehot_BxC = self._onehot(jnp.where(labelled_B, y_B, 0))
+        labelled_Bx1 = labelled_B[:, None]
+        w_BxC = jnp.where(labelled_Bx1, onehot_BxC, jnp.exp(log_q_BxC))
+        # KL(w || uniform) = sum_c w_c log w_c + log C, with 0 log 0 = 0.
+        w_log_w_BxC = jnp.where(w_BxC > 0, w_BxC * jnp.where(labelled_Bx1, 0.0, log_q_BxC), 0.0)
+        kl_y_B = jnp.sum(w_log_w_BxC, axis=-1) + jnp.log(float(num_classes))
+        recon_B = jnp.sum(w_BxC * recon_BxC, axis=-1)
+        kl_B = jnp.sum(w_BxC * kl_z_BxC, axis=-1) + kl_y_B
+        log_q_y_B = jnp.where(labelled_B, jnp.sum(onehot_BxC * log_q_BxC, axis=-1), 0.0)
+        return interface.ElboTerms(recon_B, kl_B, None, {"log_q_y": log_q_y_B})
+
+    def log_weight_terms(self, x_BxD: jax.Array, y_B: jax.Array | None, key: jax.Array,
+                         num_samples: int) -> interface.LogWeightTerms:
+        """Importance weights over the pair (y, z), K draws per example.
+
+        Unlabelled examples draw y_k ~ q(y | x), z_k ~ q(z | x, y_k):
+
+            log w_k = log p(x | y_k, z_k) + [log p(y_k) + log p(z_k)]
+                      - [log q(y_k | x) + log q(z_k | x, y_k)],
+
+        an estimate of log p(x); labelled examples keep their y (no log q(y | x) term) and
+        estimate log p(x, y). At K = 1 the mean of log w is -L(x, y) or -U(x) in expectation.
+        ``log_pz`` holds log p(y) + log p(z), ``log_qz`` log q(y | x) + log q(z | x, y).
+        """
+        y_key, z_key = jax.random.split(key)
+        batch = x_BxD.shape[0]
+        if y_B is None:
+            y_B = jnp.full((batch,), -1, jnp.int32)
+        log_q_BxC = jax.nn.log_softmax(self.classify(x_BxD), axis=-1)
+        drawn_KxB = jax.random.categorical(y_key, log_q_BxC, axis=-1,
+                                           shape=(num_samples, batch)).astype(jnp.int32)
+        labelled_B = y_B >= 0
+        y_KxB = jnp.where(labelled_B[None], y_B[None], drawn_KxB)
+        log_q_y_KxB = jnp.where(labelled_B[None],
+                                0.0, jnp.take_along_axis(log_q_BxC[None], y_KxB[..., None],
+                                                         axis=-1)[..., 0])
+        x_KBxD = jnp.tile(x_BxD, (num_samples, 1))
+        y_KB = y_KxB.reshape(-1)
+        mean_KBxZ, logvar_KBxZ = self.encode_onehot(x_KBxD, self._onehot(y_KB))
+        eps_KBxZ = jax.random.normal(z_key, mean_KBxZ.shape, mean_KBxZ.dtype)
+        z_KBxZ = distributions.shift_and_scale(mean_KBxZ, logvar_KBxZ, eps_KBxZ)
+        log_px_KB = -distributions.bernoulli_nll(self.decode_onehot(z_KBxZ, self._onehot(y_KB)),
+                                                 x_KBxD)
+        log_pz_KB = self.log_prior(z_KBxZ) - jnp.log(float(self.num_classes))
+        log_qz_KB = distributions.gaussian_log_prob(z_KBxZ, mean_KBxZ, logvar_KBxZ)
+        shape = (num_samples, batch)
+        return interface.LogWeightTerms(log_px_KB.reshape(shape), log_pz_KB.reshape(shape),
+                                        log_qz_KB.reshape(shape) + log_q_y_KxB)
+
+    def reconstruct_outputs(self, x_BxD: jax.Array, key: jax.Array | None = None,
+                            y_B: jax.Array | None = None) -> jax.Array:
+        """decode(z, y), z ~ q(z | x, y) (the mean if key is None), y the labels or the
+        predicted class."""
+        labels_B = self.resolve_labels(x_BxD, y_B)
+        y_BxC = self._onehot(labels_B)
+        mean_BxZ, logvar_BxZ = self.encode_onehot(x_BxD, y_BxC)
+        z_BxZ = (mean_BxZ if key is None
+                 else distributions.reparameterize(key, mean_BxZ, logvar_BxZ))
+        return self.decode_onehot(z_BxZ, y_BxC)
+
+    def generate(self, key: jax.Array, labels_N: jax.Array) -> jax.Array:
+        """Bernoulli logits for z ~ N(0, I) and the given labels."""
+        z_NxZ = jax.random.normal(key, (labels_N.shape[0], self.latent_dim))
+        return self.decode_onehot(z_NxZ, self._onehot(labels_N))
+
+    def sample_outputs(self, key: jax.Array, n: int) -> jax.Array:
+        """n samples with labels 0, 1, ..., C-1, 0, 1, ... (every class; ``jaxvae.sample``)."""
+        return self.generate(key, jnp.arange(n) % self.num_classes)
+
+
+def m2(data_dim: int = 784, num_classes: int = 10, latent_dim: int = 50,
+       hidden: Sequence[int] = (500,)) -> M2:
+    """A validated ``M2`` for flat examples of ``data_dim`` values."""
+    for name, value in (("data_dim", data_dim), ("num_classes", num_classes),
+                        ("latent_dim", latent_dim), *((f"hidden[{i}]", h)
+                                                      for i, h in enumerate(hidden))):
+        validation.check_count(value, name)
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    return M2(data_shape=(int(data_dim),), num_classes=int(num_classes),
+              latent_dim=int(latent_dim), hidden=tuple(int(h) for h in hidden))
 
 
 def init(model: M2, key: jax.Array) -> Params:
-    return jax.jit(model.init)(key, jnp.zeros((1, model.data_dim)))["params"]
+    """The parameters (``interface.init``, jitted)."""
+    return jax.jit(interface.init, static_argnums=0)(model, key)
 
 
 def classify(model: M2, params: Params, x_BxD: jax.Array) -> jax.Array:
     """Logits of q(y | x); ``argmax`` is the predicted class."""
-    return model.apply({"params": params}, x_BxD, method=model.classify)
+    return model.apply({"params": params}, x_BxD, method=M2.classify)
 
 
-def labelled_elbo(model: M2, params: Params, x_BxD: jax.Array, y_BxK: jax.Array,
-                  eps_BxZ: jax.Array) -> jax.Array:
-    """L(x, y) = log p(x | y, z) + log p(y) - KL(q(z | x, y) || N(0, I)), z = mean + sd * eps.
-
-    ``y_BxK`` one-hot; returns ``(B,)`` (nats, a lower bound on log p(x, y)).
-    """
-    variables = {"params": params}
-    mean_BxZ, logvar_BxZ = model.apply(variables, x_BxD, y_BxK, method=model.encode)
-    z_BxZ = distributions.shift_and_scale(mean_BxZ, logvar_BxZ, eps_BxZ)
-    logits_BxD = model.apply(variables, z_BxZ, y_BxK, method=model.decode)
-    log_prior_y = -jnp.log(model.num_classes)
-    return (-distributions.bernoulli_nll(logits_BxD, x_BxD) + log_prior_y
-            - distributions.gaussian_kl(mean_BxZ, logvar_BxZ))
-
-
-def unlabelled_elbo(model: M2, params: Params, x_BxD: jax.Array, eps_KxBxZ: jax.Array
-                    ) -> tuple[jax.Array, jax.Array]:
-    """U(x) = sum_y q(y | x) L(x, y) + H(q(y | x)), with noise eps_KxBxZ[y] for class y.
-
-    Returns ``(U_B, logits_BxK)`` (the classifier's logits, for metrics).
-    """
-    num_classes, batch = model.num_classes, x_BxD.shape[0]
-    logits_BxK = classify(model, params, x_BxD)
-    x_KBxD = jnp.tile(x_BxD, (num_classes, 1))
-    y_KBxK = jnp.repeat(jnp.eye(num_classes, dtype=x_BxD.dtype), batch, axis=0)
-    elbo_KxB = labelled_elbo(model, params, x_KBxD, y_KBxK,
-                             eps_KxBxZ.reshape(num_classes * batch, -1)).reshape(num_classes, batch)
-    log_q_BxK = jax.nn.log_softmax(logits_BxK)
-    q_BxK = jnp.exp(log_q_BxK)
-    entropy_B = -jnp.sum(q_BxK * log_q_BxK, axis=-1)
-    return jnp.sum(q_BxK * elbo_KxB.T, axis=-1) + entropy_B, logits_BxK
-
-
-def m2_loss_fn(model: M2, x_labelled_NxD, y_labelled_N, alpha: float,
-               labelled_batch_size: int = 100):
-    """``loss_fn(params, batch, key, step)`` of J for ``jaxvae.training.step`` (batch ``{"x"}``).
-
-    The training epoch runs over the unlabelled examples (``batch["x"]``); every step also draws
-    ``labelled_batch_size`` labelled examples (with replacement, from the key) out of the
-    ``x_labelled_NxD, y_labelled_N`` held on the device. Metrics: ``loss``, ``labelled`` (mean
-    -L), ``unlabelled`` (mean -U), ``classification`` (mean -log q(y|x) on the labelled batch),
-    ``labelled_accuracy``.
-    """
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
-        raise ValueError(f"alpha must be a number >= 0, got {alpha!r}")
-    x_l = jnp.asarray(x_labelled_NxD, jnp.float32)
-    y_l = jnp.asarray(y_labelled_N, jnp.int32)
-    if x_l.ndim != 2 or x_l.shape[1] != model.data_dim or y_l.shape != x_l.shape[:1]:
-        raise ValueError(f"labelled data must be x (N, {model.data_dim}) and y (N,), got "
-                         f"{x_l.shape} and {y_l.shape}")
-    if int(y_l.min()) < 0 or int(y_l.max()) >= model.num_classes:
-        raise ValueError(f"labels must be in [0, {model.num_classes}), got "
-                         f"[{int(y_l.min())}, {int(y_l.max())}]")
-
-    def loss_fn(params, batch, key, step):
-        del step
-        pick_key, l_key, u_key = jax.random.split(key, 3)
-        x_u = batch["x"]
-        idx = jax.random.randint(pick_key, (labelled_batch_size,), 0, x_l.shape[0])
-        xb, yb = x_l[idx], y_l[idx]
-        y_onehot = jax.nn.one_hot(yb, model.num_classes, dtype=xb.dtype)
-        eps_l = jax.random.normal(l_key, (labelled_batch_size, model.latent_dim))
-        neg_l = -jnp.mean(labelled_elbo(model, params, xb, y_onehot, eps_l))
-        eps_u = jax.random.normal(u_key, (model.num_classes, x_u.shape[0], model.latent_dim))
-        u_B, _ = unlabelled_elbo(model, params, x_u, eps_u)
-        neg_u = -jnp.mean(u_B)
-        logits_l = classify(model, params, xb)
-        ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits_l, yb))
-        loss = neg_l + neg_u + alpha * ce
-        return loss, {"loss": loss, "labelled": neg_l, "unlabelled": neg_u,
-                      "classification": ce,
-                      "labelled_accuracy": jnp.mean(jnp.argmax(logits_l, -1) == yb)}
-
-    return loss_fn
+def classification_loss(logits_BxC: jax.Array, y_B: jax.Array) -> jax.Array:
+    """-log q(y | x) per example, ``(B,)``."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BxC, y_B)

@@ -3,10 +3,17 @@
     q(z | x) = N(mean(h), diag(exp(logvar(h)))),  h = [h_fwd(x_1..x_T), h_bwd(x_T..x_1)]
     p(x | z) = prod_t Cat(x_t | GRU(h_{t-1}, [embed(x_{t-1}), z])),  h_0 = tanh(W z + b)
 
-A batch is ``{"tokens": tokens_BxL}`` (int32, built by ``jaxvae.data.vocab.Vocabulary.encode_batch``):
-each row holds a string's ids, then EOS, then PAD. The decoder is fed ``[BOS, tokens[:-1]]`` and
-predicts ``tokens``; the reconstruction term sums the cross entropy over the real tokens (EOS
-included) and ignores PAD, so padding a batch further never changes the loss.
+A batch is ``{"x": tokens_BxL}`` (int32, built by ``jaxvae.data.vocab.Vocabulary.encode_batch``;
+a ``"y"`` is ignored): each row holds a string's ids, then EOS, then PAD. The decoder is fed
+``[BOS, tokens[:-1]]`` and predicts ``tokens``; the reconstruction term sums the cross entropy over
+the real tokens (EOS included) and ignores PAD, so padding a batch further never changes the loss.
+
+``SequenceVAE`` is a ``jaxvae.models.interface.LatentVariableModel``: ``posterior`` (the
+Gaussian q(z | x)), ``likelihood_params`` (the per-token logits of p(x_t | x_<t, z), teacher
+forced: an autoregressive likelihood needs the tokens), ``log_prior`` (N(0, I)), ``elbo_terms``
+and ``log_weight_terms``, so ``jaxvae.log_likelihood`` / ``jaxvae.elbo`` estimate log p(x) of
+token sequences. The pure functions below (``encode``, ``teacher_forced_logits``, ``generate``)
+run the GRUs under ``lax.scan`` and are what those methods call.
 
 Against posterior collapse (the decoder ignoring z) the loss has the two remedies of Bowman et
 al. 2016: KL annealing (the KL weight rises linearly from 0 to ``beta`` over ``warmup_steps``
@@ -27,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxvae import distributions
+from jaxvae import distributions, validation
+from jaxvae.models import interface
 from jaxvae.models import mlp as models
 from jaxvae.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
@@ -36,7 +44,7 @@ Params = Any
 NEVER_EMITTED = (PAD_ID, BOS_ID, UNK_ID)
 
 
-class SequenceVAE(nn.Module):
+class SequenceVAE(interface.LatentVariableModel):
     """Embedding + bidirectional GRU encoder -> (mean, logvar); z-conditioned GRU decoder.
 
     Attributes:
@@ -50,6 +58,14 @@ class SequenceVAE(nn.Module):
     embed_dim: int = 64
     hidden_dim: int = 256
     latent_dim: int = 32
+
+    likelihood = "categorical"  # over the vocabulary, per token (not in jaxvae.likelihoods)
+    input_dtype = jnp.int32  # token ids
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """One token position: the parameters do not depend on the length of the rows."""
+        return (1,)
 
     def setup(self):
         self.embed = nn.Embed(self.vocab_size, self.embed_dim, name="embed")
@@ -69,8 +85,8 @@ class SequenceVAE(nn.Module):
         """One step of both encoder directions (the caller masks PAD positions)."""
         return self.encoder_fwd(h_fwd_BxH, e_fwd_BxE)[0], self.encoder_bwd(h_bwd_BxH, e_bwd_BxE)[0]
 
-    def posterior(self, h_fwd_BxH: jax.Array, h_bwd_BxH: jax.Array
-                  ) -> tuple[jax.Array, jax.Array]:
+    def to_posterior(self, h_fwd_BxH: jax.Array, h_bwd_BxH: jax.Array
+                     ) -> tuple[jax.Array, jax.Array]:
         """(mean, logvar) of q(z | x) from the final states of both directions."""
         h_Bx2H = jnp.concatenate([h_fwd_BxH, h_bwd_BxH], axis=-1)
         return self.to_mean(h_Bx2H), self.to_logvar(h_Bx2H)
@@ -90,8 +106,98 @@ class SequenceVAE(nn.Module):
         """One step of every layer (used to create the parameters without compiling a scan)."""
         e_BxE = self.embed(tokens_BxL[:, 0])
         h_BxH = jnp.zeros(e_BxE.shape[:1] + (self.hidden_dim,), e_BxE.dtype)
-        mean_BxZ, _ = self.posterior(*self.encoder_step(h_BxH, h_BxH, e_BxE, e_BxE))
+        mean_BxZ, _ = self.to_posterior(*self.encoder_step(h_BxH, h_BxH, e_BxE, e_BxE))
         return self.decode_step(self.initial_state(mean_BxZ), tokens_BxL[:, 0], mean_BxZ)[1]
+
+    # ------------------------------------------------------------------ the interface
+    # The GRUs run under lax.scan in the pure functions of this file, applied to this module's
+    # parameters (an unbound copy of the module: linen modules cannot be called inside a JAX
+    # transformation of their own).
+
+    def _pure(self) -> tuple[SequenceVAE, Params]:
+        model = SequenceVAE(self.vocab_size, self.embed_dim, self.hidden_dim, self.latent_dim,
+                            parent=None)
+        return model, self.variables["params"]
+
+    def posterior(self, x_BxL: jax.Array, y: jax.Array | None = None) -> interface.Posterior:
+        """q(z | x): ``Posterior(mean_BxZ, logvar_BxZ)`` of the token rows ``x_BxL``."""
+        return interface.Posterior(*encode(*self._pure(), x_BxL))
+
+    def likelihood_params(self, z_BxZ: jax.Array, y: jax.Array | None = None,
+                          tokens_BxL: jax.Array | None = None) -> jax.Array:
+        """The logits ``(B, L, V)`` of p(x_t | x_<t, z), teacher forced on ``tokens_BxL``."""
+        if tokens_BxL is None:
+            raise ValueError("the sequence VAE's likelihood is autoregressive: its per-token "
+                             "logits need the tokens (likelihood_params(z, None, tokens)); to "
+                             "decode z into tokens use jaxvae.models.sequence.generate")
+        return teacher_forced_logits(*self._pure(), z_BxZ, decoder_inputs(tokens_BxL))
+
+    def elbo_terms_and_logits(self, x_BxL: jax.Array, key: jax.Array,
+                              word_dropout_rate: float = 0.0
+                              ) -> tuple[interface.ElboTerms, jax.Array]:
+        """The -ELBO terms with one z ~ q(z | x), and the teacher-forced logits ``(B, L, V)``.
+
+        ``z_key, drop_key = split(key)``: z = mean + std * normal(z_key, (B, Z)); with
+        ``word_dropout_rate`` > 0 the decoder inputs are word-dropped with ``drop_key``.
+        recon = -sum_t log p(x_t | x_<t, z) over the real tokens, kl = KL(q(z | x) || N(0, I)).
+        """
+        model, params = self._pure()
+        z_key, drop_key = jax.random.split(key)
+        mean_BxZ, logvar_BxZ = encode(model, params, x_BxL)
+        z_BxZ = distributions.reparameterize(z_key, mean_BxZ, logvar_BxZ)
+        inputs_BxL = decoder_inputs(x_BxL)
+        if word_dropout_rate > 0:
+            inputs_BxL = word_dropout(drop_key, inputs_BxL, word_dropout_rate)
+        logits_BxLxV = teacher_forced_logits(model, params, z_BxZ, inputs_BxL)
+        kl_B, kl_BxZ = self.analytic_kl(mean_BxZ, logvar_BxZ)
+        terms = interface.ElboTerms(reconstruction_nll(logits_BxLxV, x_BxL), kl_B, kl_BxZ, {})
+        return terms, logits_BxLxV
+
+    def elbo_terms(self, x_BxL: jax.Array, y: jax.Array | None, key: jax.Array
+                   ) -> interface.ElboTerms:
+        """-ELBO = recon + kl with one z ~ q(z | x) (no word dropout: the model's own bound)."""
+        return self.elbo_terms_and_logits(x_BxL, key)[0]
+
+    def log_weight_terms(self, x_BxL: jax.Array, y: jax.Array | None, key: jax.Array,
+                         num_samples: int) -> interface.LogWeightTerms:
+        """log p(x | z_k), log p(z_k), log q(z_k | x), z_k = mean + std * eps_k,
+        eps_KxBxZ = normal(key, (K, B, Z)); the K * B rows decoded as one batch."""
+        model, params = self._pure()
+        mean_BxZ, logvar_BxZ = encode(model, params, x_BxL)
+        eps_KxBxZ = jax.random.normal(key, (num_samples,) + mean_BxZ.shape, mean_BxZ.dtype)
+        mean_1xBxZ, logvar_1xBxZ = mean_BxZ[None], logvar_BxZ[None]
+        z_KxBxZ = distributions.shift_and_scale(mean_1xBxZ, logvar_1xBxZ, eps_KxBxZ)
+        tokens_KBxL = jnp.tile(x_BxL, (num_samples, 1))
+        logits = teacher_forced_logits(model, params, z_KxBxZ.reshape(-1, self.latent_dim),
+                                       decoder_inputs(tokens_KBxL))
+        log_px_KxB = -reconstruction_nll(logits, tokens_KBxL).reshape(num_samples, -1)
+        log_qz_KxB = distributions.gaussian_log_prob(z_KxBxZ, mean_1xBxZ, logvar_1xBxZ)
+        return interface.LogWeightTerms(log_px_KxB, self.log_prior(z_KxBxZ), log_qz_KxB)
+
+    def reconstruct_outputs(self, x_BxL: jax.Array, key: jax.Array | None = None,
+                            y: jax.Array | None = None) -> jax.Array:
+        """The teacher-forced logits ``(B, L, V)`` of x at z ~ q(z | x) (the mean if key is
+        None); ``jaxvae.models.sequence.reconstruct`` decodes greedily into tokens instead."""
+        model, params = self._pure()
+        mean_BxZ, logvar_BxZ = encode(model, params, x_BxL)
+        z_BxZ = (mean_BxZ if key is None
+                 else distributions.reparameterize(key, mean_BxZ, logvar_BxZ))
+        return teacher_forced_logits(model, params, z_BxZ, decoder_inputs(x_BxL))
+
+    def sample_outputs(self, key: jax.Array, n: int) -> jax.Array:
+        raise ValueError("sampling token sequences needs a maximum length: use "
+                         "jaxvae.models.sequence.sample(model, params, key, n, max_len)")
+
+    def check_examples(self, x) -> jax.Array:
+        """Token rows ``(B, L)`` of ints in [0, vocab_size), or a ValueError / TypeError."""
+        x = validation.check_array(x, "x (token ids)", ndim=2)
+        if not jnp.issubdtype(x.dtype, jnp.integer):
+            raise TypeError(f"x must hold int token ids, got dtype {x.dtype}; encode strings "
+                            "with Vocabulary.encode_batch")
+        if x.size and (int(x.min()) < 0 or int(x.max()) >= self.vocab_size):
+            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got "
+                             f"[{int(x.min())}, {int(x.max())}]")
+        return x
 
 
 def sequence_vae(vocab_size: int, embed_dim: int = 64, hidden_dim: int = 256,
@@ -146,7 +252,7 @@ def encode(model: SequenceVAE, params: Params, tokens_BxL: jax.Array
     # step t reads position t forwards and position L-1-t backwards
     xs = (e_LxBxE, e_LxBxE[::-1], real_LxB, real_LxB[::-1])
     (h_fwd, h_bwd), _ = jax.lax.scan(body, (h0, h0), xs)
-    return model.apply(variables, h_fwd, h_bwd, method=model.posterior)
+    return model.apply(variables, h_fwd, h_bwd, method=model.to_posterior)
 
 
 def decoder_inputs(tokens_BxL: jax.Array) -> jax.Array:
@@ -202,57 +308,6 @@ def kl_weight(step: jax.Array, beta: float = 1.0, warmup_steps: int = 0) -> jax.
     if warmup_steps <= 0:
         return jnp.asarray(beta, jnp.float32)
     return beta * jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / warmup_steps)
-
-
-def sequence_loss_fn(model: SequenceVAE, beta: float = 1.0, warmup_steps: int = 0,
-                     word_dropout_rate: float = 0.0):
-    """``loss_fn(params, batch, key, step) -> (loss, metrics)`` for ``jaxvae.training.step``.
-
-        loss = mean_b [ -log p(x_b | z_b) + kl_weight(step) * KL(q(z | x_b) || N(0, I)) ]
-
-    with z_b ~ q(z | x_b) (one reparameterized sample) and word-dropped decoder inputs. Metrics
-    (batch means, nats per sequence): ``loss``, ``recon``, ``kl``, ``nelbo`` (recon + kl: the
-    negative ELBO, whatever the weight), ``kl_weight``, ``token_accuracy`` (teacher-forced argmax
-    over real tokens) and ``nll_per_token``.
-
-    Args:
-      model: a ``SequenceVAE``.
-      beta: the KL weight after the warm-up.
-      warmup_steps: steps of the linear warm-up from 0 (0: no annealing).
-      word_dropout_rate: probability of replacing a decoder input token by UNK (Bowman et al.).
-    """
-    for name, value in (("beta", beta), ("word_dropout_rate", word_dropout_rate)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a number, got {value!r}")
-    if not beta >= 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
-    if not 0.0 <= word_dropout_rate < 1.0:
-        raise ValueError(f"word_dropout_rate must be in [0, 1), got {word_dropout_rate}")
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
-
-    def loss_fn(params, batch, key, step):
-        tokens_BxL = batch["tokens"]
-        z_key, drop_key = jax.random.split(key)
-        mean_BxZ, logvar_BxZ = encode(model, params, tokens_BxL)
-        z_BxZ = distributions.reparameterize(z_key, mean_BxZ, logvar_BxZ)
-        inputs_BxL = decoder_inputs(tokens_BxL)
-        if word_dropout_rate > 0:
-            inputs_BxL = word_dropout(drop_key, inputs_BxL, word_dropout_rate)
-        logits_BxLxV = teacher_forced_logits(model, params, z_BxZ, inputs_BxL)
-        recon_B = reconstruction_nll(logits_BxLxV, tokens_BxL)
-        kl_B = distributions.gaussian_kl(mean_BxZ, logvar_BxZ)
-        weight = kl_weight(step, beta, warmup_steps)
-        loss = jnp.mean(recon_B + weight * kl_B)
-        mask_BxL = token_mask(tokens_BxL)
-        correct = jnp.sum((jnp.argmax(logits_BxLxV, -1) == tokens_BxL) * mask_BxL)
-        metrics = {"loss": loss, "recon": jnp.mean(recon_B), "kl": jnp.mean(kl_B),
-                   "nelbo": jnp.mean(recon_B + kl_B), "kl_weight": weight,
-                   "token_accuracy": correct / jnp.sum(mask_BxL),
-                   "nll_per_token": jnp.sum(recon_B) / jnp.sum(mask_BxL)}
-        return loss, metrics
-
-    return loss_fn
 
 
 def generate(model: SequenceVAE, params: Params, z_BxZ: jax.Array, max_len: int,

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvae import likelihoods
+from jaxvae import likelihoods, validation
 from jaxvae.models import interface
 from jaxvae.objectives import bounds as objectives
 from jaxvae.objectives import schedules
@@ -188,5 +188,160 @@ def make_vq_loss(model: vqvae.VQVAE, commitment_cost: float = 0.25, decay: float
     return loss_fn
 
 
-make_m2_loss = semisupervised.m2_loss_fn
-make_sequence_loss = sequence.sequence_loss_fn
+def make_m2_loss(model: semisupervised.M2, x_labelled_NxD=None, y_labelled_N=None,
+                 alpha: float = 1.0, labelled_batch_size: int = 100,
+                 labelled_weight: float = 1.0) -> LossFn:
+    """The semi-supervised M2 objective (Kingma et al. 2014, Eq. 9) on batches ``{"x", "y"}``.
+
+        loss = lambda * mean_l [-L(x_l, y_l)] + mean_b [-ELBO_b]
+               + alpha * mean_{labelled} [-log q(y | x)]
+
+    ``-ELBO_b`` is the model's ``elbo_terms`` (``jaxvae.models.m2``): -L(x, y) where the
+    batch's label is given, -U(x) where it is -1 (or the batch has no ``"y"``). The first term
+    is over ``labelled_batch_size`` examples drawn each step (with replacement, from the key)
+    from the labelled set ``x_labelled_NxD, y_labelled_N`` held on the device, so that the
+    training loop can run its epochs over the unlabelled examples alone; without a labelled set
+    (None) it is absent and the labels come from the batches. The classification term averages
+    over every labelled example of the step (the drawn ones and the batch's). Eq. 9 sums the
+    bounds over the data set and weighs the mean classification loss by alpha = 0.1 N; divided
+    by the number of unlabelled examples N_u that is lambda = N_l / N_u and alpha = 0.1 N / N_u.
+
+    Args:
+      model: an ``M2``.
+      x_labelled_NxD, y_labelled_N: the labelled set (labels in [0, C)), or both None.
+      alpha: the weight of the classification term, >= 0.
+      labelled_batch_size: labelled examples drawn per step.
+      labelled_weight: lambda, the weight of the drawn labelled examples' mean bound, >= 0.
+
+    Returns:
+      ``loss_fn``; metrics ``loss``, ``recon`` and ``kl`` (means over the batch: recon + kl is
+      its mean -ELBO), ``unlabelled`` (that mean -ELBO), and where the step has labels
+      ``labelled`` (mean -L of the drawn examples; 0 without a labelled set),
+      ``classification`` (mean -log q(y | x)) and ``labelled_accuracy``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxvae
+      >>> from jaxvae.models import m2
+      >>> model = m2.m2(data_dim=4, num_classes=3, latent_dim=2, hidden=(8,))
+      >>> params = jaxvae.init(model, jax.random.key(0))
+      >>> loss_fn = jaxvae.make_m2_loss(model, jnp.zeros((5, 4)), jnp.arange(5) % 3, alpha=0.5)
+      >>> batch = {"x": jnp.zeros((2, 4)), "y": jnp.array([-1, -1])}  # two unlabelled examples
+      >>> loss, metrics = loss_fn(params, batch, jax.random.key(1), jnp.int32(0))
+      >>> bool(jnp.isclose(loss, metrics["labelled"] + metrics["unlabelled"]
+      ...                  + 0.5 * metrics["classification"]))
+      True
+    """
+    if not isinstance(model, semisupervised.M2):
+        raise TypeError(f"make_m2_loss trains an M2, got {type(model).__name__}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < math.inf:
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+    if (isinstance(labelled_weight, bool) or not isinstance(labelled_weight, (int, float))
+            or not 0 <= labelled_weight < math.inf):
+        raise ValueError(f"labelled_weight must be a finite number >= 0, got {labelled_weight!r}")
+    labelled_batch_size = validation.check_count(labelled_batch_size, "labelled_batch_size")
+    if (x_labelled_NxD is None) != (y_labelled_N is None):
+        raise ValueError("give the labelled set as both x_labelled_NxD and y_labelled_N, or "
+                         "neither")
+    held = x_labelled_NxD is not None
+    if held:
+        x_l = jnp.asarray(x_labelled_NxD, jnp.float32)
+        y_l = jnp.asarray(y_labelled_N)
+        if (x_l.ndim != 2 or x_l.shape[1] != model.data_dim or y_l.shape != x_l.shape[:1]
+                or x_l.shape[0] == 0):
+            raise ValueError(f"labelled data must be x (N, {model.data_dim}) and y (N,) with "
+                             f"N >= 1, got {x_l.shape} and {y_l.shape}")
+        if not jnp.issubdtype(y_l.dtype, jnp.integer):
+            raise TypeError(f"labels must be integers, got dtype {y_l.dtype}")
+        y_l = y_l.astype(jnp.int32)
+        if int(y_l.min()) < 0 or int(y_l.max()) >= model.num_classes:
+            raise ValueError(f"labels must be in [0, {model.num_classes}), got "
+                             f"[{int(y_l.min())}, {int(y_l.max())}]")
+    def loss_fn(params, batch, key, step):
+        del step
+        batch_key, pick_key, labelled_key = jax.random.split(key, 3)
+        batch = interface.as_batch(model, batch)
+        has_labels = batch["y"] is not None
+        terms = interface.elbo_terms(model, params, batch, batch_key)
+        unlabelled = jnp.mean(terms.recon_B + terms.kl_B)
+        metrics = {"recon": jnp.mean(terms.recon_B), "kl": jnp.mean(terms.kl_B),
+                   "unlabelled": unlabelled}
+        loss = unlabelled
+        if not (held or has_labels):
+            return loss, {"loss": loss, **metrics}
+        ce_sum, correct, count = jnp.float32(0.0), jnp.float32(0.0), jnp.float32(0.0)
+        if has_labels:
+            labelled_B = batch["y"] >= 0
+            predicted_B = jnp.argmax(semisupervised.classify(model, params, batch["x"]), -1)
+            ce_sum -= jnp.sum(terms.extras["log_q_y"])
+            correct += jnp.sum(labelled_B & (predicted_B == batch["y"]), dtype=jnp.float32)
+            count += jnp.sum(labelled_B, dtype=jnp.float32)
+        neg_l = jnp.float32(0.0)
+        if held:
+            idx = jax.random.randint(pick_key, (labelled_batch_size,), 0, x_l.shape[0])
+            xb, yb = x_l[idx], y_l[idx]
+            l_terms = model.apply({"params": params}, xb, yb, labelled_key,
+                                  method=semisupervised.M2.labelled_elbo_terms)
+            neg_l = jnp.mean(l_terms.recon_B + l_terms.kl_B)
+            logits = semisupervised.classify(model, params, xb)
+            ce_sum += jnp.sum(semisupervised.classification_loss(logits, yb))
+            correct += jnp.sum(jnp.argmax(logits, -1) == yb, dtype=jnp.float32)
+            count += labelled_batch_size
+        ce = ce_sum / jnp.maximum(count, 1.0)
+        loss = labelled_weight * neg_l + unlabelled + alpha * ce
+        return loss, {"loss": loss, **metrics, "labelled": neg_l, "classification": ce,
+                      "labelled_accuracy": correct / jnp.maximum(count, 1.0)}
+
+    return loss_fn
+
+
+def make_sequence_loss(model: sequence.SequenceVAE, beta: float = 1.0, warmup_steps: int = 0,
+                       word_dropout_rate: float = 0.0) -> LossFn:
+    """The sequence VAE's annealed negative ELBO with word dropout (Bowman et al. 2016).
+
+        loss = mean_b [ -log p(x_b | z_b) + kl_weight(step) * KL(q(z | x_b) || N(0, I)) ]
+
+    on batches ``{"x": tokens_BxL}``, with the model's ``elbo_terms_and_logits``: one
+    reparameterized z_b ~ q(z | x_b) and word-dropped decoder inputs (each input token but BOS
+    replaced by UNK with probability ``word_dropout_rate``); kl_weight(step) = beta * min(1,
+    step / warmup_steps). Without word dropout, recon + kl is ``interface.elbo_terms``'s -ELBO.
+
+    Args:
+      model: a ``SequenceVAE``.
+      beta: the KL weight after the warm-up, >= 0.
+      warmup_steps: steps of the linear warm-up from 0 (0: no annealing).
+      word_dropout_rate: in [0, 1).
+
+    Returns:
+      ``loss_fn``; metrics (batch means, nats per sequence) ``loss``, ``recon``, ``kl``,
+      ``nelbo`` (recon + kl: the negative ELBO, whatever the weight), ``kl_weight``,
+      ``token_accuracy`` (teacher-forced argmax over real tokens) and ``nll_per_token``.
+    """
+    if not isinstance(model, sequence.SequenceVAE):
+        raise TypeError(f"make_sequence_loss trains a SequenceVAE, got {type(model).__name__}")
+    for name, value in (("beta", beta), ("word_dropout_rate", word_dropout_rate)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+    if not beta >= 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if not 0.0 <= word_dropout_rate < 1.0:
+        raise ValueError(f"word_dropout_rate must be in [0, 1), got {word_dropout_rate}")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
+    word_dropout_rate = float(word_dropout_rate)
+
+    def loss_fn(params, batch, key, step):
+        tokens_BxL = interface.as_batch(model, batch)["x"]
+        terms, logits_BxLxV = model.apply({"params": params}, tokens_BxL, key, word_dropout_rate,
+                                          method=sequence.SequenceVAE.elbo_terms_and_logits)
+        recon_B, kl_B = terms.recon_B, terms.kl_B
+        weight = sequence.kl_weight(step, beta, warmup_steps)
+        loss = jnp.mean(recon_B + weight * kl_B)
+        mask_BxL = sequence.token_mask(tokens_BxL)
+        correct = jnp.sum((jnp.argmax(logits_BxLxV, -1) == tokens_BxL) * mask_BxL)
+        metrics = {"loss": loss, "recon": jnp.mean(recon_B), "kl": jnp.mean(kl_B),
+                   "nelbo": jnp.mean(recon_B + kl_B), "kl_weight": weight,
+                   "token_accuracy": correct / jnp.sum(mask_BxL),
+                   "nll_per_token": jnp.sum(recon_B) / jnp.sum(mask_BxL)}
+        return loss, metrics
+
+    return loss_fn

@@ -1,6 +1,6 @@
 """Training a sequence VAE on a list of strings: one config, one ``fit_sequences`` call.
 
-The strings become ``{"tokens": tokens_NxL}`` arrays and train through the training loop
+The strings become ``{"x": tokens_NxL}`` arrays and train through the training loop
 (``jaxvae.training.loop``: data on the devices, data parallel, the NaN guard), the test split evaluated
 after each epoch. ``fit_sequences`` prints nothing; a caller that wants progress passes
 ``on_epoch``.
@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import optax
 
+from jaxvae.objectives import losses
 from jaxvae.training import hooks as hooks_lib
 from jaxvae.training import loop
 from jaxvae.models import sequence
@@ -91,8 +92,8 @@ def fit_sequences(config: SequenceConfig, vocab: Vocabulary, train_strings: Sequ
     Every string must tokenize into ``vocab``'s tokens (checked before any training). Records
     hold ``epoch``, ``step``, ``train_<metric>`` (means over the epoch's finite steps),
     ``train_skipped``, ``test_<metric>`` (with the parameters at the end of the epoch; see
-    ``sequence.sequence_loss_fn``) and ``seconds`` (the epoch's training time, compilation
-    excluded).
+    ``jaxvae.objectives.losses.make_sequence_loss``) and ``seconds`` (the epoch's training
+    time, compilation excluded).
     """
     validate_sequence_config(config)
     if len(train_strings) < config.batch_size:
@@ -102,16 +103,16 @@ def fit_sequences(config: SequenceConfig, vocab: Vocabulary, train_strings: Sequ
         raise ValueError("test_strings is empty; hold out some strings to evaluate on")
     if length is None:
         length = max(vocab.max_tokens(train_strings), vocab.max_tokens(test_strings)) + 1
-    train_data = {"tokens": vocab.encode_batch(train_strings, length)}
-    test_data = {"tokens": vocab.encode_batch(test_strings, length)}
+    train_data = {"x": vocab.encode_batch(train_strings, length)}
+    test_data = {"x": vocab.encode_batch(test_strings, length)}
 
     model = sequence.sequence_vae(len(vocab), config.embed_dim, config.hidden_dim,
                                   config.latent_dim)
     keys = trainer.run_keys(config.seed)
-    loss_fn = sequence.sequence_loss_fn(model, config.beta, config.warmup_steps,
+    loss_fn = losses.make_sequence_loss(model, config.beta, config.warmup_steps,
                                         config.word_dropout)
     # evaluated without word dropout: test_nelbo is the negative ELBO of the model itself
-    eval_loss_fn = sequence.sequence_loss_fn(model, config.beta, config.warmup_steps, 0.0)
+    eval_loss_fn = losses.make_sequence_loss(model, config.beta, config.warmup_steps, 0.0)
     tx = make_sequence_optimizer(config)
     state = train.create_train_state(sequence.init(model, keys.init), tx)
     hooks = ([] if on_epoch is None else [hooks_lib.EveryEpoch(on_epoch)]) + \

@@ -26,6 +26,7 @@ import jaxvae
 from experiments import cli
 from experiments import train as train_script
 from jaxvae.data import datasets as data_lib
+from jaxvae.data import standardize
 from jaxvae.evaluation import likelihood as evaluate
 from jaxvae.models import interface
 from jaxvae.evaluation import plots
@@ -53,7 +54,8 @@ def without_class(data: data_lib.Dataset, label: int) -> data_lib.Dataset:
                             data.y_test[test])
 
 
-def run(args) -> dict:
+def run(args, given: frozenset[str] | None = None) -> dict:
+    """``given``: the flags on the command line; the sizes not among them fit the data."""
     config = train_script.config_from_args(args)
     jaxvae.validate_config(config)
     if args.score_samples < 1:
@@ -65,6 +67,7 @@ def run(args) -> dict:
         raise ValueError(f"--holdout-class {args.holdout_class} is not a label of "
                          f"{config.dataset} (labels {labels.tolist()})")
     normal = without_class(data, args.holdout_class)
+    config = train_script.sized_for_data(config, normal, given)
     # Refuse a score the model does not define before training it.
     model = registry.build(config, data.example_shape).model
     interface.check_defined(model, "log_weights" if args.score == "nll" else "elbo_terms")
@@ -96,10 +99,14 @@ def run(args) -> dict:
     written = [metrics_path] + train_script.write_outputs(out, config, normal, result)
 
     start = time.perf_counter()
-    test_batch = {"x": data.x_test, "y": np.asarray(data.y_test, np.int32)}
+    stats = result.standardization  # the model reads (x - mean) / std when it trained so
+    x_test = data.x_test if stats is None else standardize.apply(stats, data.x_test)
+    test_batch = {"x": x_test, "y": np.asarray(data.y_test, np.int32)}
     scores = np.asarray(evaluate.anomaly_score(
         result.model, result.state.params, test_batch, jax.random.key(config.seed + 2),
         args.score_samples, score=args.score))
+    if stats is not None:  # -log p(x) in the data's units
+        scores = scores + standardize.log_det(stats)
     seconds = time.perf_counter() - start
     if not np.isfinite(scores).all():
         raise ValueError("the anomaly scores are not finite: training diverged?")
@@ -134,7 +141,8 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    return cli.script_main(build_parser, run, argv)
+    given = cli.given_flags(build_parser, argv)
+    return cli.script_main(build_parser, lambda args: run(args, given), argv)
 
 
 if __name__ == "__main__":

@@ -186,6 +186,24 @@ def config_from_flags(args: argparse.Namespace, config_cls: type):
     return config_cls(**values)
 
 
+_NOT_GIVEN = object()
+
+
+def given_flags(build_parser: Callable[[], argparse.ArgumentParser], argv=None) -> frozenset[str]:
+    """The destinations (field names) of the flags given in ``argv`` (default sys.argv[1:]).
+
+    A flag given with its default value counts as given; one left out does not, whatever the
+    parser's defaults. Parses ``argv`` with a fresh parser whose every default is a marker.
+    """
+    p = build_parser()
+    for action in p._actions:
+        if action.dest != argparse.SUPPRESS and action.default != argparse.SUPPRESS:
+            action.default = _NOT_GIVEN
+    p._defaults = {}
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    return frozenset(name for name, value in vars(args).items() if value is not _NOT_GIVEN)
+
+
 def script_main(build_parser: Callable, run: Callable, argv=None,
                 errors: tuple[type[BaseException], ...] = (ValueError, TypeError)) -> int:
     """Parses ``argv``, calls ``run(args)``; an exception in ``errors``: `error: ...`, returns 2."""

@@ -40,6 +40,7 @@ from jaxvae.objectives import bounds as objectives
 from jaxvae.evaluation import plots
 from jaxvae.training import fit as trainer
 from jaxvae.data import datasets as data_lib
+from jaxvae.data import standardize
 from jaxvae.config import TrainConfig
 
 SETTINGS = ("imbalanced", "oversampled", "cvae", "full")
@@ -151,6 +152,8 @@ def run(args) -> dict:
                                        jax.random.key(args.seed + 1), labels)
         generated = np.asarray(objectives.likelihood_mean(config.likelihood, outputs),
                                np.float32).reshape((n_generate,) + data.x_train.shape[1:])
+        if result.standardization is not None:  # back in the data's units
+            generated = standardize.invert(result.standardization, generated)
         if not np.isfinite(generated).all():
             raise ValueError("the CVAE's samples are not finite: training diverged?")
     written = [out / "imbalanced.json"]

@@ -94,17 +94,18 @@ def run(args: argparse.Namespace) -> list[str]:
     loaded = runs.load_run(args.run_dir)
     model, params, config = loaded.model, loaded.params, loaded.config
     x, y = loaded.data.x_test, np.asarray(loaded.data.y_test, np.int32)
-    batch = {"x": x, "y": y}
+    batch = {"x": loaded.model_input(x), "y": y}  # standardized when the run was trained so
     outdir = Path(args.outdir) if args.outdir else Path(args.run_dir) / "figures"
     outdir.mkdir(parents=True, exist_ok=True)
-    mean_of = lambda out: np.asarray(likelihoods.likelihood_mean(model.likelihood, out))
+    mean_of = lambda out: loaded.data_output(  # decoder means in the data's units
+        np.asarray(likelihoods.likelihood_mean(model.likelihood, out)))
     recon_key, sample_key = jax.random.split(jax.random.key(args.seed))
     written, skipped = [], []
 
     def keep(path, what):
         (written if path is not None else skipped).append(str(path) if path else what)
 
-    first = {"x": x[:10], "y": y[:10]}
+    first = {"x": batch["x"][:10], "y": y[:10]}
     recon = mean_of(interface.reconstruct(model, params, first, recon_key))
     keep(plots.save_reconstructions(outdir / "reconstructions.png", x[:10], recon,
                                     "Test inputs (top), reconstructions (bottom)"),
@@ -132,7 +133,8 @@ def run(args: argparse.Namespace) -> list[str]:
         mean_1xZ = interface.encode(model, params, first).mean[:1]
         label = int(y[0]) if model.conditional else None
         values = np.linspace(-args.traversal_range, args.traversal_range, args.steps)
-        traversed = latent.traversal(model, params, mean_1xZ[0], values, label=label)
+        traversed = loaded.data_output(
+            latent.traversal(model, params, mean_1xZ[0], values, label=label))
         keep(plots.save_image_rows(
             outdir / "traversal.png", list(traversed),
             f"Latent traversal around the posterior mean of a test '{y[0]}'",
@@ -142,6 +144,7 @@ def run(args: argparse.Namespace) -> list[str]:
 
         if model.latent_dim == 2:
             images, grid = latent.manifold(model, params, 20, label=label)
+            images = loaded.data_output(images)
             keep(plots.save_manifold(outdir / "manifold.png", images, grid,
                                      "Decoder means on the 5%..95% quantiles of N(0, I)"),
                  "manifold (not images)")

@@ -14,7 +14,7 @@ The package is laid out by concept; this module re-exports the public names:
 """
 
 # Configuration and input checks
-from jaxvae.config import TrainConfig, validate_config
+from jaxvae.config import TrainConfig, data_defaults, validate_config
 from jaxvae.validation import check_array, check_data, check_key
 
 # Distributions and likelihoods (pure math)
@@ -29,6 +29,8 @@ from jaxvae.data.datasets import (Dataset, dataset_names, load_digits, load_mnis
                                   process_shard)
 from jaxvae.data.datasets import load as load_dataset
 from jaxvae.data.preprocessing import binarize, dequantize
+from jaxvae.data import standardize  # fit / apply / invert / log_det of per-feature statistics
+from jaxvae.data.standardize import Standardization
 from jaxvae.data.tfds_source import DatasetNotPreparedError, MissingDependencyError
 from jaxvae.data.vocab import Vocabulary
 from jaxvae.training.feeding import prefetch_to_device
@@ -76,15 +78,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     # configuration and input checks
-    "TrainConfig", "check_array", "check_data", "check_key", "validate_config",
+    "TrainConfig", "check_array", "check_data", "check_key", "data_defaults", "validate_config",
     # distributions and likelihoods
     "Mixture", "bernoulli_nll", "bits_per_dim", "discretized_logistic_log_prob", "gaussian_kl",
     "gaussian_learned_nll", "gaussian_log_prob", "gaussian_nll", "logistic_nll",
     "mixture_log_prob", "reparameterize", "standard_normal_log_prob",
     # data
-    "Dataset", "DatasetNotPreparedError", "MissingDependencyError", "Vocabulary", "binarize",
-    "dataset_names", "dequantize", "load_dataset", "load_digits", "load_mnist5k",
-    "prefetch_to_device", "process_shard",
+    "Dataset", "DatasetNotPreparedError", "MissingDependencyError", "Standardization",
+    "Vocabulary", "binarize", "dataset_names", "dequantize", "load_dataset", "load_digits",
+    "load_mnist5k", "prefetch_to_device", "process_shard", "standardize",
     # models
     "CVAE", "ConvVAE", "Decoder", "ElboTerms", "Encoder", "FlowVAE", "LadderVAE",
     "LatentVariableModel", "M2", "Posterior", "SequenceVAE", "VAE", "VQVAE", "conv_vae", "decode",

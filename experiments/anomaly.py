@@ -12,6 +12,7 @@ scores_histogram.png, scores.npz, and the training outputs of experiments/train.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
@@ -31,7 +32,9 @@ from jaxvae.evaluation import likelihood as evaluate
 from jaxvae.models import interface
 from jaxvae.evaluation import plots
 from jaxvae.models import registry
+from jaxvae.training import files
 from jaxvae.training import fit as trainer
+from jaxvae.training import runs
 
 
 def build_parser():
@@ -47,6 +50,9 @@ def build_parser():
     return p
 
 
+OUTPUTS = ("anomaly.json", "scores.npz", "scores_histogram.png")  # besides train.py's files
+
+
 def without_class(data: data_lib.Dataset, label: int) -> data_lib.Dataset:
     """The dataset without the examples of ``label`` (in both splits)."""
     train, test = data.y_train != label, data.y_test != label
@@ -60,7 +66,13 @@ def run(args, given: frozenset[str] | None = None) -> dict:
     jaxvae.validate_config(config)
     if args.score_samples < 1:
         raise ValueError(f"--score-samples must be >= 1, got {args.score_samples}")
-    out = train_script.prepare_outdir(args.outdir)
+    if args.resume:
+        raise ValueError("--resume continues runs of experiments/train.py only; start a new "
+                         "run here (without --resume)")
+    runs.check_new_run(args.outdir, overwrite=args.overwrite,
+                       markers=runs.RUN_MARKERS + OUTPUTS)
+    if args.overwrite:
+        train_script.check_data_outside(config, args.outdir)
     data = data_lib.load_for(config)
     labels = np.unique(data.y_test)
     if args.holdout_class not in labels:
@@ -71,6 +83,8 @@ def run(args, given: frozenset[str] | None = None) -> dict:
     # Refuse a score the model does not define before training it.
     model = registry.build(config, data.example_shape).model
     interface.check_defined(model, "log_weights" if args.score == "nll" else "elbo_terms")
+    trainer.check_run(config, normal)
+    out = train_script.prepare_outdir(args.outdir, overwrite=args.overwrite)
 
     metrics_path = out / "metrics.jsonl"
     metrics_path.write_text("")
@@ -126,8 +140,10 @@ def run(args, given: frozenset[str] | None = None) -> dict:
         "scoring_seconds": seconds,
         "config": config.to_dict(),
     }
-    (out / "anomaly.json").write_text(json.dumps(summary, indent=2))
-    np.savez(out / "scores.npz", scores=scores, labels=data.y_test, is_anomaly=is_anomaly)
+    files.write_atomic(out / "anomaly.json", json.dumps(summary, indent=2))
+    buffer = io.BytesIO()
+    np.savez(buffer, scores=scores, labels=data.y_test, is_anomaly=is_anomaly)
+    files.write_atomic(out / "scores.npz", buffer.getvalue())
     what = "-log p(x)" if args.score == "nll" else "-ELBO"
     hist = plots.save_score_histogram(
         out / "scores_histogram.png", scores[~is_anomaly], scores[is_anomaly],

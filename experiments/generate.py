@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ from jaxvae.models import registry
 from jaxvae.models import builders
 from jaxvae.data import datasets as data_lib
 from jaxvae.data import standardize
+from jaxvae.training import files
 from jaxvae.training import runs
 from jaxvae.config import TrainConfig
 
@@ -89,7 +91,9 @@ def run(args: argparse.Namespace) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     written = plots.save_image_grid(out, images, args.per_class,
                                     f"Samples per class (rows 0..{model.num_classes - 1})")
-    np.savez_compressed(out.with_suffix(".npz"), images=images, labels=labels)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=images, labels=labels)
+    files.write_atomic(out.with_suffix(".npz"), buffer.getvalue())
     print(f"wrote {written or '(not images: no PNG)'}, {out.with_suffix('.npz')}")
 
 

@@ -18,7 +18,6 @@ import json
 import sys
 import time
 import types
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +26,9 @@ from sklearn.linear_model import LogisticRegression
 from tqdm import tqdm
 
 from experiments import cli
+from experiments import train as train_script
+from jaxvae.training import files
+from jaxvae.training import runs
 from jaxvae.data import datasets as data_lib
 from jaxvae.training import hooks as hooks_lib
 from jaxvae.training import loop
@@ -54,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, nargs="+", default=[500],
                    help="hidden widths of each network (%(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
-    p.add_argument("--outdir", default="runs/semisupervised", help="output dir (%(default)s)")
+    p.add_argument("--outdir", default="runs/semisupervised",
+                   help="output dir, new or empty (%(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an earlier result in --outdir first")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -70,8 +75,9 @@ def pick_labelled(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:
 def run(args) -> dict:
     if args.labels_per_class < 1 or args.epochs < 1 or args.batch_size < 1:
         raise ValueError("--labels-per-class, --epochs and --batch-size must be >= 1")
-    outdir = Path(args.outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    runs.check_new_run(args.outdir, overwrite=args.overwrite,
+                       markers=("metrics.jsonl", "results.json"), what="results")
+    outdir = train_script.prepare_outdir(args.outdir, overwrite=args.overwrite)
     data = data_lib.load_mnist5k()
     labelled = pick_labelled(data.y_train, args.labels_per_class, args.seed)
     unlabelled = np.setdiff1d(np.arange(len(data.y_train)), labelled)
@@ -126,7 +132,7 @@ def run(args) -> dict:
                "settings": vars(args), "final": history[-1],
                "reference": "Kingma et al. 2014, M2 on full MNIST with 100 labels: "
                             "error 11.97% (+-1.71)"}
-    (outdir / "results.json").write_text(json.dumps(results, indent=2))
+    files.write_atomic(outdir / "results.json", json.dumps(results, indent=2))
     print(f"test accuracy with {len(labelled)} labels: M2 {results['m2_test_accuracy']:.3f} "
           f"(after {len(history)} epochs, {trained / 60:.1f} min), logistic regression "
           f"{logreg_acc:.3f}")

@@ -116,14 +116,8 @@ def prepare_outdir(path: str, overwrite: bool = False) -> Path:
 
 def check_data_outside(config: TrainConfig, outdir: str) -> None:
     """Refuses --overwrite when the data (--dataset file, --data-dir) lies inside --outdir."""
-    run_dir = Path(outdir).resolve()
     for flag, value in (("--dataset", config.dataset), ("--data-dir", config.data_dir)):
-        if value is None or not Path(value).exists():
-            continue
-        data = Path(value).resolve()
-        if data == run_dir or run_dir in data.parents:
-            raise ValueError(f"{flag} {value} lies inside --outdir {outdir}, whose files "
-                             "--overwrite deletes: move the data or choose another --outdir")
+        cli.check_outside(value, flag, outdir)
 
 
 def environment() -> dict:

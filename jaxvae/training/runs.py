@@ -37,13 +37,17 @@ def _listing(names: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def check_new_run(path, *, resume: bool = False, overwrite: bool = False) -> None:
+def check_new_run(path, *, resume: bool = False, overwrite: bool = False,
+                  markers: tuple[str, ...] = RUN_MARKERS, what: str = "a run",
+                  flag: str = "--outdir") -> None:
     """Checks that a run may be written into the directory ``path``; reads, never writes.
 
     A missing or empty directory takes a new run. One with files takes a run only with
     ``resume`` (the same run continued) or ``overwrite`` (its files deleted first by
-    ``clear_run``); ``overwrite`` is refused for a directory without any of ``RUN_MARKERS``,
-    so a mistyped path does not delete someone's files.
+    ``clear_run``); ``overwrite`` is refused for a directory without any of ``markers`` (the
+    files the script writes; default ``RUN_MARKERS``), so a mistyped path does not delete
+    someone's files. ``what`` names the content in the message ("a run", "figures"), ``flag``
+    the script's flag for the directory.
 
     Raises:
       ValueError: with a message that names the directory and what to do.
@@ -54,7 +58,7 @@ def check_new_run(path, *, resume: bool = False, overwrite: bool = False) -> Non
                          "pass one of them")
     if path.exists() and not path.is_dir():
         raise ValueError(f"output directory {path} is a file, not a directory: choose another "
-                         "--outdir")
+                         f"{flag}")
     if resume or not path.exists():
         return
     try:
@@ -64,18 +68,18 @@ def check_new_run(path, *, resume: bool = False, overwrite: bool = False) -> Non
     if not names:
         return
     if overwrite:
-        if not any((path / m).exists() for m in RUN_MARKERS):
+        if not any((path / m).exists() for m in markers):
             raise ValueError(
-                f"--overwrite deletes only run directories, and {path} holds no "
-                f"{', '.join(RUN_MARKERS)} but {len(names)} other entries ({_listing(names)}): "
-                "choose an empty or new --outdir")
+                f"--overwrite deletes only directories this script wrote, and {path} holds no "
+                f"{', '.join(markers)} but {len(names)} other entries ({_listing(names)}): "
+                f"choose an empty or new {flag}")
         return
     resumable = (path / "checkpoints").is_dir() and any(
         p.is_dir() and p.name.isdigit() for p in (path / "checkpoints").iterdir())
-    what = "pass --resume to continue it, " if resumable else ""
-    raise ValueError(f"output directory {path} already holds a run ({_listing(names)}): "
-                     f"{what}pass --overwrite to delete it and start a new run, or choose "
-                     "another --outdir")
+    again = "pass --resume to continue it, " if resumable else ""
+    fresh = "it and start a new run" if what == "a run" else "them first"
+    raise ValueError(f"output directory {path} already holds {what} ({_listing(names)}): "
+                     f"{again}pass --overwrite to delete {fresh}, or choose another {flag}")
 
 
 def clear_run(path) -> None:

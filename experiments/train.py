@@ -257,7 +257,12 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
             print(f"note: {note}", file=sys.stderr)
     trainer.check_run(config, data, resume=resume)  # before the first byte is written
     out = prepare_outdir(outdir, overwrite=overwrite) if lead else Path(outdir)
+    stats = None
     if distributed is not None:
+        # every process standardizes with the statistics of the whole training set
+        if standardize.resolve(config.standardize, config.dataset, config.likelihood,
+                               data.x_train, config.binarize, config.dequantize) == "feature":
+            stats = standardize.fit(data.x_train)
         idx = data_lib.process_shard(len(data.x_train), jax.process_index(), jax.process_count())
         data = data._replace(x_train=data.x_train[idx], y_train=data.y_train[idx])
     metrics_path = out / "metrics.jsonl"
@@ -285,7 +290,7 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
     try:
         result = trainer.fit(config, data, hooks=run_hooks, checkpoint_dir=checkpoint_dir,
                              resume=resume, on_resume=on_resume,
-                             stop_on_signals=stop_on_signals)
+                             stop_on_signals=stop_on_signals, standardization=stats)
     finally:
         bar.close()
         if logger is not None:

@@ -72,13 +72,14 @@ def check_inputs(config: config_lib.TrainConfig, data: data_lib.Dataset) -> data
     return data._replace(x_train=x_train, x_test=x_test)
 
 
-def _prepare(config, data: data_lib.Dataset, resume: bool):
+def _prepare(config, data: data_lib.Dataset, resume: bool,
+             standardization: standardize.Standardization | None = None):
     """Every check of ``fit`` before training: the config, the data, the labels, the model.
 
     Returns the run's config (run-dependent fields filled), its data (without the validation
     part), the validation data (None without early stopping), the built model and loss, and
     the standardization statistics of the training part (None when the data is not
-    standardized; ``config.standardize``).
+    standardized; ``config.standardize``), or ``standardization`` when given.
     """
     data = check_inputs(config, data)
     config = builders.prepare(config, data)  # cyclical KL needs the run's steps
@@ -98,7 +99,12 @@ def _prepare(config, data: data_lib.Dataset, resume: bool):
         preprocessing.check_range(getattr(data, name), config.binarize, config.dequantize, name)
     mode = standardize.resolve(config.standardize, config.dataset, config.likelihood,
                                data.x_train, config.binarize, config.dequantize)
-    stats = standardize.fit(data.x_train) if mode == "feature" else None
+    stats = None
+    if mode == "feature":
+        stats = standardization if standardization is not None else standardize.fit(data.x_train)
+        if stats.mean.shape != tuple(data.example_shape):
+            raise ValueError(f"standardization statistics of shape {stats.mean.shape} do not "
+                             f"fit examples of shape {data.example_shape}")
     return config, data, val_data, built, stats
 
 
@@ -139,7 +145,8 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
         on_epoch: Callable[[dict], Any] | None = None, *, hooks: Sequence[loop.Hook] = (),
         checkpoint_dir: str | None = None, resume: bool = False,
         on_resume: Callable[[list[dict]], Any] | None = None,
-        stop_on_signals: bool = False) -> FitResult:
+        stop_on_signals: bool = False,
+        standardization: standardize.Standardization | None = None) -> FitResult:
     """Trains the config's VAE on ``data`` and evaluates it on the test split after each epoch.
 
     Each history record holds ``epoch``, ``train_loss``, ``train_recon``, ``train_kl`` (means
@@ -170,9 +177,10 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     Standardization (``config.standardize``, ``jaxvae.data.standardize``): with ``feature``
     (or ``auto`` resolved to it: a user file named in ``config.dataset``, a Gaussian
     likelihood, values outside [0, 1]), every split is standardized with the mean and std of
-    the training part (after the validation hold-out); the model works in standardized units
-    (``FitResult.standardization`` holds the statistics to undo it) and the losses of the
-    history are in the data's units (NLL_x = NLL_u + sum log s).
+    the training part (after the validation hold-out), or with ``standardization`` when given
+    (a multi-process run passes those of the whole training set, not of its block); the model
+    works in standardized units (``FitResult.standardization`` holds the statistics to undo
+    it) and the losses of the history are in the data's units (NLL_x = NLL_u + sum log s).
 
     With ``config.patience`` (early stopping), ``config.validation_fraction`` of the training
     split is held out (stratified) and evaluated after each epoch (``val_loss``, ``val_recon``,
@@ -187,7 +195,8 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     stops at once); the previous handlers are restored afterwards. An epoch without a finite
     step raises ``loop.TrainingDiverged``.
     """
-    config, data, val_data, (model, loss_fn), stats = _prepare(config, data, resume)
+    config, data, val_data, (model, loss_fn), stats = _prepare(config, data, resume,
+                                                               standardization)
     if stats is not None:  # the model trains on u = (x - m) / s; losses in x's units
         data = data._replace(x_train=standardize.apply(stats, data.x_train),
                              x_test=standardize.apply(stats, data.x_test))

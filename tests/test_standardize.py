@@ -112,6 +112,22 @@ def test_fit_takes_the_statistics_from_the_training_part_only():
         trainer.fit(dataclasses.replace(config, standardize="none", epochs=1), data)
 
 
+def test_fit_uses_the_statistics_it_is_given():
+    """A multi-process run passes the statistics of the whole training set, not its block's."""
+    x = big_table(n=40, d=3).astype(np.float32)
+    data = datasets.Dataset(x[:32], np.full(32, -1, np.int32), x[32:], np.full(8, -1, np.int32))
+    given = standardize.Standardization(np.full(3, 4000.0, np.float32),
+                                        np.full(3, 500.0, np.float32))
+    config = jaxvae.TrainConfig(dataset="t.npy", likelihood="gaussian", epochs=1, batch_size=8,
+                                hidden=(4,), latent_dim=1)
+    result = trainer.fit(config, data, standardization=given)
+    assert result.standardization is given
+    # the reported loss is in x's units: the offset is the given statistics' 3 log 500
+    first = result.history[0]
+    assert first["test_loss"] - first["test_kl"] == pytest.approx(first["test_recon"], rel=1e-5)
+    assert first["test_recon"] > 3 * np.log(500.0)
+
+
 @pytest.fixture(scope="module")
 def table_run(tmp_path_factory):
     """A CSV around 5,000 trained with the Gaussian likelihood by the train script."""

@@ -12,6 +12,7 @@ scores_histogram.png, scores.npz, and the training outputs of experiments/train.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
@@ -26,11 +27,14 @@ import jaxvae
 from experiments import cli
 from experiments import train as train_script
 from jaxvae.data import datasets as data_lib
+from jaxvae.data import standardize
 from jaxvae.evaluation import likelihood as evaluate
 from jaxvae.models import interface
 from jaxvae.evaluation import plots
 from jaxvae.models import registry
+from jaxvae.training import files
 from jaxvae.training import fit as trainer
+from jaxvae.training import runs
 
 
 def build_parser():
@@ -46,6 +50,9 @@ def build_parser():
     return p
 
 
+OUTPUTS = ("anomaly.json", "scores.npz", "scores_histogram.png")  # besides train.py's files
+
+
 def without_class(data: data_lib.Dataset, label: int) -> data_lib.Dataset:
     """The dataset without the examples of ``label`` (in both splits)."""
     train, test = data.y_train != label, data.y_test != label
@@ -53,21 +60,31 @@ def without_class(data: data_lib.Dataset, label: int) -> data_lib.Dataset:
                             data.y_test[test])
 
 
-def run(args) -> dict:
+def run(args, given: frozenset[str] | None = None) -> dict:
+    """``given``: the flags on the command line; the sizes not among them fit the data."""
     config = train_script.config_from_args(args)
     jaxvae.validate_config(config)
     if args.score_samples < 1:
         raise ValueError(f"--score-samples must be >= 1, got {args.score_samples}")
-    out = train_script.prepare_outdir(args.outdir)
+    if args.resume:
+        raise ValueError("--resume continues runs of experiments/train.py only; start a new "
+                         "run here (without --resume)")
+    runs.check_new_run(args.outdir, overwrite=args.overwrite,
+                       markers=runs.RUN_MARKERS + OUTPUTS)
+    if args.overwrite:
+        train_script.check_data_outside(config, args.outdir)
     data = data_lib.load_for(config)
     labels = np.unique(data.y_test)
     if args.holdout_class not in labels:
         raise ValueError(f"--holdout-class {args.holdout_class} is not a label of "
                          f"{config.dataset} (labels {labels.tolist()})")
     normal = without_class(data, args.holdout_class)
+    config = train_script.sized_for_data(config, normal, given)
     # Refuse a score the model does not define before training it.
     model = registry.build(config, data.example_shape).model
     interface.check_defined(model, "log_weights" if args.score == "nll" else "elbo_terms")
+    trainer.check_run(config, normal)
+    out = train_script.prepare_outdir(args.outdir, overwrite=args.overwrite)
 
     metrics_path = out / "metrics.jsonl"
     metrics_path.write_text("")
@@ -96,10 +113,14 @@ def run(args) -> dict:
     written = [metrics_path] + train_script.write_outputs(out, config, normal, result)
 
     start = time.perf_counter()
-    test_batch = {"x": data.x_test, "y": np.asarray(data.y_test, np.int32)}
+    stats = result.standardization  # the model reads (x - mean) / std when it trained so
+    x_test = data.x_test if stats is None else standardize.apply(stats, data.x_test)
+    test_batch = {"x": x_test, "y": np.asarray(data.y_test, np.int32)}
     scores = np.asarray(evaluate.anomaly_score(
         result.model, result.state.params, test_batch, jax.random.key(config.seed + 2),
         args.score_samples, score=args.score))
+    if stats is not None:  # -log p(x) in the data's units
+        scores = scores + standardize.log_det(stats)
     seconds = time.perf_counter() - start
     if not np.isfinite(scores).all():
         raise ValueError("the anomaly scores are not finite: training diverged?")
@@ -119,8 +140,10 @@ def run(args) -> dict:
         "scoring_seconds": seconds,
         "config": config.to_dict(),
     }
-    (out / "anomaly.json").write_text(json.dumps(summary, indent=2))
-    np.savez(out / "scores.npz", scores=scores, labels=data.y_test, is_anomaly=is_anomaly)
+    files.write_atomic(out / "anomaly.json", json.dumps(summary, indent=2))
+    buffer = io.BytesIO()
+    np.savez(buffer, scores=scores, labels=data.y_test, is_anomaly=is_anomaly)
+    files.write_atomic(out / "scores.npz", buffer.getvalue())
     what = "-log p(x)" if args.score == "nll" else "-ELBO"
     hist = plots.save_score_histogram(
         out / "scores_histogram.png", scores[~is_anomaly], scores[is_anomaly],
@@ -134,7 +157,8 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    return cli.script_main(build_parser, run, argv)
+    given = cli.given_flags(build_parser, argv)
+    return cli.script_main(build_parser, lambda args: run(args, given), argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -26,6 +25,9 @@ from tqdm import tqdm
 
 import jaxvae
 from experiments import cli
+from experiments import train as train_script
+from jaxvae.training import files
+from jaxvae.training import runs
 from jaxvae.models import conditional
 from jaxvae.objectives import bounds as objectives
 from jaxvae.evaluation import plots
@@ -78,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iter", type=int, default=300,
                    help="logistic regression iterations (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
-    p.add_argument("--outdir", default="runs/augment", help="output directory (default %(default)s)")
+    p.add_argument("--outdir", default="runs/augment",
+                   help="output directory, new or empty (default %(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an earlier result in --outdir first")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -92,9 +97,12 @@ def run(args) -> dict:
     config = TrainConfig(dataset=args.dataset, model="cvae", epochs=args.epochs,
                          latent_dim=args.latent_dim, hidden=tuple(args.hidden), seed=args.seed)
     jaxvae.validate_config(config)
-    outdir = Path(args.outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    runs.check_new_run(args.outdir, overwrite=args.overwrite,
+                       markers=("augment.json", "synthetic_samples.png"), what="results")
+    if args.overwrite:
+        cli.check_outside(args.dataset, "--dataset", args.outdir)
     data = data_lib.load(args.dataset, seed=0)
+    outdir = train_script.prepare_outdir(args.outdir, overwrite=args.overwrite)
     if args.real_per_class:
         data = subsample_per_class(data, args.real_per_class, args.seed)
     config = TrainConfig(**{**config.to_dict(), "num_classes": int(data.y_train.max()) + 1})
@@ -133,7 +141,7 @@ def run(args) -> dict:
               "cvae_final": result.history[-1], "cvae_seconds": cvae_seconds,
               "classifier_seconds": time.perf_counter() - start,
               "classifier": f"sklearn LogisticRegression(max_iter={args.max_iter}, lbfgs)"}
-    (outdir / "augment.json").write_text(json.dumps(report, indent=2))
+    files.write_atomic(outdir / "augment.json", json.dumps(report, indent=2))
     print(f"test accuracy: real {acc['real']:.4f} | real + synthetic "
           f"{acc['real_plus_synthetic']:.4f} | synthetic only {acc['synthetic_only']:.4f} "
           f"({len(data.x_train)} real, {len(synthetic)} synthetic, {len(data.x_test)} test)")

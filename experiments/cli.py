@@ -41,6 +41,7 @@ import tokenize
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 
 def parser(module: str, doc: str | None) -> argparse.ArgumentParser:
@@ -184,6 +185,35 @@ def config_from_flags(args: argparse.Namespace, config_cls: type):
             value = tuple(value)
         values[field.name] = value
     return config_cls(**values)
+
+
+def check_outside(path, flag: str, outdir) -> None:
+    """ValueError when ``path`` (an input of the script) is ``outdir`` or lies inside it, whose
+    files --overwrite deletes. A path that does not exist (or None) passes."""
+    if path is None or not Path(path).exists():
+        return
+    run_dir, inside = Path(outdir).resolve(), Path(path).resolve()
+    if inside == run_dir or run_dir in inside.parents:
+        raise ValueError(f"{flag} {path} lies inside --outdir {outdir}, whose files "
+                         "--overwrite deletes: move it or choose another --outdir")
+
+
+_NOT_GIVEN = object()
+
+
+def given_flags(build_parser: Callable[[], argparse.ArgumentParser], argv=None) -> frozenset[str]:
+    """The destinations (field names) of the flags given in ``argv`` (default sys.argv[1:]).
+
+    A flag given with its default value counts as given; one left out does not, whatever the
+    parser's defaults. Parses ``argv`` with a fresh parser whose every default is a marker.
+    """
+    p = build_parser()
+    for action in p._actions:
+        if action.dest != argparse.SUPPRESS and action.default != argparse.SUPPRESS:
+            action.default = _NOT_GIVEN
+    p._defaults = {}
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    return frozenset(name for name, value in vars(args).items() if value is not _NOT_GIVEN)
 
 
 def script_main(build_parser: Callable, run: Callable, argv=None,

@@ -5,7 +5,7 @@
 
 Rebuilds the model from RUN_DIR/summary.json, loads RUN_DIR/params.msgpack and writes
 RUN_DIR/evaluation.json (or --output): nll (-mean log p(x), nats per example, K importance
-samples), elbo (the mean ELBO, nats per example, the training objective's estimator), their
+samples; in the data's own units for a run on standardized data), elbo (the mean ELBO, nats per example, the training objective's estimator), their
 standard errors, and the settings; beside it, evaluation.log_px.npy holds log p(x) per example
 (float32, in the split's order). Both use the run's own model: its prior, posterior, likelihood
 and labels. The NLL of a VQ-VAE (no learned prior over its codes) is not defined and is refused.
@@ -99,19 +99,19 @@ def run(args: argparse.Namespace) -> dict:
     x = preprocessing.fixed_transform(config.binarize, config.dequantize,
                                       preprocessing.data_key(config.seed), np.asarray(x),
                                       1 if args.split == "test" else 2)
-    batch = {"x": x[:args.max_examples], "y": np.asarray(y[:args.max_examples], np.int32)}
-    x = batch["x"]
+    x = x[:args.max_examples]
+    batch = {"x": loaded.model_input(x), "y": np.asarray(y[:args.max_examples], np.int32)}
     ll_key, elbo_key = jax.random.split(jax.random.key(args.seed))
     print(f"evaluating {len(x)} {args.split} examples of {config.dataset} with "
           f"K = {args.num_samples} importance samples", file=sys.stderr)
     start = time.perf_counter()
     log_px = np.asarray(evaluate.log_likelihood(
         loaded.model, loaded.params, batch, ll_key, args.num_samples, chunk_size=args.chunk_size,
-        batch_size=args.batch_size))
+        batch_size=args.batch_size)) - loaded.nll_offset  # in the data's units
     nll_seconds = time.perf_counter() - start
     elbo = np.asarray(evaluate.elbo(
         loaded.model, loaded.params, batch, elbo_key, num_samples=args.elbo_samples,
-        chunk_size=args.chunk_size, batch_size=args.batch_size))
+        chunk_size=args.chunk_size, batch_size=args.batch_size)) - loaded.nll_offset
     seconds = time.perf_counter() - start
     if not (np.isfinite(log_px).all() and np.isfinite(elbo).all()):
         raise ValueError("the estimates are not finite: the parameters hold NaN or Inf?")
@@ -133,6 +133,8 @@ def run(args: argparse.Namespace) -> dict:
         "likelihood": config.likelihood,
         "binarize": config.binarize,
         "dequantize": config.dequantize,
+        # the model read (x - mean) / std per feature; nll and elbo are in x's units
+        "standardized": loaded.standardization is not None,
         "seed": args.seed,
         "chunk_size": args.chunk_size,
         "batch_size": args.batch_size,

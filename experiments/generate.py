@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import sys
 from pathlib import Path
@@ -28,6 +29,9 @@ from jaxvae.evaluation import plots
 from jaxvae.models import registry
 from jaxvae.models import builders
 from jaxvae.data import datasets as data_lib
+from jaxvae.data import standardize
+from jaxvae.training import files
+from jaxvae.training import runs
 from jaxvae.config import TrainConfig
 
 
@@ -78,13 +82,18 @@ def run(args: argparse.Namespace) -> None:
             raise ValueError(f"{args.run_dir} holds a --model {config.model} run; per-class "
                              "samples need a conditional model (--model cvae)")
 
-    _, model, params, _ = load_run(args.run_dir, conditional_only)
+    config, model, params, _ = load_run(args.run_dir, conditional_only)
     images, labels = per_class_samples(model, params, jax.random.key(args.seed), args.per_class)
+    stats = runs.load_standardization(args.run_dir, config)
+    if stats is not None:  # the run trained on standardized data: samples in its units
+        images = standardize.invert(stats, images)
     out = Path(args.out) if args.out else Path(args.run_dir) / "samples_per_class.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     written = plots.save_image_grid(out, images, args.per_class,
                                     f"Samples per class (rows 0..{model.num_classes - 1})")
-    np.savez_compressed(out.with_suffix(".npz"), images=images, labels=labels)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=images, labels=labels)
+    files.write_atomic(out.with_suffix(".npz"), buffer.getvalue())
     print(f"wrote {written or '(not images: no PNG)'}, {out.with_suffix('.npz')}")
 
 

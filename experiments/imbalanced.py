@@ -38,8 +38,11 @@ from experiments import train as train_script
 from jaxvae.models import conditional
 from jaxvae.objectives import bounds as objectives
 from jaxvae.evaluation import plots
+from jaxvae.training import files
 from jaxvae.training import fit as trainer
+from jaxvae.training import runs
 from jaxvae.data import datasets as data_lib
+from jaxvae.data import standardize
 from jaxvae.config import TrainConfig
 
 SETTINGS = ("imbalanced", "oversampled", "cvae", "full")
@@ -123,7 +126,13 @@ def run(args) -> dict:
                          f"--model {args.model}")
     config = train_script.config_from_args(args)
     jaxvae.validate_config(config)
-    out = train_script.prepare_outdir(args.outdir)
+    if args.resume:
+        raise ValueError("--resume continues runs of experiments/train.py only; start a new "
+                         "run here (without --resume)")
+    runs.check_new_run(args.outdir, overwrite=args.overwrite,
+                       markers=runs.RUN_MARKERS + ("imbalanced.json", "rare_samples.png"))
+    if args.overwrite:
+        train_script.check_data_outside(config, args.outdir)
     full = data_lib.load_for(config)
     if (full.y_train < 0).any() or (full.y_test < 0).any():
         raise ValueError(f"{config.dataset} has no labels; the study needs a labelled dataset")
@@ -132,6 +141,8 @@ def run(args) -> dict:
                          f"(labels {np.unique(full.y_test).tolist()})")
     data = reduce_class(full, args.rare_class, args.rare_fraction, args.seed)
     config = TrainConfig(**{**config.to_dict(), "num_classes": int(full.y_train.max()) + 1})
+    trainer.check_run(config, data)
+    out = train_script.prepare_outdir(args.outdir, overwrite=args.overwrite)
 
     start = time.perf_counter()
     bar = tqdm(total=config.epochs, desc="cvae epochs", unit="epoch", disable=args.quiet,
@@ -151,6 +162,8 @@ def run(args) -> dict:
                                        jax.random.key(args.seed + 1), labels)
         generated = np.asarray(objectives.likelihood_mean(config.likelihood, outputs),
                                np.float32).reshape((n_generate,) + data.x_train.shape[1:])
+        if result.standardization is not None:  # back in the data's units
+            generated = standardize.invert(result.standardization, generated)
         if not np.isfinite(generated).all():
             raise ValueError("the CVAE's samples are not finite: training diverged?")
     written = [out / "imbalanced.json"]
@@ -185,7 +198,7 @@ def run(args) -> dict:
               "results": results, "cvae_final": result.history[-1],
               "cvae_seconds": cvae_seconds, "classifier_seconds": time.perf_counter() - start,
               "classifier": f"sklearn LogisticRegression(max_iter={args.max_iter}, lbfgs)"}
-    (out / "imbalanced.json").write_text(json.dumps(report, indent=2))
+    files.write_atomic(out / "imbalanced.json", json.dumps(report, indent=2))
 
     print(f"rare class {args.rare_class}: {n_rare} of "
           f"{report['train_counts_full'][args.rare_class]} training examples kept; "

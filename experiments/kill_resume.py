@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from experiments import cli
 from jaxvae.training import checkpoint
+from jaxvae.training import runs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,14 +43,24 @@ def main(argv=None) -> int:
                    help="kill at a uniform random delay in [0, this] seconds after the first "
                         "checkpoint of each attempt (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the kill times")
-    p.add_argument("--outdir", default="runs/kill_resume", help="work directory")
+    p.add_argument("--outdir", default="runs/kill_resume",
+                   help="work directory (new or empty)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an earlier drill in --outdir first")
     args = p.parse_args(argv)
     if args.kills < 1 or not args.max_delay > 0:
         p.error("--kills must be >= 1 and --max-delay > 0")
     rng = random.Random(args.seed)
     work = Path(args.outdir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    try:
+        runs.check_new_run(work, overwrite=args.overwrite, markers=("reference", "killed"),
+                           what="a drill")
+        if args.overwrite:
+            runs.clear_run(work)
+        work.mkdir(parents=True, exist_ok=True)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     reference = _train(work / "reference", [])
     if reference.wait() != 0:

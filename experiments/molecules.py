@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from experiments import cli, seqlib
+from jaxvae.training import files
 from jaxvae.data import molecules
 from jaxvae.training.sequences import fit_sequences
 from jaxvae.data.vocab import Vocabulary
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampling temperatures; the first is the headline (MOSES samples at 1) "
                         "and each writes its own metrics (%(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
-    p.add_argument("--outdir", default="runs/molecules", help="output directory (%(default)s)")
+    seqlib.add_outdir_flags(p, "runs/molecules")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -76,7 +77,7 @@ def check_args(args) -> None:
 def run(args) -> dict:
     check_args(args)
     config = seqlib.sequence_config(args, max_seconds=60.0 * args.max_minutes)
-    outdir = seqlib.prepare_outdir(args.outdir)
+    seqlib.check_outdir(args)
     moses_train = molecules.load_moses("train")
     moses_test = molecules.load_moses("test")
     rng = np.random.default_rng(args.seed)
@@ -93,6 +94,7 @@ def run(args) -> dict:
     # a test molecule with a token the training subset never showed cannot be encoded: drop it
     test_smiles = [s for s in test_all if set(vocab.tokenize(s)) <= known]
 
+    outdir = seqlib.prepare_outdir(args.outdir, overwrite=args.overwrite)
     on_epoch, bar = seqlib.progress(config.epochs, args.quiet, outdir / "metrics.jsonl")
     start = time.perf_counter()
     try:
@@ -131,8 +133,8 @@ def run(args) -> dict:
                                                     zip(test_smiles[:1000], recon)])),
         "metrics": ours, "moses_vae_baseline": MOSES_VAE,
         "samples_head": samples[:20], **seqlib.environment()}
-    (outdir / "results.json").write_text(json.dumps(results, indent=2))
-    (outdir / "samples.txt").write_text("\n".join(samples) + "\n")
+    files.write_atomic(outdir / "results.json", json.dumps(results, indent=2))
+    files.write_atomic(outdir / "samples.txt", "\n".join(samples) + "\n")
     written = ([outdir / "metrics.jsonl", outdir / "results.json", outdir / "samples.txt"]
                + seqlib.write_model(outdir, fit))
     print(f"trained on {len(train_smiles)} molecules for {results['train_seconds'] / 60:.1f} min "

@@ -31,6 +31,8 @@ from scipy import ndimage
 
 import jaxvae
 from experiments import cli
+from experiments import train as train_script
+from jaxvae.training import files
 from jaxvae.data import datasets as data_lib
 from jaxvae.models import interface
 from jaxvae.evaluation import plots
@@ -56,8 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inpaint-steps", type=int, default=100,
                    help="steps of the conditional sampling chain (%(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
-    p.add_argument("--outdir", default="runs/repair", help="output directory (%(default)s)")
+    p.add_argument("--outdir", default="runs/repair",
+                   help="output directory, new or empty (%(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an earlier result in --outdir first")
     return p
+
+
+OUTPUTS = ("results.json", "repair.png")  # what --overwrite may replace
 
 
 def load_or_train(args, data: data_lib.Dataset):
@@ -72,12 +80,12 @@ def load_or_train(args, data: data_lib.Dataset):
                              f"experiment needs 28x28 digits ({data.x_test.shape[1]} values): "
                              "train on mnist5k or mnist")
         return loaded.model, loaded.params, {"run_dir": str(args.run_dir),
-                                             "model": loaded.config.model}
+                                             "model": loaded.config.model}, loaded
     model = jaxvae.reference_vae()
     config = TrainConfig(epochs=args.epochs, seed=args.seed)
     result = trainer.fit(config, data)
     return model, result.state.params, {"trained_here": config.to_dict(),
-                                        "test_loss": result.history[-1]["test_loss"]}
+                                        "test_loss": result.history[-1]["test_loss"]}, None
 
 
 def mse(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
@@ -95,15 +103,21 @@ def run(args) -> dict:
         raise ValueError("--mask-size, --inpaint-steps and --epochs must be >= 1")
     if not 0 <= args.salt_pepper <= 1 or args.noise_sigma < 0:
         raise ValueError("--salt-pepper must be in [0, 1] and --noise-sigma >= 0")
-    outdir = Path(args.outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    runs.check_new_run(args.outdir, overwrite=args.overwrite, markers=OUTPUTS,
+                       what="results")
+    if args.overwrite and args.run_dir:
+        cli.check_outside(args.run_dir, "--run-dir", args.outdir)
     data = data_lib.load_mnist5k()
     start = time.perf_counter()
-    model, params, source = load_or_train(args, data)
+    model, params, source, loaded = load_or_train(args, data)
+    outdir = train_script.prepare_outdir(args.outdir, overwrite=args.overwrite)
+    # A run trained on standardized data reads (x - mean) / std and decodes in those units.
+    to_model = (lambda x: x) if loaded is None else loaded.model_input
+    to_data = (lambda u: np.asarray(u)) if loaded is None else loaded.data_output
     train_seconds = time.perf_counter() - start
     clean = np.asarray(data.x_test)
     labels = np.asarray(data.y_test, np.int32)
-    as_batch = lambda x: {"x": x, "y": labels}
+    as_batch = lambda x: {"x": to_model(x), "y": labels}
     keys = jax.random.split(jax.random.key(args.seed + 1), 4)
     corruptions = {
         "gaussian_noise": repair.gaussian_noise(keys[0], clean, args.noise_sigma),
@@ -115,17 +129,17 @@ def run(args) -> dict:
     for name, (corrupted, observed) in corruptions.items():
         corrupted, observed = np.asarray(corrupted), np.asarray(observed)
         median = median_filter(corrupted)
-        restored = np.asarray(repair.encode_decode(model, params, as_batch(corrupted)))
+        restored = to_data(repair.encode_decode(model, params, as_batch(corrupted)))
         entry = {"corrupted": mse(corrupted, clean), "median_filter": mse(median, clean),
                  "vae_encode_decode": mse(restored, clean),
                  "vae_encode_decode_of_clean": mse(
-                     repair.encode_decode(model, params, as_batch(clean)), clean)}
+                     to_data(repair.encode_decode(model, params, as_batch(clean))), clean)}
         images = [clean[show], corrupted[show], median[show], restored[show]]
         if name == "square_mask":
             missing = observed < 0.5
-            filled = np.asarray(repair.inpaint(model, params, as_batch(corrupted), observed,
-                                               keys[3], args.inpaint_steps))
-            assert np.array_equal(filled[~missing], corrupted[~missing])
+            filled = to_data(repair.inpaint(model, params, as_batch(corrupted), observed,
+                                            keys[3], args.inpaint_steps))
+            filled = np.where(missing, filled, corrupted)  # the observed pixels, exactly
             entry.update({"vae_inpaint": mse(filled, clean),
                           "missing_pixels": {"corrupted": mse(corrupted, clean, missing),
                                              "median_filter": mse(median, clean, missing),
@@ -143,7 +157,7 @@ def run(args) -> dict:
                             "mask_size": args.mask_size, "inpaint_steps": args.inpaint_steps,
                             "seed": args.seed},
                "mse_per_pixel": results}
-    (outdir / "results.json").write_text(json.dumps(summary, indent=2))
+    files.write_atomic(outdir / "results.json", json.dumps(summary, indent=2))
     print(f"{'MSE per pixel':>18} {'corrupted':>10} {'median':>8} {'VAE':>8} {'inpaint':>8}")
     for name, r in results.items():
         print(f"{name:>18} {r['corrupted']:10.4f} {r['median_filter']:8.4f} "

@@ -24,7 +24,6 @@ import json
 import sys
 import time
 import types
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +33,8 @@ from sklearn.linear_model import LogisticRegression
 from tqdm import tqdm
 
 from experiments import cli
+from experiments import train as train_script
+from jaxvae.training import runs
 from jaxvae.data import datasets as data_lib
 from jaxvae.evaluation import likelihood
 from jaxvae.models import m2 as m2_lib
@@ -79,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nll-samples", type=int, default=0,
                    help="K importance samples of the test NLL at the end; 0 = none "
                         "(%(default)s)")
-    p.add_argument("--outdir", default="runs/semisupervised", help="output dir (%(default)s)")
+    p.add_argument("--outdir", default="runs/semisupervised",
+                   help="output dir, new or empty (%(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an earlier result in --outdir first")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -102,9 +106,11 @@ def run(args) -> dict:
             raise ValueError(f"{flag} must be a finite number >= 0, got {value}")
     if args.dataset not in DATASETS:
         raise ValueError(f"unknown --dataset {args.dataset!r}; choose one of {list(DATASETS)}")
+    runs.check_new_run(args.outdir, overwrite=args.overwrite,
+                       markers=("metrics.jsonl", "results.json", "params.msgpack"),
+                       what="results")
     data = data_lib.load(args.dataset, data_dir=args.data_dir, flatten=True)
-    outdir = Path(args.outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    outdir = train_script.prepare_outdir(args.outdir, overwrite=args.overwrite)
     labelled = pick_labelled(data.y_train, args.labels_per_class, args.seed)
     unlabelled = np.setdiff1d(np.arange(len(data.y_train)), labelled)
     x_l, y_l = data.x_train[labelled], data.y_train[labelled]
@@ -172,7 +178,7 @@ def run(args) -> dict:
                "settings": vars(args), "final": history[-1],
                "reference": "Kingma et al. 2014, M2 on full MNIST with 100 labels: "
                             "error 11.97% (+-1.71)"}
-    (outdir / "results.json").write_text(json.dumps(results, indent=2))
+    files.write_atomic(outdir / "results.json", json.dumps(results, indent=2))
     files.write_atomic(outdir / "params.msgpack",
                        serialization.to_bytes(jax.device_get(run.state.params)))
     print(f"test accuracy with {len(labelled)} labels: M2 {results['m2_test_accuracy']:.3f} "

@@ -17,6 +17,25 @@ import jaxvae
 from jaxvae.models import sequence
 from jaxvae.training.sequences import SequenceConfig, SequenceFit
 from experiments.train import prepare_outdir  # noqa: F401  (one copy for every script)
+from jaxvae.training import files
+from jaxvae.training import runs
+
+# What the sequence scripts write: --overwrite deletes a directory only if it holds one of them.
+OUTPUTS = ("metrics.jsonl", "results.json", "params.msgpack", "vocab.json", "samples.txt")
+
+
+def add_outdir_flags(p, default: str) -> None:
+    """--outdir (new or empty) and --overwrite."""
+    p.add_argument("--outdir", default=default,
+                   help="output directory, new or empty (%(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an earlier run in --outdir first")
+
+
+def check_outdir(args) -> None:
+    """Refuses a non-empty --outdir unless --overwrite (then one these scripts wrote); reads
+    only, so call it before anything else."""
+    runs.check_new_run(args.outdir, overwrite=args.overwrite, markers=OUTPUTS)
 
 
 def add_model_flags(p, *, hidden_dim: int, latent_dim: int, warmup_steps: int,
@@ -101,9 +120,9 @@ def interpolation(fit: SequenceFit, a: str, b: str, steps: int) -> list[str]:
 
 
 def write_model(outdir: Path, fit: SequenceFit) -> list[Path]:
-    (outdir / "params.msgpack").write_bytes(serialization.to_bytes(jax.device_get(
+    files.write_atomic(outdir / "params.msgpack", serialization.to_bytes(jax.device_get(
         fit.state.params)))
-    (outdir / "vocab.json").write_text(fit.vocab.to_json())
+    files.write_atomic(outdir / "vocab.json", fit.vocab.to_json())
     return [outdir / "params.msgpack", outdir / "vocab.json"]
 
 

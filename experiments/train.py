@@ -39,6 +39,7 @@ from jaxvae.training import distributed as multihost
 from jaxvae.objectives import bounds as objectives
 from jaxvae.evaluation import plots
 from jaxvae.data import preprocessing
+from jaxvae.data import standardize
 from jaxvae.training import early_stopping
 from jaxvae.models import priors
 from jaxvae.models import registry
@@ -47,7 +48,7 @@ from jaxvae.training import fit as trainer
 from jaxvae.training import files
 from jaxvae.training import runs
 from jaxvae.data import datasets as data_lib
-from jaxvae.config import FEEDS, TrainConfig
+from jaxvae.config import FEEDS, TrainConfig, data_defaults, data_defaults_line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +75,7 @@ def config_choices() -> dict[str, list[str]]:
     """The allowed values of the TrainConfig fields that name a registered component."""
     return {"model": sorted(registry.MODELS), "likelihood": sorted(objectives.LIKELIHOODS),
             "binarize": list(preprocessing.BINARIZE), "feed": list(FEEDS),
+            "standardize": list(standardize.MODES),
             "kl_schedule": list(schedules.KL_SCHEDULES), "prior": list(priors.PRIORS)}
 
 
@@ -114,14 +116,8 @@ def prepare_outdir(path: str, overwrite: bool = False) -> Path:
 
 def check_data_outside(config: TrainConfig, outdir: str) -> None:
     """Refuses --overwrite when the data (--dataset file, --data-dir) lies inside --outdir."""
-    run_dir = Path(outdir).resolve()
     for flag, value in (("--dataset", config.dataset), ("--data-dir", config.data_dir)):
-        if value is None or not Path(value).exists():
-            continue
-        data = Path(value).resolve()
-        if data == run_dir or run_dir in data.parents:
-            raise ValueError(f"{flag} {value} lies inside --outdir {outdir}, whose files "
-                             "--overwrite deletes: move the data or choose another --outdir")
+        cli.check_outside(value, flag, outdir)
 
 
 def environment() -> dict:
@@ -136,17 +132,28 @@ def environment() -> dict:
 
 def write_outputs(outdir: Path, config: TrainConfig, data: data_lib.Dataset,
                   result: trainer.FitResult) -> list[Path]:
-    """Writes summary.json, the figures and the parameters; returns the paths written."""
-    model, params = result.model, result.state.params
+    """Writes summary.json, the figures and the parameters; returns the paths written.
+
+    A run on standardized data also gets its statistics (``standardize.FILE``); its figures
+    show reconstructions and samples in the data's units, and summary.json's config records
+    the standardization that ``auto`` chose.
+    """
+    model, params, stats = result.model, result.state.params, result.standardization
     key = jax.random.key(config.seed + 1)
     recon_key, sample_key = jax.random.split(key)
     written = []
     x = data.x_test[:10]
     labels = data.y_test[:10] if getattr(model, "num_classes", 0) else None  # cvae
-    out = models.reconstruct(model, params, x, recon_key, labels=labels)
+    x_model = x if stats is None else standardize.apply(stats, x)
+    out = models.reconstruct(model, params, x_model, recon_key, labels=labels)
     mean = np.asarray(objectives.likelihood_mean(config.likelihood, out))
     samples = np.asarray(objectives.likelihood_mean(
         config.likelihood, models.sample(model, params, sample_key, 64)))
+    if stats is not None:
+        mean, samples = standardize.invert(stats, mean), standardize.invert(stats, samples)
+        standardize.save(outdir / standardize.FILE, stats)
+        written.append(outdir / standardize.FILE)
+    config = dataclasses.replace(config, standardize="none" if stats is None else "feature")
     for path, fn in (
             (outdir / "reconstructions.png",
              lambda p: plots.save_reconstructions(p, x, mean, "Test inputs (top), reconstructions (bottom)")),
@@ -177,6 +184,19 @@ def write_outputs(outdir: Path, config: TrainConfig, data: data_lib.Dataset,
     return written
 
 
+def sized_for_data(config: TrainConfig, data: data_lib.Dataset,
+                   given: frozenset[str] | None, show: bool = True) -> TrainConfig:
+    """``config`` with the sizes the user did not give fitted to the data (``data_defaults``),
+    saying on stderr what was chosen; unchanged when ``given`` is None."""
+    if given is None:
+        return config
+    config, changed = data_defaults(config, len(data.x_train), data.example_shape, given)
+    if changed and show:
+        line = data_defaults_line(changed, len(data.x_train), data.example_shape)
+        print(f"note: {line}", file=sys.stderr)
+    return config
+
+
 def with_validation_size(config: TrainConfig, size: int, num_train: int) -> TrainConfig:
     """``config`` holding out exactly ``size`` of ``num_train`` examples for early stopping."""
     if isinstance(size, bool) or not isinstance(size, int) or not 0 < size < num_train:
@@ -188,7 +208,8 @@ def with_validation_size(config: TrainConfig, size: int, num_train: int) -> Trai
 def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool = False,
         distributed: tuple | None = None, tensorboard: bool = False,
         validation_size: int | None = None, overwrite: bool = False,
-        stop_on_signals: bool = False) -> trainer.FitResult:
+        stop_on_signals: bool = False, given: frozenset[str] | None = None
+        ) -> trainer.FitResult:
     """Loads the data, trains, and writes every output file into outdir.
 
     Nothing is written before every check has passed (flags, run directory, data, labels,
@@ -203,6 +224,9 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
     ``tensorboard`` writes event files into OUTDIR/tensorboard (process 0).
     ``stop_on_signals``: SIGINT / SIGTERM stop training at the next chunk boundary with
     ``loop.Interrupted``, after a checkpoint when there is a checkpoint directory.
+    ``given`` (the command line's flags, ``cli.given_flags``): the sizes not among them are
+    fitted to the data (``jaxvae.config.data_defaults``) and the choice printed; None (the
+    Python API): the config is used as it is.
     """
     jaxvae.validate_config(config)
     if validation_size is not None and not config.patience:
@@ -227,12 +251,18 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
     data = data_lib.load_for(config)
     if validation_size is not None:
         config = with_validation_size(config, validation_size, len(data.x_train))
+    config = sized_for_data(config, data, given, show=lead)
     if lead:
         for note in data.notes:  # how a user file was read
             print(f"note: {note}", file=sys.stderr)
     trainer.check_run(config, data, resume=resume)  # before the first byte is written
     out = prepare_outdir(outdir, overwrite=overwrite) if lead else Path(outdir)
+    stats = None
     if distributed is not None:
+        # every process standardizes with the statistics of the whole training set
+        if standardize.resolve(config.standardize, config.dataset, config.likelihood,
+                               data.x_train, config.binarize, config.dequantize) == "feature":
+            stats = standardize.fit(data.x_train)
         idx = data_lib.process_shard(len(data.x_train), jax.process_index(), jax.process_count())
         data = data._replace(x_train=data.x_train[idx], y_train=data.y_train[idx])
     metrics_path = out / "metrics.jsonl"
@@ -260,7 +290,7 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
     try:
         result = trainer.fit(config, data, hooks=run_hooks, checkpoint_dir=checkpoint_dir,
                              resume=resume, on_resume=on_resume,
-                             stop_on_signals=stop_on_signals)
+                             stop_on_signals=stop_on_signals, standardization=stats)
     finally:
         bar.close()
         if logger is not None:
@@ -302,7 +332,7 @@ def main(argv=None) -> int:
         run(config_from_args(args), options.outdir, options.quiet, resume=options.resume,
             distributed=distributed, tensorboard=options.tensorboard,
             validation_size=options.validation_size, overwrite=options.overwrite,
-            stop_on_signals=True)
+            stop_on_signals=True, given=cli.given_flags(build_parser, argv))
     except loop.Interrupted as e:
         print(interrupted_line(e, sys.argv[1:] if argv is None else argv), file=sys.stderr)
         return e.exit_code

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from experiments import cli
+from experiments import train as train_script
 from jaxvae import likelihoods
 from jaxvae.models import interface
 from jaxvae.evaluation import latent
@@ -34,7 +35,10 @@ from jaxvae.models import mlp as jaxvae_models
 def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("experiments.visualize", __doc__)
     p.add_argument("run_dir", help="a directory written by experiments/train.py")
-    p.add_argument("--outdir", default=None, help="where to write (default RUN_DIR/figures)")
+    p.add_argument("--outdir", default=None, help="where to write (default RUN_DIR/figures); it "
+                   "must be new or empty")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the figures already in --outdir first")
     p.add_argument("--interpolation", choices=("linear", "spherical"), default="linear",
                    help="path between two latent means (default %(default)s)")
     p.add_argument("--steps", type=int, default=10,
@@ -89,22 +93,41 @@ def _interpolate(model, params, batch, i, j, steps, spherical):
     return interface.decode(model, params, z_SxZ, labels if model.conditional else None)
 
 
+# What this script writes: --overwrite deletes a directory only if it holds one of them.
+FIGURES = ("reconstructions.png", "prior_samples.png", "interpolation.png", "traversal.png",
+           "manifold.png", "latent_pca.png", "latent_tsne.png", "loss_curves.png")
+
+
+def check_outdir(args: argparse.Namespace) -> Path:
+    """The figures' directory: new or empty, or (``--overwrite``) one of earlier figures that
+    does not hold the run itself. Reads only."""
+    outdir = Path(args.outdir) if args.outdir else Path(args.run_dir) / "figures"
+    runs.check_new_run(outdir, overwrite=args.overwrite, markers=FIGURES, what="figures")
+    run_dir = Path(args.run_dir).resolve()
+    if args.overwrite and outdir.exists() and (run_dir == outdir.resolve()
+                                               or outdir.resolve() in run_dir.parents):
+        raise ValueError(f"--outdir {outdir} holds the run {args.run_dir}, which --overwrite "
+                         "would delete: choose another --outdir")
+    return outdir
+
+
 def run(args: argparse.Namespace) -> list[str]:
     _check(args)
+    outdir = check_outdir(args)
     loaded = runs.load_run(args.run_dir)
     model, params, config = loaded.model, loaded.params, loaded.config
     x, y = loaded.data.x_test, np.asarray(loaded.data.y_test, np.int32)
-    batch = {"x": x, "y": y}
-    outdir = Path(args.outdir) if args.outdir else Path(args.run_dir) / "figures"
-    outdir.mkdir(parents=True, exist_ok=True)
-    mean_of = lambda out: np.asarray(likelihoods.likelihood_mean(model.likelihood, out))
+    batch = {"x": loaded.model_input(x), "y": y}  # standardized when the run was trained so
+    outdir = train_script.prepare_outdir(outdir, overwrite=args.overwrite)
+    mean_of = lambda out: loaded.data_output(  # decoder means in the data's units
+        np.asarray(likelihoods.likelihood_mean(model.likelihood, out)))
     recon_key, sample_key = jax.random.split(jax.random.key(args.seed))
     written, skipped = [], []
 
     def keep(path, what):
         (written if path is not None else skipped).append(str(path) if path else what)
 
-    first = {"x": x[:10], "y": y[:10]}
+    first = {"x": batch["x"][:10], "y": y[:10]}
     recon = mean_of(interface.reconstruct(model, params, first, recon_key))
     keep(plots.save_reconstructions(outdir / "reconstructions.png", x[:10], recon,
                                     "Test inputs (top), reconstructions (bottom)"),
@@ -132,7 +155,8 @@ def run(args: argparse.Namespace) -> list[str]:
         mean_1xZ = interface.encode(model, params, first).mean[:1]
         label = int(y[0]) if model.conditional else None
         values = np.linspace(-args.traversal_range, args.traversal_range, args.steps)
-        traversed = latent.traversal(model, params, mean_1xZ[0], values, label=label)
+        traversed = loaded.data_output(
+            latent.traversal(model, params, mean_1xZ[0], values, label=label))
         keep(plots.save_image_rows(
             outdir / "traversal.png", list(traversed),
             f"Latent traversal around the posterior mean of a test '{y[0]}'",
@@ -142,6 +166,7 @@ def run(args: argparse.Namespace) -> list[str]:
 
         if model.latent_dim == 2:
             images, grid = latent.manifold(model, params, 20, label=label)
+            images = loaded.data_output(images)
             keep(plots.save_manifold(outdir / "manifold.png", images, grid,
                                      "Decoder means on the 5%..95% quantiles of N(0, I)"),
                  "manifold (not images)")

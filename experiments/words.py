@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from experiments import cli, seqlib
+from jaxvae.training import files
 from jaxvae.training.sequences import fit_sequences
 from jaxvae.data.vocab import Vocabulary
 
@@ -60,17 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interpolate", nargs=2, default=["happy", "terrible"], metavar=("FROM", "TO"),
                    help="two words to interpolate between (%(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
-    p.add_argument("--outdir", default="runs/words", help="output directory (%(default)s)")
+    seqlib.add_outdir_flags(p, "runs/words")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def run(args) -> dict:
     config = seqlib.sequence_config(args, max_seconds=args.max_seconds)
-    outdir = seqlib.prepare_outdir(args.outdir)
+    seqlib.check_outdir(args)
     all_words = load_words(args.min_len, args.max_len)
     train_words, test_words = split_words(all_words, args.train_size, args.test_size, args.seed)
     vocab = Vocabulary.from_corpus(train_words + test_words + list(args.interpolate), "char")
+    outdir = seqlib.prepare_outdir(args.outdir, overwrite=args.overwrite)
     on_epoch, bar = seqlib.progress(config.epochs, args.quiet, outdir / "metrics.jsonl")
     start = time.perf_counter()
     try:
@@ -103,7 +105,7 @@ def run(args) -> dict:
         "interpolation": {"from": args.interpolate[0], "to": args.interpolate[1],
                           "path": seqlib.interpolation(fit, *args.interpolate, steps=8)},
         **seqlib.environment()}
-    (outdir / "results.json").write_text(json.dumps(results, indent=2))
+    files.write_atomic(outdir / "results.json", json.dumps(results, indent=2))
     written = [outdir / "metrics.jsonl", outdir / "results.json"] + seqlib.write_model(outdir, fit)
     final = fit.history[-1]
     print(f"test -ELBO {final['test_nelbo']:.3f} nats/word (KL {final['test_kl']:.3f}), "

@@ -14,7 +14,7 @@ The package is laid out by concept; this module re-exports the public names:
 """
 
 # Configuration
-from jaxvae.config import TrainConfig, validate_config
+from jaxvae.config import TrainConfig, data_defaults, validate_config
 
 # Distributions and likelihoods (pure math)
 from jaxvae.distributions import bernoulli_nll, gaussian_kl, gaussian_nll, reparameterize
@@ -23,6 +23,8 @@ from jaxvae.distributions import bernoulli_nll, gaussian_kl, gaussian_nll, repar
 from jaxvae.data.datasets import Dataset
 from jaxvae.data.datasets import load as load_dataset
 from jaxvae.data.preprocessing import binarize, dequantize
+from jaxvae.data import standardize  # fit / apply / invert / log_det of per-feature statistics
+from jaxvae.data.standardize import Standardization
 
 # Models: the interface every model implements, and the families
 from jaxvae.models.interface import ElboTerms, LatentVariableModel, Posterior, log_weights
@@ -57,11 +59,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     # configuration
-    "TrainConfig", "validate_config",
+    "TrainConfig", "data_defaults", "validate_config",
     # distributions and likelihoods
     "bernoulli_nll", "gaussian_kl", "gaussian_nll", "reparameterize",
     # data
-    "Dataset", "binarize", "dequantize", "load_dataset",
+    "Dataset", "Standardization", "binarize", "dequantize", "load_dataset", "standardize",
     # models
     "CVAE", "ElboTerms", "LatentVariableModel", "M2", "Posterior", "SequenceVAE", "VAE", "VQVAE",
     "conv_vae", "decode", "encode", "flow_vae", "from_torch", "init", "interpolate",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 from jaxvae.objectives import bounds as objectives
 
@@ -49,6 +50,10 @@ class TrainConfig:
     #   sampled once) or static (one fixed sample)
     dequantize: bool = False  # uniform dequantization of 8-bit pixels, for continuous
     #   likelihoods
+    standardize: str = "auto"  # per-feature standardization for the Gaussian likelihoods:
+    #   feature (u = (x - mean) / std per column, statistics of the training split, stored in
+    #   the run and undone when decoding, sampling and reporting losses), none, or auto
+    #   (feature for a .csv/.npy/.npz file with values outside [0, 1], none otherwise)
     feed: str = "auto"  # training data on the device once (device), streamed from the host
     #   (stream), or device when it fits (auto)
     # objective: KL weight schedule, free bits, prior, importance samples, labels
@@ -163,6 +168,10 @@ def validate_config(config: TrainConfig) -> None:
     from jaxvae.data import preprocessing
 
     preprocessing.check_options(config.binarize, config.dequantize)
+    from jaxvae.data import standardize
+
+    standardize.check_mode(config.standardize, config.likelihood, config.binarize,
+                           config.dequantize)
     if config.feed not in FEEDS:
         raise ValueError(f"unknown feed {config.feed!r}; choose one of {list(FEEDS)}")
     if not isinstance(config.download, bool):
@@ -229,3 +238,61 @@ def _check_architectures(config: TrainConfig) -> None:
     if len(config.ladder_hidden) != len(config.ladder_latents):
         raise ValueError(f"ladder_hidden needs one width per ladder latent layer: "
                          f"{len(config.ladder_latents)} latents, {len(config.ladder_hidden)} widths")
+
+
+# Models whose size is latent_dim and the dense widths hidden (the others have their own).
+DENSE_MODELS = ("mlp", "iwae", "cvae", "flow")
+HIDDEN_PER_FEATURE = 8  # data-sized hidden width: this many units per input feature ...
+HIDDEN_MIN, HIDDEN_MAX = 32, 400  # ... within these bounds (400: the reference's width)
+BATCHES_PER_EPOCH_MIN = 4  # a data-sized batch leaves at least this many steps per epoch
+
+
+def data_defaults(config: TrainConfig, num_train: int, example_shape: tuple[int, ...],
+                  given: frozenset[str] | set[str] = frozenset()
+                  ) -> tuple[TrainConfig, dict[str, Any]]:
+    """Sizes fitted to a small dataset, for the fields the user did not set.
+
+    The defaults are MNIST's (784 features, thousands of examples). For flat examples of D
+    features, N training examples and a dense model (``DENSE_MODELS``):
+
+        latent_dim <= max(1, D // 2)                     (a code narrower than the input)
+        hidden     <= clip(8 D, 32, 400) per layer       (a few units per feature)
+        batch_size <= max(1, N // 4)                     (at least 4 steps per epoch)
+
+    Only fields whose name is not in ``given`` (the flags on the command line) and whose
+    value exceeds its bound change; the batch size only when ``microbatch_size`` is not set
+    (it must divide the batch). MNIST-sized data (mnist5k, digits, mnist) changes nothing.
+    ``jaxvae.fit`` never calls this: scripts do, and say what was chosen.
+
+    Returns:
+      The config, and the changed fields with their new values (empty: nothing changed).
+    """
+    changed: dict[str, Any] = {}
+    flat = len(example_shape) == 1
+    if flat and config.model in DENSE_MODELS:
+        features = int(example_shape[0])
+        latent = max(1, features // 2)
+        if "latent_dim" not in given and config.latent_dim > latent:
+            changed["latent_dim"] = latent
+        width = min(HIDDEN_MAX, max(HIDDEN_MIN, HIDDEN_PER_FEATURE * features))
+        hidden = tuple(min(h, width) for h in config.hidden)
+        if "hidden" not in given and hidden != tuple(config.hidden):
+            changed["hidden"] = hidden
+    batch = max(1, num_train // BATCHES_PER_EPOCH_MIN)
+    if ("batch_size" not in given and config.microbatch_size is None
+            and config.batch_size > batch):
+        changed["batch_size"] = batch
+    return (dataclasses.replace(config, **changed) if changed else config), changed
+
+
+def data_defaults_line(changed: dict[str, Any], num_train: int,
+                       example_shape: tuple[int, ...]) -> str:
+    """One line saying which sizes ``data_defaults`` chose and the flags that override them."""
+    def flag(name, value):
+        shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
+        return f"--{name.replace('_', '-')} {shown}"
+
+    shape = "x".join(map(str, example_shape))
+    return (f"sized for {num_train} training examples of {shape} features: "
+            f"{', '.join(flag(k, v) for k, v in changed.items())} (set these flags to choose "
+            "other values)")

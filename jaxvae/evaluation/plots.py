@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from jaxvae.training import files  # noqa: E402
+
+
+def save_figure(fig, path, dpi: int = 100) -> str:
+    """Writes ``fig`` to ``path`` atomically and closes it; returns the path.
+
+    The figure is rendered in memory (in the format of the path's suffix, PNG by default) and
+    written with ``files.write_atomic``: a reader, or a crash midway, never sees a half-written
+    image, and a failed render leaves an existing file as it was.
+    """
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format=Path(path).suffix.lstrip(".").lower() or "png", dpi=dpi,
+                    bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    files.write_atomic(path, buffer.getvalue())
+    return str(path)
 
 
 def as_images(x: np.ndarray) -> np.ndarray | None:
@@ -44,9 +65,7 @@ def save_image_grid(path, x: np.ndarray, ncols: int, title: str) -> str | None:
     ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0.0, vmax=1.0)
     ax.set_title(title)
     ax.axis("off")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)
 
 
 def save_reconstructions(path, x: np.ndarray, x_recon: np.ndarray, title: str) -> str | None:
@@ -68,18 +87,12 @@ def save_loss_curves(path, history: Sequence[dict],
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)
 
 
 # evaluation and latent-space figures
 
 
-def _save(fig, path) -> str:
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return str(path)
 
 
 def save_image_rows(path, rows: Sequence[np.ndarray], title: str,
@@ -107,7 +120,7 @@ def save_image_rows(path, rows: Sequence[np.ndarray], title: str,
         ax.set_xlabel(xlabel)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_manifold(path, images_RxC: np.ndarray, grid_N: np.ndarray, title: str
@@ -134,7 +147,7 @@ def save_manifold(path, images_RxC: np.ndarray, grid_N: np.ndarray, title: str
     ax.set_xlabel("z[0]")
     ax.set_ylabel("z[1]")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_latent_scatter(path, points_Nx2: np.ndarray, labels: np.ndarray | None, title: str,
@@ -155,7 +168,7 @@ def save_latent_scatter(path, points_Nx2: np.ndarray, labels: np.ndarray | None,
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_loss_panels(path, history: Sequence[dict], best_epoch: int | None = None,
@@ -180,7 +193,7 @@ def save_loss_panels(path, history: Sequence[dict], best_epoch: int | None = Non
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title, y=1.03)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_score_histogram(path, normal: np.ndarray, anomalous: np.ndarray, title: str,
@@ -196,4 +209,4 @@ def save_score_histogram(path, normal: np.ndarray, anomalous: np.ndarray, title:
     ax.set_ylabel("density")
     ax.set_title(title)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -21,6 +21,7 @@ from jaxvae.training import loop
 from jaxvae.training import placement
 from jaxvae.models import mlp as models
 from jaxvae.data import preprocessing
+from jaxvae.data import standardize
 from jaxvae.models import registry
 from jaxvae.training import step as train
 from jaxvae.training import hooks as hooks_lib
@@ -48,6 +49,8 @@ class FitResult(NamedTuple):
     compile_seconds: float  # compiling the training chunks and the evaluation
     best_epoch: int | None = None  # with early stopping: the epoch whose state ``state`` is
     devices_used: int = 1  # devices each batch was split over (all processes together)
+    standardization: standardize.Standardization | None = None  # the statistics the data was
+    #   standardized with (the model works in standardized units; None: the data as it is)
 
 
 def final_record(result: FitResult) -> dict:
@@ -69,11 +72,14 @@ def check_inputs(config: config_lib.TrainConfig, data: data_lib.Dataset) -> data
     return data._replace(x_train=x_train, x_test=x_test)
 
 
-def _prepare(config, data: data_lib.Dataset, resume: bool):
+def _prepare(config, data: data_lib.Dataset, resume: bool,
+             standardization: standardize.Standardization | None = None):
     """Every check of ``fit`` before training: the config, the data, the labels, the model.
 
     Returns the run's config (run-dependent fields filled), its data (without the validation
-    part), the validation data (None without early stopping) and the built model and loss.
+    part), the validation data (None without early stopping), the built model and loss, and
+    the standardization statistics of the training part (None when the data is not
+    standardized; ``config.standardize``), or ``standardization`` when given.
     """
     data = check_inputs(config, data)
     config = builders.prepare(config, data)  # cyclical KL needs the run's steps
@@ -91,7 +97,30 @@ def _prepare(config, data: data_lib.Dataset, resume: bool):
     built = registry.build(config, data.example_shape)
     for name in ("x_train", "x_test"):
         preprocessing.check_range(getattr(data, name), config.binarize, config.dequantize, name)
-    return config, data, val_data, built
+    mode = standardize.resolve(config.standardize, config.dataset, config.likelihood,
+                               data.x_train, config.binarize, config.dequantize)
+    stats = None
+    if mode == "feature":
+        stats = standardization if standardization is not None else standardize.fit(data.x_train)
+        if stats.mean.shape != tuple(data.example_shape):
+            raise ValueError(f"standardization statistics of shape {stats.mean.shape} do not "
+                             f"fit examples of shape {data.example_shape}")
+    return config, data, val_data, built, stats
+
+
+def in_data_units(loss_fn: train.LossFn, log_det: float) -> train.LossFn:
+    """``loss_fn`` on standardized data, reporting the loss and ``recon`` in the data's units.
+
+    NLL_x = NLL_u + sum_d log s_d (``standardize.log_det``): a constant, so the gradients are
+    those of ``loss_fn``; the KL terms do not change.
+    """
+    def wrapped(params, batch, key, step):
+        loss, metrics = loss_fn(params, batch, key, step)
+        metrics = {name: value + log_det if name in ("loss", "recon") else value
+                   for name, value in metrics.items()}
+        return loss + log_det, metrics
+
+    return wrapped
 
 
 def check_run(config: config_lib.TrainConfig, data: data_lib.Dataset, *,
@@ -106,7 +135,7 @@ def check_run(config: config_lib.TrainConfig, data: data_lib.Dataset, *,
     Raises:
       ValueError, TypeError: with a message naming the problem.
     """
-    _, _, _, (model, _) = _prepare(config, data, resume)
+    _, _, _, (model, _), _ = _prepare(config, data, resume)
     jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
     if jax.process_count() == 1:  # --num-devices beyond the local devices
         placement.data_parallel_devices(config.batch_size, getattr(config, "num_devices", None))
@@ -116,7 +145,8 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
         on_epoch: Callable[[dict], Any] | None = None, *, hooks: Sequence[loop.Hook] = (),
         checkpoint_dir: str | None = None, resume: bool = False,
         on_resume: Callable[[list[dict]], Any] | None = None,
-        stop_on_signals: bool = False) -> FitResult:
+        stop_on_signals: bool = False,
+        standardization: standardize.Standardization | None = None) -> FitResult:
     """Trains the config's VAE on ``data`` and evaluates it on the test split after each epoch.
 
     Each history record holds ``epoch``, ``train_loss``, ``train_recon``, ``train_kl`` (means
@@ -144,6 +174,14 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     run (``jax.distributed``), ``data.x_train`` is this process's block of the training set,
     training is data parallel over every process's devices and only process 0 writes.
 
+    Standardization (``config.standardize``, ``jaxvae.data.standardize``): with ``feature``
+    (or ``auto`` resolved to it: a user file named in ``config.dataset``, a Gaussian
+    likelihood, values outside [0, 1]), every split is standardized with the mean and std of
+    the training part (after the validation hold-out), or with ``standardization`` when given
+    (a multi-process run passes those of the whole training set, not of its block); the model
+    works in standardized units (``FitResult.standardization`` holds the statistics to undo
+    it) and the losses of the history are in the data's units (NLL_x = NLL_u + sum log s).
+
     With ``config.patience`` (early stopping), ``config.validation_fraction`` of the training
     split is held out (stratified) and evaluated after each epoch (``val_loss``, ``val_recon``,
     ``val_kl`` in the records); training stops after ``patience`` epochs without a lower
@@ -157,7 +195,14 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     stops at once); the previous handlers are restored afterwards. An epoch without a finite
     step raises ``loop.TrainingDiverged``.
     """
-    config, data, val_data, (model, loss_fn) = _prepare(config, data, resume)
+    config, data, val_data, (model, loss_fn), stats = _prepare(config, data, resume,
+                                                               standardization)
+    if stats is not None:  # the model trains on u = (x - m) / s; losses in x's units
+        data = data._replace(x_train=standardize.apply(stats, data.x_train),
+                             x_test=standardize.apply(stats, data.x_test))
+        if val_data is not None:
+            val_data = {**val_data, "x": standardize.apply(stats, val_data["x"])}
+        loss_fn = in_data_units(loss_fn, standardize.log_det(stats))
     stopper = early_stopping.EarlyStopping(config.patience) if config.patience else None
     keys = run_keys(config.seed)
     tx = registry.optimizer(config)  # Adam at config.lr (clipped), or what the model needs
@@ -188,6 +233,6 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
             model=model, stop_requested=stop if isinstance(stop, loop.StopSignals) else None)
     if stopper is not None and stopper.best_state is not None:
         return FitResult(model, stopper.best_state, run.history, run.compile_seconds,
-                         stopper.best_epoch, run.devices_used)
+                         stopper.best_epoch, run.devices_used, stats)
     return FitResult(model, run.state, run.history, run.compile_seconds,
-                     devices_used=run.devices_used)
+                     devices_used=run.devices_used, standardization=stats)

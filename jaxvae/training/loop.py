@@ -357,7 +357,8 @@ def run_epochs(*, state: train.TrainState, loop: dict, run_chunk: Callable,
                 + (f"; the last checkpoint, {loop['last_checkpoint']}, is kept"
                    if loop.get("last_checkpoint") else "")
                 + "). Lower the learning rate (--lr), clip gradients (--clip-norm) or scale "
-                "the data to values around 1.")
+                "the data to values around 1 (--standardize feature, for the Gaussian "
+                "likelihoods).")
         record = {"epoch": epoch, "step": epoch * steps_per_epoch,
                   **{f"train_{k}": v / loop["examples"] for k, v in loop["sums"].items()},
                   "train_skipped": loop["skipped"],

@@ -23,6 +23,7 @@ from flax import serialization
 
 from jaxvae import config as config_lib
 from jaxvae.data import datasets as data_lib
+from jaxvae.data import standardize
 from jaxvae.models import mlp as models
 from jaxvae.models import registry
 
@@ -36,13 +37,17 @@ def _listing(names: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def check_new_run(path, *, resume: bool = False, overwrite: bool = False) -> None:
+def check_new_run(path, *, resume: bool = False, overwrite: bool = False,
+                  markers: tuple[str, ...] = RUN_MARKERS, what: str = "a run",
+                  flag: str = "--outdir") -> None:
     """Checks that a run may be written into the directory ``path``; reads, never writes.
 
     A missing or empty directory takes a new run. One with files takes a run only with
     ``resume`` (the same run continued) or ``overwrite`` (its files deleted first by
-    ``clear_run``); ``overwrite`` is refused for a directory without any of ``RUN_MARKERS``,
-    so a mistyped path does not delete someone's files.
+    ``clear_run``); ``overwrite`` is refused for a directory without any of ``markers`` (the
+    files the script writes; default ``RUN_MARKERS``), so a mistyped path does not delete
+    someone's files. ``what`` names the content in the message ("a run", "figures"), ``flag``
+    the script's flag for the directory.
 
     Raises:
       ValueError: with a message that names the directory and what to do.
@@ -53,7 +58,7 @@ def check_new_run(path, *, resume: bool = False, overwrite: bool = False) -> Non
                          "pass one of them")
     if path.exists() and not path.is_dir():
         raise ValueError(f"output directory {path} is a file, not a directory: choose another "
-                         "--outdir")
+                         f"{flag}")
     if resume or not path.exists():
         return
     try:
@@ -63,18 +68,18 @@ def check_new_run(path, *, resume: bool = False, overwrite: bool = False) -> Non
     if not names:
         return
     if overwrite:
-        if not any((path / m).exists() for m in RUN_MARKERS):
+        if not any((path / m).exists() for m in markers):
             raise ValueError(
-                f"--overwrite deletes only run directories, and {path} holds no "
-                f"{', '.join(RUN_MARKERS)} but {len(names)} other entries ({_listing(names)}): "
-                "choose an empty or new --outdir")
+                f"--overwrite deletes only directories this script wrote, and {path} holds no "
+                f"{', '.join(markers)} but {len(names)} other entries ({_listing(names)}): "
+                f"choose an empty or new {flag}")
         return
     resumable = (path / "checkpoints").is_dir() and any(
         p.is_dir() and p.name.isdigit() for p in (path / "checkpoints").iterdir())
-    what = "pass --resume to continue it, " if resumable else ""
-    raise ValueError(f"output directory {path} already holds a run ({_listing(names)}): "
-                     f"{what}pass --overwrite to delete it and start a new run, or choose "
-                     "another --outdir")
+    again = "pass --resume to continue it, " if resumable else ""
+    fresh = "it and start a new run" if what == "a run" else "them first"
+    raise ValueError(f"output directory {path} already holds {what} ({_listing(names)}): "
+                     f"{again}pass --overwrite to delete {fresh}, or choose another {flag}")
 
 
 def clear_run(path) -> None:
@@ -101,9 +106,39 @@ class Run(NamedTuple):
     config: config_lib.TrainConfig
     model: nn.Module
     params: Any
-    data: data_lib.Dataset  # the dataset of the config, split as in training
+    data: data_lib.Dataset  # the dataset of the config, split as in training, in its own units
     summary: dict  # summary.json as written by the training script
     path: Path
+    standardization: standardize.Standardization | None = None  # the statistics the model
+    #   was trained with (standardize.FILE); None: the model reads the data as it is
+
+    def model_input(self, x):
+        """Data in its own units -> what the model reads (standardized when it was trained so)."""
+        return x if self.standardization is None else standardize.apply(self.standardization, x)
+
+    def data_output(self, u):
+        """Decoder means or samples of the model -> the data's own units."""
+        return u if self.standardization is None else standardize.invert(self.standardization, u)
+
+    @property
+    def nll_offset(self) -> float:
+        """sum_d log s_d: add it to an NLL (or -ELBO) of ``model_input(x)`` to get the NLL of x
+        in the data's units (0 without standardization)."""
+        return 0.0 if self.standardization is None else standardize.log_det(self.standardization)
+
+
+def load_standardization(path, config: config_lib.TrainConfig
+                         ) -> standardize.Standardization | None:
+    """The statistics of the run in directory ``path``, or None when its data is not
+    standardized: read when the config says ``feature`` (``auto``: when the file is there).
+
+    Raises:
+      ValueError: the run needs the file and it is missing or damaged.
+    """
+    file = Path(path) / standardize.FILE
+    if config.standardize == "feature" or (config.standardize == "auto" and file.exists()):
+        return standardize.load(file)
+    return None
 
 
 def config_from_dict(values: dict) -> config_lib.TrainConfig:
@@ -119,6 +154,10 @@ def config_from_dict(values: dict) -> config_lib.TrainConfig:
 
 def load_run(path) -> Run:
     """Loads ``summary.json`` and ``params.msgpack`` of a run directory and its dataset.
+
+    A run trained on standardized data also loads its statistics (``Run.standardization``):
+    pass the data through ``Run.model_input`` and the model's outputs through
+    ``Run.data_output``, and add ``Run.nll_offset`` to its NLLs.
 
     Raises:
       ValueError: the directory or one of its files is missing, or the parameters do not fit
@@ -146,4 +185,9 @@ def load_run(path) -> Run:
     if shapes != jax.tree.map(lambda a: a.shape, template):
         raise ValueError(f"{params_path} has parameter shapes that do not fit the model of "
                          f"{summary_path}")
-    return Run(config, model, params, data, summary, path)
+    stats = load_standardization(path, config)
+    if stats is not None and stats.mean.shape != tuple(data.example_shape):
+        raise ValueError(f"{path / standardize.FILE} holds statistics of shape "
+                         f"{stats.mean.shape}, but the run's examples have shape "
+                         f"{data.example_shape}")
+    return Run(config, model, params, data, summary, path, stats)

@@ -68,7 +68,7 @@ def make_lr_schedule(name: str, lr: float, total_steps: int = 0) -> optax.Scalar
       >>> from jaxvae.training import step
       >>> schedule = step.make_lr_schedule("iwae", 1e-3, total_steps=3280)
       >>> [float(f"{float(schedule(t)):.3g}") for t in (0, 1, 4, 3279)]
-      [0.001, 0.000719, 0.000518, 0.0001]
+      [0.001, 0.00072, 0.000518, 0.0001]
     """
     if name not in LR_SCHEDULES:
         raise ValueError(f"unknown learning-rate schedule {name!r}; choose one of "

@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 import time
-import types
 from pathlib import Path
 
 import jax
@@ -107,8 +106,8 @@ def run(args) -> dict:
 
     hooks = [hooks_lib.MetricsFile(metrics_path), hooks_lib.EveryEpoch(on_epoch),
              hooks_lib.TimeLimit(60 * args.max_minutes if args.max_minutes else None)]
-    config = types.SimpleNamespace(epochs=args.epochs, batch_size=args.batch_size,
-                                   eval_batch_size=500)
+    config = loop.LoopConfig(loop.RunConfig(epochs=args.epochs, seed=args.seed),
+                             train.OptimizerConfig(batch_size=args.batch_size, lr=args.lr))
     try:
         run = loop.train_run(config, {"x": data.x_train[unlabelled]}, None, loss_fn, tx, state,
                              keys, hooks=hooks, evaluate_params=test_accuracy, model=model)

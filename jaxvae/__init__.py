@@ -13,8 +13,14 @@ The package is laid out by concept; this module re-exports the public names:
                          repair, plots
 """
 
-# Configuration and input checks
+# Configuration (a TrainConfig of sections, each defined next to its concept) and input checks
 from jaxvae.config import TrainConfig, validate_config
+from jaxvae.data.datasets import DataConfig
+from jaxvae.evaluation.likelihood import EvalConfig
+from jaxvae.models.registry import ModelConfig
+from jaxvae.objectives.losses import ObjectiveConfig
+from jaxvae.training.loop import RunConfig
+from jaxvae.training.step import OptimizerConfig
 from jaxvae.validation import check_array, check_data, check_key
 
 # Distributions and likelihoods (pure math)
@@ -76,6 +82,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # configuration and input checks
+    "DataConfig", "EvalConfig", "ModelConfig", "ObjectiveConfig", "OptimizerConfig", "RunConfig",
     "TrainConfig", "check_array", "check_data", "check_key", "validate_config",
     # distributions and likelihoods
     "Mixture", "bernoulli_nll", "bits_per_dim", "discretized_logistic_log_prob", "gaussian_kl",

@@ -63,9 +63,9 @@ def _template_state():
     from jaxvae.models import mlp as models
     from jaxvae.models import registry
     from jaxvae.training import step as train
-    config = TrainConfig(hidden=(16,), latent_dim=2)
+    config = TrainConfig.from_flat(hidden=(16,), latent_dim=2)
     model, _ = registry.build(config, (64,))
-    tx = train.make_optimizer(config.lr)
+    tx = train.make_optimizer(config.optimizer.lr)
     return train.create_train_state(models.init(model, jax.random.key(0)), tx)
 
 

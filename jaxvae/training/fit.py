@@ -146,8 +146,8 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     run (``jax.distributed``), ``data.x_train`` is this process's block of the training set,
     training is data parallel over every process's devices and only process 0 writes.
 
-    With ``config.run.patience`` (early stopping), ``config.run.validation_fraction`` of the training
-    split is held out (stratified) and evaluated after each epoch (``val_loss``, ``val_recon``,
+    With ``config.run.patience`` (early stopping), ``config.run.validation_fraction`` of the
+    training split is held out (stratified) and evaluated after each epoch (``val_loss``, ``val_recon``,
     ``val_kl`` in the records); training stops after ``patience`` epochs without a lower
     ``val_loss``, and the returned state is the best epoch's (``FitResult.best_epoch``).
     Early stopping cannot be resumed yet (the best epoch's parameters are not checkpointed):

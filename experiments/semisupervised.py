@@ -26,6 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from tqdm import tqdm
 
 from experiments import cli
+from jaxvae import config as config_lib
 from jaxvae.data import datasets as data_lib
 from jaxvae.training import hooks as hooks_lib
 from jaxvae.training import loop
@@ -106,8 +107,9 @@ def run(args) -> dict:
 
     hooks = [hooks_lib.MetricsFile(metrics_path), hooks_lib.EveryEpoch(on_epoch),
              hooks_lib.TimeLimit(60 * args.max_minutes if args.max_minutes else None)]
-    config = loop.LoopConfig(loop.RunConfig(epochs=args.epochs, seed=args.seed),
-                             train.OptimizerConfig(batch_size=args.batch_size, lr=args.lr))
+    config = config_lib.LoopConfig(config_lib.RunConfig(epochs=args.epochs, seed=args.seed),
+                                   config_lib.OptimizerConfig(batch_size=args.batch_size,
+                                                              lr=args.lr))
     try:
         run = loop.train_run(config, {"x": data.x_train[unlabelled]}, None, loss_fn, tx, state,
                              keys, hooks=hooks, evaluate_params=test_accuracy, model=model)

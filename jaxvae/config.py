@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any
+from typing import Any, NamedTuple
 
 from jaxvae.data.datasets import DataConfig
 from jaxvae.evaluation.likelihood import EvalConfig
@@ -142,6 +142,15 @@ def _route(name: str) -> tuple[str, str]:
         raise TypeError(f"TrainConfig has no field {name!r}{hint}; the fields are "
                         f"{sorted(FLAT_FIELDS)}")
     return FLAT_FIELDS[name]
+
+
+class LoopConfig(NamedTuple):
+    """The sections of a ``TrainConfig`` that the training loop reads (``loop.train_run``), for
+    runs configured otherwise (the sequence VAE, M2)."""
+
+    run: RunConfig
+    optimizer: OptimizerConfig
+    evaluation: EvalConfig = EvalConfig()
 
 
 def validate_config(config: TrainConfig) -> None:

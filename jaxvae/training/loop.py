@@ -45,7 +45,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvae.evaluation.likelihood import EvalConfig
 from jaxvae.training import checkpoint as checkpoint_lib
 from jaxvae.training import placement
 from jaxvae.training import step as train
@@ -95,15 +94,6 @@ class RunConfig:
                 or not 0.0 < fraction < 1.0:
             raise ValueError(f"validation_fraction must be a number in (0, 1), got "
                              f"{fraction!r}")
-
-
-class LoopConfig(NamedTuple):
-    """The sections of a ``TrainConfig`` that ``train_run`` reads, for runs configured otherwise
-    (the sequence VAE, M2)."""
-
-    run: RunConfig
-    optimizer: train.OptimizerConfig
-    evaluation: EvalConfig = EvalConfig()
 
 
 class TrainingDiverged(RuntimeError):
@@ -216,7 +206,7 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn: train.LossFn, 
               stop_requested: Callable[[], int | None] | None = None) -> RunResult:
     """Trains ``state`` on ``train_data`` for ``config.run.epochs`` epochs; returns a ``RunResult``.
 
-    ``config`` is a ``jaxvae.TrainConfig`` or a ``LoopConfig`` of its ``run``, ``optimizer``
+    ``config`` is a ``jaxvae.TrainConfig`` or a ``config.LoopConfig`` of its ``run``, ``optimizer``
     and ``evaluation`` sections (the loop reads ``run``: epochs, checkpoint_every,
     keep_checkpoints, max_skipped_steps, num_devices; ``optimizer``: batch_size,
     microbatch_size; ``evaluation``: eval_batch_size); with ``checkpoint_dir`` it is a

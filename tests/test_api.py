@@ -1,6 +1,5 @@
 """The functional API: sample, reconstruct, interpolate, validation of inputs and configs."""
 
-import dataclasses
 
 import chex
 import jax

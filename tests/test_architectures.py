@@ -1,6 +1,5 @@
 """Architectures: conv VAE, VQ-VAE, ladder VAE, planar-flow posterior."""
 
-import dataclasses
 
 import chex
 import jax

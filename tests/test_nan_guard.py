@@ -1,7 +1,6 @@
 """The NaN guard: non-finite steps are skipped exactly, finite ones are bitwise unchanged, runs
 that keep diverging stop with the step and the last finite loss; clipping by global norm."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp

@@ -1,6 +1,5 @@
 """Objectives, priors and likelihoods: KL schedules, free bits, priors, likelihoods, IWAE, the conditional VAE."""
 
-import dataclasses
 import math
 
 import jax

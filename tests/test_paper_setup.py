@@ -1,6 +1,5 @@
 """The IWAE paper's setup (Burda et al. 2016): tanh MLPs, its learning-rate schedule, Adam's eps."""
 
-import dataclasses
 import math
 
 import jax

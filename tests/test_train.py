@@ -1,6 +1,5 @@
 """Training: determinism, no recompilation, the scan epoch and the data-parallel forms agree."""
 
-import dataclasses
 
 import chex
 import jax

@@ -2,7 +2,6 @@
 ValueError/TypeError or give a correct finite result; never an XLA crash or a silent NaN."""
 
 import collections
-import dataclasses
 
 import jax
 import numpy as np

@@ -25,7 +25,6 @@ from jaxvae.models import conv
 from jaxvae.models import flow as flows
 from jaxvae.models import ladder
 from jaxvae.objectives import losses
-from jaxvae.training import step as train
 from jaxvae.models import vq as vqvae
 from jaxvae.models import builders
 from jaxvae.models import mlp

@@ -206,8 +206,8 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn: train.LossFn, 
               stop_requested: Callable[[], int | None] | None = None) -> RunResult:
     """Trains ``state`` on ``train_data`` for ``config.run.epochs`` epochs; returns a ``RunResult``.
 
-    ``config`` is a ``jaxvae.TrainConfig`` or a ``config.LoopConfig`` of its ``run``, ``optimizer``
-    and ``evaluation`` sections (the loop reads ``run``: epochs, checkpoint_every,
+    ``config`` is a ``jaxvae.TrainConfig`` or a ``jaxvae.config.LoopConfig`` of its ``run``,
+    ``optimizer`` and ``evaluation`` sections (the loop reads ``run``: epochs, checkpoint_every,
     keep_checkpoints, max_skipped_steps, num_devices; ``optimizer``: batch_size,
     microbatch_size; ``evaluation``: eval_batch_size); with ``checkpoint_dir`` it is a
     ``TrainConfig``, saved with each checkpoint. ``keys`` is a NamedTuple with ``train``,

@@ -83,11 +83,11 @@ class RunConfig:
         if not -2**63 <= self.seed < 2**63:  # jax.random.key takes a 64-bit integer
             raise ValueError(f"seed must fit in 64 bits (-2**63 <= seed < 2**63), got "
                              f"{self.seed}")
-        for name, low, meaning in (("patience", 0, "off"), ("num_devices", 1, "all local devices")):
+        for name, low, meaning in (("patience", 0, ""), ("num_devices", 1, " (all local devices)")):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < low):
-                raise ValueError(f"{name} must be None ({meaning}) or an int >= {low}, got "
+                raise ValueError(f"{name} must be None{meaning} or an int >= {low}, got "
                                  f"{value!r}")
         fraction = self.validation_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \

@@ -33,10 +33,10 @@ def main(argv=None) -> None:
     p.add_argument("--hidden", type=int, nargs="+", default=[400])
     p.add_argument("--latent-dim", type=int, default=20)
     args = p.parse_args(argv)
-    config = TrainConfig(hidden=tuple(args.hidden), latent_dim=args.latent_dim)
+    config = TrainConfig.from_flat(hidden=tuple(args.hidden), latent_dim=args.latent_dim)
     model, _ = registry.build(config, (784,))
     state = train.create_train_state(models.init(model, jax.random.key(0)),
-                                     train.make_optimizer(config.lr))
+                                     config.optimizer.make())
     keys = trainer.run_keys(0)._asdict()
     config_json = checkpoint.config_dict(config)
     loop = {"epoch": 1, "position": 0, "history": []}

@@ -29,7 +29,7 @@ from benchmarks import torch_reference as ref
 
 def independent(data: jaxvae.Dataset, seed: int, epochs: int) -> tuple[float, float]:
     """Final test loss (nats/example) of jaxvae and of torch, each seeded with ``seed``."""
-    jax_loss = jaxvae.fit(jaxvae.TrainConfig(seed=seed, epochs=epochs), data).history[-1]
+    jax_loss = jaxvae.fit(jaxvae.TrainConfig.from_flat(seed=seed, epochs=epochs), data).history[-1]
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     x_train, x_test = torch.from_numpy(data.x_train), torch.from_numpy(data.x_test)

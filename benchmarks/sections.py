@@ -151,7 +151,7 @@ def fit_section(s, jax, torch, backend, devices, data, notes) -> list[dict]:
 
     log(f"fit: {epochs} mnist5k epochs ({len(data.x_train)} examples) at batch 128, jaxvae.fit "
         "and the torch epoch alternating")
-    config = jaxvae.TrainConfig(epochs=epochs, batch_size=128)
+    config = jaxvae.TrainConfig.from_flat(epochs=epochs, batch_size=128)
     result = trainer.fit(config, data, on_epoch=on_epoch)
     n = len(data.x_train)
     from benchmarks.harness import Runner, Timing, mlp_train_flops

@@ -77,7 +77,7 @@ def run(args, given: frozenset[str] | None = None) -> dict:
     labels = np.unique(data.y_test)
     if args.holdout_class not in labels:
         raise ValueError(f"--holdout-class {args.holdout_class} is not a label of "
-                         f"{config.dataset} (labels {labels.tolist()})")
+                         f"{config.data.dataset} (labels {labels.tolist()})")
     normal = without_class(data, args.holdout_class)
     config = train_script.sized_for_data(config, normal, given)
     # Refuse a score the model does not define before training it.
@@ -88,7 +88,7 @@ def run(args, given: frozenset[str] | None = None) -> dict:
 
     metrics_path = out / "metrics.jsonl"
     metrics_path.write_text("")
-    bar = tqdm(total=config.epochs, desc="epochs", unit="epoch", disable=args.quiet,
+    bar = tqdm(total=config.run.epochs, desc="epochs", unit="epoch", disable=args.quiet,
                file=sys.stderr)
 
     def on_epoch(record: dict) -> None:
@@ -100,8 +100,8 @@ def run(args, given: frozenset[str] | None = None) -> dict:
     logger = None
     if args.tensorboard:
         from jaxvae.training import tensorboard as tracking
-        logger = tracking.TensorBoardLogger(out / "tensorboard", config.likelihood,
-                                            examples=normal.x_test[:8], seed=config.seed,
+        logger = tracking.TensorBoardLogger(out / "tensorboard", config.model.likelihood,
+                                            examples=normal.x_test[:8], seed=config.run.seed,
                                             labels=normal.y_test[:8])
     try:
         result = trainer.fit(config, normal, on_epoch=on_epoch,
@@ -117,7 +117,7 @@ def run(args, given: frozenset[str] | None = None) -> dict:
     x_test = data.x_test if stats is None else standardize.apply(stats, data.x_test)
     test_batch = {"x": x_test, "y": np.asarray(data.y_test, np.int32)}
     scores = np.asarray(evaluate.anomaly_score(
-        result.model, result.state.params, test_batch, jax.random.key(config.seed + 2),
+        result.model, result.state.params, test_batch, jax.random.key(config.run.seed + 2),
         args.score_samples, score=args.score))
     if stats is not None:  # -log p(x) in the data's units
         scores = scores + standardize.log_det(stats)
@@ -131,7 +131,7 @@ def run(args, given: frozenset[str] | None = None) -> dict:
         "holdout_class": args.holdout_class,
         "score": args.score,
         "num_samples": args.score_samples,
-        "dataset": config.dataset,
+        "dataset": config.data.dataset,
         "test_normal": int((~is_anomaly).sum()),
         "test_anomalous": int(is_anomaly.sum()),
         "mean_score_normal": float(scores[~is_anomaly].mean()),

@@ -94,8 +94,9 @@ def run(args) -> dict:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.real_per_class < 0:
         raise ValueError(f"--real-per-class must be >= 0, got {args.real_per_class}")
-    config = TrainConfig(dataset=args.dataset, model="cvae", epochs=args.epochs,
-                         latent_dim=args.latent_dim, hidden=tuple(args.hidden), seed=args.seed)
+    config = TrainConfig.from_flat(dataset=args.dataset, model="cvae", epochs=args.epochs,
+                                   latent_dim=args.latent_dim, hidden=tuple(args.hidden),
+                                   seed=args.seed)
     jaxvae.validate_config(config)
     runs.check_new_run(args.outdir, overwrite=args.overwrite,
                        markers=("augment.json", "synthetic_samples.png"), what="results")
@@ -105,10 +106,10 @@ def run(args) -> dict:
     outdir = train_script.prepare_outdir(args.outdir, overwrite=args.overwrite)
     if args.real_per_class:
         data = subsample_per_class(data, args.real_per_class, args.seed)
-    config = TrainConfig(**{**config.to_dict(), "num_classes": int(data.y_train.max()) + 1})
+    config = config.replace(num_classes=int(data.y_train.max()) + 1)
 
     start = time.perf_counter()
-    bar = tqdm(total=config.epochs, desc="cvae epochs", unit="epoch", disable=args.quiet,
+    bar = tqdm(total=config.run.epochs, desc="cvae epochs", unit="epoch", disable=args.quiet,
                file=sys.stderr)
     try:
         result = trainer.fit(config, data, on_epoch=lambda record: bar.update(1))
@@ -116,11 +117,11 @@ def run(args) -> dict:
         bar.close()
     cvae_seconds = time.perf_counter() - start
 
-    labels = np.repeat(np.arange(config.num_classes), args.per_class)
+    labels = np.repeat(np.arange(config.model.num_classes), args.per_class)
     out = conditional.generate(result.model, result.state.params,
                                jax.random.key(args.seed + 1), labels)
-    synthetic = np.asarray(objectives.likelihood_mean(config.likelihood, out), np.float32)
-    shown = np.concatenate([synthetic[labels == c][:10] for c in range(config.num_classes)])
+    synthetic = np.asarray(objectives.likelihood_mean(config.model.likelihood, out), np.float32)
+    shown = np.concatenate([synthetic[labels == c][:10] for c in range(config.model.num_classes)])
     plots.save_image_grid(outdir / "synthetic_samples.png", shown, 10,
                           "CVAE samples, one row per class")
 

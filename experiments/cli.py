@@ -19,7 +19,9 @@ The mapping, by field type: ``int``, ``float``, ``str`` take one value; ``X | No
 switch (``--flag`` when the default is False, ``--flag / --no-flag`` otherwise);
 ``typing.Literal[...]`` restricts the values to its choices. A field whose type is itself a
 dataclass is a section: its fields become flags too, under their own (flat) names, grouped in
-``--help`` under the section's name.
+``--help`` under the section's name and the first line of its docstring. A field's flat name is
+its name, or ``metadata["flat_name"]`` where the section sets one (``jaxvae.ModelConfig.name``
+is ``--model``).
 
 The help text is the comment after the field; comment lines right below it that start with
 ``#`` and at least two more spaces continue it.
@@ -55,6 +57,11 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
+def flat_name(field: dataclasses.Field) -> str:
+    """The flag's (and the namespace's) name of a dataclass field."""
+    return field.metadata.get("flat_name", field.name)
+
+
 def field_comments(cls: type) -> dict[str, str]:
     """The comment after each field of the class ``cls`` (with its continuation lines), by name.
 
@@ -87,6 +94,14 @@ def field_comments(cls: type) -> dict[str, str]:
 
 def _section_type(tp) -> type | None:
     return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
+
+
+def _summary(cls: type) -> str:
+    """The first paragraph of the class's own docstring ("" for dataclasses without one)."""
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    if doc.startswith(f"{cls.__name__}("):  # the signature dataclasses write in its place
+        return ""
+    return " ".join(doc.split("\n\n")[0].split())
 
 
 def _strip_optional(tp):
@@ -135,7 +150,7 @@ def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
     Args:
       parser: the parser (or argument group) that receives the flags.
       config_cls: a dataclass whose every field has a default.
-      choices: allowed values of some fields, by field name, where another module defines
+      choices: allowed values of some fields, by flat name, where another module defines
         them (a registry of models, say) rather than the field's type.
     """
     unused = dict(choices or {})
@@ -150,7 +165,8 @@ def _add_fields(parser, config_cls: type, choices: dict) -> None:
     for field in dataclasses.fields(config_cls):
         section = _section_type(hints[field.name])
         if section is not None:
-            group = parser.add_argument_group(field.name) \
+            doc = _summary(section)
+            group = parser.add_argument_group(field.name, doc or None) \
                 if isinstance(parser, argparse.ArgumentParser) else parser
             _add_fields(group, section, choices)
             continue
@@ -161,14 +177,15 @@ def _add_fields(parser, config_cls: type, choices: dict) -> None:
         else:
             raise TypeError(f"field {field.name} of {config_cls.__name__} needs a default to "
                             "become a flag")
-        kwargs = _argparse_kwargs(field.name, hints[field.name], default)
-        if field.name in choices:
-            kwargs["choices"] = list(choices.pop(field.name))
+        name = flat_name(field)
+        kwargs = _argparse_kwargs(name, hints[field.name], default)
+        if name in choices:
+            kwargs["choices"] = list(choices.pop(name))
         text = comments.get(field.name, "")
         if default is not None and not isinstance(default, bool):
             text = f"{text} (default: {_default_text(default)})".strip()
         kwargs["help"] = text.replace("%", "%%")
-        parser.add_argument(flag_name(field.name), dest=field.name, **kwargs)
+        parser.add_argument(flag_name(name), dest=name, **kwargs)
 
 
 def config_from_flags(args: argparse.Namespace, config_cls: type):
@@ -180,7 +197,7 @@ def config_from_flags(args: argparse.Namespace, config_cls: type):
         if section is not None:
             values[field.name] = config_from_flags(args, section)
             continue
-        value = getattr(args, field.name)
+        value = getattr(args, flat_name(field))
         if isinstance(value, list):
             value = tuple(value)
         values[field.name] = value

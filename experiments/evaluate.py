@@ -96,13 +96,13 @@ def run(args: argparse.Namespace) -> dict:
     y = loaded.data.y_test if args.split == "test" else loaded.data.y_train
     # The data the run was scored on: binarized / dequantized once, with the run's own key, as
     # the training loop does for its held-out splits (the whole split first, then the slice).
-    x = preprocessing.fixed_transform(config.binarize, config.dequantize,
-                                      preprocessing.data_key(config.seed), np.asarray(x),
+    x = preprocessing.fixed_transform(config.data.binarize, config.data.dequantize,
+                                      preprocessing.data_key(config.run.seed), np.asarray(x),
                                       1 if args.split == "test" else 2)
     x = x[:args.max_examples]
     batch = {"x": loaded.model_input(x), "y": np.asarray(y[:args.max_examples], np.int32)}
     ll_key, elbo_key = jax.random.split(jax.random.key(args.seed))
-    print(f"evaluating {len(x)} {args.split} examples of {config.dataset} with "
+    print(f"evaluating {len(x)} {args.split} examples of {config.data.dataset} with "
           f"K = {args.num_samples} importance samples", file=sys.stderr)
     start = time.perf_counter()
     log_px = np.asarray(evaluate.log_likelihood(
@@ -125,14 +125,14 @@ def run(args: argparse.Namespace) -> dict:
         "gap": -mean_elbo - neg_ll,  # -ELBO - NLL >= 0: what the K samples gain over the ELBO
         "num_samples": args.num_samples,
         "elbo_samples": args.elbo_samples,
-        "dataset": config.dataset,
+        "dataset": config.data.dataset,
         "split": args.split,
         "examples": int(len(x)),
-        "model": config.model,
-        "prior": config.prior,
-        "likelihood": config.likelihood,
-        "binarize": config.binarize,
-        "dequantize": config.dequantize,
+        "model": config.model.name,
+        "prior": config.model.prior,
+        "likelihood": config.model.likelihood,
+        "binarize": config.data.binarize,
+        "dequantize": config.data.dequantize,
         # the model read (x - mean) / std per feature; nll and elbo are in x's units
         "standardized": loaded.standardization is not None,
         "seed": args.seed,

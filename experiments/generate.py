@@ -11,7 +11,6 @@ it, or into --out.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import io
 import json
 import sys
@@ -44,10 +43,7 @@ def load_run(run_dir: str, check=None):
     for name in ("summary.json", "params.msgpack"):
         if not (run / name).is_file():
             raise ValueError(f"{run} has no {name}: pass the --outdir of an experiments/train.py run")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    saved = json.loads((run / "summary.json").read_text())["config"]
-    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields}
-    config = TrainConfig(**saved)
+    config = TrainConfig.from_dict(json.loads((run / "summary.json").read_text())["config"])
     data = data_lib.load_for(config)
     model = registry.build(builders.prepare(config, data), data.example_shape).model
     if check is not None:
@@ -79,7 +75,7 @@ def run(args: argparse.Namespace) -> None:
 
     def conditional_only(config, model):
         if not isinstance(model, conditional.CVAE):
-            raise ValueError(f"{args.run_dir} holds a --model {config.model} run; per-class "
+            raise ValueError(f"{args.run_dir} holds a --model {config.model.name} run; per-class "
                              "samples need a conditional model (--model cvae)")
 
     config, model, params, _ = load_run(args.run_dir, conditional_only)

@@ -43,7 +43,6 @@ from jaxvae.training import fit as trainer
 from jaxvae.training import runs
 from jaxvae.data import datasets as data_lib
 from jaxvae.data import standardize
-from jaxvae.config import TrainConfig
 
 SETTINGS = ("imbalanced", "oversampled", "cvae", "full")
 
@@ -135,17 +134,17 @@ def run(args) -> dict:
         train_script.check_data_outside(config, args.outdir)
     full = data_lib.load_for(config)
     if (full.y_train < 0).any() or (full.y_test < 0).any():
-        raise ValueError(f"{config.dataset} has no labels; the study needs a labelled dataset")
+        raise ValueError(f"{config.data.dataset} has no labels; the study needs a labelled dataset")
     if args.rare_class not in np.unique(full.y_test):
-        raise ValueError(f"--rare-class {args.rare_class} is not a label of {config.dataset} "
+        raise ValueError(f"--rare-class {args.rare_class} is not a label of {config.data.dataset} "
                          f"(labels {np.unique(full.y_test).tolist()})")
     data = reduce_class(full, args.rare_class, args.rare_fraction, args.seed)
-    config = TrainConfig(**{**config.to_dict(), "num_classes": int(full.y_train.max()) + 1})
+    config = config.replace(num_classes=int(full.y_train.max()) + 1)
     trainer.check_run(config, data)
     out = train_script.prepare_outdir(args.outdir, overwrite=args.overwrite)
 
     start = time.perf_counter()
-    bar = tqdm(total=config.epochs, desc="cvae epochs", unit="epoch", disable=args.quiet,
+    bar = tqdm(total=config.run.epochs, desc="cvae epochs", unit="epoch", disable=args.quiet,
                file=sys.stderr)
     try:
         result = trainer.fit(config, data, on_epoch=lambda record: bar.update(1))
@@ -160,7 +159,7 @@ def run(args) -> dict:
         labels = np.full(n_generate, args.rare_class, np.int32)
         outputs = conditional.generate(result.model, result.state.params,
                                        jax.random.key(args.seed + 1), labels)
-        generated = np.asarray(objectives.likelihood_mean(config.likelihood, outputs),
+        generated = np.asarray(objectives.likelihood_mean(config.model.likelihood, outputs),
                                np.float32).reshape((n_generate,) + data.x_train.shape[1:])
         if result.standardization is not None:  # back in the data's units
             generated = standardize.invert(result.standardization, generated)

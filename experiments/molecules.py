@@ -95,7 +95,7 @@ def run(args) -> dict:
     test_smiles = [s for s in test_all if set(vocab.tokenize(s)) <= known]
 
     outdir = seqlib.prepare_outdir(args.outdir, overwrite=args.overwrite)
-    on_epoch, bar = seqlib.progress(config.epochs, args.quiet, outdir / "metrics.jsonl")
+    on_epoch, bar = seqlib.progress(config.run.epochs, args.quiet, outdir / "metrics.jsonl")
     start = time.perf_counter()
     try:
         fit = fit_sequences(config, vocab, train_smiles, test_smiles, on_epoch)

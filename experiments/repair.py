@@ -80,9 +80,9 @@ def load_or_train(args, data: data_lib.Dataset):
                              f"experiment needs 28x28 digits ({data.x_test.shape[1]} values): "
                              "train on mnist5k or mnist")
         return loaded.model, loaded.params, {"run_dir": str(args.run_dir),
-                                             "model": loaded.config.model}, loaded
+                                             "model": loaded.config.model.name}, loaded
     model = jaxvae.reference_vae()
-    config = TrainConfig(epochs=args.epochs, seed=args.seed)
+    config = TrainConfig.from_flat(epochs=args.epochs, seed=args.seed)
     result = trainer.fit(config, data)
     return model, result.state.params, {"trained_here": config.to_dict(),
                                         "test_loss": result.history[-1]["test_loss"]}, None

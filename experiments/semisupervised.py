@@ -23,7 +23,6 @@ import argparse
 import json
 import sys
 import time
-import types
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +34,7 @@ from tqdm import tqdm
 from experiments import cli
 from experiments import train as train_script
 from jaxvae.training import runs
+from jaxvae import config as config_lib
 from jaxvae.data import datasets as data_lib
 from jaxvae.evaluation import likelihood
 from jaxvae.models import m2 as m2_lib
@@ -149,8 +149,9 @@ def run(args) -> dict:
 
     hooks = [hooks_lib.MetricsFile(metrics_path), hooks_lib.EveryEpoch(on_epoch),
              hooks_lib.TimeLimit(60 * args.max_minutes if args.max_minutes else None)]
-    config = types.SimpleNamespace(epochs=args.epochs, batch_size=args.batch_size,
-                                   eval_batch_size=500)
+    config = config_lib.LoopConfig(config_lib.RunConfig(epochs=args.epochs, seed=args.seed),
+                                   config_lib.OptimizerConfig(batch_size=args.batch_size,
+                                                              lr=args.lr))
     try:
         run = loop.train_run(config, {"x": data.x_train[unlabelled]}, {"x": data.x_test},
                              loss_fn, tx, state, keys, hooks=hooks, eval_loss_fn=eval_loss_fn,

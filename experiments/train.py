@@ -8,7 +8,8 @@ device, versions), reconstructions.png, samples.png, loss_curves.png, params.msg
 --checkpoint-every the Orbax checkpoints in checkpoints/ (continue a run with --resume).
 A run directory holds one run: a new run into a non-empty --outdir is refused (--resume continues
 the run in it, --overwrite deletes it first), and nothing is written before every check passed.
-Every field of jaxvae.TrainConfig is a flag of the same name.
+Every field of the sections of jaxvae.TrainConfig is a flag of the same name, grouped in --help by
+section (data, model, objective, optimizer, run, evaluation).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from jaxvae.training import fit as trainer
 from jaxvae.training import files
 from jaxvae.training import runs
 from jaxvae.data import datasets as data_lib
-from jaxvae.config import FEEDS, TrainConfig, data_defaults, data_defaults_line
+from jaxvae.config import TrainConfig, data_defaults, data_defaults_line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +75,7 @@ class RunOptions:
 def config_choices() -> dict[str, list[str]]:
     """The allowed values of the TrainConfig fields that name a registered component."""
     return {"model": sorted(registry.MODELS), "likelihood": sorted(objectives.LIKELIHOODS),
-            "binarize": list(preprocessing.BINARIZE), "feed": list(FEEDS),
+            "binarize": list(preprocessing.BINARIZE), "feed": list(data_lib.FEEDS),
             "standardize": list(standardize.MODES),
             "kl_schedule": list(schedules.KL_SCHEDULES), "prior": list(priors.PRIORS)}
 
@@ -82,7 +83,7 @@ def config_choices() -> dict[str, list[str]]:
 def add_flags(p: argparse.ArgumentParser) -> None:
     """The flags of a training run: every TrainConfig field, then the RunOptions."""
     cli.add_config_flags(p, TrainConfig, choices=config_choices())
-    cli.add_config_flags(p, RunOptions)
+    cli.add_config_flags(p.add_argument_group("script", RunOptions.__doc__), RunOptions)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,7 +117,7 @@ def prepare_outdir(path: str, overwrite: bool = False) -> Path:
 
 def check_data_outside(config: TrainConfig, outdir: str) -> None:
     """Refuses --overwrite when the data (--dataset file, --data-dir) lies inside --outdir."""
-    for flag, value in (("--dataset", config.dataset), ("--data-dir", config.data_dir)):
+    for flag, value in (("--dataset", config.data.dataset), ("--data-dir", config.data.data_dir)):
         cli.check_outside(value, flag, outdir)
 
 
@@ -139,21 +140,21 @@ def write_outputs(outdir: Path, config: TrainConfig, data: data_lib.Dataset,
     the standardization that ``auto`` chose.
     """
     model, params, stats = result.model, result.state.params, result.standardization
-    key = jax.random.key(config.seed + 1)
+    key = jax.random.key(config.run.seed + 1)
     recon_key, sample_key = jax.random.split(key)
     written = []
     x = data.x_test[:10]
     labels = data.y_test[:10] if getattr(model, "num_classes", 0) else None  # cvae
     x_model = x if stats is None else standardize.apply(stats, x)
     out = models.reconstruct(model, params, x_model, recon_key, labels=labels)
-    mean = np.asarray(objectives.likelihood_mean(config.likelihood, out))
+    mean = np.asarray(objectives.likelihood_mean(config.model.likelihood, out))
     samples = np.asarray(objectives.likelihood_mean(
-        config.likelihood, models.sample(model, params, sample_key, 64)))
+        config.model.likelihood, models.sample(model, params, sample_key, 64)))
     if stats is not None:
         mean, samples = standardize.invert(stats, mean), standardize.invert(stats, samples)
         standardize.save(outdir / standardize.FILE, stats)
         written.append(outdir / standardize.FILE)
-    config = dataclasses.replace(config, standardize="none" if stats is None else "feature")
+    config = config.replace(standardize="none" if stats is None else "feature")
     for path, fn in (
             (outdir / "reconstructions.png",
              lambda p: plots.save_reconstructions(p, x, mean, "Test inputs (top), reconstructions (bottom)")),
@@ -168,10 +169,10 @@ def write_outputs(outdir: Path, config: TrainConfig, data: data_lib.Dataset,
                        serialization.to_bytes(jax.device_get(params)))
     written.append(outdir / "params.msgpack")
     num_validation = (early_stopping.validation_count(len(data.x_train),
-                                                      config.validation_fraction)
-                      if config.patience else 0)
+                                                      config.run.validation_fraction)
+                      if config.run.patience else 0)
     summary = {"config": config.to_dict(), "final": trainer.final_record(result),
-               "data": {"name": config.dataset,
+               "data": {"name": config.data.dataset,
                         "num_train": int(len(data.x_train)) - num_validation,
                         "num_validation": num_validation, "num_test": int(len(data.x_test))},
                "best_epoch": result.best_epoch, "epochs_run": len(result.history),
@@ -202,7 +203,7 @@ def with_validation_size(config: TrainConfig, size: int, num_train: int) -> Trai
     if isinstance(size, bool) or not isinstance(size, int) or not 0 < size < num_train:
         raise ValueError(f"validation size must be an int in [1, {num_train - 1}] (the "
                          f"training split holds {num_train} examples), got {size!r}")
-    return dataclasses.replace(config, validation_fraction=size / num_train)
+    return config.replace(validation_fraction=size / num_train)
 
 
 def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool = False,
@@ -216,7 +217,7 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
     model): a run that fails them leaves ``outdir`` as it was. A new run needs a missing or
     empty ``outdir``; ``resume`` continues the run in it, ``overwrite`` deletes it first.
 
-    ``validation_size`` (with ``config.patience``) holds out exactly that many training
+    ``validation_size`` (with ``config.run.patience``) holds out exactly that many training
     examples: it sets ``validation_fraction`` to validation_size / N once the data is loaded.
 
     ``distributed = (coordinator, num_processes, process_id)`` starts jax.distributed first;
@@ -229,10 +230,11 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
     Python API): the config is used as it is.
     """
     jaxvae.validate_config(config)
-    if validation_size is not None and not config.patience:
+    if validation_size is not None and not config.run.patience:
         raise ValueError("--validation-size sets the early-stopping validation set: pass "
                          "--patience too")
-    if validation_size is not None and config.validation_fraction != TrainConfig.validation_fraction:
+    if validation_size is not None and \
+            config.run.validation_fraction != jaxvae.RunConfig.validation_fraction:
         raise ValueError("--validation-size and --validation-fraction both set the validation "
                          "set: pass one of them")
     runs.check_new_run(outdir, resume=resume, overwrite=overwrite)  # reads only
@@ -243,7 +245,7 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
         multihost.initialize(*distributed)  # checks the flags first
         lead = jax.process_index() == 0
     checkpoint_dir = None
-    if config.checkpoint_every is not None or resume:
+    if config.run.checkpoint_every is not None or resume:
         checkpoint_dir = Path(outdir) / "checkpoints"
         if resume and not checkpoint.saved_steps(checkpoint_dir):
             raise ValueError(f"--resume: no checkpoint in {checkpoint_dir} to continue from; run "
@@ -260,14 +262,16 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
     stats = None
     if distributed is not None:
         # every process standardizes with the statistics of the whole training set
-        if standardize.resolve(config.standardize, config.dataset, config.likelihood,
-                               data.x_train, config.binarize, config.dequantize) == "feature":
+        data_config = config.data
+        if standardize.resolve(data_config.standardize, data_config.dataset,
+                               config.model.likelihood, data.x_train, data_config.binarize,
+                               data_config.dequantize) == "feature":
             stats = standardize.fit(data.x_train)
         idx = data_lib.process_shard(len(data.x_train), jax.process_index(), jax.process_count())
         data = data._replace(x_train=data.x_train[idx], y_train=data.y_train[idx])
     metrics_path = out / "metrics.jsonl"
     metrics = hooks.MetricsFile(metrics_path, fresh=not resume) if lead else None
-    bar = tqdm(total=config.epochs, desc="epochs", unit="epoch", disable=quiet or not lead,
+    bar = tqdm(total=config.run.epochs, desc="epochs", unit="epoch", disable=quiet or not lead,
                file=sys.stderr)
 
     def on_epoch(record: dict) -> None:
@@ -283,8 +287,8 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
     logger = None
     if tensorboard and lead:
         from jaxvae.training import tensorboard as tracking
-        logger = tracking.TensorBoardLogger(out / "tensorboard", config.likelihood,
-                                            examples=data.x_test[:8], seed=config.seed,
+        logger = tracking.TensorBoardLogger(out / "tensorboard", config.model.likelihood,
+                                            examples=data.x_test[:8], seed=config.run.seed,
                                             labels=data.y_test[:8])
     run_hooks = [h for h in (metrics, hooks.EveryEpoch(on_epoch), logger) if h is not None]
     try:

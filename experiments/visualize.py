@@ -71,7 +71,7 @@ def _pairs(y: np.ndarray, count: int) -> list[tuple[int, int]]:
 def _prior_title(model, config) -> str:
     if hasattr(model, "sample_title"):
         return model.sample_title
-    if config.model == "ladder":
+    if config.model.name == "ladder":
         return "Ancestral samples of the ladder VAE's top-down prior"
     prior = getattr(model, "prior_name", "standard")
     names = {"standard": "N(0, I)", "diagonal": "a learned diagonal Gaussian",
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> list[str]:
         history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
         written.append(plots.save_loss_panels(
             outdir / "loss_curves.png", history, loaded.summary.get("best_epoch"),
-            f"{config.model} VAE on {config.dataset}, beta {config.beta:g}"))
+            f"{config.model.name} VAE on {config.data.dataset}, beta {config.objective.beta:g}"))
     else:
         skipped.append(f"loss curves ({metrics_path} not found)")
 

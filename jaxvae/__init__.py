@@ -13,8 +13,14 @@ The package is laid out by concept; this module re-exports the public names:
                          repair, plots
 """
 
-# Configuration
+# Configuration (a TrainConfig of sections, each defined next to its concept)
 from jaxvae.config import TrainConfig, data_defaults, validate_config
+from jaxvae.data.datasets import DataConfig
+from jaxvae.evaluation.likelihood import EvalConfig
+from jaxvae.models.registry import ModelConfig
+from jaxvae.objectives.losses import ObjectiveConfig
+from jaxvae.training.loop import RunConfig
+from jaxvae.training.step import OptimizerConfig
 
 # Distributions and likelihoods (pure math)
 from jaxvae.distributions import bernoulli_nll, gaussian_kl, gaussian_nll, reparameterize
@@ -59,6 +65,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # configuration
+    "DataConfig", "EvalConfig", "ModelConfig", "ObjectiveConfig", "OptimizerConfig", "RunConfig",
     "TrainConfig", "data_defaults", "validate_config",
     # distributions and likelihoods
     "bernoulli_nll", "gaussian_kl", "gaussian_nll", "reparameterize",

@@ -1,6 +1,5 @@
 """The functional API: sample, reconstruct, interpolate, validation of inputs and configs."""
 
-import dataclasses
 
 import chex
 import jax
@@ -123,14 +122,14 @@ def test_check_data_names_the_problem(x, error, match):
 ])
 def test_validate_config_names_the_field(change, error, match):
     with pytest.raises(error, match=match):
-        jaxvae.validate_config(dataclasses.replace(jaxvae.TrainConfig(), **change))
+        jaxvae.validate_config(jaxvae.TrainConfig().replace(**change))
 
 
 def test_fit_rejects_a_batch_larger_than_the_data_before_training():
     rng = np.random.default_rng(0)
     data = jaxvae.Dataset(rng.uniform(size=(10, 4)).astype(np.float32), np.zeros(10, np.int32),
                           rng.uniform(size=(5, 4)).astype(np.float32), np.zeros(5, np.int32))
-    config = jaxvae.TrainConfig(batch_size=11, epochs=1, hidden=(4,), latent_dim=2)
+    config = jaxvae.TrainConfig.from_flat(batch_size=11, epochs=1, hidden=(4,), latent_dim=2)
     with pytest.raises(ValueError, match="batch size 11 is larger than the training set"):
         trainer.fit(config, data)
 
@@ -140,7 +139,7 @@ def test_fit_rejects_nan_in_the_data_before_training():
     x[3, 2] = np.nan
     data = jaxvae.Dataset(x, np.zeros(10, np.int32), x[:5], np.zeros(5, np.int32))
     with pytest.raises(ValueError, match=r"training data contains NaN or Inf.*index \(3, 2\)"):
-        trainer.fit(jaxvae.TrainConfig(batch_size=4, epochs=1), data)
+        trainer.fit(jaxvae.TrainConfig.from_flat(batch_size=4, epochs=1), data)
 
 
 def test_public_api_is_exported():
@@ -153,11 +152,11 @@ def test_fit_with_microbatches_trains_and_checks_the_divisor():
     x = patterns[np.random.default_rng(0).integers(2, size=40)]  # learnable: two patterns
     data = jaxvae.Dataset(x, np.zeros(40, np.int32), x[:8], np.zeros(8, np.int32))
     base = dict(hidden=(8,), latent_dim=2, batch_size=16, epochs=10, lr=3e-2)
-    result = trainer.fit(jaxvae.TrainConfig(microbatch_size=8, **base), data)
+    result = trainer.fit(jaxvae.TrainConfig.from_flat(microbatch_size=8, **base), data)
     assert len(result.history) == 10
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] - 0.2
     assert int(result.state.step) == 30  # 2 full (split) batches and 1 of 8 per epoch
     with pytest.raises(ValueError, match="microbatch_size 6 does not divide the batch size 16"):
-        trainer.fit(jaxvae.TrainConfig(microbatch_size=6, **base), data)
+        trainer.fit(jaxvae.TrainConfig.from_flat(microbatch_size=6, **base), data)
     with pytest.raises(ValueError, match="--feed device, one process"):
-        trainer.fit(jaxvae.TrainConfig(microbatch_size=8, feed="stream", **base), data)
+        trainer.fit(jaxvae.TrainConfig.from_flat(microbatch_size=8, feed="stream", **base), data)

@@ -1,6 +1,5 @@
 """Architectures: conv VAE, VQ-VAE, ladder VAE, planar-flow posterior."""
 
-import dataclasses
 
 import chex
 import jax
@@ -30,7 +29,7 @@ ARCHITECTURES = ("conv", "vqvae", "ladder", "flow")
 
 
 def _config(name: str) -> TrainConfig:
-    return TrainConfig(model=name, **TINY)
+    return TrainConfig.from_flat(model=name, **TINY)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +53,7 @@ def trained(tiny_data):
         tx = registry.optimizer(config)
         params = jaxvae.init(model, jax.random.key(0))
         state = train.create_train_state(params, tx)
-        epoch = train.make_train_epoch(loss_fn, tx, config.batch_size)
+        epoch = train.make_train_epoch(loss_fn, tx, config.optimizer.batch_size)
         for e in range(6):
             out = epoch(state, tiny_data, jax.random.key(10 + e), jax.random.key(1))
             state = out.state
@@ -270,7 +269,7 @@ def test_vqvae_rejects_bad_sizes():
     with pytest.raises(ValueError, match="num_codes must be an int >= 2"):
         vqvae.vqvae(num_codes=1)
     with pytest.raises(ValueError, match="vq_decay must be in"):
-        jaxvae.validate_config(TrainConfig(model="vqvae", vq_decay=1.0))
+        jaxvae.validate_config(TrainConfig.from_flat(model="vqvae", vq_decay=1.0))
 
 
 # ----------------------------------------------------------------------------- ladder
@@ -476,7 +475,8 @@ def test_train_script_runs_vqvae_and_labels_its_samples(tmp_path, monkeypatch):
     assert records[-1]["test_perplexity"] > 1.5  # the EMA codebook is used
     assert records[-1]["test_loss"] < records[0]["train_loss"]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["config"]["vq_ema"] is True and summary["config"]["num_codes"] == 8
+    model_config = summary["config"]["model"]
+    assert model_config["vq_ema"] is True and model_config["num_codes"] == 8
 
 
 def test_train_script_rejects_a_bad_architecture_flag(capsys):
@@ -485,6 +485,6 @@ def test_train_script_rejects_a_bad_architecture_flag(capsys):
     assert train_script.main(["--model", "ladder", "--ladder-latents", "8", "--ladder-hidden",
                               "16", "--quiet"]) == 2
     assert "at least 2 stochastic layers" in capsys.readouterr().err
-    config = dataclasses.replace(TrainConfig(), flow_steps=-2)
+    config = TrainConfig().replace(flow_steps=-2)
     with pytest.raises(ValueError, match="flow_steps must be >= 0"):
         jaxvae.validate_config(config)

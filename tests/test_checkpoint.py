@@ -52,7 +52,8 @@ def test_the_last_k_checkpoints_are_kept_and_hold_the_whole_run_state(uninterrup
     assert restored.step == TOTAL and int(restored.state.step) == TOTAL
     assert restored.loop["epoch"] == 5 and restored.loop["position"] == 0
     assert [r["epoch"] for r in restored.loop["history"]] == [1, 2, 3, 4]
-    assert restored.config["latent_dim"] == 2 and restored.config["checkpoint_every"] == 10
+    assert restored.config["model"]["latent_dim"] == 2
+    assert restored.config["run"]["checkpoint_every"] == 10
     for name in keys._fields:
         np.testing.assert_array_equal(jax.random.key_data(restored.keys[name]),
                                       jax.random.key_data(getattr(keys, name)))
@@ -63,9 +64,9 @@ def _template_state():
     from jaxvae.models import mlp as models
     from jaxvae.models import registry
     from jaxvae.training import step as train
-    config = TrainConfig(hidden=(16,), latent_dim=2)
+    config = TrainConfig.from_flat(hidden=(16,), latent_dim=2)
     model, _ = registry.build(config, (64,))
-    tx = train.make_optimizer(config.lr)
+    tx = train.make_optimizer(config.optimizer.lr)
     return train.create_train_state(models.init(model, jax.random.key(0)), tx)
 
 

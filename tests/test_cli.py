@@ -12,6 +12,8 @@ import pytest
 
 from experiments import cli
 from experiments import train as train_script
+import jaxvae
+from jaxvae import config as config_lib
 from jaxvae.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +80,7 @@ def test_bad_values_stop_with_exit_code_2_and_one_error_line(capsys):
 
 
 def test_help_is_the_field_comment_with_its_continuation_lines_and_default():
-    comments = cli.field_comments(TrainConfig)
+    comments = cli.field_comments(jaxvae.RunConfig)
     assert comments["epochs"] == "passes over the training split"
     assert comments["patience"] == (
         "stop after this many epochs without a lower validation loss and keep the best "
@@ -91,10 +93,36 @@ def test_help_is_the_field_comment_with_its_continuation_lines_and_default():
 
 def test_every_train_config_field_is_a_documented_flag_of_train():
     actions = {a.dest: a for a in train_script.build_parser()._actions}
-    for field in dataclasses.fields(TrainConfig):
-        action = actions[field.name]
-        assert action.option_strings == ["--" + field.name.replace("_", "-")]
-        assert action.help, f"TrainConfig.{field.name} has no comment to serve as its help"
+    for flat, (section, name) in config_lib.FLAT_FIELDS.items():
+        action = actions[flat]
+        assert action.option_strings == ["--" + flat.replace("_", "-")]
+        assert action.help, f"TrainConfig.{section}.{name} has no comment to serve as its help"
+
+
+def test_train_help_groups_the_flags_by_section_under_the_section_summary():
+    parser = train_script.build_parser()
+    groups = {g.title: [a.dest for a in g._group_actions] for g in parser._action_groups}
+    for section, section_cls in config_lib.SECTIONS.items():
+        expected = [flat for flat, (s, _) in config_lib.FLAT_FIELDS.items() if s == section]
+        assert groups[section] == expected
+        assert dataclasses.fields(section_cls)  # every section holds flags
+    assert groups["optimizer"][:2] == ["batch_size", "lr"]
+    text = parser.format_help()
+    assert "optimizer:\n  The optimizer section of a training config" in text
+    assert text.rindex("--lr LR") > text.index("optimizer:") > text.rindex("--hidden HIDDEN")
+
+
+def test_a_flag_sets_its_section_field_and_model_names_the_family():
+    args = train_script.build_parser().parse_args(
+        ["--model", "cvae", "--lr", "0.01", "--hidden", "8", "4", "--epochs", "2",
+         "--eval-batch-size", "7", "--binarize", "dynamic", "--free-bits", "0.5"])
+    config = train_script.config_from_args(args)
+    assert config.model.name == "cvae" and config.model.hidden == (8, 4)
+    assert config.optimizer.lr == 0.01 and config.run.epochs == 2
+    assert config.evaluation.eval_batch_size == 7 and config.data.binarize == "dynamic"
+    assert config.objective.free_bits == 0.5
+    assert config == TrainConfig.from_flat(model="cvae", lr=0.01, hidden=(8, 4), epochs=2,
+                                           eval_batch_size=7, binarize="dynamic", free_bits=0.5)
 
 
 def test_registered_names_are_the_choices_of_their_flags(capsys):

@@ -76,7 +76,7 @@ def _one_training_step(x, y):
     """One step of the registry's MLP VAE on flat examples; returns (loss, params changed)."""
     x = x.reshape(len(x), -1)
     size = x.shape[1]
-    config = TrainConfig(hidden=(8,), latent_dim=2)
+    config = TrainConfig.from_flat(hidden=(8,), latent_dim=2)
     model, loss_fn = registry.build(config, (size,))
     tx = train.make_optimizer(1e-3)
     if size not in _STEPS:
@@ -283,8 +283,8 @@ def test_the_early_stopping_validation_set_is_binarized_like_the_test_split(monk
     monkeypatch.setattr(jaxvae.training.fit.loop, "train_run", spy)
     data = jaxvae.data.datasets.load_digits(seed=0)
     for mode in ("dynamic", "static"):
-        jaxvae.fit(TrainConfig(dataset="digits", epochs=1, batch_size=64, hidden=(8,),
-                               latent_dim=2, binarize=mode, patience=1), data)
+        jaxvae.fit(TrainConfig.from_flat(dataset="digits", epochs=1, batch_size=64, hidden=(8,),
+                                         latent_dim=2, binarize=mode, patience=1), data)
         assert set(np.unique(seen["val"])) <= {0.0, 1.0}, mode
         assert set(np.unique(seen["test"])) <= {0.0, 1.0}, mode
     x = np.tile(INTENSITIES, (50, 1))
@@ -309,16 +309,16 @@ def test_dequantize_adds_uniform_noise_within_each_pixel_bin():
 ])
 def test_bad_preprocessing_options_fail_in_the_config(binarize, dequantize, message):
     with pytest.raises(ValueError, match=message):
-        jaxvae.validate_config(TrainConfig(binarize=binarize, dequantize=dequantize))
+        jaxvae.validate_config(TrainConfig.from_flat(binarize=binarize, dequantize=dequantize))
 
 
 def test_binarizing_data_outside_0_1_fails_before_training():
     ds = _tiny_data()
     ds = ds._replace(x_train=ds.x_train * 3)
     with pytest.raises(ValueError, match=r"binarize 'dynamic' needs intensities in \[0, 1\]"):
-        jaxvae.fit(TrainConfig(binarize="dynamic", likelihood="gaussian", **TINY), ds)
+        jaxvae.fit(TrainConfig.from_flat(binarize="dynamic", likelihood="gaussian", **TINY), ds)
     with pytest.raises(ValueError, match="dequantize needs intensities"):
-        jaxvae.fit(TrainConfig(dequantize=True, likelihood="gaussian", **TINY), ds)
+        jaxvae.fit(TrainConfig.from_flat(dequantize=True, likelihood="gaussian", **TINY), ds)
 
 
 def _tiny_data(seed=0):
@@ -333,9 +333,9 @@ TINY = dict(hidden=(8,), latent_dim=2, batch_size=8, epochs=2, lr=1e-2)
 @pytest.fixture(scope="module")
 def dynamic_runs():
     ds = _tiny_data()
-    return {"dynamic": jaxvae.fit(TrainConfig(binarize="dynamic", **TINY), ds),
-            "dequantize": jaxvae.fit(TrainConfig(dequantize=True, **TINY), ds),
-            "none": jaxvae.fit(TrainConfig(**TINY), ds)}
+    return {"dynamic": jaxvae.fit(TrainConfig.from_flat(binarize="dynamic", **TINY), ds),
+            "dequantize": jaxvae.fit(TrainConfig.from_flat(dequantize=True, **TINY), ds),
+            "none": jaxvae.fit(TrainConfig.from_flat(**TINY), ds)}
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "dequantize"])
@@ -373,7 +373,7 @@ def test_fit_with_the_stream_feed_matches_the_device_feed(dynamic_runs):
     """Host batches prefetched to the device train the model of the on-device scan epoch:
     the same permutation, remainder batch, step keys and binarization keys."""
     ds = _tiny_data()
-    stream = jaxvae.fit(TrainConfig(binarize="dynamic", feed="stream", **TINY), ds)
+    stream = jaxvae.fit(TrainConfig.from_flat(binarize="dynamic", feed="stream", **TINY), ds)
     device = dynamic_runs["dynamic"]
     assert int(stream.state.step) == int(device.state.step) == 2 * 4
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
@@ -549,7 +549,7 @@ def test_train_script_runs_a_tabular_gaussian_vae_on_a_csv(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train_examples"] == 32 and summary["test_examples"] == 8
-    assert summary["config"]["label_column"] == "kind"
+    assert summary["config"]["data"]["label_column"] == "kind"
     assert np.isfinite(summary["final"]["test_loss"])
     assert not (out / "samples.png").exists()  # tabular rows are no images: no image grids
     assert (out / "loss_curves.png").exists() and (out / "params.msgpack").exists()
@@ -569,7 +569,7 @@ def test_train_script_trains_on_tfds_mnist_with_dynamic_binarization(tmp_path, c
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["config"]["binarize"] == "dynamic" and summary["train_examples"] == 16
+    assert summary["config"]["data"]["binarize"] == "dynamic" and summary["train_examples"] == 16
     assert (out / "samples.png").stat().st_size > 0  # (28, 28, 1) images make image grids
 
 

@@ -15,7 +15,7 @@ from jaxvae.config import TrainConfig, data_defaults
 def test_a_small_table_gets_a_narrower_code_and_layer_and_smaller_batches():
     config, changed = data_defaults(TrainConfig(), 120, (20,))
     assert changed == {"latent_dim": 10, "hidden": (160,), "batch_size": 30}
-    assert (config.latent_dim, config.hidden, config.batch_size) == (10, (160,), 30)
+    assert (config.model.latent_dim, config.model.hidden, config.optimizer.batch_size) == (10, (160,), 30)
     # the bounds: a code at most half the input, 8 units per feature within [32, 400]
     _, tiny = data_defaults(TrainConfig(), 8, (3,))
     assert tiny == {"latent_dim": 1, "hidden": (32,), "batch_size": 2}
@@ -23,12 +23,12 @@ def test_a_small_table_gets_a_narrower_code_and_layer_and_smaller_batches():
 
 def test_the_sizes_the_user_gave_are_kept():
     given = frozenset({"latent_dim", "hidden", "batch_size"})
-    config = TrainConfig(latent_dim=20, hidden=(400,), batch_size=100)
+    config = TrainConfig.from_flat(latent_dim=20, hidden=(400,), batch_size=100)
     assert data_defaults(config, 120, (20,), given) == (config, {})
     # one given, the others still fitted; a micro-batch size keeps the batch it divides
     _, changed = data_defaults(TrainConfig(), 120, (20,), frozenset({"hidden"}))
     assert changed == {"latent_dim": 10, "batch_size": 30}
-    _, changed = data_defaults(TrainConfig(batch_size=64, microbatch_size=32), 120, (20,))
+    _, changed = data_defaults(TrainConfig.from_flat(batch_size=64, microbatch_size=32), 120, (20,))
     assert "batch_size" not in changed
 
 
@@ -38,7 +38,7 @@ def test_mnist_sized_data_and_other_models_are_untouched(mnist5k):
     digits = jaxvae.data.datasets.load_digits()
     assert data_defaults(config, len(digits.x_train), digits.example_shape) == (config, {})
     assert data_defaults(config, 60000, (28, 28, 1)) == (config, {})
-    ladder = TrainConfig(model="ladder")  # sized by ladder_latents / ladder_hidden
+    ladder = TrainConfig.from_flat(model="ladder")  # sized by ladder_latents / ladder_hidden
     assert data_defaults(ladder, 120, (20,))[1] == {"batch_size": 30}
 
 
@@ -82,6 +82,6 @@ def test_the_train_script_keeps_the_sizes_given(table, tmp_path, capsys):
 def test_the_api_keeps_the_config_as_given(table):
     """``train.run`` without ``given`` (the Python API) uses the config as it is: the batch of
     128 does not fit the 120 training rows and is refused, not resized."""
-    config = TrainConfig(dataset=str(table), likelihood="gaussian", epochs=1)
+    config = TrainConfig.from_flat(dataset=str(table), likelihood="gaussian", epochs=1)
     with pytest.raises(ValueError, match="batch size 128 is larger than the training set"):
         jaxvae.fit(config, jaxvae.load_dataset(str(table)))

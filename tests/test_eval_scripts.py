@@ -88,7 +88,7 @@ def test_train_script_with_patience_saves_the_best_epoch(run_dir):
     summary = json.loads((run_dir / "summary.json").read_text())
     records = [json.loads(line) for line in
                (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert summary["config"]["patience"] == 2
+    assert summary["config"]["run"]["patience"] == 2
     best = summary["best_epoch"]
     val_losses = [r["val_loss"] for r in records]
     assert best == int(np.argmin(val_losses)) + 1
@@ -149,7 +149,7 @@ def test_evaluate_scores_a_binarized_run_on_the_binary_test_set_it_was_trained_f
     assert result["binarize"] == "dynamic"
     loaded = runs.load_run(outdir)
     binary = preprocessing.fixed_transform("dynamic", False,
-                                           preprocessing.data_key(loaded.config.seed),
+                                           preprocessing.data_key(loaded.config.run.seed),
                                            loaded.data.x_test, 1)[:40]
     assert set(np.unique(binary)) <= {0.0, 1.0}
     key = jax.random.split(jax.random.key(0))[0]

@@ -25,7 +25,8 @@ def test_cvae_run_writes_every_output_file(cvae_run):
                  "params.msgpack"):
         assert (cvae_run / name).stat().st_size > 0, name
     summary = json.loads((cvae_run / "summary.json").read_text())
-    assert summary["config"]["model"] == "cvae" and summary["config"]["prior"] == "mog"
+    model_config = summary["config"]["model"]
+    assert model_config["name"] == "cvae" and model_config["prior"] == "mog"
 
 
 def test_generate_writes_a_grid_per_class(cvae_run, capsys):

@@ -99,7 +99,7 @@ def test_end_to_end_reports_the_three_settings(digits_run):
         assert r["rare_recall"] == r["per_class_recall"]["3"]
         assert set(r["per_class_recall"]) == {str(c) for c in range(10)}
     assert results["full"]["test_accuracy"] > 0.5  # a working classifier on 8x8 digits
-    assert report["config"]["model"] == "cvae" and report["config"]["epochs"] == 2
+    assert report["config"]["model"]["name"] == "cvae" and report["config"]["run"]["epochs"] == 2
     assert (digits_run / "rare_samples.png").stat().st_size > 0
 
 

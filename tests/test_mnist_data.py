@@ -170,7 +170,7 @@ def test_train_script_on_the_offline_mnist_records_the_data_in_the_summary(fake_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"] == {"name": "mnist", "num_train": 15, "num_validation": 5,
                                "num_test": 10}
-    assert summary["config"]["validation_fraction"] == 5 / 20
+    assert summary["config"]["run"]["validation_fraction"] == 5 / 20
 
 
 # Dynamic binarization ------------------------------------------------------------------------
@@ -219,8 +219,9 @@ def test_the_paper_split_holds_out_exactly_10000_of_the_60000_stratified_and_see
 
 @pytest.mark.parametrize("size", [1, 7, 333, 1000, 59999])
 def test_validation_size_is_exact_for_any_size(size):
-    config = train_script.with_validation_size(train_script.TrainConfig(patience=2), size, 60000)
-    assert early_stopping.validation_count(60000, config.validation_fraction) == size
+    config = train_script.with_validation_size(train_script.TrainConfig.from_flat(patience=2),
+                                               size, 60000)
+    assert early_stopping.validation_count(60000, config.run.validation_fraction) == size
 
 
 def test_validation_size_needs_patience_and_a_size_below_the_training_split(tmp_path, capsys):

@@ -52,7 +52,7 @@ def _trained(name, digits):
     """(model, loss_fn, params) of a tiny model of the family trained STEPS Adam steps."""
     if name not in _TRAINED:
         train, _ = digits
-        config = config_lib.TrainConfig(hidden=(16,), latent_dim=4, **FAMILIES[name])
+        config = config_lib.TrainConfig.from_flat(hidden=(16,), latent_dim=4, **FAMILIES[name])
         model, loss_fn = registry.build(config, (64,))
         params = interface.init(model, jax.random.key(0))
         tx = optax.adam(3e-3)
@@ -141,7 +141,8 @@ def test_log_weights_of_the_flow_include_the_log_determinants(digits):
 
 def test_vqvae_elbo_is_its_objective_and_its_nll_is_refused(digits):
     _, test = digits
-    config = config_lib.TrainConfig(model="vqvae", conv_channels=(4,), num_codes=8, code_dim=2)
+    config = config_lib.TrainConfig.from_flat(model="vqvae", conv_channels=(4,), num_codes=8,
+                                              code_dim=2)
     model, loss_fn = registry.build(config, (64,))
     params = interface.init(model, jax.random.key(0))
     with pytest.raises(ValueError, match="no learned prior over its codes"):
@@ -231,8 +232,8 @@ def test_repair_and_latent_views_use_the_models_own_posterior_and_labels(name, d
 
 def test_vqvae_repairs_by_its_codes_and_has_no_latent_views(digits):
     _, test = digits
-    model, _ = registry.build(config_lib.TrainConfig(model="vqvae", conv_channels=(4,),
-                                                     num_codes=8, code_dim=2), (64,))
+    model, _ = registry.build(config_lib.TrainConfig.from_flat(model="vqvae", conv_channels=(4,),
+                                                               num_codes=8, code_dim=2), (64,))
     params = interface.init(model, jax.random.key(0))
     observed = jnp.ones_like(test["x"][:4]).at[:, :20].set(0.0)
     filled = repair.inpaint(model, params, test["x"][:4], observed, jax.random.key(0), 2)

@@ -64,13 +64,13 @@ def two_process_run(tmp_path_factory):
 
 def _single_process_reference(num_steps: int):
     """One process, the same global batches: process p's rows come from its own block."""
-    config = config_lib.TrainConfig(dataset="digits", hidden=(16,), latent_dim=2,
-                                    batch_size=140)
+    config = config_lib.TrainConfig.from_flat(dataset="digits", hidden=(16,), latent_dim=2,
+                                              batch_size=140)
     data = data_lib.load("digits")
     blocks = [data.x_train[data_lib.process_shard(len(data.x_train), p, 2)] for p in range(2)]
     model, loss_fn = registry.build(config, data.example_shape)
-    keys = trainer.run_keys(config.seed)
-    tx = train.make_optimizer(config.lr)
+    keys = trainer.run_keys(config.run.seed)
+    tx = train.make_optimizer(config.optimizer.lr)
     state = train.create_train_state(models.init(model, keys.init), tx)
     step = jax.jit(train.train_step_fn(loss_fn, tx, skip_nonfinite=True))
     for t in range(num_steps):

@@ -1,7 +1,6 @@
 """The NaN guard: non-finite steps are skipped exactly, finite ones are bitwise unchanged, runs
 that keep diverging stop with the step and the last finite loss; clipping by global norm."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -105,8 +104,9 @@ def _tiny_data(n=24):
 
 def test_a_huge_learning_rate_stops_with_the_step_and_the_last_finite_loss(tmp_path):
     # Adam moves every parameter by ~lr on step 1: 1e30 overflows everything after it.
-    config = jaxvae.TrainConfig(dataset="digits", hidden=(8,), latent_dim=Z, batch_size=4,
-                                epochs=3, lr=1e30, max_skipped_steps=3, checkpoint_every=2)
+    config = jaxvae.TrainConfig.from_flat(dataset="digits", hidden=(8,), latent_dim=Z,
+                                          batch_size=4, epochs=3, lr=1e30, max_skipped_steps=3,
+                                          checkpoint_every=2)
     with pytest.raises(loop.TrainingDiverged) as info:
         jaxvae.fit(config, _tiny_data(), checkpoint_dir=tmp_path / "ckpt")
     message = str(info.value)
@@ -122,8 +122,8 @@ def test_skipped_steps_are_reported_per_epoch_and_excluded_from_the_means(small)
     # A loss that is NaN on every other step: the epoch mean is over the finite steps only.
     model, _ = small
     data = _tiny_data(16)
-    config = jaxvae.TrainConfig(hidden=(8,), latent_dim=Z, batch_size=4, epochs=1,
-                                max_skipped_steps=2)
+    config = jaxvae.TrainConfig.from_flat(hidden=(8,), latent_dim=Z, batch_size=4, epochs=1,
+                                          max_skipped_steps=2)
     from jaxvae.models import registry
 
     built = registry.build(config, (D,))
@@ -133,7 +133,7 @@ def test_skipped_steps_are_reported_per_epoch_and_excluded_from_the_means(small)
         nan = jnp.where(step % 2 == 1, jnp.nan, 0.0)
         return loss + nan, {**metrics, "loss": metrics["loss"] + nan}
 
-    tx = train.make_optimizer(config.lr)
+    tx = train.make_optimizer(config.optimizer.lr)
     keys = jaxvae.training.fit.run_keys(0)
     state = train.create_train_state(jaxvae.init(built.model, keys.init), tx)
     batch = {"x": data.x_train, "y": data.y_train}
@@ -168,16 +168,16 @@ def test_clip_norm_rescales_gradients_to_the_global_norm_before_adam():
 ])
 def test_reliability_fields_are_validated(change, error, match):
     with pytest.raises(error, match=match):
-        jaxvae.validate_config(dataclasses.replace(jaxvae.TrainConfig(), **change))
+        jaxvae.validate_config(jaxvae.TrainConfig().replace(**change))
 
 
 def test_a_hook_that_returns_true_ends_the_run_after_that_epoch():
     data = _tiny_data(16)
-    config = jaxvae.TrainConfig(hidden=(8,), latent_dim=Z, batch_size=8, epochs=5)
+    config = jaxvae.TrainConfig.from_flat(hidden=(8,), latent_dim=Z, batch_size=8, epochs=5)
     from jaxvae.models import registry
 
     built = registry.build(config, (D,))
-    tx = train.make_optimizer(config.lr)
+    tx = train.make_optimizer(config.optimizer.lr)
     keys = jaxvae.training.fit.run_keys(0)
     state = train.create_train_state(jaxvae.init(built.model, keys.init), tx)
     calls = []
@@ -196,8 +196,8 @@ def test_a_hook_that_returns_true_ends_the_run_after_that_epoch():
 def test_an_epoch_without_a_finite_step_is_a_divergence_not_a_record_without_a_loss():
     # batch 8 of 24: 3 steps per epoch, fewer than max_skipped_steps. Step 1 is finite, every
     # later step overflows, so epoch 2 has no finite step.
-    config = jaxvae.TrainConfig(hidden=(8,), latent_dim=Z, batch_size=8, epochs=3, lr=1e30,
-                                max_skipped_steps=10)
+    config = jaxvae.TrainConfig.from_flat(hidden=(8,), latent_dim=Z, batch_size=8, epochs=3,
+                                          lr=1e30, max_skipped_steps=10)
     records = []
     with pytest.raises(loop.TrainingDiverged) as info:
         jaxvae.fit(config, _tiny_data(24), on_epoch=records.append)

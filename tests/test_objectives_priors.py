@@ -1,6 +1,5 @@
 """Objectives, priors and likelihoods: KL schedules, free bits, priors, likelihoods, IWAE, the conditional VAE."""
 
-import dataclasses
 import math
 
 import jax
@@ -25,7 +24,7 @@ D, Z = 16, 2
 
 
 def _config(**kw):
-    return jaxvae.TrainConfig(hidden=(16,), latent_dim=Z, **kw)
+    return jaxvae.TrainConfig.from_flat(hidden=(16,), latent_dim=Z, **kw)
 
 
 def _batch(n=32, seed=0):
@@ -212,8 +211,8 @@ def _quadrature_kl(mean_q, logvar_q, log_p):
 
 @pytest.mark.parametrize("prior", ["mog", "vamp"])
 def test_mixture_prior_monte_carlo_kl_matches_quadrature(prior):
-    model = builders.make_model(dataclasses.replace(_config(prior=prior, prior_components=3),
-                                               latent_dim=1), (D,))
+    config = _config(prior=prior, prior_components=3).replace(latent_dim=1)
+    model = builders.make_model(config, (D,))
     params = models.init(model, jax.random.key(4))
     batch = _batch(3)
     mixture = jax.tree.map(np.asarray, model.apply({"params": params},
@@ -407,9 +406,9 @@ def _train(config, data, epochs):
     """Trains with one compiled epoch program; returns (model, params, per-epoch metrics)."""
     config = builders.prepare(config, data)
     model, loss_fn = registry.build(config, data.example_shape)
-    tx = train.make_optimizer(config.lr)
+    tx = train.make_optimizer(config.optimizer.lr)
     state = train.create_train_state(models.init(model, jax.random.key(0)), tx)
-    epoch = train.make_train_epoch(loss_fn, tx, config.batch_size)
+    epoch = train.make_train_epoch(loss_fn, tx, config.optimizer.batch_size)
     arrays = jax.device_put({"x": data.x_train, "y": data.y_train})
     history = []
     for e in range(epochs):
@@ -441,11 +440,11 @@ def test_every_setting_has_shapes_finite_loss_and_learns(change):
         assert all(math.isfinite(v) for v in record.values())
     # the negative ELBO (recon + kl) falls, whatever the KL weight of the step
     assert last["recon"] + last["kl"] < first["recon"] + first["kl"]
-    assert last["loss"] < first["loss"] or config.kl_schedule != "constant"
+    assert last["loss"] < first["loss"] or config.objective.kl_schedule != "constant"
     # what experiments/train.py writes: reconstructions and samples of the data's shape
     recon = models.reconstruct(model, params, batch["x"][:5], jax.random.key(0))
-    mean = jaxvae.likelihood_mean(config.likelihood, recon)
-    samples = jaxvae.likelihood_mean(config.likelihood, models.sample(model, params,
+    mean = jaxvae.likelihood_mean(config.model.likelihood, recon)
+    samples = jaxvae.likelihood_mean(config.model.likelihood, models.sample(model, params,
                                                                       jax.random.key(1), 7))
     assert mean.shape == (5, D) and samples.shape == (7, D)
     assert bool(jnp.isfinite(samples).all())
@@ -455,7 +454,8 @@ def test_cyclical_total_steps_default_to_the_run():
     config = _config(kl_schedule="cyclical", epochs=3, batch_size=16)
     batch = _batch(40)
     data = jaxvae.Dataset(batch["x"], batch["y"], batch["x"], batch["y"])
-    assert builders.prepare(config, data).kl_total_steps == 3 * 3  # ceil(40 / 16) steps per epoch
+    # ceil(40 / 16) steps per epoch
+    assert builders.prepare(config, data).objective.kl_total_steps == 3 * 3
     with pytest.raises(ValueError, match="needs kl_total_steps"):
         registry.build(config, (D,))
 

@@ -79,7 +79,7 @@ def test_repair_of_a_run_on_data_that_is_not_28x28_is_one_error_line(tmp_path, c
 
     from experiments import repair as script
     from jaxvae.models import registry
-    config = jaxvae.TrainConfig(dataset="digits", hidden=(8,), latent_dim=2)
+    config = jaxvae.TrainConfig.from_flat(dataset="digits", hidden=(8,), latent_dim=2)
     model = registry.build(config, (64,)).model  # digits: 8x8 images
     run_dir = tmp_path / "digits_run"
     run_dir.mkdir()

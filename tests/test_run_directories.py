@@ -115,7 +115,7 @@ def test_overwrite_leaves_only_the_new_runs_files(old_run, fresh_run_files, caps
     assert (old_run / "params.msgpack").read_bytes() != old_params
     records = (old_run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in records] == [1]
-    assert json.loads((old_run / "summary.json").read_text())["config"]["hidden"] == [4]
+    assert json.loads((old_run / "summary.json").read_text())["config"]["model"]["hidden"] == [4]
 
 
 def test_overwrite_and_resume_together_are_refused(old_run, capsys):

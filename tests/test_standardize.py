@@ -2,7 +2,6 @@
 variables, what ``auto`` chooses, training on a table in the thousands, and the scripts that
 load such a run (samples, reconstructions and NLL in the data's own units)."""
 
-import dataclasses
 import json
 
 import jax
@@ -87,7 +86,7 @@ def test_auto_standardizes_user_files_with_a_gaussian_likelihood_and_values_beyo
     with pytest.raises(ValueError, match="exclude each other"):
         standardize.check_mode("feature", "gaussian", dequantize=True)
     with pytest.raises(ValueError, match="unknown standardize mode"):
-        jaxvae.validate_config(jaxvae.TrainConfig(standardize="zscore"))
+        jaxvae.validate_config(jaxvae.TrainConfig.from_flat(standardize="zscore"))
 
 
 def test_fit_takes_the_statistics_from_the_training_part_only():
@@ -97,11 +96,11 @@ def test_fit_takes_the_statistics_from_the_training_part_only():
     x_test = (9000.0 + 500.0 * rng.normal(size=(20, 4))).astype(np.float32)
     data = datasets.Dataset(x_train, np.full(80, -1, np.int32), x_test,
                             np.full(20, -1, np.int32))
-    config = jaxvae.TrainConfig(dataset="table.csv", likelihood="gaussian", epochs=2,
-                                batch_size=16, hidden=(8,), latent_dim=2, patience=5,
-                                validation_fraction=0.25)
+    config = jaxvae.TrainConfig.from_flat(dataset="table.csv", likelihood="gaussian", epochs=2,
+                                          batch_size=16, hidden=(8,), latent_dim=2, patience=5,
+                                          validation_fraction=0.25)
     result = trainer.fit(config, data)
-    train_part, _ = early_stopping.split_validation(data, 0.25, config.seed)
+    train_part, _ = early_stopping.split_validation(data, 0.25, config.run.seed)
     expected = standardize.fit(train_part.x_train)
     assert len(train_part.x_train) == 60
     np.testing.assert_array_equal(result.standardization.mean, expected.mean)
@@ -109,7 +108,7 @@ def test_fit_takes_the_statistics_from_the_training_part_only():
     assert all(np.isfinite(r["test_loss"]) and r["train_skipped"] == 0 for r in result.history)
     # the same data unstandardized: every step overflows (what happened before standardization)
     with pytest.raises(loop.TrainingDiverged, match="--standardize feature"):
-        trainer.fit(dataclasses.replace(config, standardize="none", epochs=1), data)
+        trainer.fit(config.replace(standardize="none", epochs=1), data)
 
 
 def test_fit_uses_the_statistics_it_is_given():
@@ -118,8 +117,8 @@ def test_fit_uses_the_statistics_it_is_given():
     data = datasets.Dataset(x[:32], np.full(32, -1, np.int32), x[32:], np.full(8, -1, np.int32))
     given = standardize.Standardization(np.full(3, 4000.0, np.float32),
                                         np.full(3, 500.0, np.float32))
-    config = jaxvae.TrainConfig(dataset="t.npy", likelihood="gaussian", epochs=1, batch_size=8,
-                                hidden=(4,), latent_dim=1)
+    config = jaxvae.TrainConfig.from_flat(dataset="t.npy", likelihood="gaussian", epochs=1, batch_size=8,
+                                          hidden=(4,), latent_dim=1)
     result = trainer.fit(config, data, standardization=given)
     assert result.standardization is given
     # the reported loss is in x's units: the offset is the given statistics' 3 log 500
@@ -150,7 +149,7 @@ def test_a_table_in_the_thousands_trains_to_a_finite_loss_and_stores_its_statist
     assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["test_loss"])
                and r["train_skipped"] == 0 for r in records)
     summary = json.loads((outdir / "summary.json").read_text())
-    assert summary["config"]["standardize"] == "feature"  # what auto chose
+    assert summary["config"]["data"]["standardize"] == "feature"  # what auto chose
     stats = standardize.load(outdir / standardize.FILE)
     loaded = runs.load_run(outdir)
     np.testing.assert_array_equal(stats.mean, standardize.fit(loaded.data.x_train).mean)

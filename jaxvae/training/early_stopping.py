@@ -2,7 +2,7 @@
 
 ``fit`` holds out ``validation_fraction`` of the training split (exactly
 round(fraction * N) examples, stratified by label, chosen by the run's seed) when
-``TrainConfig.patience`` is set, evaluates it after every epoch, and stops once ``patience``
+``TrainConfig.run.patience`` is set, evaluates it after every epoch, and stops once ``patience``
 epochs in a row brought no lower validation loss; the returned state is the best epoch's.
 The 50,000 / 10,000 split of MNIST's training digits used for early stopping by e.g. Burda et
 al. (2016) is ``validation_fraction = 10000 / 60000`` (``--validation-size 10000``).

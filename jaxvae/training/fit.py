@@ -62,12 +62,12 @@ def final_record(result: FitResult) -> dict:
 def check_inputs(config: config_lib.TrainConfig, data: data_lib.Dataset) -> data_lib.Dataset:
     """Validates the config and both splits; returns the data as float32 arrays."""
     config_lib.validate_config(config)
-    x_train = validation.check_data(data.x_train, name="training data",
-                                    likelihood=config.likelihood)
-    x_test = validation.check_data(data.x_test, name="test data", likelihood=config.likelihood,
+    likelihood, batch_size = config.model.likelihood, config.optimizer.batch_size
+    x_train = validation.check_data(data.x_train, name="training data", likelihood=likelihood)
+    x_test = validation.check_data(data.x_test, name="test data", likelihood=likelihood,
                                    example_shape=x_train.shape[1:])
-    if config.batch_size > x_train.shape[0]:
-        raise ValueError(f"batch size {config.batch_size} is larger than the training set "
+    if batch_size > x_train.shape[0]:
+        raise ValueError(f"batch size {batch_size} is larger than the training set "
                          f"({x_train.shape[0]} examples); use --batch-size <= {x_train.shape[0]}")
     return data._replace(x_train=x_train, x_test=x_test)
 
@@ -79,26 +79,30 @@ def _prepare(config, data: data_lib.Dataset, resume: bool,
     Returns the run's config (run-dependent fields filled), its data (without the validation
     part), the validation data (None without early stopping), the built model and loss, and
     the standardization statistics of the training part (None when the data is not
-    standardized; ``config.standardize``), or ``standardization`` when given.
+    standardized; ``config.data.standardize``), or ``standardization`` when given.
     """
     data = check_inputs(config, data)
     config = builders.prepare(config, data)  # cyclical KL needs the run's steps
     val_data = None
-    if config.patience:
+    run, batch_size = config.run, config.optimizer.batch_size
+    if run.patience:
         if resume:
             raise ValueError("early stopping (patience) cannot resume a run yet: the best "
                              "epoch's parameters are not in the checkpoints; resume without "
                              "--patience or start a new run")
-        data, val_data = early_stopping.split_validation(data, config.validation_fraction,
-                                                         config.seed)
-        if config.batch_size > len(data.x_train):
-            raise ValueError(f"batch size {config.batch_size} is larger than the training set "
+        data, val_data = early_stopping.split_validation(data, run.validation_fraction,
+                                                         run.seed)
+        if batch_size > len(data.x_train):
+            raise ValueError(f"batch size {batch_size} is larger than the training set "
                              f"without its validation part ({len(data.x_train)} examples)")
     built = registry.build(config, data.example_shape)
     for name in ("x_train", "x_test"):
-        preprocessing.check_range(getattr(data, name), config.binarize, config.dequantize, name)
-    mode = standardize.resolve(config.standardize, config.dataset, config.likelihood,
-                               data.x_train, config.binarize, config.dequantize)
+        preprocessing.check_range(getattr(data, name), config.data.binarize,
+                                  config.data.dequantize, name)
+    data_config = config.data
+    mode = standardize.resolve(data_config.standardize, data_config.dataset,
+                               config.model.likelihood, data.x_train, data_config.binarize,
+                               data_config.dequantize)
     stats = None
     if mode == "feature":
         stats = standardization if standardization is not None else standardize.fit(data.x_train)
@@ -138,7 +142,7 @@ def check_run(config: config_lib.TrainConfig, data: data_lib.Dataset, *,
     _, _, _, (model, _), _ = _prepare(config, data, resume)
     jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
     if jax.process_count() == 1:  # --num-devices beyond the local devices
-        placement.data_parallel_devices(config.batch_size, getattr(config, "num_devices", None))
+        placement.data_parallel_devices(config.optimizer.batch_size, config.run.num_devices)
 
 
 def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
@@ -154,7 +158,7 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     example, with the parameters at the end of the epoch) and ``seconds`` (the epoch's
     training time, compilation excluded). Losses are in nats per example.
 
-    Data parallel: each batch is split over ``config.num_devices`` local devices (None: all),
+    Data parallel: each batch is split over ``config.run.num_devices`` local devices (None: all),
     the parameters replicated (``jaxvae.training.placement``); if the devices do not divide the batch
     size, the largest count that does is used (``FitResult.devices_used``). The result equals
     one device's to float32 summation order.
@@ -166,28 +170,28 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
 
     Reliability: steps with a non-finite loss or gradient are skipped (``train_skipped``
     counts them per epoch; the train means are over the finite steps) and
-    ``config.max_skipped_steps`` of them in a row raise ``loop.TrainingDiverged``. With
+    ``config.run.max_skipped_steps`` of them in a row raise ``loop.TrainingDiverged``. With
     ``checkpoint_dir``, an Orbax checkpoint is written at every epoch end and every
-    ``config.checkpoint_every`` steps (the last ``config.keep_checkpoints`` are kept);
+    ``config.run.checkpoint_every`` steps (the last ``config.run.keep_checkpoints`` are kept);
     ``resume=True`` continues from the newest readable one (bitwise the uninterrupted run) and
     calls ``on_resume(history)`` with the records of the epochs already done. In a multi-process
     run (``jax.distributed``), ``data.x_train`` is this process's block of the training set,
     training is data parallel over every process's devices and only process 0 writes.
 
-    Standardization (``config.standardize``, ``jaxvae.data.standardize``): with ``feature``
-    (or ``auto`` resolved to it: a user file named in ``config.dataset``, a Gaussian
+    Standardization (``config.data.standardize``, ``jaxvae.data.standardize``): with ``feature``
+    (or ``auto`` resolved to it: a user file named in ``config.data.dataset``, a Gaussian
     likelihood, values outside [0, 1]), every split is standardized with the mean and std of
     the training part (after the validation hold-out), or with ``standardization`` when given
     (a multi-process run passes those of the whole training set, not of its block); the model
     works in standardized units (``FitResult.standardization`` holds the statistics to undo
     it) and the losses of the history are in the data's units (NLL_x = NLL_u + sum log s).
 
-    With ``config.patience`` (early stopping), ``config.validation_fraction`` of the training
-    split is held out (stratified) and evaluated after each epoch (``val_loss``, ``val_recon``,
+    With ``config.run.patience`` (early stopping), ``config.run.validation_fraction`` of the
+    training split is held out (stratified) and evaluated after each epoch (``val_loss``, ``val_recon``,
     ``val_kl`` in the records); training stops after ``patience`` epochs without a lower
     ``val_loss``, and the returned state is the best epoch's (``FitResult.best_epoch``).
     Early stopping cannot be resumed yet (the best epoch's parameters are not checkpointed):
-    ``resume`` with ``config.patience`` raises ValueError.
+    ``resume`` with ``config.run.patience`` raises ValueError.
 
     ``stop_on_signals`` (called from the main thread of a one-process run): during training,
     SIGINT (Ctrl-C) and SIGTERM stop the run at the next chunk boundary, after the checkpoint of
@@ -203,23 +207,24 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
         if val_data is not None:
             val_data = {**val_data, "x": standardize.apply(stats, val_data["x"])}
         loss_fn = in_data_units(loss_fn, standardize.log_det(stats))
-    stopper = early_stopping.EarlyStopping(config.patience) if config.patience else None
-    keys = run_keys(config.seed)
-    tx = registry.optimizer(config)  # Adam at config.lr (clipped), or what the model needs
+    stopper = early_stopping.EarlyStopping(config.run.patience) if config.run.patience else None
+    keys = run_keys(config.run.seed)
+    tx = registry.optimizer(config)  # Adam on the lr schedule (clipped), or what the model needs
     state = train.create_train_state(models.init(model, keys.init), tx)
     # binarization / dequantization; data too large for the device is streamed
-    data_key = preprocessing.data_key(config.seed)
+    data_key = preprocessing.data_key(config.run.seed)
+    binarize, dequantize = config.data.binarize, config.data.dequantize
     data = data._replace(**{
-        name: np.asarray(preprocessing.fixed_transform(config.binarize, config.dequantize,
+        name: np.asarray(preprocessing.fixed_transform(binarize, dequantize,
                                                        data_key, getattr(data, name), part))
         for part, name in enumerate(("x_train", "x_test"))})
     if val_data is not None:  # held out like the test split: transformed once
         val_data = {**val_data, "x": np.asarray(preprocessing.fixed_transform(
-            config.binarize, config.dequantize, data_key, val_data["x"], 2))}
-    preprocess = preprocessing.batch_preprocess(config.binarize, config.dequantize)
+            binarize, dequantize, data_key, val_data["x"], 2))}
+    preprocess = preprocessing.batch_preprocess(binarize, dequantize)
     train_data = {"x": data.x_train, "y": data.y_train}
-    stream = config.feed == "stream" or (
-        config.feed == "auto" and not feeding.fits_on_device(feeding.tree_nbytes(train_data)))
+    stream = config.data.feed == "stream" or (
+        config.data.feed == "auto" and not feeding.fits_on_device(feeding.tree_nbytes(train_data)))
 
     hooks = ([] if on_epoch is None else [hooks_lib.EveryEpoch(on_epoch)]) + list(hooks) + \
         ([] if stopper is None else [stopper])

@@ -34,6 +34,7 @@ checkpoint is bitwise the uninterrupted run. A second signal stops at once.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 import time
@@ -47,6 +48,52 @@ import numpy as np
 from jaxvae.training import checkpoint as checkpoint_lib
 from jaxvae.training import placement
 from jaxvae.training import step as train
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """The run section of a training config: how long, which seed, checkpoints, the NaN guard,
+    early stopping and the devices."""
+
+    epochs: int = 10  # passes over the training split
+    seed: int = 0  # seeds the init, the shuffling and the noise (jax.random.key(seed))
+    checkpoint_every: int | None = None  # write an Orbax checkpoint into OUTDIR/checkpoints
+    #   every this many steps and at each epoch end (None: no checkpoints)
+    keep_checkpoints: int = 3  # how many of the latest checkpoints to keep
+    max_skipped_steps: int = 10  # stop after this many consecutive steps with a non-finite
+    #   loss or gradient
+    patience: int | None = None  # stop after this many epochs without a lower validation loss
+    #   and keep the best epoch's state; None or 0 = off (train all epochs, no validation split)
+    validation_fraction: float = 0.1  # share of the training split held out (stratified) as
+    #   the validation set when patience is set
+    num_devices: int | None = None  # split each batch over this many local devices (data
+    #   parallel; None = all); the largest count not above it that divides batch_size is used
+
+    def validate(self) -> None:
+        """Raises ValueError / TypeError naming the first field that cannot work."""
+        for name in ("epochs", "seed", "checkpoint_every", "keep_checkpoints",
+                     "max_skipped_steps"):
+            value = getattr(self, name)
+            if value is None and name == "checkpoint_every":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+            if name != "seed" and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if not -2**63 <= self.seed < 2**63:  # jax.random.key takes a 64-bit integer
+            raise ValueError(f"seed must fit in 64 bits (-2**63 <= seed < 2**63), got "
+                             f"{self.seed}")
+        for name, low, meaning in (("patience", 0, ""), ("num_devices", 1, " (all local devices)")):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < low):
+                raise ValueError(f"{name} must be None{meaning} or an int >= {low}, got "
+                                 f"{value!r}")
+        fraction = self.validation_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+                or not 0.0 < fraction < 1.0:
+            raise ValueError(f"validation_fraction must be a number in (0, 1), got "
+                             f"{fraction!r}")
 
 
 class TrainingDiverged(RuntimeError):
@@ -157,12 +204,14 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn: train.LossFn, 
               evaluate_params: Callable[[Any], dict] | None = None,
               model: Any = None,
               stop_requested: Callable[[], int | None] | None = None) -> RunResult:
-    """Trains ``state`` on ``train_data`` for ``config.epochs`` epochs; returns a ``RunResult``.
+    """Trains ``state`` on ``train_data`` for ``config.run.epochs`` epochs; returns a ``RunResult``.
 
-    ``config`` supplies ``epochs``, ``batch_size``, ``eval_batch_size`` and, where it has
-    them, ``max_skipped_steps`` (default 10), ``checkpoint_every``, ``keep_checkpoints``,
-    ``microbatch_size`` and ``num_devices`` (the most local devices to split batches over;
-    None: all). ``keys`` is a NamedTuple with ``train``, ``shuffle`` and ``eval`` keys.
+    ``config`` is a ``jaxvae.TrainConfig`` or a ``jaxvae.config.LoopConfig`` of its ``run``,
+    ``optimizer`` and ``evaluation`` sections (the loop reads ``run``: epochs, checkpoint_every,
+    keep_checkpoints, max_skipped_steps, num_devices; ``optimizer``: batch_size,
+    microbatch_size; ``evaluation``: eval_batch_size); with ``checkpoint_dir`` it is a
+    ``TrainConfig``, saved with each checkpoint. ``keys`` is a NamedTuple with ``train``,
+    ``shuffle`` and ``eval`` keys.
 
     ``train_data`` / ``test_data`` are dicts of numpy arrays (in a multi-process run, this
     process's block of the training set and the whole test set). ``preprocess(key, batch)``
@@ -182,7 +231,8 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn: train.LossFn, 
     ``checkpoint_dir``).
     """
     multi = jax.process_count() > 1
-    microbatch_size = getattr(config, "microbatch_size", None)
+    run, batch_size = config.run, config.optimizer.batch_size
+    microbatch_size = config.optimizer.microbatch_size
     if multi and (preprocess is not None or stream):
         raise ValueError("multi-process training supports neither batch preprocessing "
                          "(--binarize dynamic, --dequantize) nor --feed stream yet: use "
@@ -207,12 +257,11 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn: train.LossFn, 
 
     # Where the data lives: the feed hands each chunk its batches.
     if multi:
-        feed = placement.ProcessFeed(train_data, config.batch_size, keys.shuffle)
+        feed = placement.ProcessFeed(train_data, batch_size, keys.shuffle)
     else:
-        devices = placement.data_parallel_devices(config.batch_size,
-                                                  getattr(config, "num_devices", None))
+        devices = placement.data_parallel_devices(batch_size, run.num_devices)
         feed_type = placement.HostFeed if stream else placement.DeviceFeed
-        feed = feed_type(train_data, config.batch_size, keys.shuffle, devices)
+        feed = feed_type(train_data, batch_size, keys.shuffle, devices)
     state = feed.place_state(state)
 
     # The evaluation, compiled once for the test (and validation) split.
@@ -223,11 +272,11 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn: train.LossFn, 
     evaluators = {}
     for name, split in splits.items():
         split = feed.place_eval(split)
-        batch_size = min(config.eval_batch_size, len(jax.tree.leaves(split)[0]))
+        eval_batch_size = min(config.evaluation.eval_batch_size, len(jax.tree.leaves(split)[0]))
         params, step = feed.to_host(state.params), feed.to_host(state.step)
         if multi:
             params, step = jax.device_put((params, step), jax.local_devices()[0])
-        evaluate = train.make_evaluate(eval_loss_fn, batch_size).lower(
+        evaluate = train.make_evaluate(eval_loss_fn, eval_batch_size).lower(
             params, split, keys.eval, step).compile()
         evaluators[name] = (evaluate, split)
     compile_seconds = time.perf_counter() - t0
@@ -253,9 +302,9 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn: train.LossFn, 
     try:
         state, loop, chunk_compile = run_epochs(
             state=state, loop=loop, run_chunk=run_chunk, steps_per_epoch=feed.steps_per_epoch,
-            evaluate=evaluate_state, hooks=all_hooks, epochs=config.epochs,
-            max_skipped_steps=getattr(config, "max_skipped_steps", 10),
-            checkpoint_every=getattr(config, "checkpoint_every", None), model=model,
+            evaluate=evaluate_state, hooks=all_hooks, epochs=run.epochs,
+            max_skipped_steps=run.max_skipped_steps,
+            checkpoint_every=run.checkpoint_every, model=model,
             stop_requested=stop_requested)
     finally:
         if checkpoints is not None:
@@ -431,11 +480,11 @@ class CheckpointHook:
     """
 
     def __init__(self, directory, config, keys):
-        self.config_json = checkpoint_lib.config_dict(config)
+        self.config = config
+        self.config_json = config.to_dict()
         self.keys = keys
         self.manager = checkpoint_lib.CheckpointManager(
-            directory, getattr(config, "keep_checkpoints", 3),
-            writer=jax.process_index() == 0)
+            directory, config.run.keep_checkpoints, writer=jax.process_index() == 0)
 
     def restore_if(self, resume: bool, template: train.TrainState):
         """``(state, keys, loop)`` of the newest readable checkpoint when resuming, else None.
@@ -456,7 +505,11 @@ class CheckpointHook:
             return None
 
         def check(saved: dict) -> None:
-            diffs = checkpoint_lib.config_differences(saved, self.config_json)
+            # Compared by flat field name: checkpoints hold the sectioned config or, written
+            # by older versions, the flat one.
+            flatten = type(self.config).flatten_dict
+            diffs = checkpoint_lib.config_differences(flatten(saved),
+                                                      flatten(self.config_json))
             if diffs:
                 raise _ConfigMismatch(
                     f"cannot resume from {manager.directory}: the config differs from the "
@@ -465,7 +518,7 @@ class CheckpointHook:
 
         restored = manager.restore_latest(template, tuple(self.keys._fields),
                                           check_config=check)
-        checkpoint_lib.check_resumable_epochs(restored, self.config_json["epochs"])
+        checkpoint_lib.check_resumable_epochs(restored, self.config.run.epochs)
         self.keys = type(self.keys)(**restored.keys)
         loop = {**restored.loop, "last_checkpoint": str(restored.path)}
         return jax.tree.map(jnp.asarray, restored.state), self.keys, loop

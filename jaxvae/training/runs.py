@@ -1,6 +1,7 @@
 """Run directories written by ``experiments/train.py``: the config, the model and its parameters.
 
-A run directory holds ``summary.json`` (with the ``config``) and ``params.msgpack``
+A run directory holds ``summary.json`` (with the ``config``, sectioned as
+``TrainConfig.to_dict`` writes it, or flat as older versions wrote it) and ``params.msgpack``
 (``flax.serialization``); ``load_run`` rebuilds the model from the config and loads the
 parameters into it, so evaluation and plotting scripts work on any finished run.
 
@@ -11,7 +12,6 @@ old run's files first when overwriting.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -136,20 +136,9 @@ def load_standardization(path, config: config_lib.TrainConfig
       ValueError: the run needs the file and it is missing or damaged.
     """
     file = Path(path) / standardize.FILE
-    if config.standardize == "feature" or (config.standardize == "auto" and file.exists()):
+    if config.data.standardize == "feature" or (config.data.standardize == "auto" and file.exists()):
         return standardize.load(file)
     return None
-
-
-def config_from_dict(values: dict) -> config_lib.TrainConfig:
-    """A TrainConfig from its ``to_dict`` (JSON lists become tuples; unknown keys are refused)."""
-    fields = {f.name for f in dataclasses.fields(config_lib.TrainConfig)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise ValueError(f"the run's config has fields this jaxvae does not know: {unknown}; "
-                         "evaluate it with the jaxvae version that trained it")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return config_lib.TrainConfig(**values)
 
 
 def load_run(path) -> Run:
@@ -172,7 +161,10 @@ def load_run(path) -> Run:
     summary = json.loads(summary_path.read_text())
     if "config" not in summary:
         raise ValueError(f"{summary_path} has no 'config'; was it written by experiments/train.py?")
-    config = config_from_dict(summary["config"])
+    try:
+        config = config_lib.TrainConfig.from_dict(summary["config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{summary_path}: {e}") from None
     data = data_lib.load_for(config)
     model = registry.build(config, data.example_shape).model
     template = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))

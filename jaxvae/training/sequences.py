@@ -21,6 +21,7 @@ from jaxvae.models import sequence
 from jaxvae.training import step as train
 from jaxvae.training import fit as trainer
 from jaxvae.data.vocab import Vocabulary
+from jaxvae import config as config_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +118,10 @@ def fit_sequences(config: SequenceConfig, vocab: Vocabulary, train_strings: Sequ
     state = train.create_train_state(sequence.init(model, keys.init), tx)
     hooks = ([] if on_epoch is None else [hooks_lib.EveryEpoch(on_epoch)]) + \
         [hooks_lib.TimeLimit(config.max_seconds)]
-    run = loop.train_run(config, train_data, test_data, loss_fn, tx, state, keys, hooks=hooks,
+    sections = config_lib.LoopConfig(
+        config_lib.RunConfig(epochs=config.epochs, seed=config.seed),
+        config_lib.OptimizerConfig(batch_size=config.batch_size, lr=config.lr),
+        config_lib.EvalConfig(eval_batch_size=config.eval_batch_size))
+    run = loop.train_run(sections, train_data, test_data, loss_fn, tx, state, keys, hooks=hooks,
                          eval_loss_fn=eval_loss_fn, model=model)
     return SequenceFit(model, run.state, vocab, length, run.history, run.compile_seconds)

@@ -11,6 +11,8 @@ resumed from a checkpoint draws exactly the numbers the uninterrupted run would 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -83,6 +85,60 @@ def make_lr_schedule(name: str, lr: float, total_steps: int = 0) -> optax.Scalar
     ends = np.cumsum([3 ** i for i in range(8)]) / 3280  # stage i ends at ends[i] of the run
     return optax.piecewise_constant_schedule(
         float(lr), {int(round(e * total_steps)): 10 ** (-1 / 7) for e in ends[:-1]})
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """The optimizer section of a training config: the batch, Adam, its learning-rate schedule,
+    gradient clipping and micro-batches (the gradient of one update)."""
+
+    batch_size: int = 128  # examples per gradient step (the reference's 128)
+    lr: float = 1e-3  # Adam learning rate (the reference's 1e-3)
+    lr_schedule: str = "constant"  # the learning rate over the run: constant, iwae (8 stages at
+    #   lr * 10**(-i/7) lasting 3**i/3280 of the run: Burda et al. 2016) or cosine (to 0)
+    lr_total_steps: int = 0  # steps the lr schedule spans; 0 = the whole run
+    adam_eps: float = 1e-8  # Adam's epsilon (PyTorch's 1e-8; the IWAE paper's 1e-4)
+    clip_norm: float | None = None  # clip gradients to this global L2 norm (None: no clipping)
+    microbatch_size: int | None = None  # accumulate each batch's gradient over micro-batches
+    #   of this size (it must divide batch_size): the same update in expectation, faster at
+    #   large batches on a CPU (cache-sized activations); None = off
+
+    def validate(self) -> None:
+        """Raises ValueError / TypeError naming the first field that cannot work."""
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
+            raise TypeError(f"batch_size must be an int, got {self.batch_size!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        lr = self.lr
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+            raise TypeError(f"lr must be a number, got {lr!r}")
+        if not math.isfinite(lr):
+            raise ValueError(f"lr must be finite, got {lr}")
+        if not lr > 0:
+            raise ValueError(f"learning rate must be > 0, got {lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown learning-rate schedule {self.lr_schedule!r}; choose one "
+                             f"of {list(LR_SCHEDULES)}")
+        total = self.lr_total_steps
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            raise ValueError(f"lr_total_steps must be an int >= 0 (0: the whole run), got "
+                             f"{total!r}")
+        eps = self.adam_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
+            raise ValueError(f"adam_eps must be a finite number > 0, got {eps!r}")
+        if self.clip_norm is not None:
+            value = self.clip_norm
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"clip_norm must be a number or None, got {value!r}")
+            if not 0 < value < math.inf:
+                raise ValueError(f"clip_norm must be a finite number > 0 (or None), got {value}")
+        check_microbatch_size(self.microbatch_size, self.batch_size)
+
+    def make(self) -> optax.GradientTransformation:
+        """``make_optimizer`` with these settings (``lr_total_steps`` > 0 for a decaying
+        schedule: ``builders.prepare`` fills in the run's steps)."""
+        return make_optimizer(self.lr, clip_norm=self.clip_norm, schedule=self.lr_schedule,
+                              total_steps=self.lr_total_steps, eps=self.adam_eps)
 
 
 def make_optimizer(lr: float = 1e-3, clip_norm: float | None = None, *,

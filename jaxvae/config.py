@@ -81,6 +81,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def flat_defaults(cls) -> dict:
+        """Every field's default by flat name."""
+        return cls.flatten_dict(cls().to_dict())
+
+    @classmethod
     def flatten_dict(cls, values: dict) -> dict:
         """A config dict of either form (sectioned, or flat as older versions wrote it) as one
         flat dict by flat field name. Keys that name nothing known are kept as they are."""

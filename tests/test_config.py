@@ -156,8 +156,13 @@ def test_an_old_flat_summary_json_loads_as_a_run(tmp_path):
 def test_a_resume_mismatch_against_an_old_flat_checkpoint_names_the_flat_field():
     current = TrainConfig.from_dict(OLD_FLAT).replace(lr=0.01, model="flow", epochs=5)
     flatten = TrainConfig.flatten_dict
-    diffs = checkpoint.config_differences(flatten(OLD_FLAT), flatten(current.to_dict()))
+    diffs = checkpoint.config_differences(flatten(OLD_FLAT), flatten(current.to_dict()),
+                                          defaults=TrainConfig.flat_defaults())
     assert diffs == ["lr: 0.001 -> 0.01", "model: 'mlp' -> 'flow'"]  # epochs may change
+    # A field the old checkpoint lacks counts only when it is not at its default.
+    changed = current.replace(standardize="none")
+    assert "standardize: '<absent>' -> 'none'" in checkpoint.config_differences(
+        flatten(OLD_FLAT), flatten(changed.to_dict()), defaults=TrainConfig.flat_defaults())
 
 
 def test_section_modules_do_not_import_each_others_configs():

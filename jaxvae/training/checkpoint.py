@@ -180,12 +180,21 @@ def _ignore_orphaned_tensorstore_callbacks() -> None:
 
 
 def config_differences(saved: dict, current: dict,
-                       allowed: frozenset[str] = RESUMABLE_CHANGES) -> list[str]:
-    """``"field: saved -> current"`` for every field that differs and may not change on resume."""
+                       allowed: frozenset[str] = RESUMABLE_CHANGES,
+                       defaults: dict | None = None) -> list[str]:
+    """``"field: saved -> current"`` for every field that differs and may not change on resume.
+
+    A field missing from ``saved`` (a checkpoint written before the field existed) is no
+    difference when its current value is its default in ``defaults``: the saved run had the
+    behaviour of that default.
+    """
     current = json.loads(json.dumps(current))  # tuples -> lists, as saved
+    defaults = json.loads(json.dumps(defaults or {}))
     diffs = []
     for name in sorted(set(saved) | set(current)):
         if name in allowed:
+            continue
+        if name not in saved and name in defaults and current.get(name) == defaults[name]:
             continue
         old, new = saved.get(name, "<absent>"), current.get(name, "<absent>")
         if old != new:

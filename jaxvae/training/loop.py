@@ -508,8 +508,9 @@ class CheckpointHook:
             # Compared by flat field name: checkpoints hold the sectioned config or, written
             # by older versions, the flat one.
             flatten = type(self.config).flatten_dict
-            diffs = checkpoint_lib.config_differences(flatten(saved),
-                                                      flatten(self.config_json))
+            defaults = getattr(type(self.config), "flat_defaults", lambda: None)()
+            diffs = checkpoint_lib.config_differences(flatten(saved), flatten(self.config_json),
+                                                      defaults=defaults)
             if diffs:
                 raise _ConfigMismatch(
                     f"cannot resume from {manager.directory}: the config differs from the "

@@ -9,6 +9,7 @@ import pytest
 
 import jaxvae
 from jaxvae.training import fit as trainer
+from jaxvae.training import step
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +157,11 @@ def test_fit_with_microbatches_trains_and_checks_the_divisor():
     assert len(result.history) == 10
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] - 0.2
     assert int(result.state.step) == 30  # 2 full (split) batches and 1 of 8 per epoch
-    with pytest.raises(ValueError, match="microbatch_size 6 does not divide the batch size 16"):
+    with pytest.raises(ValueError, match=r"microbatch_size 6 does not divide the batch size 16; "
+                                         r"choose a divisor \(e.g. 4\)"):
         trainer.fit(jaxvae.TrainConfig.from_flat(microbatch_size=6, **base), data)
+    # a request far above the batch size suggests the batch size (found without counting to it)
+    with pytest.raises(ValueError, match=r"size 16; choose a divisor \(e.g. 16\)"):
+        step.check_microbatch_size(2**31, 16)
     with pytest.raises(ValueError, match="--feed device, one process"):
         trainer.fit(jaxvae.TrainConfig.from_flat(microbatch_size=8, feed="stream", **base), data)

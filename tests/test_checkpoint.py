@@ -72,8 +72,8 @@ def _template_state():
 
 def test_sigkill_mid_run_then_resume_gives_bitwise_identical_parameters(uninterrupted, tmp_path):
     outdir = tmp_path / "killed"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    # os.environ holds tests/conftest.py's XLA flags: the devices and compiler of this process
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen([sys.executable, "-m", "experiments.train", *FLAGS,
                              "--outdir", str(outdir)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -39,8 +39,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
     outdir = tmp_path_factory.mktemp("multihost")
+    # tests/conftest.py's XLA flags (the compiler of the reference run), with 2 devices each
+    flags = [f for f in os.environ["XLA_FLAGS"].split() if "device_count" not in f]
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+           "XLA_FLAGS": " ".join(flags + ["--xla_force_host_platform_device_count=2"])}
     port = _free_port()
     procs = [subprocess.Popen(
         [sys.executable, "-m", "experiments.train", *FLAGS, "--outdir",

@@ -38,8 +38,9 @@ def uninterrupted(tmp_path_factory):
 
 def _train_and_signal(argv: list[str], signum: int, ready) -> subprocess.CompletedProcess:
     """Starts experiments.train, sends ``signum`` once ``ready()``, returns the finished run."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",  # the devices of the in-process runs
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    # os.environ holds tests/conftest.py's XLA flags: the devices and compiler of the
+    # in-process runs
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen([sys.executable, "-m", "experiments.train", *argv], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)

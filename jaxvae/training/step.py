@@ -226,9 +226,12 @@ def check_microbatch_size(microbatch_size: int | None, batch_size: int | None = 
         raise ValueError(f"microbatch_size must be >= 1 (or None: no micro-batches), got "
                          f"{microbatch_size}")
     if batch_size is not None and batch_size % microbatch_size:
+        # the largest divisor of the batch size below the request (searched up to the batch
+        # size: a request of 2**31 must not take a minute to refuse)
+        divisor = max(d for d in range(1, min(microbatch_size, batch_size) + 1)
+                      if batch_size % d == 0)
         raise ValueError(f"microbatch_size {microbatch_size} does not divide the batch size "
-                         f"{batch_size}; choose a divisor (e.g. "
-                         f"{max(d for d in range(1, microbatch_size + 1) if batch_size % d == 0)})")
+                         f"{batch_size}; choose a divisor (e.g. {divisor})")
     return microbatch_size
 
 

@@ -64,7 +64,8 @@ def test_the_train_script_sizes_a_small_table_and_says_so(table, tmp_path, capsy
     lines = [line for line in err.splitlines() if "sized for" in line]
     assert lines == ["note: sized for 120 training examples of 20 features: --latent-dim 10, "
                      "--hidden 160, --batch-size 30 (set these flags to choose other values)"]
-    config = json.loads((tmp_path / "run" / "summary.json").read_text())["config"]
+    config = jaxvae.TrainConfig.flatten_dict(
+        json.loads((tmp_path / "run" / "summary.json").read_text())["config"])
     assert (config["latent_dim"], config["hidden"], config["batch_size"]) == (10, [160], 30)
 
 
@@ -75,7 +76,8 @@ def test_the_train_script_keeps_the_sizes_given(table, tmp_path, capsys):
                               "--quiet"])
     assert code == 0
     assert "sized for" not in capsys.readouterr().err
-    config = json.loads((tmp_path / "run" / "summary.json").read_text())["config"]
+    config = jaxvae.TrainConfig.flatten_dict(
+        json.loads((tmp_path / "run" / "summary.json").read_text())["config"])
     assert (config["latent_dim"], config["hidden"], config["batch_size"]) == (20, [400], 100)
 
 

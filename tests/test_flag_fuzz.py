@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from experiments import train as train_script
+from run_files import snapshot
 
 PROG_ERROR = "python -m experiments.train: error: "  # argparse's own error line
 
@@ -97,12 +98,6 @@ def command_line(edits, outdir: str, mode: str | None) -> list[str]:
     return [token for flag, values in pairs for token in (flag, *values)]
 
 
-def _snapshot(directory: Path) -> dict[str, bytes | None]:
-    """Every file and folder under ``directory``, by relative path, with the file's bytes."""
-    return {str(p.relative_to(directory)): (p.read_bytes() if p.is_file() else None)
-            for p in sorted(directory.rglob("*"))}
-
-
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A finished tiny run with checkpoints, plus the files later scripts add to a run."""
@@ -162,7 +157,7 @@ def test_malformed_flags_are_one_error_line_or_a_correct_run_and_never_change_a_
         finished_run, tmp_path_factory, capsys, edits, target, mode):
     work = tmp_path_factory.mktemp("fuzz")
     shutil.copytree(finished_run, work / "run")
-    before = _snapshot(work / "run")
+    before = snapshot(work / "run")
     if target == "new":
         mode = None  # --resume and --overwrite are about an existing run
     argv = command_line(edits, target, mode)
@@ -185,7 +180,7 @@ def test_malformed_flags_are_one_error_line_or_a_correct_run_and_never_change_a_
         _assert_one_error_line(err, code)
     # Only a run that was told to (--overwrite, --resume) and got going may change run/.
     if code == 2 or not any(a in ("--overwrite", "--resume") for a in argv):
-        assert _snapshot(work / "run") == before, argv
+        assert snapshot(work / "run") == before, argv
     if fresh is not None and code == 2:  # refused: nothing was written
         assert not fresh.exists() or not any(fresh.iterdir()), (argv, err)
     if fresh is not None and code == 0:  # a run into a new directory: complete

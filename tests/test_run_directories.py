@@ -12,22 +12,10 @@ import pytest
 from experiments import train as train_script
 from jaxvae.training import files
 from jaxvae.training import runs
+from run_files import snapshot, one_error_line
 
 TINY = ["--dataset", "digits", "--epochs", "1", "--hidden", "8", "--latent-dim", "2",
         "--batch-size", "64", "--quiet"]
-
-
-def _snapshot(directory: Path) -> dict[str, bytes | None]:
-    """Every file and folder under ``directory``, by relative path, with the file's bytes."""
-    return {str(p.relative_to(directory)): (p.read_bytes() if p.is_file() else None)
-            for p in sorted(directory.rglob("*"))}
-
-
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.strip().splitlines() if not line.startswith("note: ")]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -53,21 +41,21 @@ def fresh_run_files(tmp_path_factory):
     """The names a tiny run writes into an empty directory."""
     outdir = tmp_path_factory.mktemp("fresh")
     assert train_script.main(TINY + ["--outdir", str(outdir)]) == 0
-    return set(_snapshot(outdir))
+    return set(snapshot(outdir))
 
 
 def test_a_new_run_into_a_run_directory_is_refused_and_changes_nothing(old_run, capsys):
-    before = _snapshot(old_run)
+    before = snapshot(old_run)
     assert train_script.main(TINY + ["--outdir", str(old_run)]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert str(old_run) in line and "--resume" in line and "--overwrite" in line
-    assert _snapshot(old_run) == before
+    assert snapshot(old_run) == before
 
 
 def test_without_checkpoints_the_refusal_suggests_only_overwrite(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n')
     assert train_script.main(TINY + ["--outdir", str(tmp_path)]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "already holds a run" in line and "--overwrite" in line and "--resume" not in line
     assert (tmp_path / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
 
@@ -99,19 +87,19 @@ def _broken_npz(tmp_path: Path) -> str:
 def test_a_run_that_fails_its_input_checks_leaves_the_run_directory_as_it_was(
         old_run, tmp_path, capsys, bad, message, mode):
     bad = [a(tmp_path) if callable(a) else a for a in bad]
-    before = _snapshot(old_run)
+    before = snapshot(old_run)
     assert train_script.main(TINY + bad + mode + ["--outdir", str(old_run)]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     if mode:  # without a mode the refusal to mix two runs comes first
         assert message in line
-    assert _snapshot(old_run) == before
+    assert snapshot(old_run) == before
 
 
 def test_overwrite_leaves_only_the_new_runs_files(old_run, fresh_run_files, capsys):
     old_params = (old_run / "params.msgpack").read_bytes()
     assert train_script.main(TINY + ["--hidden", "4", "--overwrite",
                                       "--outdir", str(old_run)]) == 0
-    assert set(_snapshot(old_run)) == fresh_run_files  # no checkpoints/, figures/, evaluation
+    assert set(snapshot(old_run)) == fresh_run_files  # no checkpoints/, figures/, evaluation
     assert (old_run / "params.msgpack").read_bytes() != old_params
     records = (old_run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in records] == [1]
@@ -119,32 +107,32 @@ def test_overwrite_leaves_only_the_new_runs_files(old_run, fresh_run_files, caps
 
 
 def test_overwrite_and_resume_together_are_refused(old_run, capsys):
-    before = _snapshot(old_run)
+    before = snapshot(old_run)
     assert train_script.main(TINY + ["--overwrite", "--resume", "--outdir", str(old_run)]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "--resume" in line and "--overwrite" in line
-    assert _snapshot(old_run) == before
+    assert snapshot(old_run) == before
 
 
 def test_overwrite_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
     (tmp_path / "thesis.tex").write_text("years of work")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "x.npy").write_bytes(b"123")
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     assert train_script.main(TINY + ["--overwrite", "--outdir", str(tmp_path)]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "not" in line or "no summary.json" in line
     assert "thesis.tex" in line
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 def test_overwrite_refuses_to_delete_the_data_it_trains_on(old_run, tmp_path, capsys):
     (old_run / "table.csv").write_text(Path(_bad_csv(tmp_path)).read_text())
-    before = _snapshot(old_run)
+    before = snapshot(old_run)
     assert train_script.main(TINY + ["--dataset", str(old_run / "table.csv"), "--batch-size", "8",
                                       "--overwrite", "--outdir", str(old_run)]) == 2
-    assert "lies inside --outdir" in _one_error_line(capsys)
-    assert _snapshot(old_run) == before
+    assert "lies inside --outdir" in one_error_line(capsys)
+    assert snapshot(old_run) == before
 
 
 def test_overwrite_removes_symlinks_without_following_them(tmp_path):
@@ -172,7 +160,7 @@ def test_an_empty_or_missing_directory_takes_a_new_run(tmp_path, existing):
 def test_an_outdir_that_is_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     assert train_script.main(TINY + ["--outdir", str(tmp_path / "f")]) == 2
-    assert "is a file" in _one_error_line(capsys)
+    assert "is a file" in one_error_line(capsys)
     assert (tmp_path / "f").read_text() == "x"
 
 

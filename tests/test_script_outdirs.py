@@ -12,6 +12,7 @@ import pytest
 from experiments import train as train_script
 from experiments import visualize
 from jaxvae.evaluation import plots
+from run_files import snapshot, one_error_line
 
 TINY = ["--dataset", "digits", "--epochs", "1", "--hidden", "8", "--latent-dim", "2",
         "--batch-size", "64", "--quiet"]
@@ -29,18 +30,6 @@ SCRIPTS = {
 }
 
 
-def _snapshot(directory: Path) -> dict[str, bytes | None]:
-    return {str(p.relative_to(directory)): (p.read_bytes() if p.is_file() else None)
-            for p in sorted(directory.rglob("*"))}
-
-
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.strip().splitlines() if not line.startswith("note: ")]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    return lines[0]
-
-
 @pytest.fixture
 def someones_files(tmp_path):
     outdir = tmp_path / "out"
@@ -54,14 +43,14 @@ def someones_files(tmp_path):
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_a_script_refuses_a_non_empty_outdir_and_changes_nothing(name, someones_files, capsys):
     script = importlib.import_module(f"experiments.{name}")
-    before = _snapshot(someones_files)
+    before = snapshot(someones_files)
     assert script.main(SCRIPTS[name] + ["--outdir", str(someones_files)]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "already holds" in line and "notes.txt" in line and "--overwrite" in line
     # --overwrite deletes only a directory the script wrote: not this one
     assert script.main(SCRIPTS[name] + ["--outdir", str(someones_files), "--overwrite"]) == 2
-    assert "deletes only directories this script wrote" in _one_error_line(capsys)
-    assert _snapshot(someones_files) == before
+    assert "deletes only directories this script wrote" in one_error_line(capsys)
+    assert snapshot(someones_files) == before
 
 
 @pytest.fixture(scope="module")
@@ -76,24 +65,24 @@ def test_visualize_refuses_earlier_figures_and_overwrite_replaces_them(tiny_run,
     figures = tmp_path / "figures"
     args = [str(tiny_run), "--outdir", str(figures), "--tsne-points", "10", "--steps", "2"]
     assert visualize.main(args) == 0
-    first = _snapshot(figures)
+    first = snapshot(figures)
     (figures / "latent_pca.png").write_bytes(b"an older figure")
-    before = _snapshot(figures)
+    before = snapshot(figures)
     capsys.readouterr()
     assert visualize.main(args) == 2
-    assert "already holds figures" in _one_error_line(capsys)
-    assert _snapshot(figures) == before
+    assert "already holds figures" in one_error_line(capsys)
+    assert snapshot(figures) == before
     (figures / "stale.png").write_bytes(b"from an older version")
     assert visualize.main(args + ["--overwrite"]) == 0
-    assert set(_snapshot(figures)) == set(first)  # only the new figures, the stale one gone
+    assert set(snapshot(figures)) == set(first)  # only the new figures, the stale one gone
     assert (figures / "latent_pca.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_visualize_overwrite_never_deletes_the_run_it_draws(tiny_run, capsys):
-    before = _snapshot(tiny_run)
+    before = snapshot(tiny_run)
     assert visualize.main([str(tiny_run), "--outdir", str(tiny_run), "--overwrite"]) == 2
-    assert "which --overwrite would delete" in _one_error_line(capsys)
-    assert _snapshot(tiny_run) == before
+    assert "which --overwrite would delete" in one_error_line(capsys)
+    assert snapshot(tiny_run) == before
 
 
 def test_a_figure_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):

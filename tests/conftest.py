@@ -22,6 +22,10 @@ if "xla_backend_optimization_level" not in _flags:
 os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# One OpenMP thread per process (scikit-learn's t-SNE, torch, BLAS): the pytest-xdist workers
+# already use every core, and OpenMP threads that wait for each other on a busy core spin.
+# t-SNE of 40 points under load: 0.1 s of CPU with one thread, 12 s (150 s wall) with two.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Many tests build the same program anew (each call of a script's main() or of fit() makes
 # fresh closures, which jit's in-memory cache does not recognise). JAX's persistent cache keys

@@ -59,9 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch sizes of the wide model (default 128 512 2048; "
                         "--quick: the wide model is skipped unless --models names it)")
     p.add_argument("--conv-batch-sizes", type=int, nargs="+",
-                   help="batch sizes of the conv model (default 128 512; --quick 32)")
+                   help="batch sizes of the conv model (default 128 512; --quick 32); it "
+                        "runs only when --models names it")
     p.add_argument("--sequence-batch-sizes", type=int, nargs="+",
-                   help="batch sizes of the sequence model (default 128 512; --quick 32)")
+                   help="batch sizes of the sequence model (default 128 512; --quick 32); it "
+                        "runs only when --models names it")
     p.add_argument("--models", nargs="+", choices=list(WORKLOADS),
                    help="models to train: reference (784-400-20), wide (784-1024-1024-64), "
                         "conv (the convolutional VAE, 2.6 M parameters), sequence (the biGRU "

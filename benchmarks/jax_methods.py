@@ -40,7 +40,8 @@ def _state(model, tx, device):
 
 
 def train_runners(workload, model, x_NxD: np.ndarray, batch_size: int, steps: int, device,
-                  local_devices: Sequence, methods: Sequence[str]) -> tuple[list[Runner], list[str]]:
+                  local_devices: Sequence, methods: Sequence[str]
+                  ) -> tuple[list[Runner], list[str]]:
     """The jax training runners for one (model, batch size); ``steps`` optimizer steps per call.
 
     ``workload`` (benchmarks/workloads.py) gives the loss and the FLOP count of ``model``;

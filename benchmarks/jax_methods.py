@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 import jaxvae
-from benchmarks.harness import Runner, mlp_nll_flops, mlp_train_flops
+from benchmarks.harness import Runner, mlp_nll_flops
 from jaxvae.training import parallel
 from jaxvae.evaluation.likelihood import log_likelihood
 
@@ -39,20 +39,22 @@ def _state(model, tx, device):
     return jax.device_put(jaxvae.create_train_state(params, tx), device)
 
 
-def train_runners(model, x_NxD: np.ndarray, batch_size: int, steps: int, device,
-                  local_devices: Sequence, methods: Sequence[str]) -> tuple[list[Runner], list[str]]:
+def train_runners(workload, model, x_NxD: np.ndarray, batch_size: int, steps: int, device,
+                  local_devices: Sequence, methods: Sequence[str]
+                  ) -> tuple[list[Runner], list[str]]:
     """The jax training runners for one (model, batch size); ``steps`` optimizer steps per call.
 
-    ``x_NxD`` holds at least ``steps * batch_size`` examples. Returns the runners and notes
-    on the methods skipped (e.g. a batch that does not split over the devices).
+    ``workload`` (benchmarks/workloads.py) gives the loss and the FLOP count of ``model``;
+    ``x_NxD`` holds at least ``steps * batch_size`` examples (images or token rows). Returns
+    the runners and notes on the methods skipped (e.g. a batch that does not split over the
+    devices).
     """
     tx = jaxvae.make_optimizer(1e-3)
-    loss_fn = jaxvae.training.step.vae_loss_fn(model)
+    loss_fn = workload.jax_loss_fn(model)
     run_key = jax.random.key(1)
     n = steps * batch_size
     x = np.ascontiguousarray(x_NxD[:n])
-    flops = mlp_train_flops(int(np.prod(model.data_shape)), model.hidden, model.latent_dim)
-    call_flops = flops * n
+    call_flops = workload.flops_per_sample() * n
     runners, notes = [], []
 
     def runner(method, call, **extra):
@@ -103,7 +105,7 @@ def train_runners(model, x_NxD: np.ndarray, batch_size: int, steps: int, device,
         parallel_methods = []
 
     if "pmap" in parallel_methods:
-        p_loss = jaxvae.training.step.vae_loss_fn(model, axis_name=parallel.AXIS)
+        p_loss = workload.jax_loss_fn(model, axis_name=parallel.AXIS)
         p_step = parallel.make_pmap_train_step(p_loss, tx, devices=list(local_devices))
         p_batches = [parallel.shard_batch(x[i * batch_size:(i + 1) * batch_size], num_dev)
                      for i in range(steps)]
@@ -136,12 +138,13 @@ def train_runners(model, x_NxD: np.ndarray, batch_size: int, steps: int, device,
     return runners, notes
 
 
-def xla_flops_per_sample(model, batch_size: int, device) -> float | None:
+def xla_flops_per_sample(workload, model, x_BxD: np.ndarray, device) -> float | None:
     """XLA's own FLOP count of one jitted train step, per example (a check on the formula)."""
     tx = jaxvae.make_optimizer(1e-3)
-    step = jaxvae.make_train_step(jaxvae.training.step.vae_loss_fn(model), tx)
+    step = jaxvae.make_train_step(workload.jax_loss_fn(model), tx)
     state = _state(model, tx, device)
-    x = jax.ShapeDtypeStruct((batch_size,) + tuple(model.data_shape), np.float32)
+    batch_size = len(x_BxD)
+    x = jax.ShapeDtypeStruct(x_BxD.shape, x_BxD.dtype)
     try:
         cost = step.lower(state, x, jax.random.key(1)).compile().cost_analysis()
     except Exception:  # noqa: BLE001 - cost analysis is optional on some backends

@@ -1,5 +1,6 @@
-"""The benchmark report: the machine and versions, the ratios to torch, the targets, the
-markdown tables and the throughput plot, written as results.json, results.md and throughput.png.
+"""The benchmark report: the machine and versions, the load average of every timed block, the
+ratios to torch, the targets, the markdown tables and the throughput plot, written as
+results.json, results.md and throughput.png.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ import json
 import os
 import platform
 from pathlib import Path
+
+from benchmarks.harness import load_average
 
 
 def cpu_model() -> str:
@@ -18,10 +21,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def load_average() -> list[float] | None:
-    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 def machine(backend: str, devices, torch_note: str | None, load_start) -> dict:
@@ -50,6 +49,12 @@ def versions(torch, torch_threads: int | None) -> dict:
         v["torch"] = torch.__version__
         v["torch_num_threads"] = torch_threads
     return v
+
+
+def load_summary(blocks: list[dict]) -> dict:
+    """The load average before and after every timed block, and the blocks run under load."""
+    return {"cores": os.cpu_count(), "warn_above_per_core": 1.0, "blocks": blocks,
+            "overloaded_blocks": [b["block"] for b in blocks if b["overloaded"]]}
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -92,11 +97,17 @@ def targets(rows: list[dict]) -> list[dict]:
         if model == "reference" and batch == 128:
             add(f"{tag} / torch eager", b.get("vs_torch_eager"), 2.2)
             add(f"{tag} / torch.compile", b.get("vs_torch_compile"), 1.8)
+        elif model == "sequence":
+            add(f"{tag} / torch eager", b.get("vs_torch_eager"), 1.5)
+            add(f"{tag} / torch.compile", b.get("vs_torch_compile"), 1.0)
         else:
             add(f"{tag} / torch eager", b.get("vs_torch_eager"), 1.0)
             add(f"{tag} / torch.compile", b.get("vs_torch_compile"), 1.0)
-        if batch >= 512 and b.get("pct_of_peak") is not None and b["device"] == "cpu":
+        if batch >= 512 and b.get("pct_of_peak") is not None and b["device"] == "cpu" \
+                and model in ("reference", "wide"):
             add(f"{tag} % of GEMM peak", b["pct_of_peak"], 85.0)
+        if batch >= 512 and b.get("pct_of_roofline") is not None:
+            add(f"{tag} % of roofline", b["pct_of_roofline"], 90.0)
     fit = [r for r in rows if r["benchmark"] == "fit_mnist5k" and r["framework"] == "jax"]
     if fit:
         add("jaxvae.fit mnist5k epoch / torch reference epoch", fit[0].get(
@@ -113,6 +124,11 @@ def _fmt(v, spec=",.0f"):
     return "" if v is None else format(v, spec)
 
 
+def _load(r: dict) -> str:
+    before, after = r.get("load_before"), r.get("load_after")
+    return f"{before[0]:.2f} -> {after[0]:.2f}" if before and after else ""
+
+
 def markdown(result: dict) -> str:
     m, v = result["machine"], result["versions"]
     lines = [f"Machine: {m['cpu']} ({m['cpu_count']} cores), backend {m['backend']} "
@@ -123,23 +139,48 @@ def markdown(result: dict) -> str:
                f"{m['load_average_end']}.", ""]
     if result["settings"]["command"]:
         lines += [f"Command: `{result['settings']['command']}`", ""]
+    load = result.get("load") or {}
+    if load.get("overloaded_blocks"):
+        lines += [f"**WARNING: the load average was above 1 per core ({load['cores']} cores) "
+                  f"around {len(load['overloaded_blocks'])} timed block(s) "
+                  f"({', '.join(load['overloaded_blocks'])}): other processes shared the CPU, "
+                  "so those timings and ratios are unreliable. Rerun on a quiet machine.**", ""]
     train = [r for r in result["rows"] if r["benchmark"] == "train"]
     if train:
         lines += ["Training step (forward, loss, backward, Adam): samples/s median [min-max] of "
                   "interleaved rounds; x = ratio to torch eager / torch.compile in the same "
-                  "rounds; % peak = matmul GFLOP/s over the jitted GEMM's in the same rounds.",
+                  "rounds; % peak = matmul GFLOP/s over the jitted GEMM's in the same rounds; "
+                  "% roof = samples/s over the roofline limit (below).",
                   "",
                   "| model | batch | method | samples/s | min-max | x eager | x compile | "
-                  "GFLOP/s | % peak | step ms | compile s |",
-                  "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "GFLOP/s | % peak | % roof | step ms | compile s |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in train:
             lines.append(
                 f"| {r['model']} | {r['batch_size']} | {r['framework']} {r['method']} | "
                 f"{_fmt(r['samples_per_s'])} | {_fmt(r['samples_per_s_min'])}-"
                 f"{_fmt(r['samples_per_s_max'])} | {_fmt(r.get('vs_torch_eager'), '.2f')} | "
                 f"{_fmt(r.get('vs_torch_compile'), '.2f')} | {_fmt(r['gflops'], '.1f')} | "
-                f"{_fmt(r['pct_of_peak'], '.0f')} | {_fmt(r['step_ms'], '.2f')} | "
-                f"{_fmt(r['compile_s'], '.2f')} |")
+                f"{_fmt(r['pct_of_peak'], '.0f')} | {_fmt(r.get('pct_of_roofline'), '.0f')} | "
+                f"{_fmt(r['step_ms'], '.2f')} | {_fmt(r['compile_s'], '.2f')} |")
+        lines.append("")
+        lines += ["Roofline of each configuration, measured in its rounds: limit = batch / "
+                  "(batch x FLOPs at the GEMM rate + (optimizer bytes + batch x activation "
+                  "bytes) at the triad bandwidth); load average (1 min) before -> after.", "",
+                  "| model | params | batch | MFLOP/sample | KB/sample | MB/step | GEMM GFLOP/s "
+                  "| copy GB/s | triad GB/s | limit samples/s | load |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        seen = set()
+        for r in train:
+            if (r["model"], r["batch_size"]) in seen:
+                continue
+            seen.add((r["model"], r["batch_size"]))
+            lines.append(
+                f"| {r['model']} | {r['num_params']:,} | {r['batch_size']} | "
+                f"{r['flops_per_sample'] / 1e6:.2f} | {r['bytes_per_sample'] / 1e3:.1f} | "
+                f"{r['bytes_per_step'] / 1e6:.1f} | {r['gemm_gflops']:.1f} | "
+                f"{r['stream_copy_gbs']:.1f} | {r['stream_triad_gbs']:.1f} | "
+                f"{_fmt(r['roofline_samples_per_s'])} | {_load(r)} |")
         lines.append("")
     fit = [r for r in result["rows"] if r["benchmark"] == "fit_mnist5k"]
     if fit:

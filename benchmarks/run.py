@@ -2,20 +2,27 @@
 
     python -m benchmarks.run                       # the full run, all defaults
     python -m benchmarks.run --quick               # a smoke test (tiny settings)
+    python -m benchmarks.run --models reference wide conv sequence
     python -m benchmarks.run --device gpu --outdir runs/bench-gpu
 
 Measures training throughput (samples/s of a full step: forward, loss, backward, Adam) for
 torch eager, torch.compile, jaxvae's jitted step, its scan epoch and its pmap / sharded
-data-parallel steps over the local devices, at several batch sizes and two model sizes; the
-epoch of the path users take (``jaxvae.fit``, what experiments/train.py runs) against the
-pytorch/examples epoch loop; and the importance-sampled log-likelihood (K = 1000, 5000).
+data-parallel steps over the local devices, at several batch sizes, for the MLP VAEs
+(reference, wide) and, with --models, the convolutional and the sequence VAE against torch
+equivalents with the same parameter counts (benchmarks/workloads.py); the epoch of the path
+users take (``jaxvae.fit``, what experiments/train.py runs) against the pytorch/examples epoch
+loop; and the importance-sampled log-likelihood (K = 1000, 5000).
 
 Honest timing: the first call of every method (tracing, compiling) is timed apart and never
 counted as throughput; every call ends with ``jax.block_until_ready`` /
 ``torch.cuda.synchronize``; the timed calls of all methods of one configuration run
 interleaved, round-robin with a rotating order, and the ratios compare medians of the same
 rounds. A jitted float32 GEMM runs in the same rounds: ``pct_of_peak`` is each method's matmul
-GFLOP/s over the GEMM's (FLOP counts: benchmarks/harness.py, mlp_train_flops).
+GFLOP/s over the GEMM's (FLOP counts: benchmarks/harness.py). So do a STREAM copy and triad:
+``pct_of_roofline`` is each training row's samples/s over the most its step allows, its FLOPs
+at the GEMM rate plus its optimizer's and activations' bytes at the triad bandwidth (the byte
+model: benchmarks/harness.py, docs/benchmarks.md). The load average is read before and after
+every timed block; above 1 per core the run warns that its ratios are unreliable.
 
 Writes into --outdir: results.json (rows + machine + versions + targets), results.md (the
 tables, also printed) and throughput.png (samples/s vs batch size per method).
@@ -33,8 +40,9 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import report, sections
-from benchmarks.sections import MODELS, TRAIN_METHODS, log
+from benchmarks import harness, report, sections
+from benchmarks.sections import TRAIN_METHODS, log
+from benchmarks.workloads import WORKLOADS
 
 BACKENDS = {"cpu": "cpu", "gpu": "gpu", "tpu": "tpu"}
 
@@ -50,8 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wide-batch-sizes", type=int, nargs="+",
                    help="batch sizes of the wide model (default 128 512 2048; "
                         "--quick: the wide model is skipped unless --models names it)")
-    p.add_argument("--models", nargs="+", choices=sorted(MODELS),
-                   help="models to train (default: reference wide; --quick: reference)")
+    p.add_argument("--conv-batch-sizes", type=int, nargs="+",
+                   help="batch sizes of the conv model (default 128 512; --quick 32); it "
+                        "runs only when --models names it")
+    p.add_argument("--sequence-batch-sizes", type=int, nargs="+",
+                   help="batch sizes of the sequence model (default 128 512; --quick 32); it "
+                        "runs only when --models names it")
+    p.add_argument("--models", nargs="+", choices=list(WORKLOADS),
+                   help="models to train: reference (784-400-20), wide (784-1024-1024-64), "
+                        "conv (the convolutional VAE, 2.6 M parameters), sequence (the biGRU "
+                        "sequence VAE, 806 k parameters, rows of 53 tokens) (default: reference "
+                        "wide; --quick: reference)")
     p.add_argument("--methods", nargs="+", choices=TRAIN_METHODS,
                    help="training methods (default: all; --quick: all but compile)")
     p.add_argument("--repeats", type=int, help="timed rounds per configuration (default 5; "
@@ -61,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--quick 0.3)")
     p.add_argument("--gemm-size", type=int, help="n of the n x n x n GEMM peak (default 2048 "
                                                  "on CPU, 8192 on accelerators; --quick 512)")
+    p.add_argument("--stream-mb", type=float,
+                   help="MiB per array of the STREAM copy / triad, larger than the last-level "
+                        "cache (default 128 on CPU, 1024 on accelerators; --quick 16)")
     p.add_argument("--nll-samples", type=int, nargs="*",
                    help="K of the importance-sampled NLL; none to skip (default 1000 5000; "
                         "--quick 100)")
@@ -102,12 +122,15 @@ def settings(args: argparse.Namespace, backend: str = "cpu") -> dict:
     s = {
         "models": pick(args.models, ["reference"], ["reference", "wide"]),
         "batch_sizes": {"reference": pick(args.batch_sizes, [128], [128, 512, 2048, 8192]),
-                        "wide": pick(args.wide_batch_sizes, [128], [128, 512, 2048])},
+                        "wide": pick(args.wide_batch_sizes, [128], [128, 512, 2048]),
+                        "conv": pick(args.conv_batch_sizes, [32], [128, 512]),
+                        "sequence": pick(args.sequence_batch_sizes, [32], [128, 512])},
         "methods": pick(args.methods, [m for m in TRAIN_METHODS if m != "compile"],
                         list(TRAIN_METHODS)),
         "repeats": pick(args.repeats, 2, 5),
         "call_gflop": pick(args.call_gflop, 0.3, 12.0 if cpu else 500.0),
         "gemm_size": pick(args.gemm_size, 512, 2048 if cpu else 8192),
+        "stream_mb": pick(args.stream_mb, 16.0, 128.0 if cpu else 1024.0),
         "nll_samples": pick(args.nll_samples, [100], [1000, 5000]),
         "nll_gflop": pick(args.nll_gflop, 0.2, 10.0 if cpu else 200.0),
         "fit_epochs": pick(args.fit_epochs, 2, 6),
@@ -127,6 +150,8 @@ def settings(args: argparse.Namespace, backend: str = "cpu") -> dict:
         raise ValueError(f"--nll-samples must be >= 1, got {s['nll_samples']}")
     if not s["call_gflop"] > 0 or not s["nll_gflop"] > 0:
         raise ValueError("--call-gflop and --nll-gflop must be > 0")
+    if not s["stream_mb"] > 0:
+        raise ValueError(f"--stream-mb must be > 0, got {s['stream_mb']}")
     if s["fit_examples"] is not None and not 128 <= s["fit_examples"] <= 4000:
         raise ValueError(f"--fit-examples must be in [128, 4000], got {s['fit_examples']}")
     if s["fit_epochs"] == 1 or s["fit_epochs"] < 0:
@@ -170,7 +195,7 @@ def setup_torch(backend: str, threads: int):
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     settings(args)  # bad flags fail before jax starts
-    started, load_start = time.perf_counter(), report.load_average()
+    started, load_start = time.perf_counter(), harness.load_average()
     import jax
     backend = args.device or jax.default_backend()
     try:
@@ -197,19 +222,20 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     from jaxvae.data import datasets as data_lib
     data = data_lib.load_mnist5k()
 
-    rows = []
+    rows, blocks = [], []
     # The same matmul arithmetic in both frameworks: on recent GPUs JAX would use TF32 for
     # float32 by default and torch would not.
     try:
         with jax.default_device(devices[0]), jax.default_matmul_precision(
                 "tensorfloat32" if tf32 else "float32"):
             rows += sections.train_section(s, jax, torch, torch_device, backend, devices,
-                                           data.x_train, notes)
+                                           data.x_train, notes, blocks)
             if s["fit_epochs"]:
-                rows += sections.fit_section(s, jax, torch, backend, devices, data, notes)
+                rows += sections.fit_section(s, jax, torch, backend, devices, data, notes,
+                                             blocks)
             if s["nll_samples"]:
                 rows += sections.nll_section(s, jax, torch, torch_device, backend, devices,
-                                             data.x_test, notes)
+                                             data.x_test, notes, blocks)
     finally:
         _restore_torch_globals(torch_saved)  # main() may run inside a larger program (tests)
     report.add_ratios(rows)
@@ -218,7 +244,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     result = {"machine": m, "versions": report.versions(torch, torch_threads),
               "settings": {**s, "command": command,
                            "total_seconds": round(time.perf_counter() - started, 1)},
-              "notes": list(dict.fromkeys(notes)), "targets": report.targets(rows), "rows": rows}
+              "notes": list(dict.fromkeys(notes)), "load": report.load_summary(blocks),
+              "targets": report.targets(rows), "rows": rows}
     print(report.markdown(result))
     written = report.write(result, outdir, args.json)
     log(f"total {result['settings']['total_seconds']} s; wrote "

@@ -1,33 +1,26 @@
 """The measured sections of the benchmark: the training step, the path users take, the NLL.
 
 Each section builds ``harness.Runner`` objects for jaxvae (benchmarks/jax_methods.py) and for the
-PyTorch reference (benchmarks/torch_methods.py), times them with ``harness.round_robin`` beside a
-jitted GEMM, and returns one row (a dict) per method and configuration; benchmarks/report.py
-turns the rows into ratios, targets and tables.
+PyTorch reference (benchmarks/torch_methods.py), times them with ``harness.timed_block`` beside a
+jitted GEMM (and, for training, the STREAM copy and triad that give each row its roofline), and
+returns one row (a dict) per method and configuration; every timed block's load average goes
+into ``blocks``, its overload warning into ``notes``. benchmarks/report.py turns the rows into
+ratios, targets and tables.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 
 TRAIN_METHODS = ("eager", "compile", "jit_step", "scan_epoch", "scan_micro", "pmap", "sharded")
-MODELS = {  # name -> (hidden, latent_dim); 784 inputs
-    "reference": ((400,), 20),
-    "wide": ((1024, 1024), 64),
-}
 MAX_SAMPLES_PER_CALL = 131072  # bounds the pre-placed batches (400 MB of float32 at 784)
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def tiled(x, n: int):
-    import numpy as np
-    reps = -(-n // len(x))
-    return np.ascontiguousarray(np.concatenate([x] * reps)[:n]) if reps > 1 else x[:n]
 
 
 def largest_divisor(k: int, limit: int) -> int:
@@ -47,44 +40,69 @@ def row(timing, benchmark: str, model: str, batch_size, backend: str, device_kin
     return out
 
 
-def train_section(s, jax, torch, torch_device, backend, devices, x_train, notes) -> list[dict]:
-    from benchmarks import harness, jax_methods
+def _block(block, name: str, notes: list, blocks: list) -> None:
+    blocks.append(block.record(name))
+    if block.warning:
+        notes.append(block.warning)
+
+
+def train_section(s, jax, torch, torch_device, backend, devices, x_train, notes,
+                  blocks) -> list[dict]:
+    from benchmarks import harness, jax_methods, workloads
     import jaxvae
 
     rows = []
     for model_name in s["models"]:
-        hidden, latent = MODELS[model_name]
-        model = jaxvae.mlp_vae(hidden, latent, (784,))
-        per_sample = harness.mlp_train_flops(784, hidden, latent)
+        work = workloads.WORKLOADS[model_name]
+        model = work.jax_model()
+        params = jaxvae.init(model, jax.random.key(0))
+        num_params = workloads.jax_param_count(params)
+        if torch is not None:  # the same number of parameters in both frameworks, or stop
+            workloads.check_parameter_counts(work, params, work.torch_model())
+        per_sample = work.flops_per_sample()
+        byte_counts = work.byte_counts(num_params)
         for batch in s["batch_sizes"][model_name]:
             steps = max(1, min(round(s["call_gflop"] * 1e9 / (per_sample * batch)),
                                MAX_SAMPLES_PER_CALL // batch))
-            x = tiled(x_train, steps * batch)
+            x = work.train_data(x_train, steps * batch)
             log(f"train {model_name} batch {batch}: {steps} steps per call, "
                 f"{s['repeats']} rounds")
             gemm = harness.gemm_runner(s["gemm_size"], devices[0])
-            runners, skipped = jax_methods.train_runners(model, x, batch, steps, devices[0],
-                                                         devices, s["methods"])
+            stream = harness.stream_runners(s["stream_mb"], devices[0])
+            runners, skipped = jax_methods.train_runners(work, model, x, batch, steps,
+                                                         devices[0], devices, s["methods"])
             notes.extend(skipped)
             if torch is not None:
                 from benchmarks import torch_methods
-                runners = torch_methods.train_runners(hidden, latent, x, batch, steps,
-                                                      torch_device, s["methods"]) + runners
-            timings = harness.round_robin([gemm] + runners, s["repeats"], log=log)
-            peak = timings[0].stats()["gflops"]
+                runners = torch_methods.train_runners(work, x, batch, steps, torch_device,
+                                                      s["methods"]) + runners
+            name = f"train {model_name} batch {batch}"
+            block = harness.timed_block(name, [gemm, *stream] + runners, s["repeats"], log=log)
+            _block(block, name, notes, blocks)
+            peak = block.timings[0].stats()["gflops"]
+            copy_gbs, triad_gbs = (t.stats()["gbytes_per_s"] for t in block.timings[1:3])
+            limit = harness.roofline_samples_per_s(batch, per_sample, byte_counts, peak,
+                                                   triad_gbs)
             # XLA's count, once per model (a cross-check of the formula; compiling costs)
-            xla = (jax_methods.xla_flops_per_sample(model, batch, devices[0])
+            xla = (jax_methods.xla_flops_per_sample(work, model, x[:batch], devices[0])
                    if batch == s["batch_sizes"][model_name][0] else None)
-            for t in timings[1:]:
-                rows.append(row(t, "train", model_name, batch, backend, devices[0].device_kind,
-                                peak))
-                rows[-1]["flops_per_sample"] = per_sample
-                rows[-1]["xla_flops_per_sample"] = xla if t.runner.framework == "jax" else None
-                rows[-1]["gemm_gflops"] = peak
+            for t in block.timings[3:]:
+                r = row(t, "train", model_name, batch, backend, devices[0].device_kind, peak)
+                r.update({"flops_per_sample": per_sample,
+                          "xla_flops_per_sample": xla if t.runner.framework == "jax" else None,
+                          "num_params": num_params, "gemm_gflops": peak,
+                          "stream_copy_gbs": copy_gbs, "stream_triad_gbs": triad_gbs,
+                          "bytes_per_sample": byte_counts.per_sample,
+                          "bytes_per_step": byte_counts.per_step,
+                          "roofline_samples_per_s": limit,
+                          "pct_of_roofline": 100.0 * r["samples_per_s"] / limit,
+                          "load_before": block.load_before, "load_after": block.load_after})
+                rows.append(r)
     return rows
 
 
-def nll_section(s, jax, torch, torch_device, backend, devices, x_test, notes) -> list[dict]:
+def nll_section(s, jax, torch, torch_device, backend, devices, x_test, notes,
+                blocks) -> list[dict]:
     from benchmarks import harness, jax_methods
     import jaxvae
 
@@ -111,16 +129,19 @@ def nll_section(s, jax, torch, torch_device, backend, devices, x_test, notes) ->
         runners = [jax_methods.nll_runner(model, params, x, k, chunk, devices[0])]
         if net is not None:
             runners += torch_methods.nll_runners(net, x, k, torch_chunk, chunk, torch_device)
-        timings = harness.round_robin([gemm] + runners, max(2, s["repeats"] - 2), log=log)
-        peak = timings[0].stats()["gflops"]
-        for t in timings[1:]:
+        name = f"nll K={k}"
+        block = harness.timed_block(name, [gemm] + runners, max(2, s["repeats"] - 2), log=log)
+        _block(block, name, notes, blocks)
+        peak = block.timings[0].stats()["gflops"]
+        for t in block.timings[1:]:
             rows.append(row(t, f"nll_k{k}", "reference", examples, backend,
                             devices[0].device_kind, peak))
             rows[-1]["importance_samples_per_s"] = rows[-1]["samples_per_s"] * k
+            rows[-1].update(load_before=block.load_before, load_after=block.load_after)
     return rows
 
 
-def fit_section(s, jax, torch, backend, devices, data, notes) -> list[dict]:
+def fit_section(s, jax, torch, backend, devices, data, notes, blocks) -> list[dict]:
     """jaxvae.fit (the path of experiments/train.py) vs the pytorch/examples epoch, interleaved.
 
     One mnist5k epoch at batch 128 each, alternating: fit calls ``on_epoch`` after each of its
@@ -152,7 +173,14 @@ def fit_section(s, jax, torch, backend, devices, data, notes) -> list[dict]:
     log(f"fit: {epochs} mnist5k epochs ({len(data.x_train)} examples) at batch 128, jaxvae.fit "
         "and the torch epoch alternating")
     config = jaxvae.TrainConfig.from_flat(epochs=epochs, batch_size=128)
+    from benchmarks import harness
+    load_before = harness.load_average()
     result = trainer.fit(config, data, on_epoch=on_epoch)
+    load_after = harness.load_average()
+    warning = harness.overload_warning("fit", load_before, load_after, os.cpu_count() or 1)
+    if warning:
+        log(warning)
+    _block(harness.Block([], load_before, load_after, warning), "fit", notes, blocks)
     n = len(data.x_train)
     from benchmarks.harness import Runner, Timing, mlp_train_flops
     flops = mlp_train_flops(784, (400,), 20) * n
@@ -172,4 +200,5 @@ def fit_section(s, jax, torch, backend, devices, data, notes) -> list[dict]:
             for t in timings]
     for r in rows:  # fit reports its compile time itself; the torch loop compiles nothing
         r["compile_s"] = result.compile_seconds if r["framework"] == "jax" else 0.0
+        r.update(load_before=load_before, load_after=load_after)
     return rows

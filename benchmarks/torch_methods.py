@@ -1,7 +1,9 @@
-"""The PyTorch reference formulas (benchmarks/torch_reference.py) as benchmark runners.
+"""The PyTorch reference formulas (benchmarks/torch_reference.py) and the equivalents of
+jaxvae's other models (benchmarks/torch_models.py) as benchmark runners.
 
-    eager    the pytorch/examples training step: zero_grad, forward, BCE(sum) + KLD, backward,
-             Adam.step(), in a Python loop over batches already on the device
+    eager    the pytorch/examples training step: zero_grad, forward, the negative ELBO
+             (BCE(sum) + KLD for images), backward, Adam.step(), in a Python loop over
+             batches already on the device
     compile  the same with the forward + loss under ``torch.compile`` (AOTAutograd compiles the
              backward too) and ``Adam.step`` compiled as well (PyTorch's recipe for compiled
              optimizers); ``dynamic=False``, one compilation per batch size
@@ -13,7 +15,7 @@ import numpy as np
 import torch
 
 from benchmarks import torch_reference
-from benchmarks.harness import Runner, mlp_nll_flops, mlp_train_flops
+from benchmarks.harness import Runner, mlp_nll_flops
 
 
 def make_model(hidden: tuple[int, ...], latent_dim: int, data_dim: int = 784) -> torch.nn.Module:
@@ -34,23 +36,27 @@ def _memory(device: torch.device):
     return lambda: None
 
 
-def train_runners(hidden, latent_dim, x_NxD: np.ndarray, batch_size: int, steps: int,
+def train_runners(workload, x_NxD: np.ndarray, batch_size: int, steps: int,
                   device: torch.device, methods) -> list[Runner]:
-    """Torch training runners for one (model, batch size), ``steps`` Adam steps per call."""
+    """Torch training runners for one (model, batch size), ``steps`` Adam steps per call.
+
+    ``workload`` (benchmarks/workloads.py) builds the model and its loss; token rows become
+    int64 tensors (what ``nn.Embedding`` takes).
+    """
     n = steps * batch_size
-    x = torch.from_numpy(np.ascontiguousarray(x_NxD[:n])).to(device)
+    x = torch.from_numpy(np.ascontiguousarray(x_NxD[:n]))
+    x = (x.long() if not x.is_floating_point() else x).to(device)
     batches = [x[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
-    flops = mlp_train_flops(x.shape[1], hidden, latent_dim) * n
+    flops = workload.flops_per_sample() * n
     runners = []
 
     def make_step(compiled: bool):
         torch.manual_seed(0)
-        model = make_model(hidden, latent_dim, x.shape[1]).to(device)
+        model = workload.torch_model().to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
         def loss_of(xb):
-            recon, mu, logvar = model(xb)
-            return torch_reference.loss_function(recon, xb, mu, logvar)
+            return workload.torch_loss(model, xb)
 
         opt_step = opt.step
         if compiled:

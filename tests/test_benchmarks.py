@@ -1,7 +1,9 @@
-"""The benchmark harness: its FLOP counts, its timing protocol, its torch estimators, and a
---quick smoke run whose JSON is checked for the documented schema (no speed assertions)."""
+"""The benchmark harness: its FLOP and byte counts, its roofline, its timing protocol and load
+warning, its torch models and estimators, and --quick smoke runs whose JSON is checked for the
+documented schema (no speed assertions)."""
 
 import json
+import os
 
 import jax
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 import torch
 
 import jaxvae
-from benchmarks import harness, run, sections, torch_reference
+from benchmarks import harness, report, run, sections, torch_models, torch_reference, workloads
 
 
 def test_train_flops_of_the_reference_model_are_3_28_mflop_per_sample():
@@ -19,6 +21,28 @@ def test_train_flops_of_the_reference_model_are_3_28_mflop_per_sample():
     assert harness.mlp_layers(784, (1024, 1024), 64) == [
         (784, 1024), (1024, 1024), (1024, 64), (1024, 64), (64, 1024), (1024, 1024),
         (1024, 784)]
+
+
+def test_conv_flops_count_convolutions_transposed_convolutions_and_dense_layers():
+    # 28x28x1 -> conv 4x4/2 -> 14x14x32 -> conv 4x4/2 -> 7x7x64 = 3136 -> 400 -> 20 (x2);
+    # 20 -> 400 -> 3136 -> deconv -> 14x14x32 -> deconv -> 28x28x1
+    conv = [2 * 14 * 14 * 32 * 16 * 1, 2 * 7 * 7 * 64 * 16 * 32]
+    dense = [2 * 3136 * 400, 2 * 400 * 20, 2 * 400 * 20, 2 * 20 * 400, 2 * 400 * 3136]
+    deconv = [2 * 7 * 7 * 64 * 16 * 32, 2 * 14 * 14 * 32 * 16 * 1]
+    forward = sum(conv + dense + deconv)
+    layers = harness.conv_vae_layers((28, 28, 1), (32, 64), (400,), 20)
+    assert [l.flops for l in layers] == conv + dense[:3] + dense[3:] + deconv
+    assert harness.train_flops(layers) == 3 * forward - conv[0] == 35_467_904
+    assert sum(l.outputs for l in layers) == 6272 + 3136 + 400 + 20 + 20 + 400 + 3136 + 6272 + 784
+
+
+def test_sequence_flops_count_every_gru_step_and_the_input_gradients():
+    v, e, h, z, n, t = 28, 32, 256, 64, 53, 40
+    gru = lambda d, steps: 2 * (d * 3 * h + h * 3 * h) * steps  # noqa: E731
+    forward = 2 * gru(e, t) + 2 * (2 * 2 * h * z) + 2 * z * h + gru(e + z, n) + 2 * h * v * n
+    layers = harness.sequence_vae_layers(v, e, h, z, n, t)
+    # the first layer is the embedding: every GRU input gradient is needed (3 x forward)
+    assert harness.train_flops(layers) == pytest.approx(3 * forward, rel=1e-12)
 
 
 def test_nll_flops_count_one_encoding_and_k_decodings():
@@ -39,6 +63,114 @@ def test_round_robin_times_warm_up_apart_and_rotates_the_order():
     stats = timings[0].stats()
     assert stats["samples_per_s_min"] <= stats["samples_per_s"] <= stats["samples_per_s_max"]
     assert stats["gflops"] == pytest.approx(1.0 / timings[0].median_s)
+
+
+def test_roofline_of_the_reference_model_matches_a_hand_computation():
+    params = 784 * 400 + 400 + 2 * (400 * 20 + 20) + 20 * 400 + 400 + 400 * 784 + 784
+    counts = workloads.WORKLOADS["reference"].byte_counts(params)
+    # Adam: gradient written, p, g, m, v read, p, m, v written: 8 x 4 bytes per parameter
+    assert counts.per_step == 32 * 652_824
+    # activations: 16 bytes per layer output (400, 20, 20, 400, 784), the input read once
+    assert counts.per_sample == 16 * (400 + 20 + 20 + 400 + 784) + 4 * 784 == 29_120
+    seconds = 128 * 3.28e6 / 200e9 + (32 * 652_824 + 128 * 29_120) / 20e9  # 3.33 ms a step
+    limit = harness.roofline_samples_per_s(128, 3.28e6, counts, gemm_gflops=200.0,
+                                           bandwidth_gbs=20.0)
+    assert limit == pytest.approx(128 / seconds) and limit == pytest.approx(38_437, abs=1)
+
+
+def test_stream_kernels_count_stream_bytes_and_compute_copy_and_triad():
+    copy, triad = harness.stream_runners(0.25)  # 65,536 float32 elements
+    assert (copy.bytes_moved, triad.bytes_moved) == (8 * 65_536, 12 * 65_536)
+    timings = harness.round_robin([copy, triad], repeats=2)
+    for t in timings:
+        stats = t.stats()
+        assert stats["gbytes_per_s"] == pytest.approx(t.runner.bytes_moved / t.median_s / 1e9)
+
+
+def test_load_above_one_per_core_warns_and_is_recorded(monkeypatch):
+    runner = harness.Runner("jax", "a", lambda: None, samples=1, flops=1.0)
+    logged = []
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.5, 1.0, 0.5))
+    busy = harness.timed_block("train conv batch 128", [runner], 1, log=logged.append, cores=2)
+    assert busy.load_before == busy.load_after == [2.5, 1.0, 0.5]
+    assert busy.warning.startswith("WARNING: train conv batch 128: load average 2.50 > 1 per "
+                                   "core (2 cores)") and logged[-1] == busy.warning
+    assert busy.record("b")["overloaded"]
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 3.0, 3.0))  # the 1-minute value counts
+    quiet = harness.timed_block("x", [runner], 1, log=logged.append, cores=2)
+    assert quiet.warning is None and not quiet.record("x")["overloaded"]
+    summary = report.load_summary([busy.record("b"), quiet.record("x")])
+    assert summary["overloaded_blocks"] == ["b"]
+
+
+@pytest.mark.parametrize("name", ["reference", "wide", "conv", "sequence"])
+def test_torch_equivalents_have_jaxvae_parameter_counts(name):
+    work = workloads.WORKLOADS[name]
+    params = jaxvae.init(work.jax_model(), jax.random.key(0))
+    expected = {"reference": 652_824, "wide": 3_904_400,
+                # 544 + 32,832 (convs) + 1,254,800 + 2 x 8,020 + 8,400 + 1,257,536 (dense)
+                # + 32,800 + 513 (transposed convs)
+                "conv": 2_603_465,
+                # 28 x 32 embedding, 2 x 222,208 encoder GRUs, 2 x 32,832 heads, 16,640
+                # z -> h, 271,360 decoder GRU, 7,196 output layer
+                "sequence": 806_172}[name]
+    assert workloads.check_parameter_counts(work, params, work.torch_model()) == expected
+
+
+def test_unequal_parameter_counts_stop_the_benchmark():
+    work = workloads.WORKLOADS["reference"]
+    params = jaxvae.init(work.jax_model(), jax.random.key(0))
+    with pytest.raises(RuntimeError, match="652,824 parameters in jaxvae but 3,904,400"):
+        workloads.check_parameter_counts(work, params, workloads.WORKLOADS["wide"].torch_model())
+
+
+def test_torch_sequence_vae_computes_jaxvae_sequence_vae():
+    # Same weights: the packed biGRU equals jaxvae's masked scan, and the teacher-forced logits
+    # equal; so the torch rows time the same function.
+    from jaxvae.models import sequence
+    model = sequence.sequence_vae(10, 4, 8, 3)
+    params = jaxvae.init(model, jax.random.key(0))
+    net = torch_models.TorchSequenceVAE(10, 4, 8, 3)
+    t = lambda a: torch.from_numpy(np.array(a))  # noqa: E731
+    gates = lambda cell, kind: np.concatenate(  # noqa: E731
+        [cell[g]["kernel"] for g in (kind + "r", kind + "z", kind + "n")], axis=1).T
+    flat = []
+    for cell in (params["encoder_fwd"], params["encoder_bwd"]):
+        flat += [gates(cell, "i"), gates(cell, "h"),
+                 np.concatenate([cell[g]["bias"] for g in ("ir", "iz", "in")]), cell["hn"]["bias"]]
+    cell = params["decoder_cell"]
+    dec = [gates(cell, "i"), gates(cell, "h"),
+           np.concatenate([cell[g]["bias"] for g in ("ir", "iz", "in")]), cell["hn"]["bias"]]
+    with torch.no_grad():
+        for p, value in zip(list(net.encoder.directions) + list(net.decoder.directions),
+                            flat + dec):
+            p.copy_(t(value))
+        net.embed.weight.copy_(t(params["embed"]["embedding"]))
+        for layer, name in ((net.fc_mu, "mean"), (net.fc_logvar, "logvar"),
+                            (net.z_to_hidden, "z_to_hidden"), (net.out, "out")):
+            layer.weight.copy_(t(params[name]["kernel"]).T)
+            layer.bias.copy_(t(params[name]["bias"]))
+    tokens = workloads.token_rows(5, 7, 10, seed=1)
+    assert (tokens == 0).any()  # some rows padded
+    mean, logvar = sequence.encode(model, params, tokens)
+    z = np.asarray(mean)
+    logits = sequence.teacher_forced_logits(model, params, z, sequence.decoder_inputs(tokens))
+    with torch.no_grad():
+        t_mean, t_logvar = net.encode(t(tokens).long())
+        t_logits = net.logits(t(z), t(tokens).long())
+    np.testing.assert_allclose(t_mean.numpy(), mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(t_logvar.numpy(), logvar, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(t_logits.numpy(), logits, rtol=1e-4, atol=1e-5)
+
+
+def test_token_rows_end_with_eos_then_padding():
+    from jaxvae.data.vocab import EOS_ID, PAD_ID
+    rows = workloads.token_rows(200, 53, 28)
+    tokens = (rows != PAD_ID).sum(1)
+    assert tokens.min() >= 26 and tokens.max() <= 53
+    assert tokens.mean() == pytest.approx(workloads.mean_tokens(53), abs=1.5)
+    assert (rows[np.arange(200), tokens - 1] == EOS_ID).all()
+    assert ((rows == EOS_ID).sum(1) == 1).all() and rows.min() >= 0 and rows.max() < 28
 
 
 def test_generic_torch_vae_computes_the_reference_formulas():
@@ -80,6 +212,11 @@ def test_bad_arguments_stop_with_a_clear_message(capsys, tmp_path):
     assert "first is a warm-up" in capsys.readouterr().err
     assert run.main(["--quick", "--device", "tpu", "--outdir", str(tmp_path)]) == 2
     assert "--device tpu: jax cannot use that backend here" in capsys.readouterr().err
+    assert run.main(["--quick", "--stream-mb", "0", "--outdir", str(tmp_path)]) == 2
+    assert "--stream-mb must be > 0" in capsys.readouterr().err
+    assert run.main(["--quick", "--models", "conv", "--conv-batch-sizes", "0",
+                     "--outdir", str(tmp_path)]) == 2
+    assert "batch sizes of the conv model must be >= 1" in capsys.readouterr().err
 
 
 def test_nll_chunks_tile_k_exactly():
@@ -92,7 +229,7 @@ def test_nll_chunks_tile_k_exactly():
 def quick_run(tmp_path_factory):
     outdir = tmp_path_factory.mktemp("bench")
     argv = ["--quick", "--batch-sizes", "32", "--call-gflop", "0.02", "--repeats", "1",
-            "--gemm-size", "128", "--nll-samples", "20", "--nll-gflop", "0.01",
+            "--gemm-size", "128", "--stream-mb", "1", "--nll-samples", "20", "--nll-gflop", "0.01",
             "--fit-examples", "256", "--torch-threads", "1",
             "--outdir", str(outdir), "--json", str(outdir / "copy.json")]
     threads, precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
@@ -130,8 +267,15 @@ def test_quick_run_rows_follow_the_schema(quick_run):
         assert isinstance(r["batch_size"], int)
         assert 0 < r["samples_per_s_min"] <= r["samples_per_s"] <= r["samples_per_s_max"]
         assert r["compile_s"] >= 0 and r["gflops"] > 0
+        assert len(r["load_before"]) == len(r["load_after"]) == 3
         if r["benchmark"] == "train":
             assert r["pct_of_peak"] == pytest.approx(100 * r["gflops"] / r["gemm_gflops"])
+            assert r["roofline_samples_per_s"] == pytest.approx(harness.roofline_samples_per_s(
+                32, 3.28e6, harness.ByteCounts(r["bytes_per_step"], r["bytes_per_sample"]),
+                r["gemm_gflops"], r["stream_triad_gbs"]))
+            assert r["pct_of_roofline"] == pytest.approx(
+                100 * r["samples_per_s"] / r["roofline_samples_per_s"])
+            assert r["stream_copy_gbs"] > 0 and r["num_params"] == 652_824
             assert r["flops_per_sample"] == 3.28e6
             if r["framework"] == "jax":
                 # XLA counts every op of the step; the formula its matmuls. Adam's ~20 FLOP per
@@ -147,3 +291,45 @@ def test_quick_run_rows_follow_the_schema(quick_run):
     nll = [r for r in rows if r["benchmark"] == "nll_k20"]
     means = [r["mean_log_px"] for r in nll]
     assert max(means) - min(means) < 5.0  # the same model, evaluated three ways
+
+
+@pytest.fixture(scope="module")
+def quick_run_conv_sequence(tmp_path_factory):
+    """--quick with the conv and sequence models at batch 8, on a machine made to look busy."""
+    outdir = tmp_path_factory.mktemp("bench_models")
+    argv = ["--quick", "--models", "conv", "sequence", "--conv-batch-sizes", "8",
+            "--sequence-batch-sizes", "8", "--methods", "eager", "jit_step",
+            "--call-gflop", "0.001", "--repeats", "1", "--gemm-size", "64", "--stream-mb", "1",
+            "--fit-epochs", "0", "--nll-samples", "--torch-threads", "1",
+            "--outdir", str(outdir)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "getloadavg", lambda: (4.0 * (os.cpu_count() or 1), 1.0, 1.0))
+        assert run.main(argv) == 0
+    return outdir
+
+
+def test_quick_run_trains_the_conv_and_sequence_models_against_torch(quick_run_conv_sequence):
+    result = json.loads((quick_run_conv_sequence / "results.json").read_text())
+    rows = result["rows"]
+    assert {(r["model"], r["framework"], r["method"]) for r in rows} == {
+        (m, f, k) for m in ("conv", "sequence") for f, k in (("torch", "eager"),
+                                                             ("jax", "jit_step"))}
+    params = {"conv": 2_603_465, "sequence": 806_172}
+    for r in rows:
+        assert r["benchmark"] == "train" and r["batch_size"] == 8
+        assert r["num_params"] == params[r["model"]]
+        assert r["flops_per_sample"] == workloads.WORKLOADS[r["model"]].flops_per_sample()
+        assert 0 < r["pct_of_roofline"] == pytest.approx(
+            100 * r["samples_per_s"] / r["roofline_samples_per_s"])
+    table = (quick_run_conv_sequence / "results.md").read_text()
+    assert "| conv | 8 | jax jit_step |" in table and "| sequence | 8 | torch eager |" in table
+    assert "| conv | 2,603,465 | 8 | 35.47 |" in table  # the roofline table
+
+
+def test_a_busy_machine_is_flagged_in_the_json_and_the_table(quick_run_conv_sequence):
+    result = json.loads((quick_run_conv_sequence / "results.json").read_text())
+    assert result["load"]["overloaded_blocks"] == ["train conv batch 8", "train sequence batch 8"]
+    assert all(b["overloaded"] for b in result["load"]["blocks"])
+    assert any(n.startswith("WARNING: train conv batch 8: load average") for n in result["notes"])
+    assert "**WARNING: the load average was above 1 per core" in (
+        quick_run_conv_sequence / "results.md").read_text()

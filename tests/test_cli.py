@@ -17,8 +17,8 @@ from jaxvae import config as config_lib
 from jaxvae.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ("anomaly", "augment", "evaluate", "generate", "imbalanced", "molecules", "repair",
-           "semisupervised", "train", "visualize", "words")
+SCRIPTS = ("anomaly", "augment", "evaluate", "generate", "imbalanced", "molecules", "music",
+           "repair", "semisupervised", "train", "visualize", "words")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,6 +26,7 @@ SCRIPTS = {
     "semisupervised": ["--epochs", "1"],
     "words": ["--epochs", "1", "--quiet"],
     "molecules": ["--epochs", "1", "--quiet"],
+    "music": ["--epochs", "1", "--quiet"],
     "kill_resume": ["--kills", "1"],
 }
 

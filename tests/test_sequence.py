@@ -1,5 +1,7 @@
 """Vocabulary round trips, masking, KL annealing, word dropout and training of the sequence VAE."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -321,3 +323,17 @@ def test_fit_sequences_trains_through_the_training_loop():
     assert fit.history == records and [r["step"] for r in records] == [2, 4, 6]
     assert int(fit.state.step) == 6 and all(r["train_skipped"] == 0 for r in records)
     assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["test_nelbo"]) for r in records)
+
+
+def test_words_script_trains_and_writes_its_results(tmp_path):
+    from experiments import words
+    outdir = tmp_path / "words"
+    assert words.main(["--train-size", "64", "--test-size", "8", "--epochs", "1",
+                       "--batch-size", "32", "--embed-dim", "4", "--hidden-dim", "8",
+                       "--latent-dim", "2", "--warmup-steps", "1", "--num-samples", "4",
+                       "--quiet", "--outdir", str(outdir)]) == 0
+    results = json.loads((outdir / "results.json").read_text())
+    assert results["train_words"] == 64 and results["test_words"] == 8
+    assert results["epochs_run"] == 1 and results["steps"] == 2
+    assert len(results["interpolation"]["path"]) == 8
+    assert len((outdir / "metrics.jsonl").read_text().splitlines()) == 1

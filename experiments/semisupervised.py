@@ -38,6 +38,7 @@ from jaxvae import config as config_lib
 from jaxvae.data import datasets as data_lib
 from jaxvae.evaluation import likelihood
 from jaxvae.models import m2 as m2_lib
+from jaxvae.models import precision
 from jaxvae.objectives import losses
 from jaxvae.training import files
 from jaxvae.training import fit as trainer
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latent-dim", type=int, default=50, help="Z (%(default)s)")
     p.add_argument("--hidden", type=int, nargs="+", default=[500],
                    help="hidden widths of each network (%(default)s)")
+    p.add_argument("--precision", choices=precision.PRECISIONS, default="float32",
+                   help="float32, or bfloat16 products with float32 accumulation; parameters "
+                        "and losses stay float32 (%(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
     p.add_argument("--nll-samples", type=int, default=0,
                    help="K importance samples of the test NLL at the end; 0 = none "
@@ -124,7 +128,8 @@ def run(args) -> dict:
     logreg_seconds = time.perf_counter() - start
 
     model = m2_lib.m2(data_dim=data.x_train.shape[1], num_classes=10,
-                      latent_dim=args.latent_dim, hidden=tuple(args.hidden))
+                      latent_dim=args.latent_dim, hidden=tuple(args.hidden),
+                      precision_name=args.precision)
     init_key, train_key, shuffle_key = jax.random.split(jax.random.key(args.seed), 3)
     eval_key = jax.random.fold_in(shuffle_key, 1)
     keys = trainer.RunKeys(init_key, train_key, shuffle_key, eval=eval_key)

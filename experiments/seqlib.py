@@ -14,6 +14,7 @@ from flax import serialization
 from tqdm import tqdm
 
 import jaxvae
+from jaxvae.models import precision
 from jaxvae.models import sequence
 from jaxvae.training.sequences import SequenceConfig, SequenceFit
 from experiments.train import prepare_outdir  # noqa: F401  (one copy for every script)
@@ -54,6 +55,9 @@ def add_model_flags(p, *, hidden_dim: int, latent_dim: int, warmup_steps: int,
                    help="linear KL warm-up steps (%(default)s)")
     p.add_argument("--word-dropout", type=float, default=word_dropout,
                    help="decoder input dropout rate (%(default)s)")
+    p.add_argument("--precision", choices=precision.PRECISIONS, default=d.precision,
+                   help="float32, or bfloat16 products with float32 accumulation; parameters "
+                        "and losses stay float32 (%(default)s)")
 
 
 def sequence_config(args, max_seconds: float) -> SequenceConfig:
@@ -62,7 +66,7 @@ def sequence_config(args, max_seconds: float) -> SequenceConfig:
                           latent_dim=args.latent_dim, epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr, beta=args.beta,
                           warmup_steps=args.warmup_steps, word_dropout=args.word_dropout,
-                          seed=args.seed, max_seconds=max_seconds)
+                          seed=args.seed, max_seconds=max_seconds, precision=args.precision)
 
 
 def progress(total: int, quiet: bool, metrics_path: Path):

@@ -40,6 +40,7 @@ OLD_FLAT = {
     (jaxvae.ModelConfig, "latent_dim", 0, ValueError),
     (jaxvae.ModelConfig, "hidden", (8, -1), ValueError),
     (jaxvae.ModelConfig, "activation", "gelu", ValueError),
+    (jaxvae.ModelConfig, "precision", "float16", ValueError),
     (jaxvae.ModelConfig, "prior_components", 1.5, TypeError),
     (jaxvae.ModelConfig, "num_codes", 1, ValueError),
     (jaxvae.ModelConfig, "vq_decay", 1.0, ValueError),

@@ -28,7 +28,8 @@ EXTRA_FLAGS = ["--lr", "--beta", "--seed", "--likelihood", "--model", "--eval-ba
                "--checkpoint-every", "--keep-checkpoints", "--max-skipped-steps", "--clip-norm",
                "--free-bits", "--patience", "--validation-fraction", "--validation-size",
                "--microbatch-size", "--num-devices", "--kl-warmup-steps", "--num-samples",
-               "--standardize", "--activation", "--lr-schedule", "--adam-eps", "--lr-total-steps"]
+               "--standardize", "--activation", "--lr-schedule", "--adam-eps", "--lr-total-steps",
+               "--precision"]
 VALUE_FLAGS = [flag for flag, values in BASE if values] + ["--outdir"] + EXTRA_FLAGS
 
 TEXT = ["abc", "", " ", "-", "é", "1,2", "1 2", "0x10", "None", "true", "run", "digits",

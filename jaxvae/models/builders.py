@@ -57,12 +57,13 @@ def make_model(config, example_shape: tuple[int, ...], cls: type = None, **extra
     """The ``TrainConfig``'s MLP VAE (or ``cls``, a subclass) with the checks of
     ``models.mlp_vae``."""
     m = config.model
-    base = models.mlp_vae(m.hidden, m.latent_dim, example_shape, activation=m.activation)
+    base = models.mlp_vae(m.hidden, m.latent_dim, example_shape, activation=m.activation,
+                          precision_name=m.precision)
     cls = cls or models.VAE
     return cls(hidden=tuple(base.hidden), latent_dim=base.latent_dim,
                data_shape=tuple(base.data_shape), likelihood=m.likelihood,
                prior_name=m.prior, num_components=m.prior_components,
-               activation=base.activation, **extra)
+               activation=base.activation, dtype=base.dtype, **extra)
 
 
 def elbo_loss_from_config(model: nn.Module, config) -> losses.LossFn:

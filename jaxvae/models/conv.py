@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -23,6 +24,7 @@ import numpy as np
 from jaxvae import likelihoods
 from jaxvae.models import interface
 from jaxvae.models import mlp as models
+from jaxvae.models import precision
 
 
 def image_shape_for(data_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -68,13 +70,14 @@ class ConvEncoder(nn.Module):
     """
 
     channels: Sequence[int] = (32, 64)
+    dtype: Any = None  # the convolutions' compute dtype (jaxvae.models.precision)
 
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
         h = x_BxHxWxC
         for i, features in enumerate(self.channels):
             h = nn.relu(nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME",
-                                name=f"conv_{i}")(h))
+                                name=f"conv_{i}", **precision.conv_kwargs(self.dtype))(h))
         return h
 
 
@@ -87,13 +90,15 @@ class ConvDecoder(nn.Module):
 
     channels: Sequence[int] = (64, 32)
     out_channels: int = 1
+    dtype: Any = None  # the convolutions' compute dtype (jaxvae.models.precision)
 
     @nn.compact
     def __call__(self, h: jax.Array) -> jax.Array:
         outs = list(self.channels[1:]) + [self.out_channels]
         for i, features in enumerate(outs):
             h = nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME",
-                                 name=f"deconv_{i}")(h)
+                                 name=f"deconv_{i}",
+                                 **precision.conv_kwargs(self.dtype, transpose=True))(h)
             if i < len(outs) - 1:
                 h = nn.relu(h)
         return h
@@ -113,6 +118,7 @@ class ConvVAE(interface.LatentVariableModel):
       latent_dim: Z.
       data_shape: the shape of one example, image-shaped or flat (see ``image_shape_for``).
       likelihood: p(x | z), a one-output name from ``jaxvae.likelihoods.LIKELIHOODS``.
+      dtype: the compute dtype of the products and convolutions (``jaxvae.models.precision``).
     """
 
     channels: Sequence[int] = (32, 64)
@@ -120,19 +126,22 @@ class ConvVAE(interface.LatentVariableModel):
     latent_dim: int = 20
     data_shape: tuple[int, ...] = (784,)
     likelihood: str = "bernoulli"
+    dtype: Any = None
 
     def setup(self):
         self.image_shape = image_shape_for(self.data_shape)
         h, w, c = self.image_shape
         factor = 2 ** len(self.channels)
         self.feature_shape = (h // factor, w // factor, self.channels[-1])
-        self.conv_encoder = ConvEncoder(tuple(self.channels))
-        self.encoder_mlp = models.MLP(tuple(self.hidden), torch_init=False)
-        self.mean_head = nn.Dense(self.latent_dim)
-        self.logvar_head = nn.Dense(self.latent_dim)
-        self.decoder_mlp = models.MLP(tuple(reversed(self.hidden)), torch_init=False)
-        self.to_features = nn.Dense(int(np.prod(self.feature_shape)))
-        self.conv_decoder = ConvDecoder(tuple(reversed(self.channels)), c)
+        dense = precision.dense_kwargs(self.dtype)
+        self.conv_encoder = ConvEncoder(tuple(self.channels), self.dtype)
+        self.encoder_mlp = models.MLP(tuple(self.hidden), torch_init=False, dtype=self.dtype)
+        self.mean_head = nn.Dense(self.latent_dim, **dense)
+        self.logvar_head = nn.Dense(self.latent_dim, **dense)
+        self.decoder_mlp = models.MLP(tuple(reversed(self.hidden)), torch_init=False,
+                                      dtype=self.dtype)
+        self.to_features = nn.Dense(int(np.prod(self.feature_shape)), **dense)
+        self.conv_decoder = ConvDecoder(tuple(reversed(self.channels)), c, self.dtype)
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         x_BxHxWxC = x.reshape((x.shape[0],) + self.image_shape)
@@ -159,7 +168,7 @@ def _check_widths(name: str, widths: tuple, allow_empty: bool = False) -> None:
 
 def conv_vae(channels: Sequence[int] = (32, 64), hidden: Sequence[int] = (256,),
              latent_dim: int = 20, data_shape: Sequence[int] = (784,),
-             likelihood: str = "bernoulli") -> ConvVAE:
+             likelihood: str = "bernoulli", precision_name: str = "float32") -> ConvVAE:
     """A convolutional VAE for ``data_shape`` examples, validated before any work.
 
     Raises:
@@ -175,7 +184,8 @@ def conv_vae(channels: Sequence[int] = (32, 64), hidden: Sequence[int] = (256,),
     data_shape = tuple(int(d) for d in data_shape)
     check_conv_shape(image_shape_for(data_shape), len(channels))
     check_one_output(likelihood, "the convolutional VAE")
-    return ConvVAE(channels, hidden, int(latent_dim), data_shape, likelihood)
+    return ConvVAE(channels, hidden, int(latent_dim), data_shape, likelihood,
+                   precision.compute_dtype(precision_name))
 
 
 def check_one_output(likelihood: str, what: str) -> None:

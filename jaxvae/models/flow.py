@@ -32,6 +32,7 @@ from jaxvae import distributions
 from jaxvae.models import conv
 from jaxvae.models import interface
 from jaxvae.models import mlp as models
+from jaxvae.models import precision
 from jaxvae.objectives import bounds as objectives
 
 
@@ -90,6 +91,8 @@ class FlowVAE(interface.LatentVariableModel):
       flow_steps: K >= 0, the number of planar flows.
       data_shape: the shape of one example.
       likelihood: p(x | z), a one-output name from ``jaxvae.likelihoods.LIKELIHOODS``.
+      dtype: the products' compute dtype (``jaxvae.models.precision``); the flows themselves
+        (elementwise, with their log-determinants) run in float32.
     """
 
     hidden: Sequence[int] = (400,)
@@ -97,15 +100,17 @@ class FlowVAE(interface.LatentVariableModel):
     flow_steps: int = 4
     data_shape: tuple[int, ...] = (784,)
     likelihood: str = "bernoulli"
+    dtype: Any = None
 
     def setup(self):
-        self.encoder_mlp = models.MLP(tuple(self.hidden), torch_init=False)
-        self.mean_head = nn.Dense(self.latent_dim)
-        self.logvar_head = nn.Dense(self.latent_dim)
+        dense = precision.dense_kwargs(self.dtype)
+        self.encoder_mlp = models.MLP(tuple(self.hidden), torch_init=False, dtype=self.dtype)
+        self.mean_head = nn.Dense(self.latent_dim, **dense)
+        self.logvar_head = nn.Dense(self.latent_dim, **dense)
         if self.flow_steps:
-            self.flow_head = nn.Dense(self.flow_steps * (2 * self.latent_dim + 1))
+            self.flow_head = nn.Dense(self.flow_steps * (2 * self.latent_dim + 1), **dense)
         self.decoder = models.Decoder(tuple(reversed(self.hidden)), tuple(self.data_shape),
-                                      torch_init=False)
+                                      torch_init=False, dtype=self.dtype)
 
     def encode_flow(self, x: jax.Array) -> FlowParams:
         """q_0's (mean, logvar) and the K steps' (u, w, b)."""
@@ -211,7 +216,8 @@ def flow_loss(model: FlowVAE, params: Any, x: jax.Array, key: jax.Array, beta: f
 
 
 def flow_vae(hidden: Sequence[int] = (400,), latent_dim: int = 20, flow_steps: int = 4,
-             data_shape: Sequence[int] = (784,), likelihood: str = "bernoulli") -> FlowVAE:
+             data_shape: Sequence[int] = (784,), likelihood: str = "bernoulli",
+             precision_name: str = "float32") -> FlowVAE:
     """A planar-flow VAE, validated.
 
     Raises:
@@ -225,4 +231,4 @@ def flow_vae(hidden: Sequence[int] = (400,), latent_dim: int = 20, flow_steps: i
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     conv.check_one_output(likelihood, "the planar-flow VAE")
     return FlowVAE(hidden, int(latent_dim), int(flow_steps), tuple(int(d) for d in data_shape),
-                   likelihood)
+                   likelihood, precision.compute_dtype(precision_name))

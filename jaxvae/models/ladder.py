@@ -36,6 +36,7 @@ from jaxvae import distributions
 from jaxvae.models import conv
 from jaxvae.models import interface
 from jaxvae.models import mlp as models
+from jaxvae.models import precision
 from jaxvae.objectives import bounds as objectives
 
 
@@ -67,13 +68,15 @@ class GaussianHead(nn.Module):
 
     hidden: int
     latent_dim: int
+    dtype: Any = None  # the products' compute dtype (jaxvae.models.precision)
 
     @nn.compact
     def __call__(self, h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Returns (features, mean, logvar); the features feed the next bottom-up block."""
-        h = nn.relu(nn.Dense(self.hidden, name="hidden")(h))
-        return h, nn.Dense(self.latent_dim, name="mean")(h), nn.Dense(self.latent_dim,
-                                                                       name="logvar")(h)
+        kwargs = precision.dense_kwargs(self.dtype)
+        h = nn.relu(nn.Dense(self.hidden, name="hidden", **kwargs)(h))
+        return (h, nn.Dense(self.latent_dim, name="mean", **kwargs)(h),
+                nn.Dense(self.latent_dim, name="logvar", **kwargs)(h))
 
 
 class LadderOutput(NamedTuple):
@@ -92,12 +95,14 @@ class LadderVAE(interface.LatentVariableModel):
         decoder p(x | z_1) has one hidden layer of ``hidden[0]``.
       data_shape: the shape of one example (flattened for the bottom-up MLP).
       likelihood: p(x | z_1), a one-output name from ``jaxvae.likelihoods.LIKELIHOODS``.
+      dtype: the products' compute dtype (``jaxvae.models.precision``).
     """
 
     latents: Sequence[int] = (32, 16)
     hidden: Sequence[int] = (256, 128)
     data_shape: tuple[int, ...] = (784,)
     likelihood: str = "bernoulli"
+    dtype: Any = None
 
     undefined = {"log_prior": "the ladder VAE's prior is the top-down hierarchy p(z_L) "
                               "prod_l p(z_l | z_(l+1)), not a density of z_1 alone; use "
@@ -114,12 +119,13 @@ class LadderVAE(interface.LatentVariableModel):
 
     def setup(self):
         num = len(self.latents)
-        self.bottom_up = [GaussianHead(self.hidden[l], self.latents[l], name=f"bottom_up_{l + 1}")
-                          for l in range(num)]
+        self.bottom_up = [GaussianHead(self.hidden[l], self.latents[l], self.dtype,
+                                       name=f"bottom_up_{l + 1}") for l in range(num)]
         # top_down_l maps z_{l+1} to p(z_l | z_{l+1}), l = 1 .. L-1.
-        self.top_down = [GaussianHead(self.hidden[l], self.latents[l], name=f"top_down_{l + 1}")
-                         for l in range(num - 1)]
+        self.top_down = [GaussianHead(self.hidden[l], self.latents[l], self.dtype,
+                                      name=f"top_down_{l + 1}") for l in range(num - 1)]
         self.decoder = models.Decoder((self.hidden[0],), tuple(self.data_shape), torch_init=False,
+                                      dtype=self.dtype,
                                       name="decoder")
 
     def decode(self, z1_BxZ: jax.Array) -> jax.Array:
@@ -232,7 +238,8 @@ def ladder_loss(model: LadderVAE, params: Any, x: jax.Array, key: jax.Array, bet
 
 
 def ladder_vae(latents: Sequence[int] = (32, 16), hidden: Sequence[int] = (256, 128),
-               data_shape: Sequence[int] = (784,), likelihood: str = "bernoulli") -> LadderVAE:
+               data_shape: Sequence[int] = (784,), likelihood: str = "bernoulli",
+               precision_name: str = "float32") -> LadderVAE:
     """A ladder VAE, validated: L >= 2 layers, one positive width per layer.
 
     Raises:
@@ -249,4 +256,5 @@ def ladder_vae(latents: Sequence[int] = (32, 16), hidden: Sequence[int] = (256, 
         raise ValueError(f"give one ladder hidden width per latent layer: {len(latents)} latents "
                          f"{latents} but {len(hidden)} widths {hidden}")
     conv.check_one_output(likelihood, "the ladder VAE")
-    return LadderVAE(latents, hidden, tuple(int(d) for d in data_shape), likelihood)
+    return LadderVAE(latents, hidden, tuple(int(d) for d in data_shape), likelihood,
+                     precision.compute_dtype(precision_name))

@@ -37,6 +37,7 @@ import optax
 
 from jaxvae import distributions, validation
 from jaxvae.models import interface
+from jaxvae.models import precision
 
 Params = Any
 
@@ -44,12 +45,14 @@ Params = Any
 class _MLP(nn.Module):
     hidden: Sequence[int]
     out: int
+    dtype: Any = None  # the products' compute dtype (jaxvae.models.precision)
 
     @nn.compact
     def __call__(self, h):
+        kwargs = precision.dense_kwargs(self.dtype)
         for i, width in enumerate(self.hidden):
-            h = nn.softplus(nn.Dense(width, name=f"hidden_{i}")(h))
-        return nn.Dense(self.out, name="out")(h)
+            h = nn.softplus(nn.Dense(width, name=f"hidden_{i}", **kwargs)(h))
+        return nn.Dense(self.out, name="out", **kwargs)(h)
 
 
 class M2(interface.LatentVariableModel):
@@ -63,12 +66,14 @@ class M2(interface.LatentVariableModel):
       num_classes: C.
       latent_dim: Z.
       hidden: hidden widths of each of the three networks.
+      dtype: the products' compute dtype (``jaxvae.models.precision``).
     """
 
     data_shape: tuple[int, ...] = (784,)
     num_classes: int = 10
     latent_dim: int = 50
     hidden: Sequence[int] = (500,)
+    dtype: Any = None
 
     likelihood = "bernoulli"
 
@@ -81,9 +86,10 @@ class M2(interface.LatentVariableModel):
         return int(self.data_shape[0])
 
     def setup(self):
-        self.classifier = _MLP(tuple(self.hidden), self.num_classes, name="classifier")
-        self.encoder = _MLP(tuple(self.hidden), 2 * self.latent_dim, name="encoder")
-        self.decoder = _MLP(tuple(self.hidden), self.data_dim, name="decoder")
+        hidden = tuple(self.hidden)
+        self.classifier = _MLP(hidden, self.num_classes, self.dtype, name="classifier")
+        self.encoder = _MLP(hidden, 2 * self.latent_dim, self.dtype, name="encoder")
+        self.decoder = _MLP(hidden, self.data_dim, self.dtype, name="decoder")
 
     # ------------------------------------------------------------------ the networks
 
@@ -253,8 +259,9 @@ class M2(interface.LatentVariableModel):
 
 
 def m2(data_dim: int = 784, num_classes: int = 10, latent_dim: int = 50,
-       hidden: Sequence[int] = (500,)) -> M2:
-    """A validated ``M2`` for flat examples of ``data_dim`` values."""
+       hidden: Sequence[int] = (500,), precision_name: str = "float32") -> M2:
+    """A validated ``M2`` for flat examples of ``data_dim`` values (``precision_name``: float32
+    or bfloat16, ``jaxvae.models.precision``)."""
     for name, value in (("data_dim", data_dim), ("num_classes", num_classes),
                         ("latent_dim", latent_dim), *((f"hidden[{i}]", h)
                                                       for i, h in enumerate(hidden))):
@@ -262,7 +269,8 @@ def m2(data_dim: int = 784, num_classes: int = 10, latent_dim: int = 50,
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     return M2(data_shape=(int(data_dim),), num_classes=int(num_classes),
-              latent_dim=int(latent_dim), hidden=tuple(int(h) for h in hidden))
+              latent_dim=int(latent_dim), hidden=tuple(int(h) for h in hidden),
+              dtype=precision.compute_dtype(precision_name))
 
 
 def init(model: M2, key: jax.Array) -> Params:

@@ -23,6 +23,7 @@ import numpy as np
 
 from jaxvae import distributions, likelihoods, validation
 from jaxvae.models import interface
+from jaxvae.models import precision
 from jaxvae.models import priors
 
 Params = Any
@@ -38,12 +39,15 @@ def _torch_uniform(fan_in: int) -> nn.initializers.Initializer:
     return init
 
 
-def dense(features: int, fan_in: int, torch_init: bool, name: str) -> nn.Dense:
-    """A Dense layer with either PyTorch's default init or Flax's (lecun normal, zero bias)."""
+def dense(features: int, fan_in: int, torch_init: bool, name: str, dtype: Any = None
+          ) -> nn.Dense:
+    """A Dense layer with either PyTorch's default init or Flax's (lecun normal, zero bias),
+    computing in ``dtype`` (``jaxvae.models.precision``: None is float32)."""
+    kwargs = precision.dense_kwargs(dtype)
     if torch_init:
         return nn.Dense(features, kernel_init=_torch_uniform(fan_in),
-                        bias_init=_torch_uniform(fan_in), name=name)
-    return nn.Dense(features, name=name)
+                        bias_init=_torch_uniform(fan_in), name=name, **kwargs)
+    return nn.Dense(features, name=name, **kwargs)
 
 
 ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh}  # the hidden layers' nonlinearity f
@@ -59,18 +63,20 @@ class MLP(nn.Module):
     """Dense layers with a nonlinearity f: x -> f(W_1 x + b_1) -> ... -> f(W_n h + b_n).
 
     ``activation`` names f in ``ACTIVATIONS``: relu (the PyTorch reference's) or tanh (the
-    IWAE paper's, Burda et al. 2016).
+    IWAE paper's, Burda et al. 2016). ``dtype``: the products' compute dtype
+    (``jaxvae.models.precision``; None is float32).
     """
 
     hidden: Sequence[int]
     torch_init: bool = True
     activation: str = "relu"
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, h: jax.Array) -> jax.Array:
         f = ACTIVATIONS[self.activation]
         for i, features in enumerate(self.hidden):
-            h = f(dense(features, h.shape[-1], self.torch_init, f"hidden_{i}")(h))
+            h = f(dense(features, h.shape[-1], self.torch_init, f"hidden_{i}", self.dtype)(h))
         return h
 
 
@@ -82,20 +88,22 @@ class Encoder(nn.Module):
       latent_dim: Z, the size of z.
       torch_init: PyTorch's default layer init (U(+-1/sqrt(fan_in))) instead of Flax's.
       activation: the hidden layers' nonlinearity (``ACTIVATIONS``).
+      dtype: the products' compute dtype (``jaxvae.models.precision``; None is float32).
     """
 
     hidden: Sequence[int] = (400,)
     latent_dim: int = 20
     torch_init: bool = True
     activation: str = "relu"
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h_BxH = MLP(self.hidden, self.torch_init, self.activation,
+        h_BxH = MLP(self.hidden, self.torch_init, self.activation, self.dtype,
                     name="mlp")(x_BxD.reshape(x_BxD.shape[0], -1))
         fan_in = h_BxH.shape[-1]
-        mean_BxZ = dense(self.latent_dim, fan_in, self.torch_init, "mean")(h_BxH)
-        logvar_BxZ = dense(self.latent_dim, fan_in, self.torch_init, "logvar")(h_BxH)
+        mean_BxZ = dense(self.latent_dim, fan_in, self.torch_init, "mean", self.dtype)(h_BxH)
+        logvar_BxZ = dense(self.latent_dim, fan_in, self.torch_init, "logvar", self.dtype)(h_BxH)
         return mean_BxZ, logvar_BxZ
 
 
@@ -110,18 +118,21 @@ class Decoder(nn.Module):
       data_shape: the shape of one example; outputs are reshaped to (B, *data_shape).
       torch_init: PyTorch's default layer init instead of Flax's.
       activation: the hidden layers' nonlinearity (``ACTIVATIONS``).
+      dtype: the products' compute dtype (``jaxvae.models.precision``; None is float32).
     """
 
     hidden: Sequence[int] = (400,)
     data_shape: tuple[int, ...] = (784,)
     torch_init: bool = True
     activation: str = "relu"
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, z_BxZ: jax.Array) -> jax.Array:
-        h_BxH = MLP(self.hidden, self.torch_init, self.activation, name="mlp")(z_BxZ)
+        h_BxH = MLP(self.hidden, self.torch_init, self.activation, self.dtype,
+                    name="mlp")(z_BxZ)
         out_BxD = dense(int(np.prod(self.data_shape)), h_BxH.shape[-1], self.torch_init,
-                        "out")(h_BxH)
+                        "out", self.dtype)(h_BxH)
         return out_BxD.reshape((z_BxZ.shape[0],) + tuple(self.data_shape))
 
 
@@ -143,6 +154,9 @@ class VAE(interface.LatentVariableModel):
       prior_name: one of ``jaxvae.models.priors.PRIORS``.
       num_components: K of the mog and vamp priors.
       activation: the hidden layers' nonlinearity (``ACTIVATIONS``: relu, tanh).
+      dtype: the compute dtype of the encoder's and decoder's products
+        (``jaxvae.models.precision``: None is float32, ``jnp.bfloat16`` rounds their inputs);
+        the parameters, the prior and the outputs stay float32.
     """
 
     hidden: Sequence[int] = (400,)
@@ -153,15 +167,16 @@ class VAE(interface.LatentVariableModel):
     prior_name: str = "standard"
     num_components: int = 10
     activation: str = "relu"
+    dtype: Any = None
 
     def setup(self):
         self.encoder = Encoder(tuple(self.hidden), self.latent_dim, self.torch_init,
-                               self.activation)
+                               self.activation, self.dtype)
         out_shape = tuple(self.data_shape)
         if likelihoods.output_channels(self.likelihood) == 2 and not self._global_scale:
             out_shape = out_shape + (2,)  # [..., 0] location, [..., 1] raw log-scale
         self.decoder = Decoder(tuple(reversed(self.hidden)), out_shape, self.torch_init,
-                               self.activation)
+                               self.activation, self.dtype)
         if self._global_scale:
             self.output_logvar = self.param("output_logvar", nn.initializers.zeros, ())
         self.prior = priors.make_prior(self.prior_name, self.latent_dim, tuple(self.data_shape),
@@ -237,7 +252,7 @@ class VAE(interface.LatentVariableModel):
 def mlp_vae(hidden: Sequence[int] = (400,), latent_dim: int = 20,
             data_shape: Sequence[int] = (784,), torch_init: bool = True,
             likelihood: str = "bernoulli", prior: str = "standard", num_components: int = 10,
-            activation: str = "relu") -> VAE:
+            activation: str = "relu", precision_name: str = "float32") -> VAE:
     """An MLP VAE, validated: every width and the latent size must be positive integers.
 
     Args:
@@ -245,6 +260,7 @@ def mlp_vae(hidden: Sequence[int] = (400,), latent_dim: int = 20,
       prior: one of ``jaxvae.models.priors.PRIORS`` (the ``VAE``'s ``prior_name``).
       num_components: K of the mog and vamp priors.
       activation: the hidden layers' nonlinearity: relu or tanh (``ACTIVATIONS``).
+      precision_name: float32 or bfloat16 (``jaxvae.models.precision.PRECISIONS``).
 
     Returns:
       the ``VAE`` module (no parameters: ``init`` makes them).
@@ -269,7 +285,7 @@ def mlp_vae(hidden: Sequence[int] = (400,), latent_dim: int = 20,
     priors.check_prior(prior, num_components)
     check_activation(activation)
     return VAE(hidden, int(latent_dim), data_shape, torch_init, likelihood, prior,
-               int(num_components), activation)
+               int(num_components), activation, precision.compute_dtype(precision_name))
 
 
 def reference_vae() -> VAE:

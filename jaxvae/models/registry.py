@@ -28,6 +28,7 @@ from jaxvae.objectives import losses
 from jaxvae.models import vq as vqvae
 from jaxvae.models import builders
 from jaxvae.models import mlp
+from jaxvae.models import precision
 from jaxvae.models import priors
 from jaxvae.objectives import bounds
 
@@ -59,6 +60,9 @@ class ModelConfig:
     ladder_latents: tuple[int, ...] = (32, 16)  # ladder: Z of each stochastic layer, bottom up
     ladder_hidden: tuple[int, ...] = (256, 128)  # ladder: ReLU width of each layer's blocks
     flow_steps: int = 4  # flow: K, the number of planar flows on the Gaussian posterior
+    precision: str = "float32"  # float32, or bfloat16: matrix products and convolutions on
+    #   bfloat16 inputs with float32 accumulation; parameters, optimizer state, losses and
+    #   reductions stay float32 (jaxvae.models.precision)
 
     def validate(self) -> None:
         """Raises ValueError / TypeError naming the first field that cannot work."""
@@ -76,6 +80,7 @@ class ModelConfig:
                 raise ValueError(f"{name} must be below 2**31 (a wider layer cannot be "
                                  f"allocated), got {getattr(self, name)}")
         mlp.check_activation(self.activation)
+        precision.check_precision(self.precision)
         bounds.check_likelihood(self.likelihood)
         priors.check_prior(self.prior, self.prior_components)
         if not _is_int(self.num_classes):
@@ -149,26 +154,29 @@ def _cvae(config, example_shape: tuple[int, ...]) -> Built:
 
 def _conv(config, example_shape: tuple[int, ...]) -> Built:
     m = config.model
-    model = conv.conv_vae(m.conv_channels, m.hidden, m.latent_dim, example_shape, m.likelihood)
+    model = conv.conv_vae(m.conv_channels, m.hidden, m.latent_dim, example_shape, m.likelihood,
+                          precision_name=m.precision)
     return _elbo(model, config)
 
 
 def _vqvae(config, example_shape: tuple[int, ...]) -> Built:
     m = config.model
     model = vqvae.vqvae(m.conv_channels, m.num_codes, m.code_dim, example_shape, m.vq_ema,
-                        m.likelihood)
+                        m.likelihood, precision_name=m.precision)
     return Built(model, losses.make_vq_loss(model, config.objective.commitment_cost, m.vq_decay))
 
 
 def _ladder(config, example_shape: tuple[int, ...]) -> Built:
     m = config.model
-    model = ladder.ladder_vae(m.ladder_latents, m.ladder_hidden, example_shape, m.likelihood)
+    model = ladder.ladder_vae(m.ladder_latents, m.ladder_hidden, example_shape, m.likelihood,
+                              precision_name=m.precision)
     return _elbo(model, config)
 
 
 def _flow(config, example_shape: tuple[int, ...]) -> Built:
     m = config.model
-    model = flows.flow_vae(m.hidden, m.latent_dim, m.flow_steps, example_shape, m.likelihood)
+    model = flows.flow_vae(m.hidden, m.latent_dim, m.flow_steps, example_shape, m.likelihood,
+                           precision_name=m.precision)
     return _elbo(model, config)
 
 

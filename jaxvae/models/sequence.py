@@ -37,11 +37,38 @@ import optax
 from jaxvae import distributions, validation
 from jaxvae.models import interface
 from jaxvae.models import mlp as models
+from jaxvae.models import precision
 from jaxvae.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 Params = Any
 # tokens the decoder never has to predict, so generation never emits them
 NEVER_EMITTED = (PAD_ID, BOS_ID, UNK_ID)
+
+
+class GRUCell(nn.GRUCell):
+    """Flax's GRU cell (same parameters, same math) whose dense layers take the precision
+    policy's keyword arguments (``precision.dense_kwargs``): with bfloat16 the six products
+    get float32 accumulation and results, so the gates and the state stay float32.
+
+        r = sigmoid(W_ir x + b_ir + W_hr h),  z = sigmoid(W_iz x + b_iz + W_hz h)
+        n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),  h' = (1 - z) * n + z * h
+    """
+
+    @nn.compact
+    def __call__(self, carry, inputs):
+        h = carry
+        kwargs = dict(features=h.shape[-1], param_dtype=self.param_dtype,
+                      bias_init=self.bias_init, **precision.dense_kwargs(self.dtype))
+        dense_h = functools.partial(nn.Dense, use_bias=False,
+                                    kernel_init=self.recurrent_kernel_init, **kwargs)
+        dense_i = functools.partial(nn.Dense, use_bias=True, kernel_init=self.kernel_init,
+                                    **kwargs)
+        r = self.gate_fn(dense_i(name="ir")(inputs) + dense_h(name="hr")(h))
+        z = self.gate_fn(dense_i(name="iz")(inputs) + dense_h(name="hz")(h))
+        n = self.activation_fn(dense_i(name="in")(inputs) + r * dense_h(name="hn",
+                                                                         use_bias=True)(h))
+        new_h = (1.0 - z) * n + z * h
+        return new_h, new_h
 
 
 class SequenceVAE(interface.LatentVariableModel):
@@ -52,12 +79,15 @@ class SequenceVAE(interface.LatentVariableModel):
       embed_dim: size of the token embedding (shared by encoder and decoder).
       hidden_dim: H, the GRU state size (each encoder direction and the decoder).
       latent_dim: Z.
+      dtype: the products' compute dtype (``jaxvae.models.precision``); the embedding, the GRU
+        states and the logits stay float32.
     """
 
     vocab_size: int
     embed_dim: int = 64
     hidden_dim: int = 256
     latent_dim: int = 32
+    dtype: Any = None
 
     likelihood = "categorical"  # over the vocabulary, per token (not in jaxvae.likelihoods)
     input_dtype = jnp.int32  # token ids
@@ -69,13 +99,14 @@ class SequenceVAE(interface.LatentVariableModel):
 
     def setup(self):
         self.embed = nn.Embed(self.vocab_size, self.embed_dim, name="embed")
-        self.encoder_fwd = nn.GRUCell(self.hidden_dim, name="encoder_fwd")
-        self.encoder_bwd = nn.GRUCell(self.hidden_dim, name="encoder_bwd")
-        self.to_mean = nn.Dense(self.latent_dim, name="mean")
-        self.to_logvar = nn.Dense(self.latent_dim, name="logvar")
-        self.z_to_hidden = nn.Dense(self.hidden_dim, name="z_to_hidden")
-        self.decoder_cell = nn.GRUCell(self.hidden_dim, name="decoder_cell")
-        self.out = nn.Dense(self.vocab_size, name="out")
+        dense = precision.dense_kwargs(self.dtype)
+        self.encoder_fwd = GRUCell(self.hidden_dim, dtype=self.dtype, name="encoder_fwd")
+        self.encoder_bwd = GRUCell(self.hidden_dim, dtype=self.dtype, name="encoder_bwd")
+        self.to_mean = nn.Dense(self.latent_dim, name="mean", **dense)
+        self.to_logvar = nn.Dense(self.latent_dim, name="logvar", **dense)
+        self.z_to_hidden = nn.Dense(self.hidden_dim, name="z_to_hidden", **dense)
+        self.decoder_cell = GRUCell(self.hidden_dim, dtype=self.dtype, name="decoder_cell")
+        self.out = nn.Dense(self.vocab_size, name="out", **dense)
 
     def embed_tokens(self, tokens_BxL: jax.Array) -> jax.Array:
         return self.embed(tokens_BxL)
@@ -116,7 +147,7 @@ class SequenceVAE(interface.LatentVariableModel):
 
     def _pure(self) -> tuple[SequenceVAE, Params]:
         model = SequenceVAE(self.vocab_size, self.embed_dim, self.hidden_dim, self.latent_dim,
-                            parent=None)
+                            self.dtype, parent=None)
         return model, self.variables["params"]
 
     def posterior(self, x_BxL: jax.Array, y: jax.Array | None = None) -> interface.Posterior:
@@ -201,8 +232,9 @@ class SequenceVAE(interface.LatentVariableModel):
 
 
 def sequence_vae(vocab_size: int, embed_dim: int = 64, hidden_dim: int = 256,
-                 latent_dim: int = 32) -> SequenceVAE:
-    """A validated ``SequenceVAE``: every size a positive int, at least one non-special token."""
+                 latent_dim: int = 32, precision_name: str = "float32") -> SequenceVAE:
+    """A validated ``SequenceVAE``: every size a positive int, at least one non-special token
+    (``precision_name``: float32 or bfloat16, ``jaxvae.models.precision``)."""
     for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim),
                         ("hidden_dim", hidden_dim), ("latent_dim", latent_dim)):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -212,7 +244,8 @@ def sequence_vae(vocab_size: int, embed_dim: int = 64, hidden_dim: int = 256,
     if vocab_size <= UNK_ID + 1:
         raise ValueError(f"vocab_size {vocab_size} holds only the 4 special tokens; build the "
                          "vocabulary from a non-empty corpus")
-    return SequenceVAE(vocab_size, embed_dim, hidden_dim, latent_dim)
+    return SequenceVAE(vocab_size, embed_dim, hidden_dim, latent_dim,
+                       precision.compute_dtype(precision_name))
 
 
 # ---------------------------------------------------------------------------------------------

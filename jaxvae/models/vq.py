@@ -52,6 +52,7 @@ import optax
 
 from jaxvae.models import conv
 from jaxvae.models import interface
+from jaxvae.models import precision
 from jaxvae.objectives import bounds as objectives
 
 SAMPLE_TITLE = "Decoded uniformly random codes (VQ-VAE: no learned prior)"
@@ -116,6 +117,8 @@ class VQVAE(interface.LatentVariableModel):
       ema: keep the codebook as moving averages (``ema_count``, ``ema_sum``) instead of a
         learned ``codebook`` parameter.
       likelihood: p(x | z_q), a one-output name from ``jaxvae.likelihoods.LIKELIHOODS``.
+      dtype: the convolutions' compute dtype (``jaxvae.models.precision``); the encoder's
+        outputs, the codebook and the nearest-code distances stay float32.
     """
 
     channels: Sequence[int] = (32, 64)
@@ -124,6 +127,7 @@ class VQVAE(interface.LatentVariableModel):
     data_shape: tuple[int, ...] = (784,)
     ema: bool = False
     likelihood: str = "bernoulli"
+    dtype: Any = None
 
     _NO_PRIOR = ("the VQ-VAE has no learned prior over its codes (the paper fits a PixelCNN "
                  "afterwards), so {} is not defined; use the ELBO under the uniform code prior "
@@ -146,11 +150,13 @@ class VQVAE(interface.LatentVariableModel):
         self.image_shape = conv.image_shape_for(self.data_shape)
         factor = 2 ** len(self.channels)
         self.grid_shape = (self.image_shape[0] // factor, self.image_shape[1] // factor)
-        self.conv_encoder = conv.ConvEncoder(tuple(self.channels))
-        self.pre_quantize = nn.Conv(self.code_dim, (1, 1), name="pre_quantize")
+        kwargs = precision.conv_kwargs(self.dtype)
+        self.conv_encoder = conv.ConvEncoder(tuple(self.channels), self.dtype)
+        self.pre_quantize = nn.Conv(self.code_dim, (1, 1), name="pre_quantize", **kwargs)
         self.post_quantize = nn.Conv(self.channels[-1], (3, 3), padding="SAME",
-                                     name="post_quantize")
-        self.conv_decoder = conv.ConvDecoder(tuple(reversed(self.channels)), self.image_shape[2])
+                                     name="post_quantize", **kwargs)
+        self.conv_decoder = conv.ConvDecoder(tuple(reversed(self.channels)), self.image_shape[2],
+                                             self.dtype)
         if self.ema:
             self.ema_count = self.param("ema_count", nn.initializers.ones, (self.num_codes,))
             self.ema_sum = self.param("ema_sum", _codebook_init, (self.num_codes, self.code_dim))
@@ -299,8 +305,8 @@ def ema_optimizer(tx: optax.GradientTransformation) -> optax.GradientTransformat
 
 
 def vqvae(channels: Sequence[int] = (32, 64), num_codes: int = 64, code_dim: int = 16,
-          data_shape: Sequence[int] = (784,), ema: bool = False, likelihood: str = "bernoulli"
-          ) -> VQVAE:
+          data_shape: Sequence[int] = (784,), ema: bool = False, likelihood: str = "bernoulli",
+          precision_name: str = "float32") -> VQVAE:
     """A VQ-VAE for ``data_shape`` examples, validated before any work.
 
     Raises:
@@ -315,4 +321,5 @@ def vqvae(channels: Sequence[int] = (32, 64), num_codes: int = 64, code_dim: int
     data_shape = tuple(int(d) for d in data_shape)
     conv.check_conv_shape(conv.image_shape_for(data_shape), len(channels))
     conv.check_one_output(likelihood, "the VQ-VAE")
-    return VQVAE(channels, int(num_codes), int(code_dim), data_shape, bool(ema), likelihood)
+    return VQVAE(channels, int(num_codes), int(code_dim), data_shape, bool(ema), likelihood,
+                 precision.compute_dtype(precision_name))

@@ -17,6 +17,7 @@ import optax
 from jaxvae.objectives import losses
 from jaxvae.training import hooks as hooks_lib
 from jaxvae.training import loop
+from jaxvae.models import precision
 from jaxvae.models import sequence
 from jaxvae.training import step as train
 from jaxvae.training import fit as trainer
@@ -41,6 +42,8 @@ class SequenceConfig:
     seed: int = 0  # init, shuffling and noise: jax.random.key(seed)
     max_seconds: float = 0.0  # stop after the epoch that passes this training time; 0 = no limit
     eval_batch_size: int = 500  # sequences per evaluation batch (memory only)
+    precision: str = "float32"  # float32, or bfloat16 products with float32 accumulation
+    #   (jaxvae.models.precision)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -66,6 +69,7 @@ def validate_sequence_config(config: SequenceConfig) -> None:
         raise ValueError(f"lr must be > 0, got {config.lr}")
     if not config.word_dropout < 1:
         raise ValueError(f"word_dropout must be in [0, 1), got {config.word_dropout}")
+    precision.check_precision(config.precision)
 
 
 class SequenceFit(NamedTuple):
@@ -108,7 +112,7 @@ def fit_sequences(config: SequenceConfig, vocab: Vocabulary, train_strings: Sequ
     test_data = {"x": vocab.encode_batch(test_strings, length)}
 
     model = sequence.sequence_vae(len(vocab), config.embed_dim, config.hidden_dim,
-                                  config.latent_dim)
+                                  config.latent_dim, config.precision)
     keys = trainer.run_keys(config.seed)
     loss_fn = losses.make_sequence_loss(model, config.beta, config.warmup_steps,
                                         config.word_dropout)

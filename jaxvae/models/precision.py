@@ -1,0 +1,159 @@
+"""The precision policy of the models: float32 everywhere, or bfloat16 matrix products.
+
+    float32    every parameter, activation and product in float32 (the default).
+    bfloat16   the inputs of every dense layer's matrix product and every convolution are
+               rounded to bfloat16; the products accumulate and return float32. Parameters,
+               optimizer state, activations between layers, likelihoods, KL terms and every
+               reduction stay float32.
+
+bfloat16 keeps float32's exponent range (no loss scaling needed) and 8 bits of mantissa; on
+hardware with bfloat16 units (TPUs, recent GPUs, CPUs with AVX512_BF16 or AMX) a product of
+bfloat16 inputs with float32 accumulation runs at a multiple of the float32 rate.
+
+A model family takes the policy as a Flax ``dtype`` (``compute_dtype(name)``: None for float32, so
+the float32 modules are exactly the unannotated ones) and hands it to its layers through
+``dense_kwargs(dtype)`` / ``conv_kwargs(dtype)``, the keyword arguments of ``nn.Dense`` /
+``nn.Conv`` / ``nn.ConvTranspose`` that apply it:
+
+    dtype            the layer's compute dtype (the kernel and inputs are cast to it)
+    param_dtype      float32 (Flax's default, kept)
+    promote_dtype    casts inputs and kernel to ``dtype`` and leaves the bias float32, so the
+                     bias is added in float32 and the layer's output is float32
+    dot_general      ``matmul``: bfloat16 x bfloat16 -> float32 in the forward pass and in both
+                     products of the backward pass (the incoming gradient is rounded to bfloat16,
+                     as under torch.autocast)
+    conv_general_dilated   ``lax.conv_general_dilated`` with ``preferred_element_type=float32``
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+PRECISIONS = ("float32", "bfloat16")  # the names of the policies (--precision)
+
+
+def check_precision(name: str) -> str:
+    """Raises ValueError unless ``name`` is one of ``PRECISIONS``."""
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; choose one of {list(PRECISIONS)} "
+                         "(bfloat16: matrix products and convolutions on bfloat16 inputs with "
+                         "float32 accumulation; parameters and losses stay float32)")
+    return name
+
+
+def compute_dtype(name: str) -> Any:
+    """The Flax ``dtype`` of the policy ``name``: None for float32, ``jnp.bfloat16`` for bfloat16."""
+    return None if check_precision(name) == "float32" else jnp.bfloat16
+
+
+def precision_name(dtype: Any) -> str:
+    """The policy name of a compute dtype (the inverse of ``compute_dtype``)."""
+    return "float32" if dtype is None or jnp.dtype(dtype) == jnp.float32 else "bfloat16"
+
+
+def _low(dtype: Any) -> bool:
+    return dtype is not None and jnp.dtype(dtype) != jnp.float32
+
+
+def promote_inputs_and_kernel(*arrays, dtype=None, inexact: bool = True):
+    """Flax's ``promote_dtype`` for ``(inputs, kernel, bias)``: inputs and kernel cast to
+    ``dtype``, the bias (and anything after it) left as it is (float32)."""
+    del inexact
+    inputs, kernel, *rest = arrays
+    cast = (lambda a: a) if dtype is None else (lambda a: jnp.asarray(a, dtype))
+    return (cast(inputs), cast(kernel), *rest)
+
+
+_F32 = jnp.float32
+
+
+def _contract_last_first(a: jax.Array, b: jax.Array) -> jax.Array:
+    """sum_k a[..., k] b[k, ...] in float32, on the arrays' own (bfloat16) dtypes."""
+    return lax.dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())), preferred_element_type=_F32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _matmul(x: jax.Array, w: jax.Array, x_dtype, w_dtype) -> jax.Array:
+    return _contract_last_first(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+
+
+def _matmul_fwd(x, w, x_dtype, w_dtype):
+    x_lo, w_lo = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    return _contract_last_first(x_lo, w_lo), (x_lo, w_lo)
+
+
+def _matmul_bwd(x_dtype, w_dtype, residuals, g):
+    x_lo, w_lo = residuals
+    g_lo = g.astype(jnp.bfloat16)
+    # dL/dx = g W^T: contract g's last axis with W's output axes.
+    dx = lax.dot_general(g_lo, w_lo, (((g.ndim - 1,), (w_lo.ndim - 1,)), ((), ())),
+                         preferred_element_type=_F32)
+    # dL/dW = X^T g over every leading (batch) axis.
+    k, n = x_lo.shape[-1], g.shape[-1]
+    dw = lax.dot_general(x_lo.reshape(-1, k), g_lo.reshape(-1, n), (((0,), (0,)), ((), ())),
+                         preferred_element_type=_F32)
+    return dx.astype(x_dtype), dw.astype(w_dtype)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def matmul(x_BxK: jax.Array, w_KxN: jax.Array) -> jax.Array:
+    """x @ w on bfloat16 inputs with float32 accumulation and a float32 result.
+
+    The backward pass rounds the incoming gradient to bfloat16 and computes dx = g w^T and
+    dw = x^T g the same way (bfloat16 inputs, float32 results), so all three products of a
+    dense layer run at the bfloat16 rate. ``x``: ``(..., K)``, ``w``: ``(K, N)``.
+    """
+    return _matmul(x_BxK, w_KxN, jnp.dtype(x_BxK.dtype), jnp.dtype(w_KxN.dtype))
+
+
+def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
+                preferred_element_type=None) -> jax.Array:
+    """``lax.dot_general`` with float32 results; ``matmul`` for a dense layer's product (the
+    last axis of ``lhs`` with the first of a 2-D ``rhs``), which also keeps its backward pass in
+    bfloat16."""
+    del preferred_element_type
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    if (rhs.ndim == 2 and tuple(lhs_contract) == (lhs.ndim - 1,) and tuple(rhs_contract) == (0,)
+            and not lhs_batch and not rhs_batch):
+        return matmul(lhs, rhs)
+    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                           preferred_element_type=_F32)
+
+
+def conv_general_dilated(*args, **kwargs) -> jax.Array:
+    """``lax.conv_general_dilated`` with float32 accumulation and result."""
+    kwargs["preferred_element_type"] = _F32
+    return lax.conv_general_dilated(*args, **kwargs)
+
+
+def dense_kwargs(dtype: Any) -> dict:
+    """The ``nn.Dense`` keyword arguments of the compute dtype ``dtype`` (none for float32)."""
+    if not _low(dtype):
+        return {}
+    return {"dtype": dtype, "promote_dtype": promote_inputs_and_kernel,
+            "dot_general": dot_general}
+
+
+def conv_kwargs(dtype: Any, transpose: bool = False) -> dict:
+    """The ``nn.Conv`` (or, with ``transpose``, ``nn.ConvTranspose``) keyword arguments of the
+    compute dtype ``dtype`` (none for float32). ``nn.ConvTranspose`` takes no convolution
+    function: its product returns bfloat16, and the float32 bias makes its output float32."""
+    if not _low(dtype):
+        return {}
+    kwargs = {"dtype": dtype, "promote_dtype": promote_inputs_and_kernel}
+    if not transpose:
+        kwargs["conv_general_dilated"] = conv_general_dilated
+    return kwargs
+
+
+def as_float32(tree):
+    """Every floating-point leaf of ``tree`` as float32 (the model's outputs under bfloat16)."""
+    return jax.tree.map(
+        lambda a: a.astype(_F32) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)

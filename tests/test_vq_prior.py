@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from run_files import one_error_line, snapshot
 
 import jaxvae
 from jaxvae.evaluation import likelihood
@@ -59,7 +60,8 @@ def test_jacobian_of_the_logits_is_strictly_lower_triangular(prior_and_params):
         return prior.apply({"params": params}, onehot[None],
                            method=code_prior.CodePrior.logits_from_onehot)[0]
 
-    jac = jax.jacrev(logits_LxK)(onehot_1xLxK[0])  # (L, K, L, K): d logits_i,k / d onehot_j,k'
+    # (L, K, L, K): d logits_ik / d onehot_jk'
+    jac = jax.jit(jax.jacrev(logits_LxK))(onehot_1xLxK[0])
     dependence_LxL = np.asarray(jnp.sum(jnp.abs(jac), axis=(1, 3)))
     upper = np.triu(np.ones((length, length), bool))  # j >= i
     np.testing.assert_array_equal(dependence_LxL[upper], 0.0)
@@ -89,7 +91,7 @@ def test_ancestral_samples_follow_the_prior_joint_distribution():
     # a prior that is far from uniform, and whose second code depends on the first
     params = jax.tree.map(lambda a: 8.0 * a, params)
     grids = jnp.array([[[0, 0]], [[0, 1]], [[1, 0]], [[1, 1]]])
-    exact = np.exp(-np.asarray(code_prior.code_nll(prior, params, grids)))
+    exact = np.exp(-np.asarray(jax.jit(lambda p: code_prior.code_nll(prior, p, grids))(params)))
     np.testing.assert_allclose(exact.sum(), 1.0, rtol=1e-5)
     n = 4000
     codes = np.asarray(code_prior.sample_codes(prior, params, jax.random.key(5), n))
@@ -220,8 +222,9 @@ def test_script_trains_a_prior_samples_and_evaluate_uses_it(tiny_vq_run, tmp_pat
     assert samples["prior_codes"].shape == (4, 4, 4)
 
     # evaluate.py: refused without the prior, the same bound with it
+    capsys.readouterr()
     assert evaluate.main([str(tiny_vq_run), "--output", str(tmp_path / "e.json")]) == 2
-    err = capsys.readouterr().err
+    err = one_error_line(capsys)
     assert err.startswith("error: the VQ-VAE has no learned prior over its codes")
     assert "--prior" in err
     assert evaluate.main([str(tiny_vq_run), "--prior", str(outdir),
@@ -236,9 +239,10 @@ def test_script_trains_a_prior_samples_and_evaluate_uses_it(tiny_vq_run, tmp_pat
     shutil.copytree(outdir, other)
     saved = json.loads((other / "prior.json").read_text())
     (other / "prior.json").write_text(json.dumps({**saved, "vqvae_params_sha256": "0" * 64}))
+    capsys.readouterr()
     assert evaluate.main([str(tiny_vq_run), "--prior", str(other),
                           "--output", str(tmp_path / "e2.json")]) == 2
-    assert "trained on the codes of another VQ-VAE" in capsys.readouterr().err
+    assert "trained on the codes of another VQ-VAE" in one_error_line(capsys)
 
 
 def test_script_refuses_a_used_outdir_and_the_run_directory(tiny_vq_run, tmp_path, capsys):
@@ -247,13 +251,15 @@ def test_script_refuses_a_used_outdir_and_the_run_directory(tiny_vq_run, tmp_pat
     used = tmp_path / "used"
     used.mkdir()
     (used / "notes.txt").write_text("mine")
+    run_files = snapshot(tiny_vq_run)
+    capsys.readouterr()
     assert vq_prior.main([str(tiny_vq_run), "--outdir", str(used)] + PRIOR_FLAGS) == 2
-    assert "already holds a prior (notes.txt)" in capsys.readouterr().err
+    assert "already holds a prior (notes.txt)" in one_error_line(capsys)
     assert vq_prior.main([str(tiny_vq_run), "--outdir", str(used), "--overwrite"]
                          + PRIOR_FLAGS) == 2
-    assert "--overwrite deletes only directories this script wrote" in capsys.readouterr().err
-    assert (used / "notes.txt").read_text() == "mine"
+    assert "--overwrite deletes only directories this script wrote" in one_error_line(capsys)
+    assert snapshot(used) == {"notes.txt": b"mine"}
     assert vq_prior.main([str(tiny_vq_run), "--outdir", str(tiny_vq_run), "--overwrite"]
                          + PRIOR_FLAGS) == 2
-    assert "lies inside --outdir" in capsys.readouterr().err
-    assert (tiny_vq_run / "params.msgpack").exists()
+    assert "lies inside --outdir" in one_error_line(capsys)
+    assert snapshot(tiny_vq_run) == run_files

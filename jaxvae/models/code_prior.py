@@ -46,6 +46,7 @@ posterior: every sample has the same weight, and the K-sample bound equals this 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -188,8 +189,12 @@ def grid_shape_of(model: vq.VQVAE) -> tuple[int, int]:
 def init(prior: CodePrior, key: jax.Array) -> Any:
     """The prior's parameters from ``key``."""
     validation.check_key(key)
-    codes = jnp.zeros((1,) + tuple(prior.grid_shape), jnp.int32)
-    return prior.init(key, codes)["params"]
+    return _init(prior, key)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(prior: CodePrior, key: jax.Array) -> Any:
+    return prior.init(key, jnp.zeros((1,) + tuple(prior.grid_shape), jnp.int32))["params"]
 
 
 def logits(prior: CodePrior, params: Any, codes_BxHxW: jax.Array, *,
@@ -200,9 +205,11 @@ def logits(prior: CodePrior, params: Any, codes_BxHxW: jax.Array, *,
     return prior.apply({"params": params}, codes_BxHxW, False, rngs={"dropout": dropout_key})
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def code_nll(prior: CodePrior, params: Any, codes_BxHxW: jax.Array, *,
              dropout_key: jax.Array | None = None) -> jax.Array:
-    """-log p(c) = -sum_i log softmax(logits_i)[c_i], nats per grid: ``(B,)``."""
+    """-log p(c) = -sum_i log softmax(logits_i)[c_i], nats per grid: ``(B,)`` (compiled once
+    per prior and shape)."""
     logits_BxHxWxK = logits(prior, params, codes_BxHxW, dropout_key=dropout_key)
     nll_BxHxW = optax.softmax_cross_entropy_with_integer_labels(logits_BxHxWxK, codes_BxHxW)
     return jnp.sum(nll_BxHxW.reshape(nll_BxHxW.shape[0], -1), axis=-1)
@@ -225,7 +232,7 @@ def sample_codes(prior: CodePrior, params: Any, key: jax.Array, n: int,
     n = validation.check_count(n, "n (the number of samples)")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    return _sample_codes(prior, params, key, n, temperature)
+    return _sample_codes_jit(prior, params, key, n, float(temperature))
 
 
 def _sample_codes(prior: CodePrior, params: Any, key: jax.Array, n: int, temperature: float
@@ -242,6 +249,10 @@ def _sample_codes(prior: CodePrior, params: Any, key: jax.Array, n: int, tempera
 
     codes_NxL = jax.lax.fori_loop(0, length, draw, jnp.zeros((n, length), jnp.int32))
     return codes_NxL.reshape((n,) + tuple(prior.grid_shape))
+
+
+# One compiled program per prior, sample count and temperature.
+_sample_codes_jit = jax.jit(_sample_codes, static_argnums=(0, 3, 4))
 
 
 def encode_codes(model: vq.VQVAE, params: Any, x: jax.Array) -> jax.Array:

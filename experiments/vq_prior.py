@@ -201,9 +201,10 @@ def run(args: argparse.Namespace) -> dict:
     ncols = max(1, math.isqrt(n))
     png = plots.save_image_panels(
         outdir / "samples.png",
-        [(uniform_images, "uniformly random codes"),
-         (prior_images, f"codes from the learned prior ({final['test_bits_per_code']:.2f} "
-                        "bits/code)")], ncols,
+        [(uniform_images, f"uniformly random codes\n({math.log2(model.num_codes):.2f} bits "
+                          "per code)"),
+         (prior_images, f"codes from the learned prior\n({final['test_bits_per_code']:.2f} "
+                        "bits per code on the test digits)")], ncols,
         f"VQ-VAE samples, {grid[0]}x{grid[1]} grids of {model.num_codes} codes")
     buffer = io.BytesIO()
     np.savez_compressed(buffer, uniform=uniform_images, prior=prior_images,

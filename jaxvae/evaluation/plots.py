@@ -82,12 +82,14 @@ def save_image_panels(path, panels: Sequence[tuple[np.ndarray, str]], ncols: int
         grids.append(np.clip(tile(images, ncols), 0.0, 1.0))
     nrows = math.ceil(len(as_images(panels[0][0])) / ncols)
     fig, axes = plt.subplots(1, len(panels), squeeze=False,
-                             figsize=(len(panels) * (ncols * 0.6 + 0.4), nrows * 0.6 + 0.9))
+                             figsize=(len(panels) * max(ncols * 0.6 + 0.4, 3.0),
+                                      nrows * 0.6 + 1.1))
     for ax, grid, (_, panel_title) in zip(axes[0], grids, panels):
         ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0.0, vmax=1.0)
         ax.set_title(panel_title, fontsize=9)
         ax.axis("off")
     fig.suptitle(title)
+    fig.tight_layout()  # room for the figure title above the panels' titles
     return save_figure(fig, path)
 
 

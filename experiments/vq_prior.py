@@ -108,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def scored_splits(loaded: runs.Run) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) examples as experiments/evaluate.py scores them (binarized or dequantized
+    once with the run's key where the run does that), in the model's units."""
+    data_config = loaded.config.data
+    key = preprocessing.data_key(loaded.config.run.seed)
+    return tuple(loaded.model_input(preprocessing.fixed_transform(
+        data_config.binarize, data_config.dequantize, key, np.asarray(x), part))
+        for x, part in ((loaded.data.x_train, 2), (loaded.data.x_test, 1)))
+
+
 def split_codes(model: vq.VQVAE, params, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
     """The VQ-VAE's code grids of the examples x: ``(N, h, w)`` int32, in batches."""
     encode = jax.jit(lambda p, x: code_prior.encode_codes(model, p, x))
@@ -142,12 +152,7 @@ def run(args: argparse.Namespace) -> dict:
                          f"({len(loaded.data.x_train)} examples)")
     outdir = train_script.prepare_outdir(args.outdir, overwrite=args.overwrite)
 
-    # The examples as experiments/evaluate.py scores them (held-out splits binarized or
-    # dequantized once with the run's key), in the model's units.
-    key = preprocessing.data_key(loaded.config.run.seed)
-    x_train, x_test = (loaded.model_input(preprocessing.fixed_transform(
-        data_config.binarize, data_config.dequantize, key, np.asarray(x), part))
-        for x, part in ((loaded.data.x_train, 2), (loaded.data.x_test, 1)))
+    x_train, x_test = scored_splits(loaded)
     train_codes = split_codes(model, loaded.params, x_train)
     test_codes = split_codes(model, loaded.params, x_test)
     grid = tuple(prior.grid_shape)

@@ -3,6 +3,7 @@
 import json
 import math
 import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from jaxvae.models import code_prior
 from jaxvae.models import interface
 from jaxvae.models import vq
 from jaxvae.objectives import losses
+from jaxvae.training import runs
 
 
 def tiny_prior(num_codes=5, grid_shape=(3, 3), num_layers=2):
@@ -263,3 +265,20 @@ def test_script_refuses_a_used_outdir_and_the_run_directory(tiny_vq_run, tmp_pat
                          + PRIOR_FLAGS) == 2
     assert "lies inside --outdir" in one_error_line(capsys)
     assert snapshot(tiny_vq_run) == run_files
+
+
+COMMITTED = Path(__file__).resolve().parent.parent / "results" / "vqvae-prior"
+
+
+@pytest.mark.skipif(not (COMMITTED / "prior" / "prior.json").exists(),
+                    reason="no committed VQ-VAE prior")
+def test_the_committed_prior_loads_and_reproduces_its_bits_per_code():
+    from experiments import vq_prior
+
+    run = runs.load_run(COMMITTED)
+    both, params = runs.load_code_prior(COMMITTED / "prior", run)
+    results = json.loads((COMMITTED / "prior" / "results.json").read_text())
+    codes = vq_prior.split_codes(run.model, run.params, vq_prior.scored_splits(run)[1])
+    nll = np.asarray(code_prior.code_nll(both.prior, params["prior"], jnp.asarray(codes)))
+    assert code_prior.bits_per_code(nll.mean(), both.prior.num_positions) == pytest.approx(
+        results["test_bits_per_code"], rel=1e-4)

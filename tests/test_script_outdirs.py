@@ -27,6 +27,7 @@ SCRIPTS = {
     "words": ["--epochs", "1", "--quiet"],
     "molecules": ["--epochs", "1", "--quiet"],
     "kill_resume": ["--kills", "1"],
+    "vq_prior": ["runs/a-vqvae-run", "--epochs", "1", "--quiet"],
 }
 
 

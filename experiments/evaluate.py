@@ -8,8 +8,19 @@ RUN_DIR/evaluation.json (or --output): nll (-mean log p(x), nats per example, K 
 samples; in the data's own units for a run on standardized data), elbo (the mean ELBO, nats per example, the training objective's estimator), their
 standard errors, and the settings; beside it, evaluation.log_px.npy holds log p(x) per example
 (float32, in the split's order). Both use the run's own model: its prior, posterior, likelihood
-and labels. The NLL of a VQ-VAE (no learned prior over its codes) is not defined and is refused.
-An existing evaluation is kept unless --overwrite is given.
+and labels. An existing evaluation is kept unless --overwrite is given.
+
+A VQ-VAE has no learned prior over its codes, so its NLL is refused unless --prior names a
+prior fitted to its codes by experiments/vq_prior.py:
+
+    python -m experiments.vq_prior runs/vq --outdir runs/vq/prior
+    python -m experiments.evaluate runs/vq --prior runs/vq/prior
+
+Then nll (and elbo) is the bound -log p(x) <= -log p(x | z_q(x)) - log p(c(x)): the
+reconstruction NLL at the quantized grid of x plus the NLL of x's code grid under the learned
+prior, nats per example. It is the negative ELBO with the VQ-VAE's one-hot posterior over
+codes (entropy 0, so KL = -log p(c(x))); every importance sample has the same weight, so it is
+computed once (K = 1) whatever --num-samples says, and nll = -elbo, gap 0.
 
 Sample k of example i is drawn with fold_in(fold_in(key, i), k), so the first N examples of a
 larger evaluation get exactly the values of --max-examples N with the same seed and K:
@@ -59,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the per-example log p(x) goes beside it as NAME.log_px.npy")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing evaluation at the output path")
+    p.add_argument("--prior", default=None,
+                   help="a VQ-VAE run only: the directory of a prior over its codes written by "
+                        "experiments/vq_prior.py; the NLL is then the bound recon + the codes' "
+                        "NLL under that prior")
     return p
 
 
@@ -91,7 +106,14 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(f"--output {out}: the directory {out.parent} does not exist")
     loaded = runs.load_run(args.run_dir)
     config = loaded.config
-    interface.check_defined(loaded.model, "log_weights")
+    model, params = loaded.model, loaded.params
+    num_samples, elbo_samples = args.num_samples, args.elbo_samples
+    if args.prior is not None:
+        model, params = runs.load_code_prior(args.prior, loaded)
+        num_samples = elbo_samples = 1  # a point-mass posterior: every sample weighs the same
+        print(f"scoring with the code prior in {args.prior}: -log p(x) <= recon + the codes' "
+              "NLL, exact with K = 1 (one-hot posterior)", file=sys.stderr)
+    interface.check_defined(model, "log_weights")
     x = loaded.data.x_test if args.split == "test" else loaded.data.x_train
     y = loaded.data.y_test if args.split == "test" else loaded.data.y_train
     # The data the run was scored on: binarized / dequantized once, with the run's own key, as
@@ -103,14 +125,14 @@ def run(args: argparse.Namespace) -> dict:
     batch = {"x": loaded.model_input(x), "y": np.asarray(y[:args.max_examples], np.int32)}
     ll_key, elbo_key = jax.random.split(jax.random.key(args.seed))
     print(f"evaluating {len(x)} {args.split} examples of {config.data.dataset} with "
-          f"K = {args.num_samples} importance samples", file=sys.stderr)
+          f"K = {num_samples} importance samples", file=sys.stderr)
     start = time.perf_counter()
     log_px = np.asarray(evaluate.log_likelihood(
-        loaded.model, loaded.params, batch, ll_key, args.num_samples, chunk_size=args.chunk_size,
+        model, params, batch, ll_key, num_samples, chunk_size=args.chunk_size,
         batch_size=args.batch_size)) - loaded.nll_offset  # in the data's units
     nll_seconds = time.perf_counter() - start
     elbo = np.asarray(evaluate.elbo(
-        loaded.model, loaded.params, batch, elbo_key, num_samples=args.elbo_samples,
+        model, params, batch, elbo_key, num_samples=elbo_samples,
         chunk_size=args.chunk_size, batch_size=args.batch_size)) - loaded.nll_offset
     seconds = time.perf_counter() - start
     if not (np.isfinite(log_px).all() and np.isfinite(elbo).all()):
@@ -123,13 +145,15 @@ def run(args: argparse.Namespace) -> dict:
         "elbo": mean_elbo,  # mean_i ELBO(x_i), nats per example (a lower bound of log p(x))
         "elbo_stderr": elbo_stderr,
         "gap": -mean_elbo - neg_ll,  # -ELBO - NLL >= 0: what the K samples gain over the ELBO
-        "num_samples": args.num_samples,
-        "elbo_samples": args.elbo_samples,
+        "num_samples": num_samples,
+        "elbo_samples": elbo_samples,
         "dataset": config.data.dataset,
         "split": args.split,
         "examples": int(len(x)),
         "model": config.model.name,
         "prior": config.model.prior,
+        # a VQ-VAE's prior over its codes (experiments/vq_prior.py), or None
+        "code_prior": None if args.prior is None else str(args.prior),
         "likelihood": config.model.likelihood,
         "binarize": config.data.binarize,
         "dequantize": config.data.dequantize,
@@ -146,7 +170,7 @@ def run(args: argparse.Namespace) -> dict:
     np.save(buffer, log_px.astype(np.float32))
     files.write_atomic(out_log_px, buffer.getvalue())
     files.write_atomic(out, json.dumps(result, indent=2))
-    print(f"{args.split} NLL {neg_ll:.2f} +- {nll_stderr:.2f} nats (K = {args.num_samples}), "
+    print(f"{args.split} NLL {neg_ll:.2f} +- {nll_stderr:.2f} nats (K = {num_samples}), "
           f"-ELBO {-mean_elbo:.2f} +- {elbo_stderr:.2f}, in {seconds:.1f} s")
     print(f"wrote {out}, {out_log_px}")
     return result

@@ -18,7 +18,7 @@ from jaxvae.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ("anomaly", "augment", "evaluate", "generate", "imbalanced", "molecules", "music",
-           "repair", "semisupervised", "train", "visualize", "words")
+           "repair", "semisupervised", "train", "visualize", "vq_prior", "words")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,6 +28,7 @@ SCRIPTS = {
     "molecules": ["--epochs", "1", "--quiet"],
     "music": ["--epochs", "1", "--quiet"],
     "kill_resume": ["--kills", "1"],
+    "vq_prior": ["runs/a-vqvae-run", "--epochs", "1", "--quiet"],
 }
 
 

@@ -68,6 +68,31 @@ def save_image_grid(path, x: np.ndarray, ncols: int, title: str) -> str | None:
     return save_figure(fig, path)
 
 
+def save_image_panels(path, panels: Sequence[tuple[np.ndarray, str]], ncols: int, title: str
+                      ) -> str | None:
+    """Saves grids of images side by side, one titled panel per ``(examples, title)``.
+
+    Returns None if the examples are not images.
+    """
+    grids = []
+    for x, _ in panels:
+        images = as_images(x)
+        if images is None:
+            return None
+        grids.append(np.clip(tile(images, ncols), 0.0, 1.0))
+    nrows = math.ceil(len(as_images(panels[0][0])) / ncols)
+    fig, axes = plt.subplots(1, len(panels), squeeze=False,
+                             figsize=(len(panels) * max(ncols * 0.6 + 0.4, 3.0),
+                                      nrows * 0.6 + 1.1))
+    for ax, grid, (_, panel_title) in zip(axes[0], grids, panels):
+        ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0.0, vmax=1.0)
+        ax.set_title(panel_title, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()  # room for the figure title above the panels' titles
+    return save_figure(fig, path)
+
+
 def save_reconstructions(path, x: np.ndarray, x_recon: np.ndarray, title: str) -> str | None:
     """Inputs (top row) above their reconstructions (bottom row)."""
     return save_image_grid(path, np.concatenate([x, x_recon]), len(x), title)

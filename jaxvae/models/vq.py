@@ -34,8 +34,10 @@ at least once in the batch (evaluation averages both over batches). ``kl`` is th
 h * w * log K: with a uniform prior over codes and a one-hot posterior, KL(q || p) = log K per
 grid position (the paper, Sec. 3.1), so ``recon + kl`` bounds -log p(x) under the uniform prior.
 
-There is no learned prior here (the paper fits a PixelCNN over codes afterwards): ``sample``
-decodes uniformly random codes, and is labelled so.
+The VQ-VAE alone has no learned prior: ``sample`` decodes uniformly random codes, and is
+labelled so. ``jaxvae.models.code_prior`` fits an autoregressive prior to the codes afterwards
+(the paper's second stage) and joins it to the VQ-VAE (``code_prior.with_prior``), whose
+``sample`` then draws the codes from it and whose bound on -log p(x) uses it.
 """
 
 from __future__ import annotations
@@ -129,9 +131,11 @@ class VQVAE(interface.LatentVariableModel):
     likelihood: str = "bernoulli"
     dtype: Any = None
 
-    _NO_PRIOR = ("the VQ-VAE has no learned prior over its codes (the paper fits a PixelCNN "
-                 "afterwards), so {} is not defined; use the ELBO under the uniform code prior "
-                 "(jaxvae.elbo) instead")
+    _NO_PRIOR = ("the VQ-VAE has no learned prior over its codes, so {} is not defined; fit "
+                 "one to its codes (python -m experiments.vq_prior RUN_DIR, then "
+                 "experiments.evaluate RUN_DIR --prior PRIOR_DIR; in code "
+                 "jaxvae.models.code_prior.with_prior) or use the ELBO under the uniform code "
+                 "prior (jaxvae.elbo)")
     undefined = {
         "posterior": "the VQ-VAE has a discrete latent grid, not a Gaussian posterior q(z | x)",
         "likelihood_params": "the VQ-VAE decodes code grids (B, h, w, D), not latent vectors",
@@ -192,7 +196,8 @@ class VQVAE(interface.LatentVariableModel):
         return self.decode(self.codebook()[codes])
 
     def sample_outputs(self, key: jax.Array, n: int) -> jax.Array:
-        """Decodes n grids of independent, uniformly random codes (no learned prior)."""
+        """Decodes n grids of independent, uniformly random codes (no learned prior; see
+        ``code_prior.with_prior`` for sampling from one)."""
         codes = jax.random.randint(key, (n,) + self.grid_shape, 0, self.num_codes)
         return self.decode_codes(codes)
 

@@ -12,6 +12,7 @@ made by a factory named ``make_*_loss``:
                         sum_j max(lambda, mean_b KL_bj) (models with a per-dimension KL)
     make_iwae_loss      -mean_b [logsumexp_k log w_kb - log K]   (Burda et al. 2016)
     make_vq_loss        the VQ-VAE objective (van den Oord et al. 2017)
+    make_code_prior_loss  -log p(c) of an autoregressive prior over a VQ-VAE's code grids
     make_m2_loss        the semi-supervised M2 objective (Kingma et al. 2014)
     make_sequence_loss  the sequence VAE's -ELBO with KL warm-up and word dropout
 """
@@ -31,6 +32,7 @@ from jaxvae import likelihoods, validation
 from jaxvae.models import interface
 from jaxvae.objectives import bounds as objectives
 from jaxvae.objectives import schedules
+from jaxvae.models import code_prior
 from jaxvae.models import m2 as semisupervised
 from jaxvae.models import sequence
 from jaxvae.models import vq as vqvae
@@ -249,6 +251,28 @@ def make_vq_loss(model: vqvae.VQVAE, commitment_cost: float = 0.25, decay: float
         del key, step
         return vqvae.vqvae_loss(model, params, batch["x"], model.likelihood, commitment_cost,
                                 decay)
+
+    return loss_fn
+
+
+def make_code_prior_loss(prior: code_prior.CodePrior, train: bool = True) -> LossFn:
+    """-log p(c), nats per grid, of a ``code_prior.CodePrior`` on batches ``{"x": codes_BxHxW}``.
+
+    The examples are the int code grids of a VQ-VAE (``code_prior.encode_codes``). With
+    ``train`` the prior's dropout is on, drawn with ``key``; without it the loss is the
+    deterministic NLL (for evaluation). Metrics: ``loss`` = ``nll`` (mean nats per grid) and
+    ``bits_per_code`` = nll / (L ln 2); ``step`` is unused.
+    """
+    if not isinstance(prior, code_prior.CodePrior):
+        raise TypeError(f"make_code_prior_loss trains a CodePrior, got {type(prior).__name__}")
+
+    def loss_fn(params, batch, key, step):
+        del step
+        nll_B = code_prior.code_nll(prior, params, batch["x"],
+                                    dropout_key=key if train else None)
+        loss = jnp.mean(nll_B)
+        return loss, {"loss": loss, "nll": loss,
+                      "bits_per_code": code_prior.bits_per_code(loss, prior.num_positions)}
 
     return loss_fn
 

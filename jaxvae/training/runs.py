@@ -12,6 +12,7 @@ old run's files first when overwriting.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -24,8 +25,10 @@ from flax import serialization
 from jaxvae import config as config_lib
 from jaxvae.data import datasets as data_lib
 from jaxvae.data import standardize
+from jaxvae.models import code_prior
 from jaxvae.models import mlp as models
 from jaxvae.models import registry
+from jaxvae.models import vq
 
 
 # Files that mark a directory as a run directory: --overwrite deletes nothing else.
@@ -183,3 +186,55 @@ def load_run(path) -> Run:
                          f"{stats.mean.shape}, but the run's examples have shape "
                          f"{data.example_shape}")
     return Run(config, model, params, data, summary, path, stats)
+
+
+# Files of a code prior directory (written by experiments/vq_prior.py).
+PRIOR_FILES = ("prior.json", "prior_params.msgpack")
+
+
+def file_digest(path) -> str:
+    """The SHA-256 of a file's bytes, hex."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_code_prior(path, run: Run) -> tuple[nn.Module, Any]:
+    """``(model, params)``: the VQ-VAE of ``run`` joined with the code prior in directory ``path``.
+
+    ``path`` holds ``prior.json`` (the prior's sizes and the digest of the VQ-VAE parameters
+    whose codes it was trained on) and ``prior_params.msgpack``. The model is
+    ``code_prior.with_prior(run.model, prior)``, its parameters ``{"vqvae", "prior"}``.
+
+    Raises:
+      ValueError: the run is not a VQ-VAE, a file is missing or damaged, or the prior was
+        trained on another VQ-VAE's codes.
+    """
+    path = Path(path)
+    if not isinstance(run.model, vq.VQVAE):
+        raise ValueError(f"{run.path} holds a --model {run.config.model.name} run: a code prior "
+                         "goes with a --model vqvae run only")
+    for name in PRIOR_FILES:
+        if not (path / name).is_file():
+            raise ValueError(f"{path / name} not found: pass a directory written by "
+                             "experiments/vq_prior.py (it holds prior.json and "
+                             "prior_params.msgpack)")
+    try:
+        saved = json.loads((path / "prior.json").read_text())
+        sizes = saved["prior"]
+        prior = code_prior.for_vqvae(run.model, **sizes)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{path / 'prior.json'} does not describe a code prior: {e}") from None
+    digest = file_digest(run.path / "params.msgpack")
+    if saved.get("vqvae_params_sha256") != digest:
+        raise ValueError(f"the prior in {path} was trained on the codes of another VQ-VAE (its "
+                         f"params.msgpack differs from {run.path / 'params.msgpack'}): train a "
+                         f"prior for this run with python -m experiments.vq_prior {run.path}")
+    template = jax.eval_shape(lambda: code_prior.init(prior, jax.random.key(0)))
+    template = jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), template)
+    try:
+        params = serialization.from_bytes(template,
+                                          (path / "prior_params.msgpack").read_bytes())
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{path / 'prior_params.msgpack'} does not fit the prior of "
+                         f"{path / 'prior.json'}: {e}") from None
+    return (code_prior.with_prior(run.model, prior),
+            code_prior.join_params(run.params, params))

@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-size", type=int, default=200000,
                    help="random training molecules from MOSES train (%(default)s)")
     p.add_argument("--full", action="store_true", help="train on all of MOSES train (a GPU job)")
+    p.add_argument("--representation", choices=molecules.REPRESENTATIONS, default="smiles",
+                   help="the strings the VAE reads and writes: SMILES (tokenized by the SMILES "
+                        "regex) or SELFIES (by SELFIES symbols; every symbol sequence decodes to "
+                        "a molecule); samples are scored as SMILES either way (%(default)s)")
     p.add_argument("--test-size", type=int, default=2000,
                    help="MOSES test molecules for the test -ELBO (%(default)s)")
     p.add_argument("--epochs", type=int, default=100,
@@ -88,17 +92,20 @@ def run(args) -> dict:
             raise ValueError(f"--train-size {args.train_size} exceeds the {len(moses_train)} "
                              "MOSES training molecules; use --full for all of them")
         train_smiles = [moses_train[i] for i in rng.permutation(len(moses_train))[:args.train_size]]
-    vocab = Vocabulary.from_corpus(train_smiles, "smiles")
+    rep = args.representation
+    train_strings = molecules.to_representation(train_smiles, rep)
+    vocab = Vocabulary.from_corpus(train_strings, rep)
     known = set(vocab.tokens)
-    test_all = [moses_test[i] for i in rng.permutation(len(moses_test))[:args.test_size]]
+    test_all = molecules.to_representation(
+        [moses_test[i] for i in rng.permutation(len(moses_test))[:args.test_size]], rep)
     # a test molecule with a token the training subset never showed cannot be encoded: drop it
-    test_smiles = [s for s in test_all if set(vocab.tokenize(s)) <= known]
+    test_strings = [s for s in test_all if set(vocab.tokenize(s)) <= known]
 
     outdir = seqlib.prepare_outdir(args.outdir, overwrite=args.overwrite)
-    on_epoch, bar = seqlib.progress(config.run.epochs, args.quiet, outdir / "metrics.jsonl")
+    on_epoch, bar = seqlib.progress(config.epochs, args.quiet, outdir / "metrics.jsonl")
     start = time.perf_counter()
     try:
-        fit = fit_sequences(config, vocab, train_smiles, test_smiles, on_epoch)
+        fit = fit_sequences(config, vocab, train_strings, test_strings, on_epoch)
     finally:
         bar.close()
     train_wall = time.perf_counter() - start
@@ -108,8 +115,8 @@ def run(args) -> dict:
     by_temperature, all_samples = {}, {}
     start = time.perf_counter()
     for t in args.temperature:
-        samples_t = seqlib.prior_samples(fit, jax.random.key(args.seed + 1), args.num_samples,
-                                         temperature=t)
+        samples_t = molecules.to_smiles(seqlib.prior_samples(
+            fit, jax.random.key(args.seed + 1), args.num_samples, temperature=t), rep)
         metrics_t = molecules.generation_metrics(samples_t, train_set, filters=patterns)
         metrics_t["novelty_vs_full_moses_train"] = molecules.generation_metrics(
             samples_t, moses_set, ks=())["novelty"]
@@ -117,11 +124,11 @@ def run(args) -> dict:
     sample_seconds = time.perf_counter() - start
     headline = args.temperature[0]
     samples, ours = all_samples[headline], by_temperature[str(headline)]
-    recon = seqlib.reconstructions(fit, test_smiles[:1000])
+    recon = seqlib.reconstructions(fit, test_strings[:1000])
     results = {
-        "config": config.to_dict(), "train_molecules": len(train_smiles),
-        "test_molecules": len(test_smiles), "test_dropped_unknown_tokens":
-            len(test_all) - len(test_smiles),
+        "config": config.to_dict(), "representation": rep, "train_molecules": len(train_smiles),
+        "test_molecules": len(test_strings), "test_dropped_unknown_tokens":
+            len(test_all) - len(test_strings),
         "vocab_size": len(vocab), "row_length": fit.length,
         "epochs_run": len(fit.history), "steps": fit.history[-1]["step"],
         "train_seconds": sum(r["seconds"] for r in fit.history),
@@ -130,12 +137,14 @@ def run(args) -> dict:
         "metrics_by_temperature": by_temperature,
         "final": fit.history[-1],
         "test_exact_reconstruction": float(np.mean([a == b for a, b in
-                                                    zip(test_smiles[:1000], recon)])),
+                                                    zip(test_strings[:1000], recon)])),
         "metrics": ours, "moses_vae_baseline": MOSES_VAE,
         "samples_head": samples[:20], **seqlib.environment()}
     files.write_atomic(outdir / "results.json", json.dumps(results, indent=2))
-    files.write_atomic(outdir / "samples.txt", "\n".join(samples) + "\n")
-    written = ([outdir / "metrics.jsonl", outdir / "results.json", outdir / "samples.txt"]
+    sample_files = [outdir / f"samples_T{t}.txt" for t in args.temperature]
+    for t, path in zip(args.temperature, sample_files):
+        files.write_atomic(path, "\n".join(all_samples[t]) + "\n")
+    written = ([outdir / "metrics.jsonl", outdir / "results.json", *sample_files]
                + seqlib.write_model(outdir, fit))
     print(f"trained on {len(train_smiles)} molecules for {results['train_seconds'] / 60:.1f} min "
           f"({results['epochs_run']} epochs, {results['steps']} steps)")

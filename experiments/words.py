@@ -73,7 +73,7 @@ def run(args) -> dict:
     train_words, test_words = split_words(all_words, args.train_size, args.test_size, args.seed)
     vocab = Vocabulary.from_corpus(train_words + test_words + list(args.interpolate), "char")
     outdir = seqlib.prepare_outdir(args.outdir, overwrite=args.overwrite)
-    on_epoch, bar = seqlib.progress(config.run.epochs, args.quiet, outdir / "metrics.jsonl")
+    on_epoch, bar = seqlib.progress(config.epochs, args.quiet, outdir / "metrics.jsonl")
     start = time.perf_counter()
     try:
         fit = fit_sequences(config, vocab, train_words, test_words, on_epoch,

@@ -17,7 +17,8 @@ from jaxvae import config as config_lib
 from jaxvae.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ("anomaly", "augment", "evaluate", "generate", "imbalanced", "molecules", "repair",
+SCRIPTS = ("anomaly", "augment", "evaluate", "generate", "imbalanced", "molecules",
+           "moses_metrics", "repair",
            "semisupervised", "train", "visualize", "words")
 
 

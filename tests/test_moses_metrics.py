@@ -124,3 +124,24 @@ def test_property_values_are_rdkit_descriptors():
     values = em.property_values([em.get_mol("CCO")])
     assert values["weight"][0] == pytest.approx(46.069, abs=1e-3)  # C2H6O
     assert 1 <= values["SA"][0] <= 10 and 0 < values["QED"][0] < 1
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_scoring_script_writes_the_table_of_a_samples_file(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("fcd_torch")
+    import json
+    from experiments import moses_metrics as script
+    ref = em.statistics(em.valid_canonical(FCD_B))
+    monkeypatch.setattr(script.molecules, "load_moses", lambda split="train": FCD_B)
+    monkeypatch.setattr(script.molecules, "filter_patterns", lambda: [])
+    monkeypatch.setattr(em, "reference_statistics", lambda split="test": ref)
+    samples = tmp_path / "samples_T1.0.txt"
+    samples.write_text("\n".join(FCD_A[:4] + ["C1CC", ""] + FCD_B[5:7]) + "\n")
+    assert script.main([str(samples)]) == 0
+    out = json.loads((tmp_path / "samples_T1.0.moses.json").read_text())
+    assert out["num_generated"] == 8 and out["valid"] == pytest.approx(6 / 8)
+    assert out["novelty"] == pytest.approx(4 / 6)  # two samples are "training" molecules
+    for key in ("FCD/Test", "SNN/TestSF", "Frag/Test", "Scaf/TestSF", "IntDiv", "SA"):
+        assert np.isfinite(out[key]), key
+    assert "FCD/Test" in capsys.readouterr().out
+    assert script.main([str(tmp_path / "missing.txt")]) == 2

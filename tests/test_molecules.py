@@ -138,3 +138,23 @@ def test_molecules_script_trains_and_writes_samples_as_smiles(representation, mo
     if representation == "selfies":  # a sample is a molecule unless it is empty
         assert all(molecules.canonical(s) is not None for s in lines if s)
         assert not any("Branch" in s or "Ring" in s for s in lines)  # SMILES, not SELFIES
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inside fcd_torch and scipy
+def test_molecules_script_writes_the_distribution_metrics(monkeypatch, tmp_path):
+    pytest.importorskip("selfies")
+    pytest.importorskip("fcd_torch")
+    import json
+    script = _tiny_moses(monkeypatch)
+    ref = script.moses.statistics(sorted({molecules.canonical(s) for s in SELFIES_MOLECULES}))
+    monkeypatch.setattr(script.moses, "reference_statistics", lambda split="test": ref)
+    out = tmp_path / "run"
+    argv = ["--representation", "selfies", "--train-size", "100", "--test-size", "7",
+            "--epochs", "1", "--batch-size", "50", "--hidden-dim", "16", "--embed-dim", "8",
+            "--latent-dim", "4", "--num-samples", "40", "--temperature", "1",
+            "--quiet", "--outdir", str(out)]
+    assert script.main(argv) == 0
+    metrics = json.loads((out / "results.json").read_text())["metrics"]
+    for key in ("FCD/Test", "SNN/TestSF", "Frag/Test", "IntDiv", "QED"):
+        assert key in metrics, key
+    assert 0 <= metrics["SNN/Test"] <= 1 and metrics["novelty_vs_train_subset"] >= 0

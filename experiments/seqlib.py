@@ -22,7 +22,8 @@ from jaxvae.training import files
 from jaxvae.training import runs
 
 # What the sequence scripts write: --overwrite deletes a directory only if it holds one of them.
-OUTPUTS = ("metrics.jsonl", "results.json", "params.msgpack", "vocab.json", "samples.txt")
+OUTPUTS = ("metrics.jsonl", "results.json", "params.msgpack", "vocab.json", "samples.txt",
+           "samples_T1.0.txt")
 
 
 def add_outdir_flags(p, default: str) -> None:
@@ -58,6 +59,8 @@ def add_model_flags(p, *, hidden_dim: int, latent_dim: int, warmup_steps: int,
     p.add_argument("--precision", choices=precision.PRECISIONS, default=d.precision,
                    help="float32, or bfloat16 products with float32 accumulation; parameters "
                         "and losses stay float32 (%(default)s)")
+    p.add_argument("--free-bits", type=float, default=0.0,
+                   help="free nats per latent dimension in the KL term; 0 = off (%(default)s)")
 
 
 def sequence_config(args, max_seconds: float) -> SequenceConfig:
@@ -66,6 +69,7 @@ def sequence_config(args, max_seconds: float) -> SequenceConfig:
                           latent_dim=args.latent_dim, epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr, beta=args.beta,
                           warmup_steps=args.warmup_steps, word_dropout=args.word_dropout,
+                          free_bits=args.free_bits,
                           seed=args.seed, max_seconds=max_seconds, precision=args.precision)
 
 

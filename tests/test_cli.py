@@ -17,8 +17,9 @@ from jaxvae import config as config_lib
 from jaxvae.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ("anomaly", "augment", "evaluate", "generate", "imbalanced", "molecules", "music",
-           "repair", "semisupervised", "train", "visualize", "vq_prior", "words")
+SCRIPTS = ("anomaly", "augment", "evaluate", "generate", "imbalanced", "molecules",
+           "moses_metrics", "music", "repair", "semisupervised", "train", "visualize",
+           "vq_prior", "words")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,3 +58,103 @@ def test_molecules_script_rejects_bad_arguments_before_loading_data():
     args = script.build_parser().parse_args(["--temperature", "0"])
     with pytest.raises(ValueError, match="--temperature must be > 0"):
         script.run(args)
+
+
+SELFIES_MOLECULES = ["CC(=O)Oc1ccccc1C(=O)O", "Clc1ccc(Br)cc1", "c1cc[nH]c1", "C#N",
+                     "CN1CCCC1c1cccnc1", "O=C(O)C1CC2CCC1CC2", "Cc1ccc2ccccc2c1"]
+
+
+def test_selfies_round_trip_gives_back_the_same_molecules():
+    pytest.importorskip("selfies")
+    encoded = molecules.to_representation(SELFIES_MOLECULES, "selfies")
+    assert encoded[3] == "[C][#N]"
+    assert all(s.startswith("[") and s.endswith("]") for s in encoded)
+    decoded = molecules.to_smiles(encoded, "selfies")
+    assert [molecules.canonical(s) for s in decoded] == [molecules.canonical(s)
+                                                         for s in SELFIES_MOLECULES]
+    assert molecules.to_representation(SELFIES_MOLECULES, "smiles") == SELFIES_MOLECULES
+    # a symbol outside the SELFIES alphabet cannot be decoded: it scores as an invalid sample
+    assert molecules.to_smiles(["[C][Xyz]"], "selfies") == [""]
+    with pytest.raises(ValueError, match="unknown molecule representation"):
+        molecules.to_smiles(encoded, "inchi")
+
+
+def test_selfies_vocabulary_tokenizes_by_symbol_and_round_trips():
+    pytest.importorskip("selfies")
+    from jaxvae.data.vocab import Vocabulary, tokenize_selfies
+    assert tokenize_selfies("[C][=Branch1][C][=O][O]") == ["[C]", "[=Branch1]", "[C]", "[=O]",
+                                                           "[O]"]
+    with pytest.raises(ValueError, match="not a sequence of bracketed symbols"):
+        tokenize_selfies("[C]x")
+    encoded = molecules.to_representation(SELFIES_MOLECULES, "selfies")
+    vocab = Vocabulary.from_corpus(encoded, "selfies")
+    tokens = vocab.encode_batch(encoded)
+    assert vocab.decode_batch(tokens) == encoded
+    assert Vocabulary.from_json(vocab.to_json()) == vocab
+
+
+def test_random_selfies_token_sequences_decode_to_valid_molecules():
+    pytest.importorskip("selfies")
+    import numpy as np
+    from jaxvae.data.vocab import Vocabulary
+    vocab = Vocabulary.from_corpus(molecules.to_representation(SELFIES_MOLECULES, "selfies"),
+                                   "selfies")
+    atom = vocab.index["[C]"]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        # an atom first, then any symbols: branches and rings that do not fit are dropped
+        ids = [atom] + rng.integers(4, len(vocab), rng.integers(0, 40)).tolist()
+        smiles = molecules.to_smiles([vocab.decode(ids)], "selfies")[0]
+        assert molecules.canonical(smiles) is not None, vocab.decode(ids)
+
+
+def _tiny_moses(monkeypatch):
+    from experiments import molecules as script
+    train = [molecules.canonical(s) for s in SELFIES_MOLECULES * 20]
+    monkeypatch.setattr(script.molecules, "load_moses",
+                        lambda split="train": train if split == "train" else train[:7])
+    monkeypatch.setattr(script.molecules, "filter_patterns", lambda: [])
+    return script
+
+
+@pytest.mark.parametrize("representation", ["smiles", "selfies"])
+def test_molecules_script_trains_and_writes_samples_as_smiles(representation, monkeypatch,
+                                                              tmp_path):
+    pytest.importorskip("selfies")
+    import json
+    script = _tiny_moses(monkeypatch)
+    out = tmp_path / "run"
+    argv = ["--representation", representation, "--train-size", "100", "--test-size", "7",
+            "--epochs", "1", "--batch-size", "50", "--hidden-dim", "16", "--embed-dim", "8",
+            "--latent-dim", "4", "--free-bits", "0.1", "--num-samples", "30",
+            "--temperature", "1", "--no-distribution-metrics", "--quiet", "--outdir", str(out)]
+    assert script.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["representation"] == representation
+    assert results["config"]["free_bits"] == 0.1
+    lines = (out / "samples_T1.0.txt").read_text().split("\n")[:-1]
+    assert len(lines) == 30 and results["metrics"]["num_generated"] == 30
+    assert json.loads((out / "vocab.json").read_text())["tokenizer"] == representation
+    if representation == "selfies":  # a sample is a molecule unless it is empty
+        assert all(molecules.canonical(s) is not None for s in lines if s)
+        assert not any("Branch" in s or "Ring" in s for s in lines)  # SMILES, not SELFIES
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inside fcd_torch and scipy
+def test_molecules_script_writes_the_distribution_metrics(monkeypatch, tmp_path):
+    pytest.importorskip("selfies")
+    pytest.importorskip("fcd_torch")
+    import json
+    script = _tiny_moses(monkeypatch)
+    ref = script.moses.statistics(sorted({molecules.canonical(s) for s in SELFIES_MOLECULES}))
+    monkeypatch.setattr(script.moses, "reference_statistics", lambda split="test": ref)
+    out = tmp_path / "run"
+    argv = ["--representation", "selfies", "--train-size", "100", "--test-size", "7",
+            "--epochs", "1", "--batch-size", "50", "--hidden-dim", "16", "--embed-dim", "8",
+            "--latent-dim", "4", "--num-samples", "40", "--temperature", "1",
+            "--quiet", "--outdir", str(out)]
+    assert script.main(argv) == 0
+    metrics = json.loads((out / "results.json").read_text())["metrics"]
+    for key in ("FCD/Test", "SNN/TestSF", "Frag/Test", "IntDiv", "QED"):
+        assert key in metrics, key
+    assert 0 <= metrics["SNN/Test"] <= 1 and metrics["novelty_vs_train_subset"] >= 0

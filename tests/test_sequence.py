@@ -337,3 +337,22 @@ def test_words_script_trains_and_writes_its_results(tmp_path):
     assert results["epochs_run"] == 1 and results["steps"] == 2
     assert len(results["interpolation"]["path"]) == 8
     assert len((outdir / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_free_bits_floor_each_dimension_of_the_batch_mean_kl(tiny):
+    vocab, model, params = tiny
+    tokens = jnp.asarray(vocab.encode_batch(WORDS, length=13))
+    key, step, floor = jax.random.key(2), jnp.int32(5), 0.3
+    loss, metrics = losses.make_sequence_loss(model, beta=0.5, warmup_steps=10,
+                                              free_bits=floor)(params, {"x": tokens}, key, step)
+    terms = model.apply({"params": params}, tokens, key, 0.0,
+                        method=sequence.SequenceVAE.elbo_terms_and_logits)[0]
+    mean, logvar = sequence.encode(model, params, tokens)
+    kl_BxZ = -0.5 * (1 + _np(logvar) - _np(mean) ** 2 - np.exp(_np(logvar)))
+    floored = np.sum(np.maximum(floor, kl_BxZ.mean(0)))
+    assert np.any(kl_BxZ.mean(0) < floor)  # the floor is active in some dimension
+    np.testing.assert_allclose(metrics["kl_free_bits"], floored, rtol=1e-5)
+    np.testing.assert_allclose(loss, np.mean(terms.recon_B) + 0.5 * 0.5 * floored, rtol=1e-5)
+    np.testing.assert_allclose(metrics["kl"], kl_BxZ.sum(1).mean(), rtol=1e-5)
+    with pytest.raises(ValueError, match="free_bits must be a finite number >= 0"):
+        losses.make_sequence_loss(model, free_bits=-1.0)

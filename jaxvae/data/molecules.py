@@ -38,6 +38,61 @@ def _rdkit_chem():
     return Chem
 
 
+def _selfies():
+    try:
+        import selfies
+    except ImportError as e:
+        raise ImportError("SELFIES needs the selfies package: pip install 'jaxvae[molecules]' "
+                          "(or pip install selfies==2.2.0)") from e
+    return selfies
+
+
+REPRESENTATIONS = ("smiles", "selfies")
+
+
+def to_representation(smiles: Sequence[str], representation: str) -> list[str]:
+    """SMILES strings as ``representation`` strings: unchanged, or encoded as SELFIES.
+
+    SELFIES (Krenn et al. 2020) spell a molecule in bracketed symbols such that every sequence
+    of symbols decodes to a valid molecule. Raises ValueError naming a SMILES that the
+    ``selfies`` encoder rejects.
+    """
+    if representation not in REPRESENTATIONS:
+        raise ValueError(f"unknown molecule representation {representation!r}; choose one of "
+                         f"{REPRESENTATIONS}")
+    if representation == "smiles":
+        return list(smiles)
+    sf = _selfies()
+    out = []
+    for s in smiles:
+        try:
+            out.append(sf.encoder(s))
+        except sf.EncoderError as e:
+            raise ValueError(f"cannot encode SMILES {s!r} as SELFIES: {e}") from e
+    return out
+
+
+def to_smiles(strings: Sequence[str], representation: str) -> list[str]:
+    """``representation`` strings as SMILES: unchanged, or decoded from SELFIES.
+
+    A SELFIES string the decoder rejects (a symbol outside its alphabet) becomes ``""``, which
+    the metrics count as invalid, so the list keeps one entry per input.
+    """
+    if representation not in REPRESENTATIONS:
+        raise ValueError(f"unknown molecule representation {representation!r}; choose one of "
+                         f"{REPRESENTATIONS}")
+    if representation == "smiles":
+        return list(strings)
+    sf = _selfies()
+    out = []
+    for s in strings:
+        try:
+            out.append(sf.decoder(s) or "")
+        except sf.DecoderError:
+            out.append("")
+    return out
+
+
 def moses_data_dir() -> Path:
     """The folder of the MOSES csv.gz files inside the installed ``molsets`` wheel.
 

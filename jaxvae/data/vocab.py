@@ -2,9 +2,10 @@
 
 A ``Vocabulary`` holds four special tokens at fixed ids (PAD 0, BOS 1, EOS 2, UNK 3) followed by
 the tokens seen in a corpus, in sorted order. A string is split into tokens by a tokenizer:
-``"char"`` (one token per character, for words and text) or ``"smiles"`` (the SMILES regex of
+``"char"`` (one token per character, for words and text), ``"smiles"`` (the SMILES regex of
 Schwaller et al. 2019, so that ``Cl``, ``Br``, ``[nH]``, ``[C@@H]`` and ``%10`` are single
-tokens). ``decode(encode(s)) == s`` for every string whose tokens are in the vocabulary.
+tokens) or ``"selfies"`` (the bracketed symbols of a SELFIES string, Krenn et al. 2020, split by
+the ``selfies`` package: ``[C][=Branch1][Ring1]`` -> ``[C]``, ``[=Branch1]``, ``[Ring1]``). ``decode(encode(s)) == s`` for every string whose tokens are in the vocabulary.
 
 Batches are ``tokens_NxL`` int32 arrays: each row holds the string's tokens, then EOS, then PAD
 up to L; the decoder is fed ``[BOS, tokens[:-1]]`` (see ``jaxvae.models.sequence``).
@@ -47,7 +48,24 @@ def tokenize_chars(text: str) -> list[str]:
     return list(text)
 
 
-TOKENIZERS = {"char": tokenize_chars, "smiles": tokenize_smiles}
+def tokenize_selfies(selfies: str) -> list[str]:
+    """Splits a SELFIES string into its symbols; raises ValueError for text outside brackets."""
+    try:
+        import selfies as sf
+    except ImportError as e:
+        raise ImportError("the SELFIES tokenizer needs the selfies package: pip install "
+                          "'jaxvae[molecules]' (or pip install selfies)") from e
+    try:
+        symbols = list(sf.split_selfies(selfies))
+    except ValueError:
+        symbols = []
+    if "".join(symbols) != selfies:
+        raise ValueError(f"cannot tokenize SELFIES {selfies!r}: it is not a sequence of "
+                         "bracketed symbols")
+    return symbols
+
+
+TOKENIZERS = {"char": tokenize_chars, "smiles": tokenize_smiles, "selfies": tokenize_selfies}
 
 
 def _check_tokenizer(name: str) -> None:

@@ -384,10 +384,14 @@ def make_m2_loss(model: semisupervised.M2, x_labelled_NxD=None, y_labelled_N=Non
 
 
 def make_sequence_loss(model: sequence.SequenceVAE, beta: float = 1.0, warmup_steps: int = 0,
-                       word_dropout_rate: float = 0.0) -> LossFn:
+                       word_dropout_rate: float = 0.0, free_bits: float = 0.0) -> LossFn:
     """The sequence VAE's annealed negative ELBO with word dropout (Bowman et al. 2016).
 
         loss = mean_b [ -log p(x_b | z_b) + kl_weight(step) * KL(q(z | x_b) || N(0, I)) ]
+
+    or, with ``free_bits`` = lambda > 0, mean_b -log p(x_b | z_b) + kl_weight(step) *
+    sum_j max(lambda, mean_b KL_bj) (``schedules.free_bits_kl``, Kingma et al. 2016): a latent
+    dimension holding less than lambda nats is not pushed further towards the prior.
 
     on batches ``{"x": tokens_BxL}``, with the model's ``elbo_terms_and_logits``: one
     reparameterized z_b ~ q(z | x_b) and word-dropped decoder inputs (each input token but BOS
@@ -399,10 +403,12 @@ def make_sequence_loss(model: sequence.SequenceVAE, beta: float = 1.0, warmup_st
       beta: the KL weight after the warm-up, >= 0.
       warmup_steps: steps of the linear warm-up from 0 (0: no annealing).
       word_dropout_rate: in [0, 1).
+      free_bits: lambda, nats per latent dimension (0 = off).
 
     Returns:
       ``loss_fn``; metrics (batch means, nats per sequence) ``loss``, ``recon``, ``kl``,
       ``nelbo`` (recon + kl: the negative ELBO, whatever the weight), ``kl_weight``,
+      ``kl_free_bits`` (the floored KL term, with free bits),
       ``token_accuracy`` (teacher-forced argmax over real tokens) and ``nll_per_token``.
     """
     if not isinstance(model, sequence.SequenceVAE):
@@ -417,6 +423,7 @@ def make_sequence_loss(model: sequence.SequenceVAE, beta: float = 1.0, warmup_st
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
     word_dropout_rate = float(word_dropout_rate)
+    free_bits = check_free_bits(free_bits, model)
 
     def loss_fn(params, batch, key, step):
         tokens_BxL = interface.as_batch(model, batch)["x"]
@@ -424,13 +431,19 @@ def make_sequence_loss(model: sequence.SequenceVAE, beta: float = 1.0, warmup_st
                                           method=sequence.SequenceVAE.elbo_terms_and_logits)
         recon_B, kl_B = terms.recon_B, terms.kl_B
         weight = sequence.kl_weight(step, beta, warmup_steps)
-        loss = jnp.mean(recon_B + weight * kl_B)
+        extra = {}
+        if free_bits > 0:
+            kl_term, _ = schedules.free_bits_kl(terms.kl_BxZ, free_bits)
+            loss = jnp.mean(recon_B) + weight * kl_term
+            extra["kl_free_bits"] = kl_term
+        else:
+            loss = jnp.mean(recon_B + weight * kl_B)
         mask_BxL = sequence.token_mask(tokens_BxL)
         correct = jnp.sum((jnp.argmax(logits_BxLxV, -1) == tokens_BxL) * mask_BxL)
         metrics = {"loss": loss, "recon": jnp.mean(recon_B), "kl": jnp.mean(kl_B),
                    "nelbo": jnp.mean(recon_B + kl_B), "kl_weight": weight,
                    "token_accuracy": correct / jnp.sum(mask_BxL),
-                   "nll_per_token": jnp.sum(recon_B) / jnp.sum(mask_BxL)}
+                   "nll_per_token": jnp.sum(recon_B) / jnp.sum(mask_BxL), **extra}
         return loss, metrics
 
     return loss_fn

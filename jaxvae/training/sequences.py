@@ -39,6 +39,7 @@ class SequenceConfig:
     beta: float = 1.0  # KL weight after the warm-up
     warmup_steps: int = 2000  # steps of the linear KL warm-up from 0 (Bowman et al. 2016)
     word_dropout: float = 0.25  # probability a decoder input token is replaced by UNK
+    free_bits: float = 0.0  # free nats per latent dimension in the KL term; 0 = off
     seed: int = 0  # init, shuffling and noise: jax.random.key(seed)
     max_seconds: float = 0.0  # stop after the epoch that passes this training time; 0 = no limit
     eval_batch_size: int = 500  # sequences per evaluation batch (memory only)
@@ -59,7 +60,7 @@ def validate_sequence_config(config: SequenceConfig) -> None:
         if value < (0 if name in ("warmup_steps", "seed") else 1):
             raise ValueError(f"{name} must be >= {0 if name in ('warmup_steps', 'seed') else 1}, "
                              f"got {value}")
-    for name in ("lr", "clip_norm", "beta", "word_dropout", "max_seconds"):
+    for name in ("lr", "clip_norm", "beta", "word_dropout", "free_bits", "max_seconds"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
             raise TypeError(f"{name} must be a number, got {value!r}")
@@ -115,7 +116,7 @@ def fit_sequences(config: SequenceConfig, vocab: Vocabulary, train_strings: Sequ
                                   config.latent_dim, config.precision)
     keys = trainer.run_keys(config.seed)
     loss_fn = losses.make_sequence_loss(model, config.beta, config.warmup_steps,
-                                        config.word_dropout)
+                                        config.word_dropout, config.free_bits)
     # evaluated without word dropout: test_nelbo is the negative ELBO of the model itself
     eval_loss_fn = losses.make_sequence_loss(model, config.beta, config.warmup_steps, 0.0)
     tx = make_sequence_optimizer(config)

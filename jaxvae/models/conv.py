@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxvae import likelihoods
@@ -61,6 +62,97 @@ def check_conv_shape(image_shape: tuple[int, int, int], num_downsamplings: int) 
                          f"(--conv-channels) or pad the images")
 
 
+def _space_to_depth(x_BxHxWxC: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (B, H/2, W/2, 4C): each 2x2 block's pixels, in (row, column, channel) order."""
+    b, h, w, c = x_BxHxWxC.shape
+    x = x_BxHxWxC.reshape(b, h // 2, 2, w // 2, 2, c)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2, w // 2, 4 * c)
+
+
+def _depth_to_space(y_BxHxWx2x2xF: jax.Array) -> jax.Array:
+    """(B, H, W, 2, 2, F) -> (B, 2H, 2W, F): entry (i, j, r, s) goes to pixel (2i + r, 2j + s)."""
+    b, h, w, _, _, f = y_BxHxWx2x2xF.shape
+    return y_BxHxWx2x2xF.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, f)
+
+
+class StridedConv(nn.Module):
+    """A 4x4 stride-2 "SAME" convolution, computed as space-to-depth plus one matrix product.
+
+    The same function, parameters (``kernel`` (4, 4, C, F), ``bias`` (F,)) and initializers
+    as ``nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME")``, for even H and W:
+
+        y[i, j] = bias + sum_{p, q < 4} x_pad[2i + p, 2j + q] @ kernel[p, q]
+
+    with x_pad the input padded by one zero pixel on each side. With p = 2a + r and q = 2c + s
+    (a, c, r, s in {0, 1}) the window of output (i, j) is the 2x2 blocks (i + a, j + c) of
+    x_pad cut into 2x2 blocks (space-to-depth): the layer is one (B H/2 W/2, 16 C) x (16 C, F)
+    product. XLA's CPU backend runs matrix products and their gradients at its GEMM rate, also
+    inside ``lax.scan``; its convolutions with stride 2 ran several times slower in a jitted
+    step and 10-20x slower inside a scan (see docs/benchmarks.md).
+
+    ``(B, H, W, C) -> (B, H / 2, W / 2, features)``.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+        b, h, w, c = x_BxHxWxC.shape
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (4, 4, c, self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        x, kernel, bias = nn.dtypes.promote_dtype(x_BxHxWxC, kernel, bias)
+        blocks = _space_to_depth(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))))
+        ho, wo = h // 2, w // 2
+        # Feature order (a, c, r, s, C), the kernel's (p, q, C) = (2a + r, 2c + s, C) to match.
+        patches = jnp.concatenate([blocks[:, a:a + ho, c_:c_ + wo]
+                                   for a in (0, 1) for c_ in (0, 1)], axis=-1)
+        kernel = kernel.reshape(2, 2, 2, 2, c, self.features).transpose(0, 2, 1, 3, 4, 5)
+        y = patches.reshape(b * ho * wo, 16 * c) @ kernel.reshape(16 * c, self.features)
+        return y.reshape(b, ho, wo, self.features) + bias.reshape(1, 1, 1, -1)
+
+
+class StridedConvTranspose(nn.Module):
+    """A 4x4 stride-2 "SAME" transposed convolution, computed as one matrix product plus
+    overlap-add.
+
+    The same function, parameters (``kernel`` (4, 4, C, F), ``bias`` (F,)) and initializers
+    as ``nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME")`` (Flax's
+    convention: the kernel is not flipped). That layer convolves the input dilated by zeros
+    between pixels; equivalently every input pixel m adds x[m] @ kernel[k] to output pixel
+    2m + 2 - k (per axis). So, per axis, output 2i + r (r in {0, 1}) receives the taps
+    k = 2a + r (a in {0, 1}) of input pixel i - 1 + a + r:
+
+        y[2i + r, 2j + s] = bias + sum_{a, c} x[i-1+a+r, j-1+c+s] @ kernel[2a + r, 2c + s]
+
+    All products x[m] @ kernel[k] are one (B H W, C) x (C, 16 F) matrix product; the sums are
+    16 shifted slices of it (the overlap-add, or col2im), and the four phases (r, s) are
+    interleaved into the output (depth-to-space). Why not ``lax.conv_transpose``: on XLA's
+    CPU backend its weight gradient ran about 8x slower than the whole layer in PyTorch.
+
+    ``(B, H, W, C) -> (B, 2H, 2W, features)``.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+        b, h, w, c = x_BxHxWxC.shape
+        f = self.features
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (4, 4, c, f))
+        bias = self.param("bias", nn.initializers.zeros_init(), (f,))
+        x, kernel, bias = nn.dtypes.promote_dtype(x_BxHxWxC, kernel, bias)
+        # cols[m, (a, r, c, s)] = x[m] @ kernel[2a + r, 2c + s]; padded so that index m + 1
+        # holds input pixel m.
+        cols = x.reshape(b * h * w, c) @ kernel.transpose(2, 0, 1, 3).reshape(c, 16 * f)
+        cols = jnp.pad(cols.reshape(b, h, w, 2, 2, 2, 2, f),
+                       ((0, 0), (1, 1), (1, 1)) + ((0, 0),) * 5)
+        phases = [[sum(cols[:, r + a:r + a + h, s + c_:s + c_ + w, a, r, c_, s]
+                       for a in (0, 1) for c_ in (0, 1))
+                   for s in (0, 1)] for r in (0, 1)]
+        y = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=3)  # (B, H, W, r, s, F)
+        return _depth_to_space(y) + bias.reshape(1, 1, 1, -1)
+
+
 class ConvEncoder(nn.Module):
     """Images -> features: stride-2 4x4 convolutions + ReLU, one per entry of ``channels``.
 
@@ -73,8 +165,7 @@ class ConvEncoder(nn.Module):
     def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
         h = x_BxHxWxC
         for i, features in enumerate(self.channels):
-            h = nn.relu(nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME",
-                                name=f"conv_{i}")(h))
+            h = nn.relu(StridedConv(features, name=f"conv_{i}")(h))
         return h
 
 
@@ -92,8 +183,7 @@ class ConvDecoder(nn.Module):
     def __call__(self, h: jax.Array) -> jax.Array:
         outs = list(self.channels[1:]) + [self.out_channels]
         for i, features in enumerate(outs):
-            h = nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME",
-                                 name=f"deconv_{i}")(h)
+            h = StridedConvTranspose(features, name=f"deconv_{i}")(h)
             if i < len(outs) - 1:
                 h = nn.relu(h)
         return h

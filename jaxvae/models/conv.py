@@ -69,12 +69,6 @@ def _space_to_depth(x_BxHxWxC: jax.Array) -> jax.Array:
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2, w // 2, 4 * c)
 
 
-def _depth_to_space(y_BxHxWx2x2xF: jax.Array) -> jax.Array:
-    """(B, H, W, 2, 2, F) -> (B, 2H, 2W, F): entry (i, j, r, s) goes to pixel (2i + r, 2j + s)."""
-    b, h, w, _, _, f = y_BxHxWx2x2xF.shape
-    return y_BxHxWx2x2xF.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, f)
-
-
 class StridedConv(nn.Module):
     """A 4x4 stride-2 "SAME" convolution, computed as space-to-depth plus one matrix product.
 
@@ -124,10 +118,11 @@ class StridedConvTranspose(nn.Module):
 
         y[2i + r, 2j + s] = bias + sum_{a, c} x[i-1+a+r, j-1+c+s] @ kernel[2a + r, 2c + s]
 
-    All products x[m] @ kernel[k] are one (B H W, C) x (C, 16 F) matrix product; the sums are
-    16 shifted slices of it (the overlap-add, or col2im), and the four phases (r, s) are
-    interleaved into the output (depth-to-space). Why not ``lax.conv_transpose``: on XLA's
-    CPU backend its weight gradient ran about 8x slower than the whole layer in PyTorch.
+    All products x[m] @ kernel[k] are one (B H W, C) x (C, 16 F) matrix product; the sums
+    are shifted slices of it added along the rows, then along the columns (the overlap-add,
+    or col2im), each phase written into its interleaved output pixels. Why not
+    ``lax.conv_transpose``: on XLA's CPU backend its weight gradient alone took about 8x as
+    long as the whole layer in PyTorch, and more inside ``lax.scan`` (see docs/benchmarks.md).
 
     ``(B, H, W, C) -> (B, 2H, 2W, features)``.
     """
@@ -141,16 +136,19 @@ class StridedConvTranspose(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (4, 4, c, f))
         bias = self.param("bias", nn.initializers.zeros_init(), (f,))
         x, kernel, bias = nn.dtypes.promote_dtype(x_BxHxWxC, kernel, bias)
-        # cols[m, (a, r, c, s)] = x[m] @ kernel[2a + r, 2c + s]; padded so that index m + 1
-        # holds input pixel m.
+        # cols[m, n, a, r, (c, s, F)] = x[m, n] @ kernel[2a + r, 2c + s]
         cols = x.reshape(b * h * w, c) @ kernel.transpose(2, 0, 1, 3).reshape(c, 16 * f)
-        cols = jnp.pad(cols.reshape(b, h, w, 2, 2, 2, 2, f),
-                       ((0, 0), (1, 1), (1, 1)) + ((0, 0),) * 5)
-        phases = [[sum(cols[:, r + a:r + a + h, s + c_:s + c_ + w, a, r, c_, s]
-                       for a in (0, 1) for c_ in (0, 1))
-                   for s in (0, 1)] for r in (0, 1)]
-        y = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=3)  # (B, H, W, r, s, F)
-        return _depth_to_space(y) + bias.reshape(1, 1, 1, -1)
+        cols = cols.reshape(b, h, w, 2, 2, 4 * f)
+        # Overlap-add along the rows, then the columns; padded so that index m + 1 holds
+        # input pixel m. Row 2i + r sums taps a = 0, 1 of input rows i - 1 + a + r.
+        cols = jnp.pad(cols, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0), (0, 0)))
+        rows = jnp.stack([cols[:, r:r + h, :, 0, r] + cols[:, r + 1:r + 1 + h, :, 1, r]
+                          for r in (0, 1)], axis=2)  # (B, H, 2, W, 4F): rows 2i + r
+        rows = jnp.pad(rows.reshape(b, 2 * h, w, 2, 2, f),
+                       ((0, 0), (0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))
+        y = jnp.stack([rows[:, :, s:s + w, 0, s] + rows[:, :, s + 1:s + 1 + w, 1, s]
+                       for s in (0, 1)], axis=3)  # (B, 2H, W, 2, F): columns 2j + s
+        return y.reshape(b, 2 * h, 2 * w, f) + bias.reshape(1, 1, 1, -1)
 
 
 class ConvEncoder(nn.Module):

@@ -128,9 +128,11 @@ def test_conv_rejects_shapes_it_cannot_convolve():
         conv.conv_vae(channels=(), data_shape=(784,))
 
 
-# Shapes of the layer checks: MNIST's two encoder / decoder layers at a small batch, one
-# channel in or out, odd channel counts, a non-square image and a 1x1 map.
-CONV_CASES = [((2, 28, 28, 1), 5), ((3, 14, 14, 6), 7), ((2, 8, 6, 3), 4), ((1, 2, 2, 2), 3)]
+# Shapes of the layer checks: MNIST-sized maps at a small batch, one channel in or out, odd
+# channel counts, a non-square image and a 1x1 map; features below and above
+# StridedConvTranspose.PHASE_MIN_FEATURES (both of its formulations).
+CONV_CASES = [((2, 28, 28, 1), 5), ((3, 14, 14, 12), 9), ((2, 8, 6, 3), 4), ((1, 2, 2, 2), 3),
+              ((2, 4, 6, 5), 8)]
 
 
 def _conv_layer_pair(new_layer, flax_layer, x_shape, features, seed):

@@ -106,28 +106,39 @@ class StridedConv(nn.Module):
 
 
 class StridedConvTranspose(nn.Module):
-    """A 4x4 stride-2 "SAME" transposed convolution, computed as one matrix product plus
-    overlap-add.
+    """A 4x4 stride-2 "SAME" transposed convolution, computed with matrix products.
 
     The same function, parameters (``kernel`` (4, 4, C, F), ``bias`` (F,)) and initializers
     as ``nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME")`` (Flax's
     convention: the kernel is not flipped). That layer convolves the input dilated by zeros
     between pixels; equivalently every input pixel m adds x[m] @ kernel[k] to output pixel
-    2m + 2 - k (per axis). So, per axis, output 2i + r (r in {0, 1}) receives the taps
-    k = 2a + r (a in {0, 1}) of input pixel i - 1 + a + r:
+    2m + 2 - k (per axis). So, per axis, output 2i + r (r in {0, 1}, the phase) receives the
+    taps k = 2a + r (a in {0, 1}) of input pixel i - 1 + a + r:
 
         y[2i + r, 2j + s] = bias + sum_{a, c} x[i-1+a+r, j-1+c+s] @ kernel[2a + r, 2c + s]
 
-    All products x[m] @ kernel[k] are one (B H W, C) x (C, 16 F) matrix product; the sums
-    are shifted slices of it added along the rows, then along the columns (the overlap-add,
-    or col2im), each phase written into its interleaved output pixels. Why not
-    ``lax.conv_transpose``: on XLA's CPU backend its weight gradient alone took about 8x as
-    long as the whole layer in PyTorch, and more inside ``lax.scan`` (see docs/benchmarks.md).
+    Two ways to compute it, chosen by the number of outputs F:
+
+    * F >= ``PHASE_MIN_FEATURES``: per phase (r, s), one (B H W, 4 C) x (4 C, F) product of
+      the 2x2 input patches at offset (r, s) (sub-pixel convolution), the four phases then
+      interleaved into the output (depth-to-space);
+    * fewer outputs (the image layer: 1 or 3 channels), where those products would be
+      matrix-vector products: all x[m] @ kernel[k] as one (B H W, C) x (C, 16 F) product,
+      then the sums as shifted slices of it added along the rows, then the columns
+      (overlap-add, or col2im).
+
+    Why not ``lax.conv_transpose``: on XLA's CPU backend its weight gradient alone took about
+    8x as long as the whole layer in PyTorch, and more inside ``lax.scan`` (see
+    docs/benchmarks.md).
 
     ``(B, H, W, C) -> (B, 2H, 2W, features)``.
     """
 
     features: int
+
+    # Measured on a 2-core AVX-512 CPU: sub-pixel 1.5x faster than col2im at C = 64, F = 32;
+    # col2im 5x faster at C = 32, F = 1.
+    PHASE_MIN_FEATURES = 8
 
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
@@ -136,19 +147,48 @@ class StridedConvTranspose(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (4, 4, c, f))
         bias = self.param("bias", nn.initializers.zeros_init(), (f,))
         x, kernel, bias = nn.dtypes.promote_dtype(x_BxHxWxC, kernel, bias)
-        # cols[m, n, a, r, (c, s, F)] = x[m, n] @ kernel[2a + r, 2c + s]
-        cols = x.reshape(b * h * w, c) @ kernel.transpose(2, 0, 1, 3).reshape(c, 16 * f)
-        cols = cols.reshape(b, h, w, 2, 2, 4 * f)
-        # Overlap-add along the rows, then the columns; padded so that index m + 1 holds
-        # input pixel m. Row 2i + r sums taps a = 0, 1 of input rows i - 1 + a + r.
-        cols = jnp.pad(cols, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0), (0, 0)))
-        rows = jnp.stack([cols[:, r:r + h, :, 0, r] + cols[:, r + 1:r + 1 + h, :, 1, r]
-                          for r in (0, 1)], axis=2)  # (B, H, 2, W, 4F): rows 2i + r
-        rows = jnp.pad(rows.reshape(b, 2 * h, w, 2, 2, f),
-                       ((0, 0), (0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))
-        y = jnp.stack([rows[:, :, s:s + w, 0, s] + rows[:, :, s + 1:s + 1 + w, 1, s]
-                       for s in (0, 1)], axis=3)  # (B, 2H, W, 2, F): columns 2j + s
-        return y.reshape(b, 2 * h, 2 * w, f) + bias.reshape(1, 1, 1, -1)
+        if f >= self.PHASE_MIN_FEATURES:
+            y = _transposed_by_phases(x, kernel)
+        else:
+            y = _transposed_by_col2im(x, kernel)
+        return y + bias.reshape(1, 1, 1, -1)
+
+
+def _transposed_by_phases(x_BxHxWxC: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Sub-pixel form of ``StridedConvTranspose`` (no bias): four 2x2-patch products."""
+    b, h, w, c = x_BxHxWxC.shape
+    f = kernel.shape[-1]
+    # x_pad[m + 1] = x[m]: phase r reads padded rows i + r + a, a = 0, 1.
+    x_pad = jnp.pad(x_BxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    kernel = kernel.reshape(2, 2, 2, 2, c, f)  # (a, r, c, s, C, F)
+    phases = []
+    for r in (0, 1):
+        for s in (0, 1):
+            patches = jnp.concatenate([x_pad[:, r + a:r + a + h, s + c_:s + c_ + w]
+                                       for a in (0, 1) for c_ in (0, 1)], axis=-1)
+            y = patches.reshape(b * h * w, 4 * c) @ kernel[:, r, :, s].reshape(4 * c, f)
+            phases.append(y.reshape(b, h, w, f))
+    y = jnp.stack(phases, axis=3).reshape(b, h, w, 2, 2, f)  # (B, H, W, r, s, F)
+    return y.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, f)
+
+
+def _transposed_by_col2im(x_BxHxWxC: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Overlap-add form of ``StridedConvTranspose`` (no bias): one product, shifted sums."""
+    b, h, w, c = x_BxHxWxC.shape
+    f = kernel.shape[-1]
+    # cols[m, n, a, r, (c, s, F)] = x[m, n] @ kernel[2a + r, 2c + s]
+    cols = x_BxHxWxC.reshape(b * h * w, c) @ kernel.transpose(2, 0, 1, 3).reshape(c, 16 * f)
+    cols = cols.reshape(b, h, w, 2, 2, 4 * f)
+    # Overlap-add along the rows, then the columns; padded so that index m + 1 holds input
+    # pixel m. Row 2i + r sums taps a = 0, 1 of input rows i - 1 + a + r.
+    cols = jnp.pad(cols, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0), (0, 0)))
+    rows = jnp.stack([cols[:, r:r + h, :, 0, r] + cols[:, r + 1:r + 1 + h, :, 1, r]
+                      for r in (0, 1)], axis=2)  # (B, H, 2, W, 4F): rows 2i + r
+    rows = jnp.pad(rows.reshape(b, 2 * h, w, 2, 2, f),
+                   ((0, 0), (0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))
+    y = jnp.stack([rows[:, :, s:s + w, 0, s] + rows[:, :, s + 1:s + 1 + w, 1, s]
+                   for s in (0, 1)], axis=3)  # (B, 2H, W, 2, F): columns 2j + s
+    return y.reshape(b, 2 * h, 2 * w, f)
 
 
 class ConvEncoder(nn.Module):

@@ -158,21 +158,21 @@ def layer_calls(steps: int) -> dict:
             features, (4, 4), strides=(2, 2), padding="SAME")
         params = flax_.init(jax.random.key(1), x)
         for variant, layer in (("matmul", ours), ("flax_conv", flax_)):
-            def grads(p, layer=layer):
-                return jax.grad(lambda p, x: jnp.sum(jnp.tanh(layer.apply(p, x))),
-                                argnums=(0, 1))(p, x)
-
-            def body(p, _, grads=grads):
-                gp, gx = grads(p)
+            # x is an argument, not a constant XLA would fold into the program.
+            def body(carry, _, layer=layer):
+                p, x = carry
+                gp, gx = jax.grad(lambda p, x: jnp.sum(jnp.tanh(layer.apply(p, x))),
+                                  argnums=(0, 1))(p, x)
                 gp = jax.tree.map(lambda a, g: a - 1e-6 * g + 1e-9 * jnp.sum(gx), p, gp)
-                return gp, None
+                return (gp, x), None
 
-            one = jax.jit(lambda p, body=body: body(p, None)[0])
-            many = jax.jit(lambda p, body=body: jax.lax.scan(body, p, None, length=steps)[0])
+            one = jax.jit(lambda p, x, body=body: body((p, x), None)[0][0])
+            many = jax.jit(lambda p, x, body=body: jax.lax.scan(
+                body, (p, x), None, length=steps)[0][0])
             for fn, how, n in ((one, "jit", 1), (many, "scan", steps)):
-                jax.block_until_ready(fn(params))
+                jax.block_until_ready(fn(params, x))
                 calls[f"{name} {variant} {how}"] = (
-                    lambda fn=fn, params=params: jax.block_until_ready(fn(params)), n)
+                    lambda fn=fn, params=params, x=x: jax.block_until_ready(fn(params, x)), n)
     return calls
 
 

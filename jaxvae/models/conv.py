@@ -63,7 +63,7 @@ def check_conv_shape(image_shape: tuple[int, int, int], num_downsamplings: int) 
 
 
 def _space_to_depth(x_BxHxWxC: jax.Array) -> jax.Array:
-    """(B, H, W, C) -> (B, H/2, W/2, 4C): each 2x2 block's pixels, in (row, column, channel) order."""
+    """(B, H, W, C) -> (B, H/2, W/2, 4C): the pixels of each 2x2 block, (row, column, channel)."""
     b, h, w, c = x_BxHxWxC.shape
     x = x_BxHxWxC.reshape(b, h // 2, 2, w // 2, 2, c)
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2, w // 2, 4 * c)

@@ -2,7 +2,7 @@
 
     python -m benchmarks.precision [--models reference wide] [--batch-sizes 128] [--rounds 15]
 
-For each model (benchmarks.sections.MODELS: reference 784-400-20, wide 784-1024-1024-64) and
+For each model (the MLP workloads of benchmarks.workloads: reference 784-400-20, wide 784-1024-1024-64) and
 batch size, two runners do ``--steps`` jitted Adam steps (``jaxvae.make_train_step`` of the
 model's -ELBO) each call: the model built with ``precision_name="float32"`` and with
 ``"bfloat16"`` (``jaxvae.models.precision``: bfloat16 inputs, float32 accumulation, float32
@@ -27,10 +27,12 @@ import numpy as np
 
 import jaxvae
 from benchmarks.harness import Runner, mlp_train_flops, round_robin
-from benchmarks.sections import MODELS
+from benchmarks.workloads import WORKLOADS
 from jaxvae.models import precision
 
 PRECISIONS = precision.PRECISIONS
+# The MLP models of the harness: name -> (hidden widths, latent size).
+MODELS = {name: (w.hidden, w.latent_dim) for name, w in WORKLOADS.items() if w.kind == "mlp"}
 
 
 def log(msg: str) -> None:

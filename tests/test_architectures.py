@@ -2,6 +2,7 @@
 
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,6 +126,58 @@ def test_conv_rejects_shapes_it_cannot_convolve():
         conv.conv_vae(channels=(4, 8, 16), data_shape=(28, 28, 1))
     with pytest.raises(ValueError, match="conv channels"):
         conv.conv_vae(channels=(), data_shape=(784,))
+
+
+# Shapes of the layer checks: MNIST-sized maps at a small batch, one channel in or out, odd
+# channel counts, a non-square image and a 1x1 map; features below and above
+# StridedConvTranspose.PHASE_MIN_FEATURES (both of its formulations).
+CONV_CASES = [((2, 28, 28, 1), 5), ((3, 14, 14, 12), 9), ((2, 8, 6, 3), 4), ((1, 2, 2, 2), 3),
+              ((2, 4, 6, 5), 8)]
+
+
+def _conv_layer_pair(new_layer, flax_layer, x_shape, features, seed):
+    """The new layer's and Flax's outputs and gradients on a random input, cotangent and
+    parameters (the new layer's init must equal Flax's); grads w.r.t. input and parameters."""
+    kx, kp, kg = jax.random.split(jax.random.key(seed), 3)
+    x = jax.random.normal(kx, x_shape)
+    params = flax_layer.init(kp, x)
+    chex.assert_trees_all_equal(new_layer.init(kp, x), params)  # same names, shapes, init
+    params = jax.tree.map(lambda p: p + jax.random.normal(kg, p.shape), params)  # bias != 0
+    cotangent = jax.random.normal(kg, flax_layer.apply(params, x).shape)
+
+    def outputs_and_grads(layer):
+        out, vjp = jax.vjp(layer.apply, params, x)
+        return out, vjp(cotangent)
+
+    return jax.jit(lambda: (outputs_and_grads(new_layer), outputs_and_grads(flax_layer)))()
+
+
+@pytest.mark.parametrize("x_shape, features", CONV_CASES)
+def test_strided_conv_equals_flax_conv_in_outputs_and_gradients(x_shape, features):
+    ours, flax_ = _conv_layer_pair(
+        conv.StridedConv(features),
+        nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME"), x_shape, features, 0)
+    chex.assert_shape(ours[0], (x_shape[0], x_shape[1] // 2, x_shape[2] // 2, features))
+    chex.assert_trees_all_close(ours, flax_, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("x_shape, features", CONV_CASES)
+def test_strided_conv_transpose_equals_flax_conv_transpose_in_outputs_and_gradients(
+        x_shape, features):
+    ours, flax_ = _conv_layer_pair(
+        conv.StridedConvTranspose(features),
+        nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME"), x_shape, features, 1)
+    chex.assert_shape(ours[0], (x_shape[0], 2 * x_shape[1], 2 * x_shape[2], features))
+    chex.assert_trees_all_close(ours, flax_, rtol=1e-5, atol=1e-4)
+
+
+def test_conv_vae_keeps_the_flax_conv_parameter_names_and_shapes():
+    model = conv.conv_vae((32, 64), (400,), 20, (784,))
+    shapes = jax.tree.map(np.shape, jax.eval_shape(lambda: jaxvae.init(model, jax.random.key(0))))
+    assert shapes["conv_encoder"] == {"conv_0": {"kernel": (4, 4, 1, 32), "bias": (32,)},
+                                      "conv_1": {"kernel": (4, 4, 32, 64), "bias": (64,)}}
+    assert shapes["conv_decoder"] == {"deconv_0": {"kernel": (4, 4, 64, 32), "bias": (32,)},
+                                      "deconv_1": {"kernel": (4, 4, 32, 1), "bias": (1,)}}
 
 
 # ----------------------------------------------------------------------------- VQ-VAE

@@ -19,6 +19,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxvae import likelihoods
@@ -63,6 +64,149 @@ def check_conv_shape(image_shape: tuple[int, int, int], num_downsamplings: int) 
                          f"(--conv-channels) or pad the images")
 
 
+def _space_to_depth(x_BxHxWxC: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (B, H/2, W/2, 4C): the pixels of each 2x2 block, (row, column, channel)."""
+    b, h, w, c = x_BxHxWxC.shape
+    x = x_BxHxWxC.reshape(b, h // 2, 2, w // 2, 2, c)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2, w // 2, 4 * c)
+
+
+class StridedConv(nn.Module):
+    """A 4x4 stride-2 "SAME" convolution, computed as space-to-depth plus one matrix product.
+
+    The same function, parameters (``kernel`` (4, 4, C, F), ``bias`` (F,)) and initializers
+    as ``nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME")``, for even H and W:
+
+        y[i, j] = bias + sum_{p, q < 4} x_pad[2i + p, 2j + q] @ kernel[p, q]
+
+    with x_pad the input padded by one zero pixel on each side. With p = 2a + r and q = 2c + s
+    (a, c, r, s in {0, 1}) the window of output (i, j) is the 2x2 blocks (i + a, j + c) of
+    x_pad cut into 2x2 blocks (space-to-depth): the layer is one (B H/2 W/2, 16 C) x (16 C, F)
+    product. XLA's CPU backend runs matrix products and their gradients at its GEMM rate, also
+    inside ``lax.scan``; its convolutions with stride 2 ran several times slower in a jitted
+    step and 10-20x slower inside a scan (see docs/benchmarks.md).
+
+    ``(B, H, W, C) -> (B, H / 2, W / 2, features)``.
+    """
+
+    features: int
+    dtype: Any = None  # the precision policy's compute dtype (jaxvae.models.precision)
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+        b, h, w, c = x_BxHxWxC.shape
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (4, 4, c, self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        x, kernel, bias = nn.dtypes.promote_dtype(x_BxHxWxC, kernel, bias)
+        blocks = _space_to_depth(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))))
+        ho, wo = h // 2, w // 2
+        # Feature order (a, c, r, s, C), the kernel's (p, q, C) = (2a + r, 2c + s, C) to match.
+        patches = jnp.concatenate([blocks[:, a:a + ho, c_:c_ + wo]
+                                   for a in (0, 1) for c_ in (0, 1)], axis=-1)
+        kernel = kernel.reshape(2, 2, 2, 2, c, self.features).transpose(0, 2, 1, 3, 4, 5)
+        y = _matmul(patches.reshape(b * ho * wo, 16 * c), kernel.reshape(16 * c, self.features),
+                    self.dtype)
+        return y.reshape(b, ho, wo, self.features) + bias.reshape(1, 1, 1, -1)
+
+
+class StridedConvTranspose(nn.Module):
+    """A 4x4 stride-2 "SAME" transposed convolution, computed with matrix products.
+
+    The same function, parameters (``kernel`` (4, 4, C, F), ``bias`` (F,)) and initializers
+    as ``nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME")`` (Flax's
+    convention: the kernel is not flipped). That layer convolves the input dilated by zeros
+    between pixels; equivalently every input pixel m adds x[m] @ kernel[k] to output pixel
+    2m + 2 - k (per axis). So, per axis, output 2i + r (r in {0, 1}, the phase) receives the
+    taps k = 2a + r (a in {0, 1}) of input pixel i - 1 + a + r:
+
+        y[2i + r, 2j + s] = bias + sum_{a, c} x[i-1+a+r, j-1+c+s] @ kernel[2a + r, 2c + s]
+
+    Two ways to compute it, chosen by the number of outputs F:
+
+    * F >= ``PHASE_MIN_FEATURES``: per phase (r, s), one (B H W, 4 C) x (4 C, F) product of
+      the 2x2 input patches at offset (r, s) (sub-pixel convolution), the four phases then
+      interleaved into the output (depth-to-space);
+    * fewer outputs (the image layer: 1 or 3 channels), where those products would be
+      matrix-vector products: all x[m] @ kernel[k] as one (B H W, C) x (C, 16 F) product,
+      then the sums as shifted slices of it added along the rows, then the columns
+      (overlap-add, or col2im).
+
+    Why not ``lax.conv_transpose``: on XLA's CPU backend its weight gradient alone took about
+    8x as long as the whole layer in PyTorch, and more inside ``lax.scan`` (see
+    docs/benchmarks.md).
+
+    ``(B, H, W, C) -> (B, 2H, 2W, features)``.
+    """
+
+    features: int
+    dtype: Any = None  # the precision policy's compute dtype (jaxvae.models.precision)
+
+    # Measured on a 2-core AVX-512 CPU: sub-pixel 1.5x faster than col2im at C = 64, F = 32;
+    # col2im 5x faster at C = 32, F = 1.
+    PHASE_MIN_FEATURES = 8
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+        b, h, w, c = x_BxHxWxC.shape
+        f = self.features
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (4, 4, c, f))
+        bias = self.param("bias", nn.initializers.zeros_init(), (f,))
+        x, kernel, bias = nn.dtypes.promote_dtype(x_BxHxWxC, kernel, bias)
+        if f >= self.PHASE_MIN_FEATURES:
+            y = _transposed_by_phases(x, kernel, self.dtype)
+        else:
+            y = _transposed_by_col2im(x, kernel, self.dtype)
+        return y + bias.reshape(1, 1, 1, -1)
+
+
+def _matmul(a_MxK: jax.Array, b_KxN: jax.Array, dtype: Any) -> jax.Array:
+    """a @ b under the precision policy of ``dtype`` (bfloat16 inputs, float32 accumulation)."""
+    if precision.precision_name(dtype) == "bfloat16":
+        return precision.matmul(a_MxK, b_KxN)
+    return a_MxK @ b_KxN
+
+
+def _transposed_by_phases(x_BxHxWxC: jax.Array, kernel: jax.Array, dtype: Any = None
+                          ) -> jax.Array:
+    """Sub-pixel form of ``StridedConvTranspose`` (no bias): four 2x2-patch products."""
+    b, h, w, c = x_BxHxWxC.shape
+    f = kernel.shape[-1]
+    # x_pad[m + 1] = x[m]: phase r reads padded rows i + r + a, a = 0, 1.
+    x_pad = jnp.pad(x_BxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    kernel = kernel.reshape(2, 2, 2, 2, c, f)  # (a, r, c, s, C, F)
+    phases = []
+    for r in (0, 1):
+        for s in (0, 1):
+            patches = jnp.concatenate([x_pad[:, r + a:r + a + h, s + c_:s + c_ + w]
+                                       for a in (0, 1) for c_ in (0, 1)], axis=-1)
+            y = _matmul(patches.reshape(b * h * w, 4 * c), kernel[:, r, :, s].reshape(4 * c, f),
+                        dtype)
+            phases.append(y.reshape(b, h, w, f))
+    y = jnp.stack(phases, axis=3).reshape(b, h, w, 2, 2, f)  # (B, H, W, r, s, F)
+    return y.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, f)
+
+
+def _transposed_by_col2im(x_BxHxWxC: jax.Array, kernel: jax.Array, dtype: Any = None
+                          ) -> jax.Array:
+    """Overlap-add form of ``StridedConvTranspose`` (no bias): one product, shifted sums."""
+    b, h, w, c = x_BxHxWxC.shape
+    f = kernel.shape[-1]
+    # cols[m, n, a, r, (c, s, F)] = x[m, n] @ kernel[2a + r, 2c + s]
+    cols = _matmul(x_BxHxWxC.reshape(b * h * w, c),
+                   kernel.transpose(2, 0, 1, 3).reshape(c, 16 * f), dtype)
+    cols = cols.reshape(b, h, w, 2, 2, 4 * f)
+    # Overlap-add along the rows, then the columns; padded so that index m + 1 holds input
+    # pixel m. Row 2i + r sums taps a = 0, 1 of input rows i - 1 + a + r.
+    cols = jnp.pad(cols, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0), (0, 0)))
+    rows = jnp.stack([cols[:, r:r + h, :, 0, r] + cols[:, r + 1:r + 1 + h, :, 1, r]
+                      for r in (0, 1)], axis=2)  # (B, H, 2, W, 4F): rows 2i + r
+    rows = jnp.pad(rows.reshape(b, 2 * h, w, 2, 2, f),
+                   ((0, 0), (0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))
+    y = jnp.stack([rows[:, :, s:s + w, 0, s] + rows[:, :, s + 1:s + 1 + w, 1, s]
+                   for s in (0, 1)], axis=3)  # (B, 2H, W, 2, F): columns 2j + s
+    return y.reshape(b, 2 * h, 2 * w, f)
+
+
 class ConvEncoder(nn.Module):
     """Images -> features: stride-2 4x4 convolutions + ReLU, one per entry of ``channels``.
 
@@ -76,8 +220,7 @@ class ConvEncoder(nn.Module):
     def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
         h = x_BxHxWxC
         for i, features in enumerate(self.channels):
-            h = nn.relu(nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME",
-                                name=f"conv_{i}", **precision.conv_kwargs(self.dtype))(h))
+            h = nn.relu(StridedConv(features, dtype=self.dtype, name=f"conv_{i}")(h))
         return h
 
 
@@ -96,9 +239,7 @@ class ConvDecoder(nn.Module):
     def __call__(self, h: jax.Array) -> jax.Array:
         outs = list(self.channels[1:]) + [self.out_channels]
         for i, features in enumerate(outs):
-            h = nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME",
-                                 name=f"deconv_{i}",
-                                 **precision.conv_kwargs(self.dtype, transpose=True))(h)
+            h = StridedConvTranspose(features, dtype=self.dtype, name=f"deconv_{i}")(h)
             if i < len(outs) - 1:
                 h = nn.relu(h)
         return h

@@ -29,7 +29,7 @@ import numpy as np
 
 import jaxvae
 from jaxvae.config import TrainConfig
-from jaxvae.models import conv, registry
+from jaxvae.models import conv, precision, registry
 from jaxvae.training import step as train
 
 B, H, C1, C2, HIDDEN, Z = 128, 28, 32, 64, 400, 20
@@ -38,11 +38,13 @@ B, H, C1, C2, HIDDEN, Z = 128, 28, 32, 64, 400, 20
 @contextlib.contextmanager
 def flax_conv_layers():
     """While tracing: the conv VAE built from Flax's nn.Conv / nn.ConvTranspose (XLA convs)."""
-    def strided(features, name=None):
-        return nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME", name=name)
+    def strided(features, dtype=None, name=None):
+        return nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME", name=name,
+                       **precision.conv_kwargs(dtype))
 
-    def transposed(features, name=None):
-        return nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", name=name)
+    def transposed(features, dtype=None, name=None):
+        return nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", name=name,
+                                **precision.conv_kwargs(dtype, transpose=True))
 
     with mock.patch.object(conv, "StridedConv", strided), \
             mock.patch.object(conv, "StridedConvTranspose", transposed):

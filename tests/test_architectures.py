@@ -180,6 +180,17 @@ def test_conv_vae_keeps_the_flax_conv_parameter_names_and_shapes():
                                       "deconv_1": {"kernel": (4, 4, 32, 1), "bias": (1,)}}
 
 
+@pytest.mark.parametrize("precision_name", ["float32", "bfloat16"])
+def test_the_speed_benchmarks_flax_conv_variant_builds_the_same_parameters(precision_name):
+    from benchmarks import conv_speed
+    model = conv.conv_vae((8, 16), (32,), 4, (784,), precision_name=precision_name)
+    shapes = lambda: jax.tree.map(np.shape, jax.eval_shape(
+        lambda: jaxvae.init(model, jax.random.key(0))))
+    ours = shapes()
+    with conv_speed.flax_conv_layers():
+        assert shapes() == ours
+
+
 # ----------------------------------------------------------------------------- VQ-VAE
 
 

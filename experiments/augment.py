@@ -89,9 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> dict:
-    for name in ("per_class", "max_iter"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    cli.check_positive(args, ("per_class", "max_iter"))
     if args.real_per_class < 0:
         raise ValueError(f"--real-per-class must be >= 0, got {args.real_per_class}")
     config = TrainConfig.from_flat(dataset=args.dataset, model="cvae", epochs=args.epochs,

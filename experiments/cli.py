@@ -204,6 +204,13 @@ def config_from_flags(args: argparse.Namespace, config_cls: type):
     return config_cls(**values)
 
 
+def check_positive(args: argparse.Namespace, names) -> None:
+    """Raises ValueError naming the first flag of ``names`` (attribute names) below 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            raise ValueError(f"{flag_name(name)} must be >= 1, got {getattr(args, name)}")
+
+
 def check_outside(path, flag: str, outdir) -> None:
     """ValueError when ``path`` (an input of the script) is ``outdir`` or lies inside it, whose
     files --overwrite deletes. A path that does not exist (or None) passes."""

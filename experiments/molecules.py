@@ -74,9 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args) -> None:
-    for name in ("train_size", "test_size", "num_samples"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    cli.check_positive(args, ("train_size", "test_size", "num_samples"))
     for t in args.temperature:
         if not t > 0:
             raise ValueError(f"--temperature must be > 0, got {t}")

@@ -83,9 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args) -> None:
-    for name in ("steps", "num_samples", "midi_samples"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    cli.check_positive(args, ("steps", "num_samples", "midi_samples"))
     if args.max_tunes < 0 or args.min_notes < 0:
         raise ValueError(f"--max-tunes and --min-notes must be >= 0, got {args.max_tunes} and "
                          f"{args.min_notes}")

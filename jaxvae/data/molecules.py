@@ -50,6 +50,12 @@ def _selfies():
 REPRESENTATIONS = ("smiles", "selfies")
 
 
+def _check_representation(representation: str) -> None:
+    if representation not in REPRESENTATIONS:
+        raise ValueError(f"unknown molecule representation {representation!r}; choose one of "
+                         f"{REPRESENTATIONS}")
+
+
 def to_representation(smiles: Sequence[str], representation: str) -> list[str]:
     """SMILES strings as ``representation`` strings: unchanged, or encoded as SELFIES.
 
@@ -57,9 +63,7 @@ def to_representation(smiles: Sequence[str], representation: str) -> list[str]:
     of symbols decodes to a valid molecule. Raises ValueError naming a SMILES that the
     ``selfies`` encoder rejects.
     """
-    if representation not in REPRESENTATIONS:
-        raise ValueError(f"unknown molecule representation {representation!r}; choose one of "
-                         f"{REPRESENTATIONS}")
+    _check_representation(representation)
     if representation == "smiles":
         return list(smiles)
     sf = _selfies()
@@ -78,9 +82,7 @@ def to_smiles(strings: Sequence[str], representation: str) -> list[str]:
     A SELFIES string the decoder rejects (a symbol outside its alphabet) becomes ``""``, which
     the metrics count as invalid, so the list keeps one entry per input.
     """
-    if representation not in REPRESENTATIONS:
-        raise ValueError(f"unknown molecule representation {representation!r}; choose one of "
-                         f"{REPRESENTATIONS}")
+    _check_representation(representation)
     if representation == "smiles":
         return list(strings)
     sf = _selfies()

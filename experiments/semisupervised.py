@@ -158,9 +158,12 @@ def run(args) -> dict:
                                    config_lib.OptimizerConfig(batch_size=args.batch_size,
                                                               lr=args.lr))
     try:
-        run = loop.train_run(config, {"x": data.x_train[unlabelled]}, {"x": data.x_test},
-                             loss_fn, tx, state, keys, hooks=hooks, eval_loss_fn=eval_loss_fn,
-                             evaluate_params=test_accuracy, model=model)
+        run = loop.train_run(config, loop.TrainingData({"x": data.x_train[unlabelled]}),
+                             loss_fn, tx, state, keys,
+                             evaluation=loop.Evaluation(test={"x": data.x_test},
+                                                        loss_fn=eval_loss_fn,
+                                                        evaluate_params=test_accuracy),
+                             hooks=hooks, model=model)
     finally:
         bar.close()
     history, compile_seconds = run.history, run.compile_seconds

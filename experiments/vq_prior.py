@@ -175,11 +175,12 @@ def run(args: argparse.Namespace) -> dict:
         config_lib.RunConfig(epochs=config.epochs, seed=config.seed),
         config_lib.OptimizerConfig(batch_size=config.batch_size, lr=config.lr))
     try:
-        result = loop.train_run(sections, {"x": train_codes}, {"x": test_codes},
-                                losses.make_code_prior_loss(prior, train=True), tx, state, keys,
-                                hooks=hooks,
-                                eval_loss_fn=losses.make_code_prior_loss(prior, train=False),
-                                model=prior)
+        result = loop.train_run(
+            sections, loop.TrainingData({"x": train_codes}),
+            losses.make_code_prior_loss(prior, train=True), tx, state, keys,
+            evaluation=loop.Evaluation(
+                test={"x": test_codes}, loss_fn=losses.make_code_prior_loss(prior, train=False)),
+            hooks=hooks, model=prior)
     finally:
         bar.close()
     prior_params = jax.device_get(result.state.params)

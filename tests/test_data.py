@@ -276,9 +276,10 @@ def test_the_early_stopping_validation_set_is_binarized_like_the_test_split(monk
     seen = {}
     real_train_run = jaxvae.training.fit.loop.train_run
 
-    def spy(config, train_data, test_data, *args, val_data=None, **kwargs):
-        seen["val"], seen["test"] = np.asarray(val_data["x"]), np.asarray(test_data["x"])
-        return real_train_run(config, train_data, test_data, *args, val_data=val_data, **kwargs)
+    def spy(*args, evaluation, **kwargs):
+        seen["val"] = np.asarray(evaluation.val["x"])
+        seen["test"] = np.asarray(evaluation.test["x"])
+        return real_train_run(*args, evaluation=evaluation, **kwargs)
 
     monkeypatch.setattr(jaxvae.training.fit.loop, "train_run", spy)
     data = jaxvae.data.datasets.load_digits(seed=0)

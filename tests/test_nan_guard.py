@@ -139,7 +139,8 @@ def test_skipped_steps_are_reported_per_epoch_and_excluded_from_the_means(small)
     batch = {"x": data.x_train, "y": data.y_train}
     test = {"x": data.x_test, "y": data.y_test}
     records = []
-    run = loop.train_run(config, batch, test, flaky, tx, state, keys,
+    run = loop.train_run(config, loop.TrainingData(batch), flaky, tx, state, keys,
+                         evaluation=loop.Evaluation(test=test),
                          hooks=[hooks.EveryEpoch(records.append)])
     assert run.history == records and records[0]["train_skipped"] == 2
     assert np.isfinite(records[0]["train_loss"])
@@ -187,8 +188,9 @@ def test_a_hook_that_returns_true_ends_the_run_after_that_epoch():
         return len(progress.loop["history"]) == 2
 
     run = loop.train_run(
-        config, {"x": data.x_train, "y": data.y_train}, {"x": data.x_test, "y": data.y_test},
-        built.loss_fn, tx, state, keys, hooks=[stop_after_two])
+        config, loop.TrainingData({"x": data.x_train, "y": data.y_train}), built.loss_fn, tx,
+        state, keys, evaluation=loop.Evaluation(test={"x": data.x_test, "y": data.y_test}),
+        hooks=[stop_after_two])
     assert [r["epoch"] for r in run.history] == [1, 2] and int(run.state.step) == 4
     assert calls == [(2, True), (4, True)]
 
@@ -241,3 +243,10 @@ def test_the_script_exits_3_with_one_line_and_no_nan_in_metrics_when_an_epoch_di
     text = (outdir / "metrics.jsonl").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert [json.loads(line)["epoch"] for line in text.splitlines()] == [1]
+
+
+def test_run_records_refuse_a_preprocess_without_its_key_and_checkpoints_without_a_directory():
+    with pytest.raises(ValueError, match="preprocess needs a data_key"):
+        loop.TrainingData({"x": np.zeros((4, D))}, preprocess=lambda key, batch: batch)
+    with pytest.raises(ValueError, match=r"Checkpointing needs a directory \(checkpoint_dir\)"):
+        loop.Checkpointing(None, resume=True)

@@ -221,21 +221,27 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     if val_data is not None:  # held out like the test split: transformed once
         val_data = {**val_data, "x": np.asarray(preprocessing.fixed_transform(
             binarize, dequantize, data_key, val_data["x"], 2))}
-    preprocess = preprocessing.batch_preprocess(binarize, dequantize)
     train_data = {"x": data.x_train, "y": data.y_train}
     stream = config.data.feed == "stream" or (
         config.data.feed == "auto" and not feeding.fits_on_device(feeding.tree_nbytes(train_data)))
+    training_data = loop.TrainingData(
+        train_data, preprocess=preprocessing.batch_preprocess(binarize, dequantize),
+        data_key=data_key, stream=stream)
+    evaluation = loop.Evaluation(test={"x": data.x_test, "y": data.y_test}, val=val_data)
 
     hooks = ([] if on_epoch is None else [hooks_lib.EveryEpoch(on_epoch)]) + list(hooks) + \
         ([] if stopper is None else [stopper])
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume needs a checkpoint directory (checkpoint_dir)")
+    checkpointing = None if checkpoint_dir is None else loop.Checkpointing(
+        checkpoint_dir, resume=resume, on_resume=on_resume)
     stop = loop.StopSignals() if stop_on_signals and jax.process_count() == 1 else \
         contextlib.nullcontext()
     with stop:
         run = loop.train_run(
-            config, train_data, {"x": data.x_test, "y": data.y_test}, loss_fn, tx, state, keys,
-            hooks=hooks, checkpoint_dir=checkpoint_dir, resume=resume, on_resume=on_resume,
-            preprocess=preprocess, data_key=data_key, stream=stream, val_data=val_data,
-            model=model, stop_requested=stop if isinstance(stop, loop.StopSignals) else None)
+            config, training_data, loss_fn, tx, state, keys, evaluation=evaluation, hooks=hooks,
+            checkpointing=checkpointing, model=model,
+            stop_requested=stop if isinstance(stop, loop.StopSignals) else None)
     if stopper is not None and stopper.best_state is not None:
         return FitResult(model, stopper.best_state, run.history, run.compile_seconds,
                          stopper.best_epoch, run.devices_used, stats)

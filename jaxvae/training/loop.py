@@ -2,7 +2,8 @@
 
 Read top to bottom:
 
-1. ``train_run`` sets a run up: the data placement (a feed of ``jaxvae.training.placement``: data on the
+1. ``train_run`` sets a run up from records of its concepts (``TrainingData``, ``Evaluation``,
+   ``Checkpointing``): the data placement (a feed of ``jaxvae.training.placement``: data on the
    devices, streamed from the host, or split over processes), the one compiled chunk of steps
    (``train.make_train_chunk``: the step with its NaN guard and micro-batching, under
    ``lax.scan``), the evaluation, and the checkpoint restored on resume.
@@ -35,6 +36,7 @@ checkpoint is bitwise the uninterrupted run. A second signal stops at once.
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import threading
 import time
@@ -191,53 +193,150 @@ def new_loop_state() -> dict:
             "history": []}  # the records of finished epochs
 
 
+# ---------------------------------------------------------------------- the run's inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """The training split and how its batches reach the step.
+
+    Attributes:
+      train: a dict of numpy arrays with one row per example (``{"x": x_NxD, "y": y_N}``); in
+        a multi-process run, this process's block of the training set.
+      preprocess: ``preprocess(key, batch) -> batch`` transforms each training batch on the
+        device (dynamic binarization, dequantization) with the key
+        ``fold_in(fold_in(data_key, epoch), position)``; None: the batches as they are.
+      data_key: the key ``preprocess`` draws from (``jaxvae.data.preprocessing.data_key``);
+        needed with ``preprocess``, unused without it.
+      stream: True keeps the training split in host memory and sends each chunk's batches to
+        the devices (``placement.HostFeed``); False places it on the devices once
+        (``placement.DeviceFeed``).
+    """
+
+    train: dict
+    preprocess: Callable[[jax.Array, Any], Any] | None = None
+    data_key: jax.Array | None = None
+    stream: bool = False
+
+    def __post_init__(self) -> None:
+        if self.preprocess is not None and self.data_key is None:
+            raise ValueError("TrainingData: preprocess needs a data_key to draw its batch keys "
+                             "from; pass data_key=jaxvae.data.preprocessing.data_key(seed)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """What the loop evaluates after each epoch, with the parameters at the epoch's end.
+
+    The held-out splits are scored in batches of ``config.evaluation.eval_batch_size`` with the
+    ``eval`` run key; each split ``name`` adds ``name_loss``, ``name_recon``, ... (the loss's
+    metrics, per example) to the epoch's record.
+
+    Attributes:
+      test: the test split (a dict of numpy arrays; the whole split in every process), scored
+        into ``test_loss``, ...; None: no test loss.
+      val: the validation split held out of the training data (early stopping), scored into
+        ``val_loss``, ...; None: no validation loss.
+      loss_fn: the loss the splits are scored with (e.g. without word dropout); None: the
+        training loss.
+      evaluate_params: ``evaluate_params(params) -> dict`` adds its entries to each record
+        (e.g. a classifier's ``test_accuracy``); None: nothing more.
+    """
+
+    test: dict | None = None
+    val: dict | None = None
+    loss_fn: train.LossFn | None = None
+    evaluate_params: Callable[[Any], dict] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpointing:
+    """Where the run writes its checkpoints, and whether it continues from them.
+
+    A checkpoint (state, run keys, the loop's host state and the config, which must be a
+    ``TrainConfig``) is written at every epoch end and every ``config.run.checkpoint_every``
+    steps; the last ``config.run.keep_checkpoints`` are kept; only process 0 writes.
+
+    Attributes:
+      directory: the checkpoint directory.
+      resume: True continues from the newest readable checkpoint (bitwise the uninterrupted
+        run; the config must equal the saved run's); False refuses a directory that already
+        holds checkpoints.
+      on_resume: ``on_resume(history)`` is called on resume with the records of the epochs
+        already done; None: not called.
+    """
+
+    directory: str | os.PathLike
+    resume: bool = False
+    on_resume: Callable[[list[dict]], Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.directory is None:
+            raise ValueError("Checkpointing needs a directory (checkpoint_dir) to write the "
+                             "checkpoints into and resume from; pass checkpointing=None to "
+                             "train without checkpoints")
+
+
 # ----------------------------------------------------------------------------- the run
 
 
-def train_run(config, train_data: dict, test_data: dict, loss_fn: train.LossFn, tx,
-              state: train.TrainState, keys, *, hooks: Sequence[Hook] = (),
-              checkpoint_dir=None, resume: bool = False,
-              on_resume: Callable[[list[dict]], Any] | None = None,
-              preprocess: Callable[[jax.Array, Any], Any] | None = None,
-              data_key: jax.Array | None = None, stream: bool = False,
-              val_data: dict | None = None, eval_loss_fn: train.LossFn | None = None,
-              evaluate_params: Callable[[Any], dict] | None = None,
+def train_run(config, data: TrainingData, loss_fn: train.LossFn, tx,
+              state: train.TrainState, keys, *, evaluation: Evaluation = Evaluation(),
+              hooks: Sequence[Hook] = (), checkpointing: Checkpointing | None = None,
               model: Any = None,
               stop_requested: Callable[[], int | None] | None = None) -> RunResult:
-    """Trains ``state`` on ``train_data`` for ``config.run.epochs`` epochs; returns a ``RunResult``.
+    """Trains ``state`` on ``data.train`` for ``config.run.epochs`` epochs.
 
-    ``config`` is a ``jaxvae.TrainConfig`` or a ``jaxvae.config.LoopConfig`` of its ``run``,
-    ``optimizer`` and ``evaluation`` sections (the loop reads ``run``: epochs, checkpoint_every,
-    keep_checkpoints, max_skipped_steps, num_devices; ``optimizer``: batch_size,
-    microbatch_size; ``evaluation``: eval_batch_size); with ``checkpoint_dir`` it is a
-    ``TrainConfig``, saved with each checkpoint. ``keys`` is a NamedTuple with ``train``,
-    ``shuffle`` and ``eval`` keys.
+    The arguments are the concepts of a run: what trains (``state``, updated by ``tx`` on the
+    gradients of ``loss_fn``) on which data (``data``: the training split and how it is fed),
+    what is reported after each epoch (``evaluation``: the held-out splits and their loss),
+    who acts between chunks of steps (``hooks``, ``checkpointing``, ``stop_requested``) and
+    the settings of all of them (``config``). The training split and the held-out splits are
+    separate records because only the training split is shuffled, preprocessed and streamed,
+    and only the held-out splits are scored with the evaluation loss.
 
-    ``train_data`` / ``test_data`` are dicts of numpy arrays (in a multi-process run, this
-    process's block of the training set and the whole test set). ``preprocess(key, batch)``
-    transforms each training batch on the device (dynamic binarization, dequantization) with
-    the key ``fold_in(fold_in(data_key, epoch), position)``; ``stream`` keeps the training data
-    in host memory instead of on the devices. ``val_data`` is evaluated after each epoch into
-    ``val_loss``, ``val_recon``, ... . ``eval_loss_fn`` (default ``loss_fn``) is the loss the
-    evaluation reports; ``test_data`` None: no loss evaluation. ``evaluate_params(params)``
-    (e.g. a classifier's test accuracy) returns more entries of each epoch's record.
+    Args:
+      config: a ``jaxvae.TrainConfig``, or a ``jaxvae.config.LoopConfig`` of its ``run``,
+        ``optimizer`` and ``evaluation`` sections. The loop reads ``run`` (epochs,
+        checkpoint_every, keep_checkpoints, max_skipped_steps, num_devices), ``optimizer``
+        (batch_size, microbatch_size) and ``evaluation`` (eval_batch_size). With
+        ``checkpointing`` it must be a ``TrainConfig``: it is saved with each checkpoint.
+      data: the training split, its on-device preprocessing and its placement.
+      loss_fn: ``loss_fn(params, batch, key, step) -> (loss, metrics)``, the training loss.
+      tx: the optax optimizer that ``state`` was created with.
+      state: the ``TrainState`` to start from (replaced by the checkpoint's on resume).
+      keys: a NamedTuple with ``train``, ``shuffle`` and ``eval`` keys
+        (``jaxvae.training.fit.run_keys``).
+      evaluation: the splits scored after each epoch, the loss they are scored with and any
+        further entries of the record; the default evaluates nothing.
+      hooks: called as ``hook(step, progress)`` after each chunk of steps and at each epoch
+        end (``jaxvae.training.hooks``); a hook that returns True ends the run after the
+        current epoch.
+      checkpointing: where to write checkpoints and whether to resume; None: no checkpoints.
+      model: the model being trained, handed to the hooks (``Progress.model``).
+      stop_requested: ``stop_requested()`` (e.g. a ``StopSignals``) is read after each chunk's
+        hooks: a signal number ends the run with ``Interrupted`` (after the checkpoint of that
+        step, with ``checkpointing``).
 
-    With ``checkpoint_dir`` a checkpoint is written at every epoch end and every
-    ``checkpoint_every`` steps (process 0 writes); ``resume=True`` continues from the newest
-    readable one and calls ``on_resume(history)`` with the records of the epochs already done.
+    Returns:
+      A ``RunResult``: the final state, one record per epoch, the compile time and the devices
+      the batches were split over.
 
-    ``stop_requested()`` (e.g. a ``StopSignals``) is read after each chunk's hooks: a signal
-    number ends the run with ``Interrupted`` (after the checkpoint of that step, with
-    ``checkpoint_dir``).
+    Raises:
+      TrainingDiverged: too many consecutive non-finite steps, or an epoch without one finite
+        step.
+      Interrupted: ``stop_requested()`` returned a signal number.
+      ValueError: a combination the data placement cannot run, or checkpoints that cannot be
+        resumed.
     """
     multi = jax.process_count() > 1
     run, batch_size = config.run, config.optimizer.batch_size
     microbatch_size = config.optimizer.microbatch_size
-    if multi and (preprocess is not None or stream):
+    if multi and (data.preprocess is not None or data.stream):
         raise ValueError("multi-process training supports neither batch preprocessing "
                          "(--binarize dynamic, --dequantize) nor --feed stream yet: use "
                          "--binarize static / none and --feed device")
-    if microbatch_size is not None and (multi or stream):
+    if microbatch_size is not None and (multi or data.stream):
         raise ValueError("microbatch_size (--microbatch-size) works with the data on one "
                          "process's devices (--feed device, one process) only: drop it for "
                          "multi-process or streamed training")
@@ -245,29 +344,27 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn: train.LossFn, 
     # The loop's state: new, or the newest checkpoint's.
     loop = new_loop_state()
     checkpoints = None
-    if checkpoint_dir is not None:
-        checkpoints = CheckpointHook(checkpoint_dir, config, keys)
-        restored = checkpoints.restore_if(resume, state)
+    if checkpointing is not None:
+        checkpoints = CheckpointHook(checkpointing.directory, config, keys)
+        restored = checkpoints.restore_if(checkpointing.resume, state)
         if restored is not None:
             state, keys, loop = restored
-            if on_resume is not None:
-                on_resume(list(loop["history"]))
-    elif resume:
-        raise ValueError("resume needs a checkpoint directory (checkpoint_dir)")
+            if checkpointing.on_resume is not None:
+                checkpointing.on_resume(list(loop["history"]))
 
     # Where the data lives: the feed hands each chunk its batches.
     if multi:
-        feed = placement.ProcessFeed(train_data, batch_size, keys.shuffle)
+        feed = placement.ProcessFeed(data.train, batch_size, keys.shuffle)
     else:
         devices = placement.data_parallel_devices(batch_size, run.num_devices)
-        feed_type = placement.HostFeed if stream else placement.DeviceFeed
-        feed = feed_type(train_data, batch_size, keys.shuffle, devices)
+        feed_type = placement.HostFeed if data.stream else placement.DeviceFeed
+        feed = feed_type(data.train, batch_size, keys.shuffle, devices)
     state = feed.place_state(state)
 
     # The evaluation, compiled once for the test (and validation) split.
     t0 = time.perf_counter()
-    eval_loss_fn = loss_fn if eval_loss_fn is None else eval_loss_fn
-    splits = {name: split for name, split in (("test", test_data), ("val", val_data))
+    eval_loss_fn = loss_fn if evaluation.loss_fn is None else evaluation.loss_fn
+    splits = {name: split for name, split in (("test", evaluation.test), ("val", evaluation.val))
               if split is not None}
     evaluators = {}
     for name, split in splits.items():
@@ -287,17 +384,17 @@ def train_run(config, train_data: dict, test_data: dict, loss_fn: train.LossFn, 
             params, step = jax.device_put((params, step), jax.local_devices()[0])
         out = {f"{name}_{k}": float(v) for name, (evaluate, split) in evaluators.items()
                for k, v in jax.device_get(evaluate(params, split, keys.eval, step)).items()}
-        if evaluate_params is not None:
-            out.update(evaluate_params(params))
+        if evaluation.evaluate_params is not None:
+            out.update(evaluation.evaluate_params(params))
         return out
 
     t0 = time.perf_counter()
     feed.permutation(loop["epoch"])  # the first call compiles: keep it out of the epoch's time
     compile_seconds += time.perf_counter() - t0
-    chunk = train.make_train_chunk(loss_fn, tx, preprocess=preprocess,
+    chunk = train.make_train_chunk(loss_fn, tx, preprocess=data.preprocess,
                                    microbatch_size=microbatch_size)
     run_chunk = _chunk_runner(chunk, feed, placement.run_key_for(feed, keys.train),
-                              preprocess, data_key)
+                              data.preprocess, data.data_key)
     all_hooks = ([checkpoints] if checkpoints is not None else []) + list(hooks)
     try:
         state, loop, chunk_compile = run_epochs(

@@ -127,6 +127,7 @@ def fit_sequences(config: SequenceConfig, vocab: Vocabulary, train_strings: Sequ
         config_lib.RunConfig(epochs=config.epochs, seed=config.seed),
         config_lib.OptimizerConfig(batch_size=config.batch_size, lr=config.lr),
         config_lib.EvalConfig(eval_batch_size=config.eval_batch_size))
-    run = loop.train_run(sections, train_data, test_data, loss_fn, tx, state, keys, hooks=hooks,
-                         eval_loss_fn=eval_loss_fn, model=model)
+    run = loop.train_run(sections, loop.TrainingData(train_data), loss_fn, tx, state, keys,
+                         evaluation=loop.Evaluation(test=test_data, loss_fn=eval_loss_fn),
+                         hooks=hooks, model=model)
     return SequenceFit(model, run.state, vocab, length, run.history, run.compile_seconds)

@@ -19,6 +19,11 @@ import tempfile
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_backend_optimization_level" not in _flags:
     _flags += " --xla_backend_optimization_level=0"
+# XLA's older elemental emitters instead of its fusion emitters: the same operations and library
+# kernels, generated with much less compile work (tests/test_model_interface.py: 33 s of CPU
+# instead of 54 s). The programs the tests compare bitwise all run with these same flags.
+if "xla_cpu_use_fusion_emitters" not in _flags:
+    _flags += " --xla_cpu_use_fusion_emitters=false"
 os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")

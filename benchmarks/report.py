@@ -171,27 +171,28 @@ def markdown(result: dict) -> str:
                   "so those timings and ratios are unreliable. Rerun on a quiet machine.**", ""]
     train = [r for r in result["rows"] if r["benchmark"] == "train"]
     if train:
-        # one precision (float32 by default): no precision column
-        several = len({r.get("precision") for r in train}) > 1
-        pcol, pcell = ("precision | ", "---|") if several else ("", "")
+        # float32 alone (the default): the float32 table, without a precision column
+        by_precision = {r.get("precision", "float32") for r in train} != {"float32"}
+        pcol, pcell = ("precision | ", "---|") if by_precision else ("", "")
 
         def prec(r):
-            return f"{r['precision']} | " if several else ""
+            return f"{r['precision']} | " if by_precision else ""
 
+        same = " and of the same precision" if by_precision else ""
+        bf16_gemm = (" (bfloat16 rows: a bfloat16 GEMM with float32 accumulation)"
+                     if by_precision else "")
         lines += ["Training step (forward, loss, backward, Adam): samples/s median [min-max] of "
                   "interleaved rounds; x = ratio to torch eager / torch.compile in the same "
-                  "rounds" + (" and precision" if several else "") + "; % peak = matmul "
-                  "GFLOP/s over the jitted GEMM's in the same rounds"
-                  + (" (bfloat16 rows: a bfloat16 GEMM with float32 accumulation)"
-                     if several else "") + "; % roof = samples/s over the roofline limit "
-                  "(below).",
+                  f"rounds{same}; % peak = matmul GFLOP/s over the jitted GEMM's in the same "
+                  f"rounds{bf16_gemm}; % roof = samples/s over the roofline limit (below).",
                   "",
                   f"| model | batch | {pcol}method | samples/s | min-max | x eager | x compile | "
                   "GFLOP/s | % peak | % roof | step ms | compile s |",
                   f"|---|---:|{pcell}---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in train:
             lines.append(
-                f"| {r['model']} | {r['batch_size']} | {prec(r)}{r['framework']} {r['method']} | "
+                f"| {r['model']} | {r['batch_size']} | {prec(r)}"
+                f"{r['framework']} {r['method']} | "
                 f"{_fmt(r['samples_per_s'])} | {_fmt(r['samples_per_s_min'])}-"
                 f"{_fmt(r['samples_per_s_max'])} | {_fmt(r.get('vs_torch_eager'), '.2f')} | "
                 f"{_fmt(r.get('vs_torch_compile'), '.2f')} | {_fmt(r['gflops'], '.1f')} | "

@@ -394,6 +394,9 @@ def test_the_precision_table_shows_each_rows_precision_and_the_speedup(quick_run
     assert line.startswith("bfloat16 / float32 samples/s, reference batch 32 (same rounds): ")
     assert "torch eager " in line and "jax jit_step " in line
     assert "| reference | 652,824 | 32 | bfloat16 | 3.28 |" in table  # the roofline table
+    result = json.loads((quick_run_precisions / "results.json").read_text())
+    result["rows"] = [r for r in result["rows"] if r["precision"] == "bfloat16"]
+    assert "| reference | 32 | bfloat16 | jax jit_step |" in report.markdown(result)
 
 
 def test_a_float32_run_has_no_precision_column(quick_run):

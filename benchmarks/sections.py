@@ -50,6 +50,10 @@ def _block(block, name: str, notes: list, blocks: list) -> None:
 
 def train_section(s, jax, torch, torch_device, backend, devices, x_train, notes,
                   blocks) -> list[dict]:
+    """One timed block per (model, batch size): every method in every precision of
+    ``s["precisions"]``, one GEMM per precision, the STREAM copy and triad, interleaved. A row's
+    ``pct_of_peak`` and roofline use the GEMM of its own precision.
+    """
     from benchmarks import harness, jax_methods, workloads
     import jaxvae
 

@@ -331,22 +331,25 @@ def stream_runners(megabytes: float, device=None) -> list[Runner]:
 # ---------------------------------------------------------------------------- the GEMM peak
 
 
-def gemm_runner(n: int, device=None) -> Runner:
-    """A jitted float32 (n x n) @ (n x n) matmul: the machine's attainable matmul rate.
+def gemm_runner(n: int, device=None, precision: str = "float32") -> Runner:
+    """A jitted (n x n) @ (n x n) matmul: the machine's attainable matmul rate.
 
-    Timed in the same round-robin as the methods, so ``pct_of_peak`` compares numbers taken
-    under the same background load.
+    ``precision`` float32 multiplies float32 matrices; bfloat16 multiplies bfloat16 matrices
+    with float32 accumulation and output (``preferred_element_type=float32``), the product
+    jaxvae's bfloat16 policy and torch.autocast compute. Timed in the same round-robin as the
+    methods, so ``pct_of_peak`` compares numbers taken under the same background load.
     """
     import jax
     import jax.numpy as jnp
 
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[precision]
     key_a, key_b = jax.random.split(jax.random.key(0))
-    a = jax.device_put(jax.random.normal(key_a, (n, n), jnp.float32), device)
-    b = jax.device_put(jax.random.normal(key_b, (n, n), jnp.float32), device)
-    matmul = jax.jit(jnp.matmul)
+    a = jax.device_put(jax.random.normal(key_a, (n, n), jnp.float32).astype(dtype), device)
+    b = jax.device_put(jax.random.normal(key_b, (n, n), jnp.float32).astype(dtype), device)
+    matmul = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
 
     def call():
         matmul(a, b).block_until_ready()
 
     return Runner("jax", "gemm", call, samples=1, flops=2.0 * n ** 3,
-                  extra={"gemm_n": n})
+                  extra={"gemm_n": n, "precision": precision})

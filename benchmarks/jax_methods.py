@@ -40,11 +40,12 @@ def _state(model, tx, device):
 
 
 def train_runners(workload, model, x_NxD: np.ndarray, batch_size: int, steps: int, device,
-                  local_devices: Sequence, methods: Sequence[str]
+                  local_devices: Sequence, methods: Sequence[str], precision: str = "float32"
                   ) -> tuple[list[Runner], list[str]]:
     """The jax training runners for one (model, batch size); ``steps`` optimizer steps per call.
 
-    ``workload`` (benchmarks/workloads.py) gives the loss and the FLOP count of ``model``;
+    ``workload`` (benchmarks/workloads.py) gives the loss and the FLOP count of ``model``,
+    built in the precision policy ``precision`` (recorded in every runner's ``extra``);
     ``x_NxD`` holds at least ``steps * batch_size`` examples (images or token rows). Returns
     the runners and notes on the methods skipped (e.g. a batch that does not split over the
     devices).
@@ -59,7 +60,8 @@ def train_runners(workload, model, x_NxD: np.ndarray, batch_size: int, steps: in
 
     def runner(method, call, **extra):
         runners.append(Runner("jax", method, call, samples=n, flops=call_flops, steps=steps,
-                              extra=extra, peak_memory=lambda: _memory(device)))
+                              extra={**extra, "precision": precision},
+                              peak_memory=lambda: _memory(device)))
 
     if "jit_step" in methods:
         step = jaxvae.make_train_step(loss_fn, tx)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxvae
-from benchmarks.harness import Runner, mlp_train_flops, round_robin
+from benchmarks.harness import Runner, gemm_runner, mlp_train_flops, round_robin
 from benchmarks.workloads import WORKLOADS
 from jaxvae.models import precision
 
@@ -41,16 +41,7 @@ def log(msg: str) -> None:
 
 def gemm_runners(n: int) -> list[Runner]:
     """(n x n) @ (n x n) in float32, and on bfloat16 inputs with float32 accumulation."""
-    key_a, key_b = jax.random.split(jax.random.key(0))
-    a = jax.random.normal(key_a, (n, n), jnp.float32)
-    b = jax.random.normal(key_b, (n, n), jnp.float32)
-    a_lo, b_lo = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
-    f32 = jax.jit(jnp.matmul)
-    bf16 = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
-    return [Runner("jax", "gemm", lambda: f32(a, b).block_until_ready(), samples=1,
-                   flops=2.0 * n ** 3, extra={"precision": "float32", "gemm_n": n}),
-            Runner("jax", "gemm", lambda: bf16(a_lo, b_lo).block_until_ready(), samples=1,
-                   flops=2.0 * n ** 3, extra={"precision": "bfloat16", "gemm_n": n})]
+    return [gemm_runner(n, precision=name) for name in PRECISIONS]
 
 
 def step_runner(hidden, latent_dim: int, batch_size: int, steps: int, name: str,

@@ -58,13 +58,20 @@ def load_summary(blocks: list[dict]) -> dict:
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """x torch eager / x torch.compile (or the torch loop), from the same rounds."""
-    base = {}
+    """x torch eager / x torch.compile (or the torch loop), from the same rounds and precision;
+    and on bfloat16 training rows ``vs_float32``, the speedup over the same method in float32.
+    """
+    base, f32 = {}, {}
     for r in rows:
+        precision = r.get("precision")
         if r["framework"] == "torch":
-            base[(r["benchmark"], r["model"], r["batch_size"], r["method"])] = r["samples_per_s"]
+            base[(r["benchmark"], r["model"], r["batch_size"], precision, r["method"])] = \
+                r["samples_per_s"]
+        if precision == "float32":
+            f32[(r["benchmark"], r["model"], r["batch_size"], r["framework"], r["method"])] = \
+                r["samples_per_s"]
     for r in rows:
-        group = (r["benchmark"], r["model"], r["batch_size"])
+        group = (r["benchmark"], r["model"], r["batch_size"], r.get("precision"))
         for name, method in (("vs_torch_eager", "eager"), ("vs_torch_compile", "compile"),
                              ("vs_torch_reference_loop", "reference_loop"),
                              ("vs_torch_per_example_loop", "per_example_loop"),
@@ -72,11 +79,16 @@ def add_ratios(rows: list[dict]) -> None:
             b = base.get(group + (method,))
             if b:
                 r[name] = r["samples_per_s"] / b
+        same = f32.get((r["benchmark"], r["model"], r["batch_size"], r["framework"],
+                        r["method"]))
+        if r.get("precision") == "bfloat16" and same:
+            r["vs_float32"] = r["samples_per_s"] / same
 
 
 def targets(rows: list[dict]) -> list[dict]:
-    """The speed targets, each checked against this run's medians."""
+    """The speed targets, each checked against this run's medians of the float32 rows."""
     out = []
+    rows = [r for r in rows if r.get("precision", "float32") == "float32"]
 
     def add(name, value, threshold):
         if value is not None:
@@ -129,6 +141,18 @@ def _load(r: dict) -> str:
     return f"{before[0]:.2f} -> {after[0]:.2f}" if before and after else ""
 
 
+def _speedup_lines(train: list[dict]) -> list[str]:
+    """One line per model and batch run in both precisions: bfloat16 / float32 per method."""
+    lines = []
+    for model, batch in dict.fromkeys((r["model"], r["batch_size"]) for r in train):
+        pairs = [f"{r['framework']} {r['method']} {r['vs_float32']:.2f}x" for r in train
+                 if (r["model"], r["batch_size"]) == (model, batch) and "vs_float32" in r]
+        if pairs:
+            lines.append(f"bfloat16 / float32 samples/s, {model} batch {batch} (same rounds): "
+                         + ", ".join(pairs) + ".")
+    return lines + [""] if lines else []
+
+
 def markdown(result: dict) -> str:
     m, v = result["machine"], result["versions"]
     lines = [f"Machine: {m['cpu']} ({m['cpu_count']} cores), backend {m['backend']} "
@@ -147,36 +171,48 @@ def markdown(result: dict) -> str:
                   "so those timings and ratios are unreliable. Rerun on a quiet machine.**", ""]
     train = [r for r in result["rows"] if r["benchmark"] == "train"]
     if train:
+        # float32 alone (the default): the float32 table, without a precision column
+        by_precision = {r.get("precision", "float32") for r in train} != {"float32"}
+        pcol, pcell = ("precision | ", "---|") if by_precision else ("", "")
+
+        def prec(r):
+            return f"{r['precision']} | " if by_precision else ""
+
+        same = " and of the same precision" if by_precision else ""
+        bf16_gemm = (" (bfloat16 rows: a bfloat16 GEMM with float32 accumulation)"
+                     if by_precision else "")
         lines += ["Training step (forward, loss, backward, Adam): samples/s median [min-max] of "
                   "interleaved rounds; x = ratio to torch eager / torch.compile in the same "
-                  "rounds; % peak = matmul GFLOP/s over the jitted GEMM's in the same rounds; "
-                  "% roof = samples/s over the roofline limit (below).",
+                  f"rounds{same}; % peak = matmul GFLOP/s over the jitted GEMM's in the same "
+                  f"rounds{bf16_gemm}; % roof = samples/s over the roofline limit (below).",
                   "",
-                  "| model | batch | method | samples/s | min-max | x eager | x compile | "
+                  f"| model | batch | {pcol}method | samples/s | min-max | x eager | x compile | "
                   "GFLOP/s | % peak | % roof | step ms | compile s |",
-                  "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  f"|---|---:|{pcell}---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in train:
             lines.append(
-                f"| {r['model']} | {r['batch_size']} | {r['framework']} {r['method']} | "
+                f"| {r['model']} | {r['batch_size']} | {prec(r)}"
+                f"{r['framework']} {r['method']} | "
                 f"{_fmt(r['samples_per_s'])} | {_fmt(r['samples_per_s_min'])}-"
                 f"{_fmt(r['samples_per_s_max'])} | {_fmt(r.get('vs_torch_eager'), '.2f')} | "
                 f"{_fmt(r.get('vs_torch_compile'), '.2f')} | {_fmt(r['gflops'], '.1f')} | "
                 f"{_fmt(r['pct_of_peak'], '.0f')} | {_fmt(r.get('pct_of_roofline'), '.0f')} | "
                 f"{_fmt(r['step_ms'], '.2f')} | {_fmt(r['compile_s'], '.2f')} |")
         lines.append("")
+        lines += _speedup_lines(train)
         lines += ["Roofline of each configuration, measured in its rounds: limit = batch / "
                   "(batch x FLOPs at the GEMM rate + (optimizer bytes + batch x activation "
                   "bytes) at the triad bandwidth); load average (1 min) before -> after.", "",
-                  "| model | params | batch | MFLOP/sample | KB/sample | MB/step | GEMM GFLOP/s "
-                  "| copy GB/s | triad GB/s | limit samples/s | load |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+                  f"| model | params | batch | {pcol}MFLOP/sample | KB/sample | MB/step | "
+                  "GEMM GFLOP/s | copy GB/s | triad GB/s | limit samples/s | load |",
+                  f"|---|---:|---:|{pcell}---:|---:|---:|---:|---:|---:|---:|---|"]
         seen = set()
         for r in train:
-            if (r["model"], r["batch_size"]) in seen:
+            if (r["model"], r["batch_size"], r.get("precision")) in seen:
                 continue
-            seen.add((r["model"], r["batch_size"]))
+            seen.add((r["model"], r["batch_size"], r.get("precision")))
             lines.append(
-                f"| {r['model']} | {r['num_params']:,} | {r['batch_size']} | "
+                f"| {r['model']} | {r['num_params']:,} | {r['batch_size']} | {prec(r)}"
                 f"{r['flops_per_sample'] / 1e6:.2f} | {r['bytes_per_sample'] / 1e3:.1f} | "
                 f"{r['bytes_per_step'] / 1e6:.1f} | {r['gemm_gflops']:.1f} | "
                 f"{r['stream_copy_gbs']:.1f} | {r['stream_triad_gbs']:.1f} | "
@@ -237,15 +273,17 @@ def plot(result: dict, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
     for ax, model in zip(axes[0], models):
         rows = [r for r in train if r["model"] == model]
-        for fw, method in sorted({(r["framework"], r["method"]) for r in rows}):
+        for fw, method, prec in sorted({(r["framework"], r["method"], r.get("precision", ""))
+                                        for r in rows}):
             pts = sorted((r["batch_size"], r["samples_per_s"], r["samples_per_s_min"],
                           r["samples_per_s_max"]) for r in rows
-                         if (r["framework"], r["method"]) == (fw, method))
+                         if (r["framework"], r["method"], r.get("precision", ""))
+                         == (fw, method, prec))
             b, med, lo, hi = zip(*pts)
             ax.errorbar(b, med, yerr=[[m - l for m, l in zip(med, lo)],
                                       [h - m for m, h in zip(med, hi)]],
                         marker="o", capsize=3, linestyle="--" if fw == "torch" else "-",
-                        label=f"{fw} {method}")
+                        label=f"{fw} {method}" + (f" {prec}" if prec == "bfloat16" else ""))
         ax.set_xscale("log", base=2)
         ax.set_xlabel("batch size")
         ax.set_ylabel("samples / s (median, min-max)")

@@ -4,6 +4,7 @@
     python -m benchmarks.run --quick               # a smoke test (tiny settings)
     python -m benchmarks.run --models reference wide conv sequence
     python -m benchmarks.run --device gpu --outdir runs/bench-gpu
+    python -m benchmarks.run --precisions float32 bfloat16
 
 Measures training throughput (samples/s of a full step: forward, loss, backward, Adam) for
 torch eager, torch.compile, jaxvae's jitted step, its scan epoch and its pmap / sharded
@@ -11,14 +12,18 @@ data-parallel steps over the local devices, at several batch sizes, for the MLP 
 (reference, wide) and, with --models, the convolutional and the sequence VAE against torch
 equivalents with the same parameter counts (benchmarks/workloads.py); the epoch of the path
 users take (``jaxvae.fit``, what experiments/train.py runs) against the pytorch/examples epoch
-loop; and the importance-sampled log-likelihood (K = 1000, 5000).
+loop; and the importance-sampled log-likelihood (K = 1000, 5000). With ``--precisions float32
+bfloat16`` every training configuration also runs in bfloat16: jaxvae's models built with
+``precision_name="bfloat16"`` against the same torch steps under ``torch.autocast`` to
+bfloat16, in the same rounds as the float32 rows.
 
 Honest timing: the first call of every method (tracing, compiling) is timed apart and never
 counted as throughput; every call ends with ``jax.block_until_ready`` /
 ``torch.cuda.synchronize``; the timed calls of all methods of one configuration run
 interleaved, round-robin with a rotating order, and the ratios compare medians of the same
 rounds. A jitted float32 GEMM runs in the same rounds: ``pct_of_peak`` is each method's matmul
-GFLOP/s over the GEMM's (FLOP counts: benchmarks/harness.py). So do a STREAM copy and triad:
+GFLOP/s over the GEMM's (FLOP counts: benchmarks/harness.py); bfloat16 rows use a bfloat16
+GEMM with float32 accumulation, timed in the same rounds. So do a STREAM copy and triad:
 ``pct_of_roofline`` is each training row's samples/s over the most its step allows, its FLOPs
 at the GEMM rate plus its optimizer's and activations' bytes at the triad bandwidth (the byte
 model: benchmarks/harness.py, docs/benchmarks.md). The load average is read before and after
@@ -41,7 +46,7 @@ import time
 from pathlib import Path
 
 from benchmarks import harness, report, sections
-from benchmarks.sections import TRAIN_METHODS, log
+from benchmarks.sections import PRECISIONS, TRAIN_METHODS, log
 from benchmarks.workloads import WORKLOADS
 
 BACKENDS = {"cpu": "cpu", "gpu": "gpu", "tpu": "tpu"}
@@ -96,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-threads", type=int,
                    help="torch.set_num_threads on CPU (default: the core count, as JAX uses "
                         "every core)")
+    p.add_argument("--precisions", nargs="+", metavar="PRECISION",
+                   help="precisions of the training rows: float32 (the default) and/or "
+                        "bfloat16 (jaxvae's bfloat16 policy against torch.autocast to "
+                        "bfloat16; both multiply bfloat16 inputs, accumulating in float32)")
     p.add_argument("--matmul-precision", choices=("float32", "tf32"), default="float32",
                    help="float32 matmuls in both frameworks (default), or TF32 in both on GPUs "
                         "that have it (jax's GPU default and torch's default differ)")
@@ -136,6 +145,7 @@ def settings(args: argparse.Namespace, backend: str = "cpu") -> dict:
         "fit_epochs": pick(args.fit_epochs, 2, 6),
         "fit_examples": pick(args.fit_examples, 1024, None),
         "torch_threads": pick(args.torch_threads, os.cpu_count() or 1, os.cpu_count() or 1),
+        "precisions": list(dict.fromkeys(pick(args.precisions, ["float32"], ["float32"]))),
         "matmul_precision": args.matmul_precision,
         "quick": q,
     }
@@ -146,6 +156,10 @@ def settings(args: argparse.Namespace, backend: str = "cpu") -> dict:
         if not s["batch_sizes"][m] or min(s["batch_sizes"][m]) < 1:
             raise ValueError(f"batch sizes of the {m} model must be >= 1, "
                              f"got {s['batch_sizes'][m]}")
+    for name in s["precisions"]:
+        if name not in PRECISIONS:
+            raise ValueError(f"--precisions: unknown precision {name!r}; choose from "
+                             f"{' '.join(PRECISIONS)}")
     if any(k < 1 for k in s["nll_samples"]):
         raise ValueError(f"--nll-samples must be >= 1, got {s['nll_samples']}")
     if not s["call_gflop"] > 0 or not s["nll_gflop"] > 0:

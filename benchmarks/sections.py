@@ -16,6 +16,8 @@ import sys
 import time
 
 TRAIN_METHODS = ("eager", "compile", "jit_step", "scan_epoch", "scan_micro", "pmap", "sharded")
+# jaxvae.models.precision.PRECISIONS, named here so that bad flags fail before jax is imported
+PRECISIONS = ("float32", "bfloat16")
 MAX_SAMPLES_PER_CALL = 131072  # bounds the pre-placed batches (400 MB of float32 at 784)
 
 
@@ -48,17 +50,23 @@ def _block(block, name: str, notes: list, blocks: list) -> None:
 
 def train_section(s, jax, torch, torch_device, backend, devices, x_train, notes,
                   blocks) -> list[dict]:
+    """One timed block per (model, batch size): every method in every precision of
+    ``s["precisions"]``, one GEMM per precision, the STREAM copy and triad, interleaved. A row's
+    ``pct_of_peak`` and roofline use the GEMM of its own precision.
+    """
     from benchmarks import harness, jax_methods, workloads
     import jaxvae
 
     rows = []
+    precisions = s["precisions"]
     for model_name in s["models"]:
         work = workloads.WORKLOADS[model_name]
-        model = work.jax_model()
-        params = jaxvae.init(model, jax.random.key(0))
+        models = {p: work.jax_model(p) for p in precisions}
+        for model in models.values():
+            params = jaxvae.init(model, jax.random.key(0))
+            if torch is not None:  # the same number of parameters in both frameworks, or stop
+                workloads.check_parameter_counts(work, params, work.torch_model())
         num_params = workloads.jax_param_count(params)
-        if torch is not None:  # the same number of parameters in both frameworks, or stop
-            workloads.check_parameter_counts(work, params, work.torch_model())
         per_sample = work.flops_per_sample()
         byte_counts = work.byte_counts(num_params)
         for batch in s["batch_sizes"][model_name]:
@@ -66,36 +74,46 @@ def train_section(s, jax, torch, torch_device, backend, devices, x_train, notes,
                                MAX_SAMPLES_PER_CALL // batch))
             x = work.train_data(x_train, steps * batch)
             log(f"train {model_name} batch {batch}: {steps} steps per call, "
-                f"{s['repeats']} rounds")
-            gemm = harness.gemm_runner(s["gemm_size"], devices[0])
+                f"{s['repeats']} rounds" + (f", {' and '.join(precisions)}"
+                                            if precisions != ["float32"] else ""))
+            # one GEMM per precision: the rate each precision's matmuls can reach
+            gemms = [harness.gemm_runner(s["gemm_size"], devices[0], p) for p in precisions]
             stream = harness.stream_runners(s["stream_mb"], devices[0])
-            runners, skipped = jax_methods.train_runners(work, model, x, batch, steps,
-                                                         devices[0], devices, s["methods"])
-            notes.extend(skipped)
-            if torch is not None:
-                from benchmarks import torch_methods
-                runners = torch_methods.train_runners(work, x, batch, steps, torch_device,
-                                                      s["methods"]) + runners
+            runners = []
+            for p, model in models.items():
+                jax_runners, skipped = jax_methods.train_runners(
+                    work, model, x, batch, steps, devices[0], devices, s["methods"], p)
+                notes.extend(skipped)
+                if torch is not None:
+                    from benchmarks import torch_methods
+                    jax_runners = torch_methods.train_runners(
+                        work, x, batch, steps, torch_device, s["methods"], p) + jax_runners
+                runners += jax_runners
             name = f"train {model_name} batch {batch}"
-            block = harness.timed_block(name, [gemm, *stream] + runners, s["repeats"], log=log)
+            block = harness.timed_block(name, gemms + stream + runners, s["repeats"], log=log)
             _block(block, name, notes, blocks)
-            peak = block.timings[0].stats()["gflops"]
-            copy_gbs, triad_gbs = (t.stats()["gbytes_per_s"] for t in block.timings[1:3])
-            limit = harness.roofline_samples_per_s(batch, per_sample, byte_counts, peak,
-                                                   triad_gbs)
+            peaks = {p: t.stats()["gflops"] for p, t in zip(precisions, block.timings)}
+            copy_gbs, triad_gbs = (t.stats()["gbytes_per_s"]
+                                   for t in block.timings[len(gemms):len(gemms) + 2])
+            limits = {p: harness.roofline_samples_per_s(batch, per_sample, byte_counts, peak,
+                                                        triad_gbs)
+                      for p, peak in peaks.items()}
             # XLA's count, once per model (a cross-check of the formula)
-            xla = (jax_methods.xla_flops_per_sample(work, model, x[:batch], devices[0])
-                   if batch == s["batch_sizes"][model_name][0] else None)
-            for t in block.timings[3:]:
-                r = row(t, "train", model_name, batch, backend, devices[0].device_kind, peak)
+            xla = ({p: jax_methods.xla_flops_per_sample(work, model, x[:batch], devices[0])
+                    for p, model in models.items()}
+                   if batch == s["batch_sizes"][model_name][0] else {})
+            for t in block.timings[len(gemms) + 2:]:
+                p = t.runner.extra["precision"]
+                r = row(t, "train", model_name, batch, backend, devices[0].device_kind, peaks[p])
                 r.update({"flops_per_sample": per_sample,
-                          "xla_flops_per_sample": xla if t.runner.framework == "jax" else None,
-                          "num_params": num_params, "gemm_gflops": peak,
+                          "xla_flops_per_sample": (xla.get(p) if t.runner.framework == "jax"
+                                                   else None),
+                          "num_params": num_params, "gemm_gflops": peaks[p],
                           "stream_copy_gbs": copy_gbs, "stream_triad_gbs": triad_gbs,
                           "bytes_per_sample": byte_counts.per_sample,
                           "bytes_per_step": byte_counts.per_step,
-                          "roofline_samples_per_s": limit,
-                          "pct_of_roofline": 100.0 * r["samples_per_s"] / limit,
+                          "roofline_samples_per_s": limits[p],
+                          "pct_of_roofline": 100.0 * r["samples_per_s"] / limits[p],
                           "load_before": block.load_before, "load_after": block.load_after})
                 rows.append(r)
     return rows

@@ -7,6 +7,11 @@ jaxvae's other models (benchmarks/torch_models.py) as benchmark runners.
     compile  the same with the forward + loss under ``torch.compile`` (AOTAutograd compiles the
              backward too) and ``Adam.step`` compiled as well (PyTorch's recipe for compiled
              optimizers); ``dynamic=False``, one compilation per batch size
+
+In bfloat16 (``precision="bfloat16"``) both run the model's forward pass under
+``torch.autocast`` to bfloat16 on the device that trains (CPU or CUDA): autocast's matmuls take
+bfloat16 inputs and its backward follows them; the outputs return to float32 for the loss, and
+the parameters and Adam stay float32.
 """
 
 from __future__ import annotations
@@ -37,12 +42,14 @@ def _memory(device: torch.device):
 
 
 def train_runners(workload, x_NxD: np.ndarray, batch_size: int, steps: int,
-                  device: torch.device, methods) -> list[Runner]:
+                  device: torch.device, methods, precision: str = "float32") -> list[Runner]:
     """Torch training runners for one (model, batch size), ``steps`` Adam steps per call.
 
     ``workload`` (benchmarks/workloads.py) builds the model and its loss; token rows become
-    int64 tensors (what ``nn.Embedding`` takes).
+    int64 tensors (what ``nn.Embedding`` takes). ``precision`` float32 or bfloat16 (the
+    forward pass under ``torch.autocast``).
     """
+    autocast_dtype = {"float32": None, "bfloat16": torch.bfloat16}[precision]
     n = steps * batch_size
     x = torch.from_numpy(np.ascontiguousarray(x_NxD[:n]))
     x = (x.long() if not x.is_floating_point() else x).to(device)
@@ -56,7 +63,7 @@ def train_runners(workload, x_NxD: np.ndarray, batch_size: int, steps: int,
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
         def loss_of(xb):
-            return workload.torch_loss(model, xb)
+            return workload.torch_loss(model, xb, autocast_dtype)
 
         opt_step = opt.step
         if compiled:
@@ -76,7 +83,8 @@ def train_runners(workload, x_NxD: np.ndarray, batch_size: int, steps: int,
     for method in ("eager", "compile"):
         if method in methods:
             runners.append(Runner("torch", method, make_step(method == "compile"), samples=n,
-                                  flops=flops, steps=steps, peak_memory=_memory(device)))
+                                  flops=flops, steps=steps, extra={"precision": precision},
+                                  peak_memory=_memory(device)))
     return runners
 
 

@@ -41,15 +41,18 @@ class Workload:
     length: int = SEQUENCE_LENGTH  # sequence: tokens per row
 
     # ----------------------------------------------------------------- jaxvae
-    def jax_model(self):
+    def jax_model(self, precision_name: str = "float32"):
+        """The jaxvae model, in the precision policy ``precision_name`` (float32, bfloat16)."""
         import jaxvae
         from jaxvae.models import sequence
         if self.kind == "mlp":
-            return jaxvae.mlp_vae(self.hidden, self.latent_dim, (784,))
+            return jaxvae.mlp_vae(self.hidden, self.latent_dim, (784,),
+                                  precision_name=precision_name)
         if self.kind == "conv":
-            return jaxvae.conv_vae(self.channels, self.hidden, self.latent_dim, (784,))
+            return jaxvae.conv_vae(self.channels, self.hidden, self.latent_dim, (784,),
+                                   precision_name=precision_name)
         return sequence.sequence_vae(SEQUENCE_VOCAB, SEQUENCE_EMBED, SEQUENCE_HIDDEN,
-                                     self.latent_dim)
+                                     self.latent_dim, precision_name=precision_name)
 
     def jax_loss_fn(self, model, axis_name: str | None = None) -> Callable:
         """``loss_fn(params, x, key, step)``: the negative ELBO (beta 1), no annealing or dropout.
@@ -73,9 +76,17 @@ class Workload:
         return torch_models.TorchSequenceVAE(SEQUENCE_VOCAB, SEQUENCE_EMBED, SEQUENCE_HIDDEN,
                                              self.latent_dim)
 
-    def torch_loss(self, model, xb):
-        """The same negative ELBO in torch, summed over the batch (the reference's reduction)."""
+    def torch_loss(self, model, xb, autocast_dtype=None):
+        """The same negative ELBO in torch, summed over the batch (the reference's reduction).
+
+        ``autocast_dtype`` (``torch.bfloat16``): the model's forward pass runs under
+        ``torch.autocast`` to that dtype and its outputs return to float32, so the loss is
+        computed in float32 as jaxvae's bfloat16 policy does (and as autocast requires on CUDA,
+        where it refuses ``binary_cross_entropy``).
+        """
         from benchmarks import torch_models, torch_reference
+        if autocast_dtype is not None:
+            model = _autocast_forward(model, xb.device.type, autocast_dtype)
         if self.kind == "mlp":
             recon, mu, logvar = model(xb)
             return torch_reference.loss_function(recon, xb, mu, logvar)
@@ -109,6 +120,18 @@ class Workload:
 
     def byte_counts(self, num_params: int) -> harness.ByteCounts:
         return harness.train_bytes(num_params, self.layers(), self.input_elements())
+
+
+def _autocast_forward(model, device_type: str, dtype) -> Callable:
+    """``model``'s forward under ``torch.autocast(device_type, dtype)``, outputs in float32."""
+    import torch
+
+    def forward(x):
+        with torch.autocast(device_type=device_type, dtype=dtype):
+            outputs = model(x)
+        return tuple(o.float() for o in outputs)
+
+    return forward
 
 
 WORKLOADS = {

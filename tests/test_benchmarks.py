@@ -217,6 +217,15 @@ def test_bad_arguments_stop_with_a_clear_message(capsys, tmp_path):
     assert run.main(["--quick", "--models", "conv", "--conv-batch-sizes", "0",
                      "--outdir", str(tmp_path)]) == 2
     assert "batch sizes of the conv model must be >= 1" in capsys.readouterr().err
+    assert run.main(["--quick", "--precisions", "float16", "--outdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: --precisions: unknown precision 'float16'; choose from float32 "
+                   "bfloat16\n")
+
+
+def test_the_harness_knows_the_precisions_of_the_models():
+    from jaxvae.models import precision
+    assert sections.PRECISIONS == precision.PRECISIONS
 
 
 def test_nll_chunks_tile_k_exactly():
@@ -333,3 +342,65 @@ def test_a_busy_machine_is_flagged_in_the_json_and_the_table(quick_run_conv_sequ
     assert any(n.startswith("WARNING: train conv batch 8: load average") for n in result["notes"])
     assert "**WARNING: the load average was above 1 per core" in (
         quick_run_conv_sequence / "results.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def quick_run_precisions(tmp_path_factory):
+    """--quick in float32 and bfloat16: the reference model at batch 32, eager and jit_step."""
+    outdir = tmp_path_factory.mktemp("bench_precisions")
+    argv = ["--quick", "--precisions", "float32", "bfloat16", "--batch-sizes", "32",
+            "--methods", "eager", "jit_step", "--call-gflop", "0.02", "--repeats", "1",
+            "--gemm-size", "128", "--stream-mb", "1", "--fit-epochs", "0", "--nll-samples",
+            "--torch-threads", "1", "--outdir", str(outdir)]
+    assert run.main(argv) == 0
+    return outdir
+
+
+def test_quick_run_trains_both_precisions_in_both_frameworks(quick_run_precisions):
+    result = json.loads((quick_run_precisions / "results.json").read_text())
+    rows = result["rows"]
+    assert result["settings"]["precisions"] == ["float32", "bfloat16"]
+    assert {(r["framework"], r["method"], r["precision"]) for r in rows} == {
+        (f, m, p) for f, m in (("torch", "eager"), ("jax", "jit_step"))
+        for p in ("float32", "bfloat16")}
+    by = {(r["framework"], r["precision"]): r for r in rows}
+    for (framework, precision), r in by.items():
+        assert r["benchmark"] == "train" and r["batch_size"] == 32
+        assert r["num_params"] == 652_824 and r["flops_per_sample"] == 3.28e6
+        # every ratio compares rows of one precision, from the same rounds
+        torch_eager = by[("torch", precision)]["samples_per_s"]
+        assert r["vs_torch_eager"] == pytest.approx(r["samples_per_s"] / torch_eager)
+        assert r["pct_of_peak"] == pytest.approx(100 * r["gflops"] / r["gemm_gflops"])
+        if precision == "bfloat16":
+            assert r["vs_float32"] == pytest.approx(
+                r["samples_per_s"] / by[(framework, "float32")]["samples_per_s"])
+        else:
+            assert "vs_float32" not in r
+    # each precision's % peak is against the GEMM of its precision, timed in the same rounds
+    assert by[("jax", "float32")]["gemm_gflops"] == by[("torch", "float32")]["gemm_gflops"]
+    assert by[("jax", "bfloat16")]["gemm_gflops"] == by[("torch", "bfloat16")]["gemm_gflops"]
+    assert by[("jax", "bfloat16")]["gemm_gflops"] != by[("jax", "float32")]["gemm_gflops"]
+    # the targets are float32 targets
+    assert {t["target"] for t in result["targets"]} == {
+        "reference batch 32: best jax (jit_step) / torch eager"}
+
+
+def test_the_precision_table_shows_each_rows_precision_and_the_speedup(quick_run_precisions):
+    table = (quick_run_precisions / "results.md").read_text()
+    assert "| model | batch | precision | method | samples/s |" in table
+    assert "| reference | 32 | bfloat16 | jax jit_step |" in table
+    assert "| reference | 32 | float32 | torch eager |" in table
+    line = next(l for l in table.splitlines() if l.startswith("bfloat16 / float32"))
+    assert line.startswith("bfloat16 / float32 samples/s, reference batch 32 (same rounds): ")
+    assert "torch eager " in line and "jax jit_step " in line
+    assert "| reference | 652,824 | 32 | bfloat16 | 3.28 |" in table  # the roofline table
+    result = json.loads((quick_run_precisions / "results.json").read_text())
+    result["rows"] = [r for r in result["rows"] if r["precision"] == "bfloat16"]
+    assert "| reference | 32 | bfloat16 | jax jit_step |" in report.markdown(result)
+
+
+def test_a_float32_run_has_no_precision_column(quick_run):
+    table = (quick_run / "results.md").read_text()
+    assert "| model | batch | method | samples/s |" in table and "bfloat16" not in table
+    rows = json.loads((quick_run / "results.json").read_text())["rows"]
+    assert {r["precision"] for r in rows if r["benchmark"] == "train"} == {"float32"}

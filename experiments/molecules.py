@@ -35,7 +35,6 @@ from experiments import cli, moses_metrics, seqlib
 from jaxvae.training import files
 from jaxvae.data import molecules
 from jaxvae.evaluation import molecules as moses
-from jaxvae.training.sequences import fit_sequences
 from jaxvae.data.vocab import Vocabulary
 
 MOSES_VAE = moses_metrics.MOSES_VAE  # the published MOSES VAE baseline
@@ -106,13 +105,8 @@ def run(args) -> dict:
     test_strings = [s for s in test_all if set(vocab.tokenize(s)) <= known]
 
     outdir = seqlib.prepare_outdir(args.outdir, overwrite=args.overwrite)
-    on_epoch, bar = seqlib.progress(config.epochs, args.quiet, outdir / "metrics.jsonl")
-    start = time.perf_counter()
-    try:
-        fit = fit_sequences(config, vocab, train_strings, test_strings, on_epoch)
-    finally:
-        bar.close()
-    train_wall = time.perf_counter() - start
+    fit, train_wall = seqlib.train(config, vocab, train_strings, test_strings, outdir,
+                                   args.quiet)
 
     train_set, moses_set = set(train_smiles), set(moses_train)
     patterns = molecules.filter_patterns()

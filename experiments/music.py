@@ -39,7 +39,6 @@ from jaxvae.data import melodies
 from jaxvae.data.vocab import Vocabulary
 from jaxvae.evaluation import plots
 from jaxvae.training import files
-from jaxvae.training.sequences import fit_sequences
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,14 +157,8 @@ def run(args) -> dict:
         raise ValueError("no held-out melody left; raise --max-tunes or --test-fraction")
 
     outdir = seqlib.prepare_outdir(args.outdir, overwrite=args.overwrite)
-    on_epoch, bar = seqlib.progress(config.epochs, args.quiet, outdir / "metrics.jsonl")
-    start = time.perf_counter()
-    try:
-        fit = fit_sequences(config, vocab, train_texts, test_texts, on_epoch,
-                            length=args.steps + 1)
-    finally:
-        bar.close()
-    train_wall = time.perf_counter() - start
+    fit, train_wall = seqlib.train(config, vocab, train_texts, test_texts, outdir, args.quiet,
+                                   length=args.steps + 1)
 
     key = jax.random.key(args.seed + 1)
     recon = seqlib.reconstructions(fit, test_texts)

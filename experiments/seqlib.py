@@ -1,10 +1,12 @@
-"""Helpers shared by the sequence experiments (words.py, molecules.py): outputs and decoding."""
+"""Helpers shared by the sequence experiments (words.py, molecules.py, music.py): training with
+progress, outputs and decoding."""
 
 from __future__ import annotations
 
 import json
 import platform
 import sys
+import time
 from pathlib import Path
 
 import flax
@@ -16,7 +18,7 @@ from tqdm import tqdm
 import jaxvae
 from jaxvae.models import precision
 from jaxvae.models import sequence
-from jaxvae.training.sequences import SequenceConfig, SequenceFit
+from jaxvae.training.sequences import SequenceConfig, SequenceFit, fit_sequences
 from experiments.train import prepare_outdir  # noqa: F401  (one copy for every script)
 from jaxvae.training import files
 from jaxvae.training import runs
@@ -86,6 +88,19 @@ def progress(total: int, quiet: bool, metrics_path: Path):
         bar.update(1)
 
     return on_epoch, bar
+
+
+def train(config: SequenceConfig, vocab, train_strings: list[str], test_strings: list[str],
+          outdir: Path, quiet: bool, length: int | None = None) -> tuple[SequenceFit, float]:
+    """``fit_sequences`` with OUTDIR/metrics.jsonl and a progress bar; returns the fit and its
+    wall-clock seconds."""
+    on_epoch, bar = progress(config.epochs, quiet, outdir / "metrics.jsonl")
+    start = time.perf_counter()
+    try:
+        fit = fit_sequences(config, vocab, train_strings, test_strings, on_epoch, length=length)
+    finally:
+        bar.close()
+    return fit, time.perf_counter() - start
 
 
 def decode_in_batches(fn, n: int, batch: int) -> list[str]:

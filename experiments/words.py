@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import jax
 import numpy as np
 
 from experiments import cli, seqlib
 from jaxvae.training import files
-from jaxvae.training.sequences import fit_sequences
 from jaxvae.data.vocab import Vocabulary
 
 
@@ -73,14 +71,8 @@ def run(args) -> dict:
     train_words, test_words = split_words(all_words, args.train_size, args.test_size, args.seed)
     vocab = Vocabulary.from_corpus(train_words + test_words + list(args.interpolate), "char")
     outdir = seqlib.prepare_outdir(args.outdir, overwrite=args.overwrite)
-    on_epoch, bar = seqlib.progress(config.epochs, args.quiet, outdir / "metrics.jsonl")
-    start = time.perf_counter()
-    try:
-        fit = fit_sequences(config, vocab, train_words, test_words, on_epoch,
-                            length=args.max_len + 1)
-    finally:
-        bar.close()
-    wall = time.perf_counter() - start
+    fit, wall = seqlib.train(config, vocab, train_words, test_words, outdir, args.quiet,
+                             length=args.max_len + 1)
 
     key = jax.random.key(args.seed + 1)
     recon = seqlib.reconstructions(fit, test_words)

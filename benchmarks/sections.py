@@ -62,10 +62,10 @@ def train_section(s, jax, torch, torch_device, backend, devices, x_train, notes,
     for model_name in s["models"]:
         work = workloads.WORKLOADS[model_name]
         models = {p: work.jax_model(p) for p in precisions}
-        for model in models.values():
-            params = jaxvae.init(model, jax.random.key(0))
-            if torch is not None:  # the same number of parameters in both frameworks, or stop
-                workloads.check_parameter_counts(work, params, work.torch_model())
+        # the precision policy changes no parameter: one tree stands for every precision
+        params = jaxvae.init(models[precisions[0]], jax.random.key(0))
+        if torch is not None:  # the same number of parameters in both frameworks, or stop
+            workloads.check_parameter_counts(work, params, work.torch_model())
         num_params = workloads.jax_param_count(params)
         per_sample = work.flops_per_sample()
         byte_counts = work.byte_counts(num_params)
@@ -81,13 +81,13 @@ def train_section(s, jax, torch, torch_device, backend, devices, x_train, notes,
             stream = harness.stream_runners(s["stream_mb"], devices[0])
             runners = []
             for p, model in models.items():
+                if torch is not None:
+                    from benchmarks import torch_methods
+                    runners += torch_methods.train_runners(work, x, batch, steps, torch_device,
+                                                           s["methods"], p)
                 jax_runners, skipped = jax_methods.train_runners(
                     work, model, x, batch, steps, devices[0], devices, s["methods"], p)
                 notes.extend(skipped)
-                if torch is not None:
-                    from benchmarks import torch_methods
-                    jax_runners = torch_methods.train_runners(
-                        work, x, batch, steps, torch_device, s["methods"], p) + jax_runners
                 runners += jax_runners
             name = f"train {model_name} batch {batch}"
             block = harness.timed_block(name, gemms + stream + runners, s["repeats"], log=log)

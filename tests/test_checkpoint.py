@@ -21,7 +21,7 @@ from jaxvae.training import checkpoint
 from jaxvae.training import fit as trainer
 
 ROOT = Path(__file__).resolve().parent.parent
-# digits: 1,437 training examples, batch 64 -> 22 full batches + 1 of 29 = 23 steps per epoch;
+# digits: 1,438 training examples, batch 64 -> 22 full batches + 1 of 30 = 23 steps per epoch;
 # checkpoints at epoch positions 10, 20 and at each epoch end.
 FLAGS = ["--dataset", "digits", "--hidden", "16", "--latent-dim", "2", "--batch-size", "64",
          "--epochs", "4", "--checkpoint-every", "10", "--keep-checkpoints", "3", "--quiet"]

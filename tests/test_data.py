@@ -599,3 +599,17 @@ def test_mnist5k_holds_the_wheels_csv_rows_scaled_to_the_unit_interval(mnist5k):
     assert not x.flags.writeable  # the cached arrays cannot be changed by a caller
     assert data.load_mnist5k().x_train.flags.writeable  # the split is the caller's own copy
     np.testing.assert_array_equal(data.load_mnist5k().x_test, mnist5k.x_test)
+
+
+def test_digits_are_scikit_learns_table_scaled_to_the_unit_interval():
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    x, y = data._digits_arrays()
+    assert x.shape == (1797, 64) and x.dtype == np.float32 and y.dtype == np.int32
+    np.testing.assert_array_equal(x, np.asarray(bunch.data, np.float32) / np.float32(16.0))
+    np.testing.assert_array_equal(y, bunch.target)
+    assert not x.flags.writeable and not y.flags.writeable  # cached: no caller can change them
+    split = data.load_digits()
+    assert split.x_train.flags.writeable  # the split is the caller's own copy
+    assert (len(split.x_train), len(split.x_test)) == (1438, 359)

@@ -23,8 +23,8 @@ from jaxvae.training import step as train
 from jaxvae.training import fit as trainer
 
 ROOT = Path(__file__).resolve().parent.parent
-# digits: 1,437 training examples -> blocks of 719 and 718; batch 140 = 70 per process,
-# 718 // 70 = 10 steps per epoch, 2 epochs = 20 steps.
+# digits: 1,438 training examples -> blocks of 719 and 719; batch 140 = 70 per process,
+# 719 // 70 = 10 steps per epoch, 2 epochs = 20 steps.
 FLAGS = ["--dataset", "digits", "--hidden", "16", "--latent-dim", "2", "--batch-size", "140",
          "--epochs", "2", "--checkpoint-every", "5", "--quiet"]
 STEPS_PER_EPOCH = 10

@@ -107,7 +107,9 @@ grep -h '"test_nll"\|"m2_test_error"' runs/gpu-*/evaluation.json runs/gpu-m2*/re
 T=$(($(left) - 10))
 echo "harness: $T s" | tee -a logs/status.txt
 if [ "$T" -gt 60 ]; then
+  # --max-minutes: a block starts only while the budget lasts; timeout is the safety net
   timeout "$T" $PY -m benchmarks.run --device "$DEVICE" --models reference wide conv sequence \
+      --max-minutes "$($PY -c "print(round(max($T - 60, 10) / 60, 2))")" \
       --batch-sizes 128 8192 --wide-batch-sizes 2048 --conv-batch-sizes 128 512 \
       --sequence-batch-sizes 128 512 --methods eager jit_step scan_epoch --repeats 3 \
       --precisions float32 bfloat16 --fit-epochs 0 --nll-samples 1000 \

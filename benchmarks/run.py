@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matmul-precision", choices=("float32", "tf32"), default="float32",
                    help="float32 matmuls in both frameworks (default), or TF32 in both on GPUs "
                         "that have it (jax's GPU default and torch's default differ)")
+    p.add_argument("--max-minutes", type=float,
+                   help="wall-time budget: a timed block (one model and batch size, the fit "
+                        "row, one NLL K) starts only while it lasts, the first always; the "
+                        "blocks skipped are named in the notes and the rest is written as "
+                        "usual (default: no limit)")
     p.add_argument("--quick", action="store_true",
                    help="tiny settings for a smoke test (under a minute on 2 cores)")
     p.add_argument("--json", help="also write the JSON here")
@@ -147,6 +152,7 @@ def settings(args: argparse.Namespace, backend: str = "cpu") -> dict:
         "torch_threads": pick(args.torch_threads, os.cpu_count() or 1, os.cpu_count() or 1),
         "precisions": list(dict.fromkeys(pick(args.precisions, ["float32"], ["float32"]))),
         "matmul_precision": args.matmul_precision,
+        "max_minutes": args.max_minutes,
         "quick": q,
     }
     for name in ("repeats", "gemm_size", "torch_threads"):
@@ -168,6 +174,8 @@ def settings(args: argparse.Namespace, backend: str = "cpu") -> dict:
         raise ValueError(f"--stream-mb must be > 0, got {s['stream_mb']}")
     if s["fit_examples"] is not None and not 128 <= s["fit_examples"] <= 4000:
         raise ValueError(f"--fit-examples must be in [128, 4000], got {s['fit_examples']}")
+    if s["max_minutes"] is not None and not 0 <= s["max_minutes"] < float("inf"):
+        raise ValueError(f"--max-minutes must be a finite number >= 0, got {s['max_minutes']}")
     if s["fit_epochs"] == 1 or s["fit_epochs"] < 0:
         raise ValueError(f"--fit-epochs must be 0 (skip) or >= 2 (the first is a warm-up), "
                          f"got {s['fit_epochs']}")
@@ -237,19 +245,20 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     data = data_lib.load_mnist5k()
 
     rows, blocks = [], []
+    budget = sections.Budget(None if s["max_minutes"] is None else 60 * s["max_minutes"])
     # The same matmul arithmetic in both frameworks: on recent GPUs JAX would use TF32 for
     # float32 by default and torch would not.
     try:
         with jax.default_device(devices[0]), jax.default_matmul_precision(
                 "tensorfloat32" if tf32 else "float32"):
             rows += sections.train_section(s, jax, torch, torch_device, backend, devices,
-                                           data.x_train, notes, blocks)
+                                           data.x_train, notes, blocks, budget)
             if s["fit_epochs"]:
                 rows += sections.fit_section(s, jax, torch, backend, devices, data, notes,
-                                             blocks)
+                                             blocks, budget)
             if s["nll_samples"]:
                 rows += sections.nll_section(s, jax, torch, torch_device, backend, devices,
-                                             data.x_test, notes, blocks)
+                                             data.x_test, notes, blocks, budget)
     finally:
         _restore_torch_globals(torch_saved)  # main() may run inside a larger program (tests)
     report.add_ratios(rows)

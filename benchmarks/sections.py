@@ -42,6 +42,26 @@ def row(timing, benchmark: str, model: str, batch_size, backend: str, device_kin
     return out
 
 
+class Budget:
+    """The wall-time budget of a run (``--max-minutes``), checked before each timed block.
+
+    The first block always runs; a later one starts only while time is left, and each block
+    skipped is named in the notes, so that a run cut short still writes what it measured.
+    """
+
+    def __init__(self, seconds: float | None):
+        self.deadline = None if seconds is None else time.perf_counter() + seconds
+        self.started_any = False
+
+    def allows(self, name: str, notes: list) -> bool:
+        if self.started_any and self.deadline is not None and time.perf_counter() > self.deadline:
+            notes.append(f"skipped {name}: the --max-minutes budget was spent")
+            log(f"skipped {name}: the --max-minutes budget was spent")
+            return False
+        self.started_any = True
+        return True
+
+
 def _block(block, name: str, notes: list, blocks: list) -> None:
     blocks.append(block.record(name))
     if block.warning:
@@ -49,7 +69,7 @@ def _block(block, name: str, notes: list, blocks: list) -> None:
 
 
 def train_section(s, jax, torch, torch_device, backend, devices, x_train, notes,
-                  blocks) -> list[dict]:
+                  blocks, budget: Budget | None = None) -> list[dict]:
     """One timed block per (model, batch size): every method in every precision of
     ``s["precisions"]``, one GEMM per precision, the STREAM copy and triad, interleaved. A row's
     ``pct_of_peak`` and roofline use the GEMM of its own precision.
@@ -70,6 +90,9 @@ def train_section(s, jax, torch, torch_device, backend, devices, x_train, notes,
         per_sample = work.flops_per_sample()
         byte_counts = work.byte_counts(num_params)
         for batch in s["batch_sizes"][model_name]:
+            name = f"train {model_name} batch {batch}"
+            if budget is not None and not budget.allows(name, notes):
+                continue
             steps = max(1, min(round(s["call_gflop"] * 1e9 / (per_sample * batch)),
                                MAX_SAMPLES_PER_CALL // batch))
             x = work.train_data(x_train, steps * batch)
@@ -89,7 +112,6 @@ def train_section(s, jax, torch, torch_device, backend, devices, x_train, notes,
                     work, model, x, batch, steps, devices[0], devices, s["methods"], p)
                 notes.extend(skipped)
                 runners += jax_runners
-            name = f"train {model_name} batch {batch}"
             block = harness.timed_block(name, gemms + stream + runners, s["repeats"], log=log)
             _block(block, name, notes, blocks)
             peaks = {p: t.stats()["gflops"] for p, t in zip(precisions, block.timings)}
@@ -120,7 +142,7 @@ def train_section(s, jax, torch, torch_device, backend, devices, x_train, notes,
 
 
 def nll_section(s, jax, torch, torch_device, backend, devices, x_test, notes,
-                blocks) -> list[dict]:
+                blocks, budget: Budget | None = None) -> list[dict]:
     from benchmarks import harness, jax_methods
     import jaxvae
 
@@ -134,6 +156,8 @@ def nll_section(s, jax, torch, torch_device, backend, devices, x_test, notes,
     else:
         net, params = None, jaxvae.init(model, jax.random.key(0))
     for k in s["nll_samples"]:
+        if budget is not None and not budget.allows(f"nll K={k}", notes):
+            continue
         per_example = harness.mlp_nll_flops(784, (400,), 20, k)
         examples = max(1, min(len(x_test), round(s["nll_gflop"] * 1e9 / per_example)))
         if s["nll_gflop"] * 1e9 / per_example > len(x_test):
@@ -159,7 +183,8 @@ def nll_section(s, jax, torch, torch_device, backend, devices, x_test, notes,
     return rows
 
 
-def fit_section(s, jax, torch, backend, devices, data, notes, blocks) -> list[dict]:
+def fit_section(s, jax, torch, backend, devices, data, notes, blocks,
+                budget: Budget | None = None) -> list[dict]:
     """jaxvae.fit (the path of experiments/train.py) vs the pytorch/examples epoch, interleaved.
 
     One mnist5k epoch at batch 128 each, alternating: fit calls ``on_epoch`` after each of its
@@ -168,6 +193,8 @@ def fit_section(s, jax, torch, backend, devices, data, notes, blocks) -> list[di
     import jaxvae
     from jaxvae.training import fit as trainer
 
+    if budget is not None and not budget.allows("fit", notes):
+        return []
     epochs = s["fit_epochs"]
     if s["fit_examples"]:
         data = data._replace(x_train=data.x_train[:s["fit_examples"]],

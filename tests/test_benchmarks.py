@@ -221,6 +221,9 @@ def test_bad_arguments_stop_with_a_clear_message(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err == ("error: --precisions: unknown precision 'float16'; choose from float32 "
                    "bfloat16\n")
+    assert run.main(["--quick", "--max-minutes", "-1", "--outdir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == ("error: --max-minutes must be a finite number >= 0, "
+                                       "got -1.0\n")
 
 
 def test_the_harness_knows_the_precisions_of_the_models():
@@ -346,9 +349,11 @@ def test_a_busy_machine_is_flagged_in_the_json_and_the_table(quick_run_conv_sequ
 
 @pytest.fixture(scope="module")
 def quick_run_precisions(tmp_path_factory):
-    """--quick in float32 and bfloat16: the reference model at batch 32, eager and jit_step."""
+    """--quick in float32 and bfloat16: the reference model at batch 32, eager and jit_step;
+    batch 64 is asked for too, but the budget of 0 minutes lets only the first block run."""
     outdir = tmp_path_factory.mktemp("bench_precisions")
-    argv = ["--quick", "--precisions", "float32", "bfloat16", "--batch-sizes", "32",
+    argv = ["--quick", "--precisions", "float32", "bfloat16", "--batch-sizes", "32", "64",
+            "--max-minutes", "0",
             "--methods", "eager", "jit_step", "--call-gflop", "0.02", "--repeats", "1",
             "--gemm-size", "128", "--stream-mb", "1", "--fit-epochs", "0", "--nll-samples",
             "--torch-threads", "1", "--outdir", str(outdir)]
@@ -383,6 +388,14 @@ def test_quick_run_trains_both_precisions_in_both_frameworks(quick_run_precision
     # the targets are float32 targets
     assert {t["target"] for t in result["targets"]} == {
         "reference batch 32: best jax (jit_step) / torch eager"}
+
+
+def test_a_spent_budget_skips_the_later_blocks_and_names_them(quick_run_precisions):
+    result = json.loads((quick_run_precisions / "results.json").read_text())
+    assert {r["batch_size"] for r in result["rows"]} == {32}  # the first block only
+    note = "skipped train reference batch 64: the --max-minutes budget was spent"
+    assert note in result["notes"] and note in (quick_run_precisions / "results.md").read_text()
+    assert result["settings"]["max_minutes"] == 0
 
 
 def test_the_precision_table_shows_each_rows_precision_and_the_speedup(quick_run_precisions):

@@ -53,8 +53,12 @@ class Budget:
         self.deadline = None if seconds is None else time.perf_counter() + seconds
         self.started_any = False
 
+    def spent(self) -> bool:
+        return (self.started_any and self.deadline is not None
+                and time.perf_counter() > self.deadline)
+
     def allows(self, name: str, notes: list) -> bool:
-        if self.started_any and self.deadline is not None and time.perf_counter() > self.deadline:
+        if self.spent():
             notes.append(f"skipped {name}: the --max-minutes budget was spent")
             log(f"skipped {name}: the --max-minutes budget was spent")
             return False
@@ -80,6 +84,10 @@ def train_section(s, jax, torch, torch_device, backend, devices, x_train, notes,
     rows = []
     precisions = s["precisions"]
     for model_name in s["models"]:
+        if budget is not None and budget.spent():  # no model built for blocks that cannot run
+            for batch in s["batch_sizes"][model_name]:
+                budget.allows(f"train {model_name} batch {batch}", notes)
+            continue
         work = workloads.WORKLOADS[model_name]
         models = {p: work.jax_model(p) for p in precisions}
         # the precision policy changes no parameter: one tree stands for every precision

@@ -350,10 +350,11 @@ def test_a_busy_machine_is_flagged_in_the_json_and_the_table(quick_run_conv_sequ
 @pytest.fixture(scope="module")
 def quick_run_precisions(tmp_path_factory):
     """--quick in float32 and bfloat16: the reference model at batch 32, eager and jit_step;
-    batch 64 is asked for too, but the budget of 0 minutes lets only the first block run."""
+    batch 64 and the conv model are asked for too, but the budget of 0 minutes lets only the
+    first block run."""
     outdir = tmp_path_factory.mktemp("bench_precisions")
     argv = ["--quick", "--precisions", "float32", "bfloat16", "--batch-sizes", "32", "64",
-            "--max-minutes", "0",
+            "--models", "reference", "conv", "--conv-batch-sizes", "8", "--max-minutes", "0",
             "--methods", "eager", "jit_step", "--call-gflop", "0.02", "--repeats", "1",
             "--gemm-size", "128", "--stream-mb", "1", "--fit-epochs", "0", "--nll-samples",
             "--torch-threads", "1", "--outdir", str(outdir)]
@@ -393,8 +394,10 @@ def test_quick_run_trains_both_precisions_in_both_frameworks(quick_run_precision
 def test_a_spent_budget_skips_the_later_blocks_and_names_them(quick_run_precisions):
     result = json.loads((quick_run_precisions / "results.json").read_text())
     assert {r["batch_size"] for r in result["rows"]} == {32}  # the first block only
-    note = "skipped train reference batch 64: the --max-minutes budget was spent"
-    assert note in result["notes"] and note in (quick_run_precisions / "results.md").read_text()
+    table = (quick_run_precisions / "results.md").read_text()
+    for name in ("train reference batch 64", "train conv batch 8"):
+        note = f"skipped {name}: the --max-minutes budget was spent"
+        assert note in result["notes"] and note in table
     assert result["settings"]["max_minutes"] == 0
 
 

@@ -420,3 +420,17 @@ def test_a_float32_run_has_no_precision_column(quick_run):
     assert "| model | batch | method | samples/s |" in table and "bfloat16" not in table
     rows = json.loads((quick_run / "results.json").read_text())["rows"]
     assert {r["precision"] for r in rows if r["benchmark"] == "train"} == {"float32"}
+
+
+def test_bf16_dots_times_the_three_products_of_a_layer_in_both_precisions(capsys):
+    from benchmarks import bf16_dots
+    assert bf16_dots.main(["--batch", "8", "--in-features", "16", "--out-features", "4",
+                           "--rounds", "1"]) == 0
+    table = capsys.readouterr().out
+    for name in bf16_dots.PRODUCTS:
+        assert f"| {name} | float32 |" in table and f"| {name} | bfloat16 |" in table
+    assert bf16_dots.upcast("%c = f32[8,16]{1,0} convert(%b)", "bfloat16")
+    assert not bf16_dots.upcast("%c = bf16[8,16]{1,0} convert(%b)", "bfloat16")
+    assert not bf16_dots.upcast("%c = f32[8,16]{1,0} convert(%b)", "float32")
+    assert bf16_dots.main(["--rounds", "0"]) == 2
+    assert capsys.readouterr().err == "error: --rounds must be >= 1, got 0\n"

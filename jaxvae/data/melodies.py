@@ -16,9 +16,9 @@ The sequence VAE trains on strings (``jaxvae.data.vocab.Vocabulary``, ``"char"``
 ``chr(ord("0") + p - 36)`` for a note-on of pitch p in 36..107 (C2..B7), ``0`` to ``w``.
 
 ``load_melodies`` reads the folk songs of the Essen collection (``essenFolksong``: about 9,000
-tunes in ABC) or the soprano lines of the Bach chorales (``bach/*.mxl``: 433) from music21's
-corpus, which ships inside the ``music21`` wheel (``pip install 'jaxvae[music]'``), so nothing
-is downloaded. Each tune is
+tunes in ABC) or the soprano lines of the Bach chorales (``bach/*.mxl``: 408 in music21
+10.5.1) from music21's corpus, which ships inside the ``music21`` wheel (``pip install
+'jaxvae[music]'``), so nothing is downloaded. Each tune is
 
   1. parsed (its first part; ties merged; a chord gives its highest note; grace notes dropped)
      and quantized to the 16th grid, a pickup bar skipped so step 0 is a downbeat;

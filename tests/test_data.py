@@ -613,3 +613,16 @@ def test_digits_are_scikit_learns_table_scaled_to_the_unit_interval():
     split = data.load_digits()
     assert split.x_train.flags.writeable  # the split is the caller's own copy
     assert (len(split.x_train), len(split.x_test)) == (1438, 359)
+
+
+def test_digits_fall_back_to_scikit_learns_loader_without_its_csv(monkeypatch):
+    x, y = data._digits_arrays()
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    data._digits_arrays.cache_clear()
+    try:
+        x_fallback, y_fallback = data._digits_arrays()
+    finally:
+        data._digits_arrays.cache_clear()
+    np.testing.assert_array_equal(x_fallback, x)
+    np.testing.assert_array_equal(y_fallback, y)
+    assert not x_fallback.flags.writeable

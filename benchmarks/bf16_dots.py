@@ -21,6 +21,7 @@ dimension, is upcast, so it runs at the float32 rate.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -93,7 +94,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}",
                   file=sys.stderr)
             return 2
-    import os
     print(f"B {args.batch}, K {args.in_features}, N {args.out_features}; medians of "
           f"{args.rounds} calls; load average {os.getloadavg()[0]:.2f}")
     print(table(measure(args.batch, args.in_features, args.out_features, args.rounds)))

@@ -44,6 +44,7 @@ from jaxvae.data import standardize
 from jaxvae.training import early_stopping
 from jaxvae.models import priors
 from jaxvae.models import registry
+from jaxvae.objectives import losses
 from jaxvae.objectives import schedules
 from jaxvae.training import fit as trainer
 from jaxvae.training import files
@@ -77,7 +78,8 @@ def config_choices() -> dict[str, list[str]]:
     return {"model": sorted(registry.MODELS), "likelihood": sorted(objectives.LIKELIHOODS),
             "binarize": list(preprocessing.BINARIZE), "feed": list(data_lib.FEEDS),
             "standardize": list(standardize.MODES),
-            "kl_schedule": list(schedules.KL_SCHEDULES), "prior": list(priors.PRIORS)}
+            "kl_schedule": list(schedules.KL_SCHEDULES), "prior": list(priors.PRIORS),
+            "objective": list(losses.OBJECTIVES)}
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:

@@ -178,10 +178,16 @@ def validate_config(config: TrainConfig) -> None:
     standardize.check_mode(config.data.standardize, model.likelihood, config.data.binarize,
                            config.data.dequantize)
     builders.check_free_bits(objective.free_bits, model.prior)
-    if model.name == "iwae" and (objective.kl_schedule != "constant" or objective.free_bits != 0
-                                 or objective.beta != 1):
-        raise ValueError("the IWAE bound has no separate KL term: --model iwae takes no "
-                         "--beta, --kl-schedule or --free-bits")
+    iwae = model.name == "iwae" or objective.name == "iwae"
+    if iwae and (objective.kl_schedule != "constant" or objective.free_bits != 0
+                 or objective.beta != 1):
+        flag = "--model iwae" if model.name == "iwae" else "--objective iwae"
+        raise ValueError(f"the IWAE bound has no separate KL term: {flag} takes no --beta, "
+                         "--kl-schedule or --free-bits")
+    if objective.name == "iwae" and model.name == "vqvae":
+        raise ValueError("--objective iwae needs a model with a log-weight log p(x, z) - "
+                         "log q(z | x); the VQ-VAE has none: train it with its own objective "
+                         "(leave --objective at elbo)")
 
 
 # Models whose size is latent_dim and the dense widths hidden (the others have their own).

@@ -352,6 +352,33 @@ def test_iwae_bound_is_tighter_than_the_average_elbo_and_uses_the_learned_prior(
     assert not np.allclose(log_w, standard)
 
 
+@pytest.mark.parametrize("change", [dict(model="ladder", ladder_latents=(3, 2), ladder_hidden=(8, 4)),
+                                    dict(model="cvae"), dict(model="mlp", prior="mog")],
+                         ids=["ladder", "cvae", "mlp-mog"])
+def test_iwae_objective_trains_any_model_on_its_k_sample_bound(change):
+    """--objective iwae: the loss is -mean_b iwae_bound(log w) of the model's own log-weights."""
+    built = registry.build(_config(objective="iwae", num_samples=4, **change), (D,))
+    params = jaxvae.init(built.model, jax.random.key(0))
+    batch, key = _batch(), jax.random.key(9)
+    loss, metrics = built.loss_fn(params, batch, key, jnp.int32(0))
+    log_w_KxB = jaxvae.log_weights(built.model, params, batch, key, 4)
+    assert log_w_KxB.shape == (4, 32)
+    np.testing.assert_allclose(loss, -jnp.mean(jaxvae.iwae_bound(log_w_KxB)), rtol=1e-6)
+    assert float(loss) < float(metrics["recon"] + metrics["kl"])  # tighter than the mean ELBO
+    elbo, _ = registry.build(_config(**change), (D,)).loss_fn(params, batch, key, jnp.int32(0))
+    assert abs(float(loss) - float(elbo)) > 1e-3
+
+
+def test_model_iwae_is_the_mlp_on_the_iwae_objective():
+    by_model = registry.build(_config(model="iwae", num_samples=3), (D,))
+    by_objective = registry.build(_config(objective="iwae", num_samples=3), (D,))
+    assert by_model.model == by_objective.model
+    params = jaxvae.init(by_model.model, jax.random.key(0))
+    batch, key = _batch(), jax.random.key(3)
+    np.testing.assert_array_equal(by_model.loss_fn(params, batch, key, 0)[0],
+                                  by_objective.loss_fn(params, batch, key, 0)[0])
+
+
 # ------------------------------------------------------------------------------ conditional
 
 
@@ -468,6 +495,10 @@ def test_cyclical_total_steps_default_to_the_run():
     (dict(kl_schedule="cyclical", kl_ramp_fraction=1.5), ValueError, "kl_ramp_fraction"),
     (dict(model="iwae", beta=2.0), ValueError, "--model iwae takes no"),
     (dict(model="iwae", num_samples=0), ValueError, "num_samples"),
+    (dict(objective="iwae", kl_schedule="linear", kl_warmup_steps=5), ValueError,
+     "--objective iwae takes no"),
+    (dict(objective="iwae", model="vqvae"), ValueError, "the VQ-VAE has none"),
+    (dict(objective="elbo2"), ValueError, r"unknown objective 'elbo2'; choose one of \['elbo', 'iwae'\]"),
     (dict(model="cvae", prior="vamp"), ValueError, "cvae does not support the vamp prior"),
     (dict(prior="mog", prior_components=0), ValueError, "prior_components must be >= 1"),
     (dict(kl_cycles=2.0), TypeError, "kl_cycles must be an int"),

@@ -136,6 +136,9 @@ class Built(NamedTuple):
 
 
 def _elbo(model: nn.Module, config) -> Built:
+    """The model with the objective of ``config.objective.name``: its -ELBO or its IWAE bound."""
+    if config.objective.name == "iwae":
+        return Built(model, losses.make_iwae_loss(model, config.objective.num_samples))
     return Built(model, builders.elbo_loss_from_config(model, config))
 
 
@@ -144,12 +147,14 @@ def _mlp(config, example_shape: tuple[int, ...]) -> Built:
 
 
 def _iwae(config, example_shape: tuple[int, ...]) -> Built:
+    """The MLP VAE on the IWAE bound whatever ``--objective`` says (``--model mlp --objective
+    iwae``)."""
     model = builders.make_model(config, example_shape)
     return Built(model, losses.make_iwae_loss(model, config.objective.num_samples))
 
 
 def _cvae(config, example_shape: tuple[int, ...]) -> Built:
-    return Built(*conditional.build(config, example_shape))
+    return _elbo(conditional.build(config, example_shape)[0], config)
 
 
 def _conv(config, example_shape: tuple[int, ...]) -> Built:

@@ -38,11 +38,19 @@ from jaxvae.models import sequence
 from jaxvae.models import vq as vqvae
 
 
+# The bounds a latent-variable model of ``jaxvae.models.interface`` can train on.
+OBJECTIVES = ("elbo", "iwae")
+
+
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
     """The objective section of a training config: the KL weight and its schedule, free bits,
     importance samples and the VQ-VAE's commitment weight."""
 
+    name: str = dataclasses.field(default="elbo", metadata={"flat_name": "objective"})  # the
+    #   bound a latent-variable model trains on: elbo (the negative ELBO, with beta, the KL
+    #   schedule and free bits) or iwae (the K-sample importance-weighted bound, K =
+    #   num_samples; any model with log-weights: mlp with any prior, conv, cvae, flow, ladder)
     beta: float = 1.0  # weight of the KL term (1 = the ELBO; beta-VAE otherwise)
     kl_schedule: str = "constant"  # KL weight beta * w(step): constant, linear warm-up or
     #   cyclical annealing
@@ -52,11 +60,13 @@ class ObjectiveConfig:
     kl_total_steps: int = 0  # cyclical: steps the cycles span; 0 = the whole run
     free_bits: float = 0.0  # free bits lambda: KL term sum_j max(lambda, KL_j), in nats per
     #   latent dimension (0 = off)
-    num_samples: int = 5  # K importance samples of the iwae model
+    num_samples: int = 5  # K importance samples of the iwae objective (and --model iwae)
     commitment_cost: float = 0.25  # vqvae: beta_c, the weight of the commitment loss
 
     def validate(self) -> None:
         """Raises ValueError / TypeError naming the first field that cannot work."""
+        if self.name not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.name!r}; choose one of {list(OBJECTIVES)}")
         for name in ("beta", "commitment_cost"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -135,7 +135,7 @@ class Built(NamedTuple):
     loss_fn: losses.LossFn  # (params, batch, key, step) -> (loss, metrics); batch {"x", "y"}
 
 
-def _elbo(model: nn.Module, config) -> Built:
+def _with_objective(model: nn.Module, config) -> Built:
     """The model with the objective of ``config.objective.name``: its -ELBO or its IWAE bound."""
     if config.objective.name == "iwae":
         return Built(model, losses.make_iwae_loss(model, config.objective.num_samples))
@@ -143,7 +143,7 @@ def _elbo(model: nn.Module, config) -> Built:
 
 
 def _mlp(config, example_shape: tuple[int, ...]) -> Built:
-    return _elbo(builders.make_model(config, example_shape), config)
+    return _with_objective(builders.make_model(config, example_shape), config)
 
 
 def _iwae(config, example_shape: tuple[int, ...]) -> Built:
@@ -154,14 +154,14 @@ def _iwae(config, example_shape: tuple[int, ...]) -> Built:
 
 
 def _cvae(config, example_shape: tuple[int, ...]) -> Built:
-    return _elbo(conditional.build(config, example_shape)[0], config)
+    return _with_objective(conditional.build(config, example_shape)[0], config)
 
 
 def _conv(config, example_shape: tuple[int, ...]) -> Built:
     m = config.model
     model = conv.conv_vae(m.conv_channels, m.hidden, m.latent_dim, example_shape, m.likelihood,
                           precision_name=m.precision)
-    return _elbo(model, config)
+    return _with_objective(model, config)
 
 
 def _vqvae(config, example_shape: tuple[int, ...]) -> Built:
@@ -175,14 +175,14 @@ def _ladder(config, example_shape: tuple[int, ...]) -> Built:
     m = config.model
     model = ladder.ladder_vae(m.ladder_latents, m.ladder_hidden, example_shape, m.likelihood,
                               precision_name=m.precision)
-    return _elbo(model, config)
+    return _with_objective(model, config)
 
 
 def _flow(config, example_shape: tuple[int, ...]) -> Built:
     m = config.model
     model = flows.flow_vae(m.hidden, m.latent_dim, m.flow_steps, example_shape, m.likelihood,
                            precision_name=m.precision)
-    return _elbo(model, config)
+    return _with_objective(model, config)
 
 
 MODELS: dict[str, Callable[[Any, tuple[int, ...]], Built]] = {

@@ -45,6 +45,19 @@ def _hand_q(params, x):
     return q / q.sum(1, keepdims=True)
 
 
+def test_encoder_with_several_labels_per_example_is_the_mlp_on_tiled_inputs(tiny):
+    """encode_onehot(x_BxD, y_TBxC) computes x's product once: the same numbers as the MLP on
+    [tile(x, (T, 1)), y], row t * B + b pairing example b with label row t * B + b."""
+    model, params, x = tiny
+    y_TB = np.array([0, 1, 2, 2, 1, 0, 1, 1, 1, 0, 0, 2])  # T = 2 labels for each of B = 6
+    mean, logvar = jax.jit(lambda p: model.apply(
+        {"params": p}, jnp.asarray(x, jnp.float32), jax.nn.one_hot(y_TB, K),
+        method=ss.M2.encode_onehot))(params)
+    expected = _mlp(params["encoder"], np.concatenate([np.tile(x, (2, 1)), np.eye(K)[y_TB]], 1))
+    np.testing.assert_allclose(np.concatenate([mean, logvar], 1), expected, rtol=1e-5,
+                               atol=1e-6)
+
+
 def test_interface_negative_elbo_matches_a_numpy_computation(tiny):
     """-ELBO of elbo_terms: -L(x, y) where labelled, -U(x) where y = -1, with eps[y] per class."""
     model, params, x = tiny

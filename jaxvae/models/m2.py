@@ -22,7 +22,8 @@ classification loss -log q(y | x) of the labelled examples (Eq. 9).
 
 Networks: MLPs with softplus hidden layers for q(y | x) (``classifier``), q(z | x, y)
 (``encoder``, input [x, onehot(y)]) and p(x | y, z) (``decoder``, input [z, onehot(y)]). One
-reparameterized z per (x, y) pair: an unlabelled example costs C encoder and decoder passes.
+reparameterized z per (x, y) pair: an unlabelled example costs C encoder and decoder passes
+(the encoder's product with x is computed once for the C labels).
 """
 
 from __future__ import annotations
@@ -51,7 +52,56 @@ class _MLP(nn.Module):
     def __call__(self, h):
         kwargs = precision.dense_kwargs(self.dtype)
         for i, width in enumerate(self.hidden):
-            h = nn.softplus(nn.Dense(width, name=f"hidden_{i}", **kwargs)(h))
+            h = distributions.softplus(nn.Dense(width, name=f"hidden_{i}", **kwargs)(h))
+        return nn.Dense(self.out, name="out", **kwargs)(h)
+
+
+class _ConcatDense(nn.Module):
+    """``nn.Dense`` on the concatenation [a, c] of rows of ``a`` tiled T times and ``c``.
+
+    The one kernel ``(A + C, H)`` and bias (``nn.Dense``'s names, shapes and initializers) act
+    as a @ K[:A] + c @ K[A:] + bias, so the product with ``a_BxA`` is computed once for all T
+    tiles instead of T times: ``c_TBxC`` row t * B + b pairs with ``a_BxA`` row b (the order of
+    ``jnp.tile(a_BxA, (T, 1))``). Returns ``(T * B, H)``.
+    """
+    features: int
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, a_BxA: jax.Array, c_TBxC: jax.Array) -> jax.Array:
+        width_a = a_BxA.shape[-1]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (width_a + c_TBxC.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        if precision.precision_name(self.dtype) == "float32":
+            product = jnp.matmul
+        else:
+            product = precision.matmul
+        a_BxH = product(a_BxA, kernel[:width_a])
+        c_TBxH = product(c_TBxC.astype(a_BxA.dtype), kernel[width_a:]) + bias[None]
+        tiles = c_TBxC.shape[0] // a_BxA.shape[0]
+        h_TxBxH = c_TBxH.reshape(tiles, a_BxA.shape[0], -1) + a_BxH[None]
+        return h_TxBxH.reshape(c_TBxC.shape[0], -1)
+
+
+class _ConditionalMLP(nn.Module):
+    """``_MLP`` on [a, c] (the input and a label), its first layer a ``_ConcatDense``:
+    ``(a_BxA, c_TBxC) -> (T * B, out)``, the same function as ``_MLP`` on
+    ``[jnp.tile(a_BxA, (T, 1)), c_TBxC]`` with the same parameters."""
+    hidden: Sequence[int]
+    out: int
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, a_BxA: jax.Array, c_TBxC: jax.Array) -> jax.Array:
+        kwargs = precision.dense_kwargs(self.dtype)
+        hidden = tuple(self.hidden)
+        if not hidden:
+            return _ConcatDense(self.out, self.dtype, name="out")(a_BxA, c_TBxC)
+        h = distributions.softplus(_ConcatDense(hidden[0], self.dtype, name="hidden_0")(
+            a_BxA, c_TBxC))
+        for i, width in enumerate(hidden[1:], start=1):
+            h = distributions.softplus(nn.Dense(width, name=f"hidden_{i}", **kwargs)(h))
         return nn.Dense(self.out, name="out", **kwargs)(h)
 
 
@@ -88,8 +138,8 @@ class M2(interface.LatentVariableModel):
     def setup(self):
         hidden = tuple(self.hidden)
         self.classifier = _MLP(hidden, self.num_classes, self.dtype, name="classifier")
-        self.encoder = _MLP(hidden, 2 * self.latent_dim, self.dtype, name="encoder")
-        self.decoder = _MLP(hidden, self.data_dim, self.dtype, name="decoder")
+        self.encoder = _ConditionalMLP(hidden, 2 * self.latent_dim, self.dtype, name="encoder")
+        self.decoder = _ConditionalMLP(hidden, self.data_dim, self.dtype, name="decoder")
 
     # ------------------------------------------------------------------ the networks
 
@@ -97,14 +147,16 @@ class M2(interface.LatentVariableModel):
         """Logits of q(y | x), ``(B, C)``."""
         return self.classifier(x_BxD)
 
-    def encode_onehot(self, x_BxD: jax.Array, y_BxC: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """q(z | x, y) from [x, y] with y one-hot (or any vector of C weights)."""
-        out = self.encoder(jnp.concatenate([x_BxD, y_BxC.astype(x_BxD.dtype)], axis=-1))
+    def encode_onehot(self, x_BxD: jax.Array, y_TBxC: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """q(z | x, y) from [x, y] with y one-hot (or any vector of C weights): ``(mean, logvar)``,
+        each ``(T * B, Z)``, for T labels per example in the order of ``jnp.tile(x_BxD, (T, 1))``
+        (T = 1: one label per example). The product with x is computed once for the T labels."""
+        out = self.encoder(x_BxD, y_TBxC)
         return out[:, :self.latent_dim], out[:, self.latent_dim:]
 
     def decode_onehot(self, z_BxZ: jax.Array, y_BxC: jax.Array) -> jax.Array:
         """Bernoulli logits of p(x | y, z), ``(B, D)``, from [z, y] with y one-hot."""
-        return self.decoder(jnp.concatenate([z_BxZ, y_BxC.astype(z_BxZ.dtype)], axis=-1))
+        return self.decoder(z_BxZ, y_BxC)
 
     def _onehot(self, y_B: jax.Array) -> jax.Array:
         return jax.nn.one_hot(y_B, self.num_classes, dtype=jnp.float32)
@@ -143,15 +195,17 @@ class M2(interface.LatentVariableModel):
         """Bernoulli logits of p(x | y, z) for int labels ``y_B`` in [0, C)."""
         return self.decode(z_BxZ, y_B)
 
-    def labelled_terms(self, x_BxD: jax.Array, y_B: jax.Array, eps_BxZ: jax.Array
+    def labelled_terms(self, x_BxD: jax.Array, y_TB: jax.Array, eps_TBxZ: jax.Array
                        ) -> tuple[jax.Array, jax.Array]:
-        """(recon_B, kl_z_B) of -L(x, y) with z = mean + std * eps: -log p(x | y, z) and
-        KL(q(z | x, y) || N(0, I)) (analytic)."""
-        y_BxC = self._onehot(y_B)
-        mean_BxZ, logvar_BxZ = self.encode_onehot(x_BxD, y_BxC)
-        z_BxZ = distributions.shift_and_scale(mean_BxZ, logvar_BxZ, eps_BxZ)
-        recon_B = distributions.bernoulli_nll(self.decode_onehot(z_BxZ, y_BxC), x_BxD)
-        return recon_B, distributions.gaussian_kl(mean_BxZ, logvar_BxZ)
+        """(recon_TB, kl_z_TB) of -L(x, y) with z = mean + std * eps: -log p(x | y, z) and
+        KL(q(z | x, y) || N(0, I)) (analytic), for T labels per example in the order of
+        ``jnp.tile(x_BxD, (T, 1))`` (T = 1: one label per example)."""
+        y_TBxC = self._onehot(y_TB)
+        mean_TBxZ, logvar_TBxZ = self.encode_onehot(x_BxD, y_TBxC)
+        z_TBxZ = distributions.shift_and_scale(mean_TBxZ, logvar_TBxZ, eps_TBxZ)
+        x_TBxD = jnp.tile(x_BxD, (y_TB.shape[0] // x_BxD.shape[0], 1))
+        recon_TB = distributions.bernoulli_nll(self.decode_onehot(z_TBxZ, y_TBxC), x_TBxD)
+        return recon_TB, distributions.gaussian_kl(mean_TBxZ, logvar_TBxZ)
 
     def labelled_elbo_terms(self, x_BxD: jax.Array, y_B: jax.Array, key: jax.Array
                             ) -> interface.ElboTerms:
@@ -180,9 +234,8 @@ class M2(interface.LatentVariableModel):
         if y_B is None:
             y_B = jnp.full((batch,), -1, jnp.int32)
         eps_CxBxZ = jax.random.normal(key, (num_classes, batch, self.latent_dim), x_BxD.dtype)
-        x_CBxD = jnp.tile(x_BxD, (num_classes, 1))
         y_CB = jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), batch)
-        recon_CB, kl_z_CB = self.labelled_terms(x_CBxD, y_CB,
+        recon_CB, kl_z_CB = self.labelled_terms(x_BxD, y_CB,
                                                 eps_CxBxZ.reshape(num_classes * batch, -1))
         recon_BxC = recon_CB.reshape(num_classes, batch).T
         kl_z_BxC = kl_z_CB.reshape(num_classes, batch).T
@@ -226,7 +279,7 @@ class M2(interface.LatentVariableModel):
                                                          axis=-1)[..., 0])
         x_KBxD = jnp.tile(x_BxD, (num_samples, 1))
         y_KB = y_KxB.reshape(-1)
-        mean_KBxZ, logvar_KBxZ = self.encode_onehot(x_KBxD, self._onehot(y_KB))
+        mean_KBxZ, logvar_KBxZ = self.encode_onehot(x_BxD, self._onehot(y_KB))
         eps_KBxZ = jax.random.normal(z_key, mean_KBxZ.shape, mean_KBxZ.dtype)
         z_KBxZ = distributions.shift_and_scale(mean_KBxZ, logvar_KBxZ, eps_KBxZ)
         log_px_KB = -distributions.bernoulli_nll(self.decode_onehot(z_KBxZ, self._onehot(y_KB)),

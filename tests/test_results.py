@@ -18,7 +18,7 @@ from jaxvae.training import runs
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 EVALUATED = sorted(p.parent for p in RESULTS.glob("*/evaluation.json"))
-SUBSET = 8
+SUBSET = 4
 
 
 def test_every_results_directory_is_a_loadable_run():

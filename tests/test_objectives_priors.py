@@ -383,7 +383,7 @@ def test_model_iwae_is_the_mlp_on_the_iwae_objective():
 
 
 def test_cvae_samples_depend_on_the_label_only_through_the_decoder():
-    model = conditional.build(_config(model="cvae"), (D,))[0]
+    model = conditional.build(_config(model="cvae"), (D,))
     params = models.init(model, jax.random.key(0))
     key = jax.random.key(1)
     a = conditional.generate(model, params, key, np.array([0, 0, 3]))
@@ -420,7 +420,7 @@ def test_trained_cvae_draws_the_requested_class():
     (np.zeros((2, 2), int), ValueError, "non-empty vector"),
 ])
 def test_generate_rejects_bad_labels(labels, error, match):
-    model = conditional.build(_config(model="cvae"), (D,))[0]
+    model = conditional.build(_config(model="cvae"), (D,))
     params = models.init(model, jax.random.key(0))
     with pytest.raises(error, match=match):
         conditional.generate(model, params, jax.random.key(0), labels)

@@ -50,10 +50,16 @@ class _MLP(nn.Module):
 
     @nn.compact
     def __call__(self, h):
-        kwargs = precision.dense_kwargs(self.dtype)
-        for i, width in enumerate(self.hidden):
-            h = distributions.softplus(nn.Dense(width, name=f"hidden_{i}", **kwargs)(h))
-        return nn.Dense(self.out, name="out", **kwargs)(h)
+        return _softplus_layers(h, tuple(self.hidden), self.out, self.dtype)
+
+
+def _softplus_layers(h, widths: Sequence[int], out: int, dtype: Any, first: int = 0):
+    """Dense layers ``hidden_{first}``, ``hidden_{first + 1}`` ... of ``widths`` with softplus,
+    then the linear ``out``; called inside a compact module, which owns them."""
+    kwargs = precision.dense_kwargs(dtype)
+    for i, width in enumerate(widths, start=first):
+        h = distributions.softplus(nn.Dense(width, name=f"hidden_{i}", **kwargs)(h))
+    return nn.Dense(out, name="out", **kwargs)(h)
 
 
 class _ConcatDense(nn.Module):
@@ -94,15 +100,12 @@ class _ConditionalMLP(nn.Module):
 
     @nn.compact
     def __call__(self, a_BxA: jax.Array, c_TBxC: jax.Array) -> jax.Array:
-        kwargs = precision.dense_kwargs(self.dtype)
         hidden = tuple(self.hidden)
         if not hidden:
             return _ConcatDense(self.out, self.dtype, name="out")(a_BxA, c_TBxC)
         h = distributions.softplus(_ConcatDense(hidden[0], self.dtype, name="hidden_0")(
             a_BxA, c_TBxC))
-        for i, width in enumerate(hidden[1:], start=1):
-            h = distributions.softplus(nn.Dense(width, name=f"hidden_{i}", **kwargs)(h))
-        return nn.Dense(self.out, name="out", **kwargs)(h)
+        return _softplus_layers(h, hidden[1:], self.out, self.dtype, first=1)
 
 
 class M2(interface.LatentVariableModel):

@@ -154,7 +154,7 @@ def _iwae(config, example_shape: tuple[int, ...]) -> Built:
 
 
 def _cvae(config, example_shape: tuple[int, ...]) -> Built:
-    return _with_objective(conditional.build(config, example_shape)[0], config)
+    return _with_objective(conditional.build(config, example_shape), config)
 
 
 def _conv(config, example_shape: tuple[int, ...]) -> Built:

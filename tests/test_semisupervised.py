@@ -226,3 +226,83 @@ def test_script_trains_m2_through_the_training_loop(tmp_path):
     data = datasets.load_digits()
     accuracy = np.mean(np.argmax(ss.classify(model, params, data.x_test), -1) == data.y_test)
     assert accuracy == pytest.approx(results["m2_test_accuracy"])
+
+
+def _soft_bound(raw, low, high):  # likelihoods.soft_bound in float64
+    lifted = low + np.logaddexp(0.0, raw - low)
+    return high - np.logaddexp(0.0, high - lifted)
+
+
+def test_gaussian_m2_scores_features_with_a_learned_variance():
+    """likelihood="gaussian_learned": the decoder gives a mean and a log-variance per dimension
+    (interleaved), and -L(x, y) has -log N(x | mean, exp(logvar)) where the Bernoulli had its
+    cross-entropy; the encoder and classifier are those of the Bernoulli M2."""
+    model = ss.m2(data_dim=D, num_classes=K, latent_dim=Z, hidden=(5,),
+                  likelihood="gaussian_learned")
+    params = ss.init(model, jax.random.key(0))
+    assert params["decoder"]["out"]["kernel"].shape == (5, 2 * D)
+    x = np.asarray(jax.random.normal(jax.random.key(1), (6, D)), np.float64) * 2.0
+    y = np.array([0, 1, 2, 0, 1, 2])
+    key = jax.random.key(4)
+    terms = model.apply({"params": params}, jnp.asarray(x, jnp.float32), jnp.asarray(y), key,
+                        method=ss.M2.labelled_elbo_terms)
+    eps = np.asarray(jax.random.normal(key, (6, Z)), np.float64)
+    y_onehot = np.eye(K)[y]
+    enc = _mlp(params["encoder"], np.concatenate([x, y_onehot], 1))
+    z = enc[:, :Z] + np.exp(0.5 * enc[:, Z:]) * eps
+    out = _mlp(params["decoder"], np.concatenate([z, y_onehot], 1)).reshape(6, D, 2)
+    logvar = _soft_bound(out[..., 1], -7.0, 2.0)
+    nll = 0.5 * np.sum(np.log(2 * np.pi) + logvar + (x - out[..., 0]) ** 2 / np.exp(logvar), 1)
+    np.testing.assert_allclose(terms.recon_B, nll, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        ss.m2(data_dim=D, likelihood="logistic")
+
+
+def test_m1_plus_m2_trains_m2_on_the_active_latent_means_of_a_vae_run(tmp_path):
+    """--features-from: M2 (Gaussian) and the logistic regression read the posterior means of
+    the M1 run's active units; a run of another dataset is refused before anything is written."""
+    import json
+
+    from experiments import semisupervised as script
+    from experiments import train as train_script
+    from jaxvae.data import datasets
+    from jaxvae.evaluation import latent
+    from jaxvae.training import runs
+    m1_dir = tmp_path / "m1"
+    assert train_script.main(["--dataset", "digits", "--epochs", "3", "--hidden", "32",
+                              "--latent-dim", "6", "--batch-size", "64", "--lr", "3e-3",
+                              "--quiet", "--outdir", str(m1_dir)]) == 0
+    m1 = runs.load_run(m1_dir)
+    digits = datasets.load_digits()
+    means = np.asarray(interface.encode(m1.model, m1.params, jnp.asarray(
+        digits.x_train.reshape((-1,) + m1.data.example_shape))).mean, np.float64)
+    active = np.var(means, axis=0) > 1e-2
+    assert 0 < active.sum()
+
+    out = tmp_path / "m1m2"
+    args = script.build_parser().parse_args([
+        "--dataset", "digits", "--features-from", str(m1_dir), "--labels-per-class", "2",
+        "--epochs", "1", "--batch-size", "500", "--labelled-batch-size", "20",
+        "--latent-dim", "2", "--hidden", "16", "--quiet", "--outdir", str(out)])
+    results = script.run(args)
+    assert results["features"]["active_units"] == int(active.sum())
+    assert results["features"]["active_indices"] == np.flatnonzero(active).tolist()
+    model = ss.m2(int(active.sum()), 10, latent_dim=2, hidden=(16,),
+                  likelihood="gaussian_learned")
+    from flax import serialization
+    params = serialization.from_bytes(ss.init(model, jax.random.key(0)),
+                                      (out / "params.msgpack").read_bytes())
+    features = latent.posterior_means(m1.model, m1.params, digits.x_test.reshape(
+        (-1,) + m1.data.example_shape))[:, active]
+    np.testing.assert_allclose(features, means_test := np.asarray(interface.encode(
+        m1.model, m1.params, jnp.asarray(digits.x_test.reshape(
+            (-1,) + m1.data.example_shape))).mean)[:, active], rtol=1e-6, atol=1e-6)
+    accuracy = np.mean(np.argmax(ss.classify(model, params, means_test), -1) == digits.y_test)
+    assert accuracy == pytest.approx(results["m2_test_accuracy"])
+    assert json.loads((out / "results.json").read_text())["reference"].startswith(
+        "Kingma et al. 2014, M1+M2")
+
+    refused = tmp_path / "refused"
+    assert script.main(["--dataset", "mnist5k", "--features-from", str(m1_dir),
+                        "--outdir", str(refused)]) == 2
+    assert not refused.exists()

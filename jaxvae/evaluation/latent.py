@@ -83,3 +83,45 @@ def project_2d(points_NxZ: np.ndarray, method: str = "pca", seed: int = 0) -> np
         return TSNE(n_components=2, perplexity=perplexity, init="pca",
                     random_state=seed).fit_transform(points_NxZ)
     raise ValueError(f"unknown projection {method!r}; choose 'pca' or 'tsne'")
+
+
+def posterior_means(model: nn.Module, params: Any, x_Nx: np.ndarray, batch_size: int = 1000
+                    ) -> np.ndarray:
+    """The means of q(z | x) of every example, ``(N, Z)`` float32, in batches of
+    ``batch_size``: the features a trained VAE gives another model (M1+M2, Kingma et al. 2014).
+
+    Examples:
+      >>> import jax, jaxvae, numpy as np
+      >>> from jaxvae.evaluation import latent
+      >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
+      >>> params = jaxvae.init(model, jax.random.key(0))
+      >>> latent.posterior_means(model, params, np.zeros((5, 4), np.float32), 2).shape
+      (5, 2)
+    """
+    if getattr(model, "conditional", False):
+        raise ValueError(f"{type(model).__name__} encodes with labels; posterior_means takes "
+                         "the examples alone: use an unconditional model")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    encode = jax.jit(lambda p, x: interface.encode(model, p, x).mean)
+    return np.concatenate([np.asarray(encode(params, jnp.asarray(x_Nx[i:i + batch_size])))
+                           for i in range(0, len(x_Nx), batch_size)]).astype(np.float32)
+
+
+def active_units(means_NxZ: np.ndarray, threshold: float = 1e-2) -> np.ndarray:
+    """Which latent units are active, ``(Z,)`` bool: A_u = Var_x(E_q[u | x]) > ``threshold``
+    (Burda et al. 2016, Sec. 5.2). An inactive unit's posterior mean is the same for every x:
+    it carries no information about the example.
+
+    Examples:
+      >>> import numpy as np
+      >>> from jaxvae.evaluation import latent
+      >>> means = np.stack([np.linspace(-1, 1, 5), np.full(5, 0.3)], axis=1)
+      >>> latent.active_units(means).tolist()
+      [True, False]
+    """
+    means_NxZ = np.asarray(means_NxZ, np.float64)
+    if means_NxZ.ndim != 2 or len(means_NxZ) < 2:
+        raise ValueError(f"need the means of at least 2 examples, shape (N, Z), got "
+                         f"{means_NxZ.shape}")
+    return np.var(means_NxZ, axis=0) > threshold

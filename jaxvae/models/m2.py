@@ -2,7 +2,8 @@
 
 The label is a latent variable that is observed for some examples:
 
-    p(x, y, z) = p(y) p(z) p(x | y, z),  p(y) = Cat(1/C),  p(z) = N(0, I),  p(x | y, z) Bernoulli
+    p(x, y, z) = p(y) p(z) p(x | y, z),  p(y) = Cat(1/C),  p(z) = N(0, I),
+    p(x | y, z) Bernoulli (pixels) or Gaussian with a learned variance (features: M1+M2)
     q(y, z | x) = q(y | x) q(z | x, y),  q(y | x) = Cat(pi(x)),  q(z | x, y) Gaussian
 
 A batch is ``{"x": x_BxD, "y": y_B}`` with ``y = -1`` where an example has no label (the model
@@ -36,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxvae import distributions, validation
+from jaxvae import distributions, likelihoods, validation
 from jaxvae.models import interface
 from jaxvae.models import precision
 
@@ -120,6 +121,9 @@ class M2(interface.LatentVariableModel):
       latent_dim: Z.
       hidden: hidden widths of each of the three networks.
       dtype: the products' compute dtype (``jaxvae.models.precision``).
+      likelihood: p(x | y, z): ``"bernoulli"`` (pixels in [0, 1]) or ``"gaussian_learned"``
+        (real features, such as the latent means of a trained VAE in M1+M2: a mean and a
+        log-variance per dimension).
     """
 
     data_shape: tuple[int, ...] = (784,)
@@ -127,8 +131,7 @@ class M2(interface.LatentVariableModel):
     latent_dim: int = 50
     hidden: Sequence[int] = (500,)
     dtype: Any = None
-
-    likelihood = "bernoulli"
+    likelihood: str = "bernoulli"
 
     @property
     def analytic_kl_per_dim(self) -> bool:
@@ -142,7 +145,9 @@ class M2(interface.LatentVariableModel):
         hidden = tuple(self.hidden)
         self.classifier = _MLP(hidden, self.num_classes, self.dtype, name="classifier")
         self.encoder = _ConditionalMLP(hidden, 2 * self.latent_dim, self.dtype, name="encoder")
-        self.decoder = _ConditionalMLP(hidden, self.data_dim, self.dtype, name="decoder")
+        channels = likelihoods.output_channels(self.likelihood)
+        self.decoder = _ConditionalMLP(hidden, self.data_dim * channels, self.dtype,
+                                       name="decoder")
 
     # ------------------------------------------------------------------ the networks
 
@@ -158,8 +163,15 @@ class M2(interface.LatentVariableModel):
         return out[:, :self.latent_dim], out[:, self.latent_dim:]
 
     def decode_onehot(self, z_BxZ: jax.Array, y_BxC: jax.Array) -> jax.Array:
-        """Bernoulli logits of p(x | y, z), ``(B, D)``, from [z, y] with y one-hot."""
-        return self.decoder(z_BxZ, y_BxC)
+        """The parameters of p(x | y, z) from [z, y] with y one-hot: Bernoulli logits
+        ``(B, D)``, or ``(B, D, 2)`` (mean, raw log-variance) for ``gaussian_learned``."""
+        out = self.decoder(z_BxZ, y_BxC)
+        channels = likelihoods.output_channels(self.likelihood)
+        return out if channels == 1 else out.reshape(out.shape[0], self.data_dim, channels)
+
+    def _nll(self, out: jax.Array, x_BxD: jax.Array) -> jax.Array:
+        """-log p(x | y, z) per example from the decoder outputs."""
+        return likelihoods.reconstruction_nll(self.likelihood, out, x_BxD)
 
     def _onehot(self, y_B: jax.Array) -> jax.Array:
         return jax.nn.one_hot(y_B, self.num_classes, dtype=jnp.float32)
@@ -185,7 +197,7 @@ class M2(interface.LatentVariableModel):
         return self.encode_onehot(x_BxD, self._onehot(self.resolve_labels(x_BxD, y_B)))
 
     def decode(self, z_BxZ: jax.Array, y_B: jax.Array | None = None) -> jax.Array:
-        """Bernoulli logits of p(x | y, z), ``(B, D)``, for int labels ``y_B`` in [0, C)."""
+        """The parameters of p(x | y, z) (``decode_onehot``) for int labels ``y_B`` in [0, C)."""
         if y_B is None:
             raise ValueError("M2 decodes with labels: pass labels (B,) in [0, num_classes)")
         return self.decode_onehot(z_BxZ, self._onehot(y_B))
@@ -195,7 +207,7 @@ class M2(interface.LatentVariableModel):
         return interface.Posterior(*self.encode(x_BxD, y_B))
 
     def likelihood_params(self, z_BxZ: jax.Array, y_B: jax.Array | None = None) -> jax.Array:
-        """Bernoulli logits of p(x | y, z) for int labels ``y_B`` in [0, C)."""
+        """The parameters of p(x | y, z) for int labels ``y_B`` in [0, C)."""
         return self.decode(z_BxZ, y_B)
 
     def labelled_terms(self, x_BxD: jax.Array, y_TB: jax.Array, eps_TBxZ: jax.Array
@@ -207,7 +219,7 @@ class M2(interface.LatentVariableModel):
         mean_TBxZ, logvar_TBxZ = self.encode_onehot(x_BxD, y_TBxC)
         z_TBxZ = distributions.shift_and_scale(mean_TBxZ, logvar_TBxZ, eps_TBxZ)
         x_TBxD = jnp.tile(x_BxD, (y_TB.shape[0] // x_BxD.shape[0], 1))
-        recon_TB = distributions.bernoulli_nll(self.decode_onehot(z_TBxZ, y_TBxC), x_TBxD)
+        recon_TB = self._nll(self.decode_onehot(z_TBxZ, y_TBxC), x_TBxD)
         return recon_TB, distributions.gaussian_kl(mean_TBxZ, logvar_TBxZ)
 
     def labelled_elbo_terms(self, x_BxD: jax.Array, y_B: jax.Array, key: jax.Array
@@ -285,8 +297,7 @@ class M2(interface.LatentVariableModel):
         mean_KBxZ, logvar_KBxZ = self.encode_onehot(x_BxD, self._onehot(y_KB))
         eps_KBxZ = jax.random.normal(z_key, mean_KBxZ.shape, mean_KBxZ.dtype)
         z_KBxZ = distributions.shift_and_scale(mean_KBxZ, logvar_KBxZ, eps_KBxZ)
-        log_px_KB = -distributions.bernoulli_nll(self.decode_onehot(z_KBxZ, self._onehot(y_KB)),
-                                                 x_KBxD)
+        log_px_KB = -self._nll(self.decode_onehot(z_KBxZ, self._onehot(y_KB)), x_KBxD)
         log_pz_KB = self.log_prior(z_KBxZ) - jnp.log(float(self.num_classes))
         log_qz_KB = distributions.gaussian_log_prob(z_KBxZ, mean_KBxZ, logvar_KBxZ)
         shape = (num_samples, batch)
@@ -305,7 +316,7 @@ class M2(interface.LatentVariableModel):
         return self.decode_onehot(z_BxZ, y_BxC)
 
     def generate(self, key: jax.Array, labels_N: jax.Array) -> jax.Array:
-        """Bernoulli logits for z ~ N(0, I) and the given labels."""
+        """The parameters of p(x | y, z) for z ~ N(0, I) and the given labels."""
         z_NxZ = jax.random.normal(key, (labels_N.shape[0], self.latent_dim))
         return self.decode_onehot(z_NxZ, self._onehot(labels_N))
 
@@ -314,10 +325,16 @@ class M2(interface.LatentVariableModel):
         return self.generate(key, jnp.arange(n) % self.num_classes)
 
 
+LIKELIHOODS = ("bernoulli", "gaussian_learned")
+
+
 def m2(data_dim: int = 784, num_classes: int = 10, latent_dim: int = 50,
-       hidden: Sequence[int] = (500,), precision_name: str = "float32") -> M2:
+       hidden: Sequence[int] = (500,), precision_name: str = "float32",
+       likelihood: str = "bernoulli") -> M2:
     """A validated ``M2`` for flat examples of ``data_dim`` values (``precision_name``: float32
-    or bfloat16, ``jaxvae.models.precision``)."""
+    or bfloat16, ``jaxvae.models.precision``; ``likelihood``: one of ``LIKELIHOODS``)."""
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"M2's likelihood must be one of {list(LIKELIHOODS)}, got {likelihood!r}")
     for name, value in (("data_dim", data_dim), ("num_classes", num_classes),
                         ("latent_dim", latent_dim), *((f"hidden[{i}]", h)
                                                       for i, h in enumerate(hidden))):
@@ -326,7 +343,7 @@ def m2(data_dim: int = 784, num_classes: int = 10, latent_dim: int = 50,
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     return M2(data_shape=(int(data_dim),), num_classes=int(num_classes),
               latent_dim=int(latent_dim), hidden=tuple(int(h) for h in hidden),
-              dtype=precision.compute_dtype(precision_name))
+              dtype=precision.compute_dtype(precision_name), likelihood=likelihood)
 
 
 def init(model: M2, key: jax.Array) -> Params:

@@ -13,10 +13,12 @@ digits alone. With --nll-samples K, the run ends with the importance-sampled tes
 (jaxvae.log_likelihood over (y, z)).
 
 M1+M2 (the paper's stacked model): --features-from RUN_DIR, a VAE trained by
-experiments/train.py on the same dataset (M1), replaces every digit by the posterior means of
-M1's active latent units (Var_x E_q[u | x] > 0.01, jaxvae.evaluation.latent), and M2 models
-those features with a Gaussian likelihood of learned variance; the logistic regression then
-reads the same features.
+experiments/train.py on the same dataset (M1), replaces every digit by M1's active latent units
+(Var_x E_q[u | x] > 0.01, jaxvae.evaluation.latent), and M2 models those features with a
+Gaussian likelihood of learned variance. With --m1-inputs sample (the paper's) every training
+step draws them afresh, z1 ~ q(z1 | x), for its unlabelled batch and its labelled draws; with
+--m1-inputs mean M2 reads the posterior means. Test digits are read as their posterior means
+either way, and the logistic regression reads the labelled digits' means.
 
 Writes into --outdir: metrics.jsonl (one line per epoch), results.json, params.msgpack (the
 trained M2: ``flax.serialization.from_bytes(jaxvae.init(model, key), data)`` with the model
@@ -84,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features-from", default=None, metavar="RUN_DIR",
                    help="M1+M2: model the posterior means of the active latent units of this "
                         "trained VAE run (same --dataset) instead of the pixels")
+    p.add_argument("--m1-inputs", choices=("sample", "mean"), default="sample",
+                   help="with --features-from: M2 trains on z1 ~ q(z1 | x) drawn at every step "
+                        "(the paper's) or on the posterior means (%(default)s)")
     p.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (%(default)s)")
     p.add_argument("--latent-dim", type=int, default=50, help="Z (%(default)s)")
     p.add_argument("--hidden", type=int, nargs="+", default=[500],
@@ -112,9 +117,10 @@ def pick_labelled(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:
 
 
 def m1_features(run_dir, dataset: str, data: data_lib.Dataset
-                ) -> tuple[data_lib.Dataset, dict]:
+                ) -> tuple[data_lib.Dataset, np.ndarray, dict]:
     """M1+M2's data: every example replaced by the posterior means of the active latent units
-    of the VAE run in ``run_dir`` (M1), and a description of them for results.json."""
+    of the VAE run in ``run_dir`` (M1); the posterior standard deviations of the training
+    examples' active units, ``(N, A)``; a description of the units for results.json."""
     m1 = runs.load_run(run_dir)
     if m1.config.data.dataset != dataset:
         raise ValueError(f"--features-from {run_dir}: that VAE was trained on "
@@ -124,11 +130,11 @@ def m1_features(run_dir, dataset: str, data: data_lib.Dataset
         raise ValueError(f"--features-from {run_dir}: its model reads examples of shape {shape}, "
                          f"the {dataset} digits have {data.x_train.shape[1]} values")
 
-    def means(x_NxD: np.ndarray) -> np.ndarray:
+    def posterior(x_NxD: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = m1.model_input(x_NxD.reshape((-1,) + tuple(shape)))
-        return latent.posterior_means(m1.model, m1.params, x)
+        return latent.posterior_parameters(m1.model, m1.params, x)
 
-    train_NxZ, test_NxZ = means(data.x_train), means(data.x_test)
+    (train_NxZ, train_std_NxZ), (test_NxZ, _) = posterior(data.x_train), posterior(data.x_test)
     active_Z = latent.active_units(train_NxZ)
     if not active_Z.any():
         raise ValueError(f"--features-from {run_dir}: none of its {active_Z.size} latent units "
@@ -137,7 +143,8 @@ def m1_features(run_dir, dataset: str, data: data_lib.Dataset
     described = {"run": str(run_dir), "latent_dim": int(active_Z.size),
                  "active_units": int(active_Z.sum()),
                  "active_indices": np.flatnonzero(active_Z).tolist()}
-    return data._replace(x_train=train_NxZ[:, active_Z], x_test=test_NxZ[:, active_Z]), described
+    return (data._replace(x_train=train_NxZ[:, active_Z], x_test=test_NxZ[:, active_Z]),
+            train_std_NxZ[:, active_Z], described)
 
 
 def run(args) -> dict:
@@ -154,9 +161,15 @@ def run(args) -> dict:
                        markers=("metrics.jsonl", "results.json", "params.msgpack"),
                        what="results")
     data = data_lib.load(args.dataset, data_dir=args.data_dir, flatten=True)
-    features = None
+    features, train_rows = None, data.x_train
+    draw_inputs = None
     if args.features_from:
-        data, features = m1_features(args.features_from, args.dataset, data)
+        data, train_std, features = m1_features(args.features_from, args.dataset, data)
+        features["inputs"] = args.m1_inputs
+        train_rows = data.x_train
+        if args.m1_inputs == "sample":  # rows [mean | std], drawn from at every step
+            train_rows = np.concatenate([data.x_train, train_std], axis=1)
+            draw_inputs = m2_lib.draw_features
     outdir = train_script.prepare_outdir(args.outdir, overwrite=args.overwrite)
     labelled = pick_labelled(data.y_train, args.labels_per_class, args.seed)
     unlabelled = np.setdiff1d(np.arange(len(data.y_train)), labelled)
@@ -179,8 +192,8 @@ def run(args) -> dict:
     keys = trainer.RunKeys(init_key, train_key, shuffle_key, eval=eval_key)
     tx = train.make_optimizer(args.lr)
     state = train.create_train_state(m2_lib.init(model, init_key), tx)
-    loss_fn = losses.make_m2_loss(model, x_l, y_l, alpha, args.labelled_batch_size,
-                                  args.labelled_weight)
+    loss_fn = losses.make_m2_loss(model, train_rows[labelled], y_l, alpha,
+                                  args.labelled_batch_size, args.labelled_weight, draw_inputs)
     # the test digits unlabelled: test_recon + test_kl is the test -ELBO -U(x)
     eval_loss_fn = losses.make_m2_loss(model, None, None, alpha)
     predict = jax.jit(lambda p, x: jnp.argmax(m2_lib.classify(model, p, x), -1))
@@ -202,7 +215,7 @@ def run(args) -> dict:
                                    config_lib.OptimizerConfig(batch_size=args.batch_size,
                                                               lr=args.lr))
     try:
-        run = loop.train_run(config, loop.TrainingData({"x": data.x_train[unlabelled]}),
+        run = loop.train_run(config, loop.TrainingData({"x": train_rows[unlabelled]}),
                              loss_fn, tx, state, keys,
                              evaluation=loop.Evaluation(test={"x": data.x_test},
                                                         loss_fn=eval_loss_fn,

@@ -169,6 +169,52 @@ def test_objective_takes_the_labels_of_the_batch(tiny):
     assert sorted(unlabelled_only) == ["kl", "loss", "recon", "unlabelled"]
 
 
+def test_drawn_inputs_are_the_inputs_of_the_objective(tiny):
+    """draw_inputs: with standard deviations 0 the objective is the one on the means, bit for
+    bit; otherwise it is the objective on the inputs drawn with the documented keys."""
+    model, params, x = tiny
+    x32, key = jnp.asarray(x, jnp.float32), jax.random.key(9)
+    y = jnp.asarray([0, 1, 2, 0, 1, 2])
+    plain = jax.jit(losses.make_m2_loss(model, x32, y, 0.5, labelled_batch_size=4))
+    rows0 = jnp.concatenate([x32, jnp.zeros_like(x32)], 1)
+    drawn = jax.jit(losses.make_m2_loss(model, rows0, y, 0.5, labelled_batch_size=4,
+                                        draw_inputs=ss.draw_features))
+    loss, m = plain(params, {"x": x32}, key, jnp.int32(0))
+    loss0, m0 = drawn(params, {"x": rows0}, key, jnp.int32(0))
+    assert float(loss0) == float(loss) and float(m0["labelled"]) == float(m["labelled"])
+
+    # std 0.3: the same objective as the plain one on the draws, made with the same keys
+    rows = jnp.concatenate([x32, jnp.full_like(x32, 0.3)], 1)
+    draw_key = jax.random.fold_in(key, 3)
+    x_b = ss.draw_features(jax.random.fold_in(draw_key, 0), rows)
+    idx = jax.random.randint(jax.random.split(key, 3)[1], (4,), 0, 6)
+    x_l = ss.draw_features(jax.random.fold_in(draw_key, 1), rows[idx])
+    assert float(jnp.max(jnp.abs(x_b - x32))) > 0.1
+    loss_s, m_s = jax.jit(losses.make_m2_loss(model, rows, y, 0.5, labelled_batch_size=4,
+                                              draw_inputs=ss.draw_features))(
+        params, {"x": rows}, key, jnp.int32(0))
+    _, m_b = plain(params, {"x": x_b}, key, jnp.int32(0))
+    np.testing.assert_allclose(m_s["unlabelled"], m_b["unlabelled"], rtol=1e-6)
+    l_terms = model.apply({"params": params}, x_l, y[idx], jax.random.split(key, 3)[2],
+                          method=ss.M2.labelled_elbo_terms)
+    np.testing.assert_allclose(m_s["labelled"], jnp.mean(l_terms.recon_B + l_terms.kl_B),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match=r"drawing width 2"):
+        losses.make_m2_loss(model, rows[:, :4], y, 0.5, draw_inputs=ss.draw_features)
+
+
+def test_drawn_features_have_the_posterior_mean_and_standard_deviation():
+    mean = jnp.array([1.0, -2.0, 0.5])
+    std = jnp.array([0.1, 2.0, 0.0])
+    rows = jnp.tile(jnp.concatenate([mean, std])[None], (20000, 1))
+    z = np.asarray(ss.draw_features(jax.random.key(0), rows), np.float64)
+    se = np.asarray(std) / np.sqrt(len(z))
+    assert np.all(np.abs(z.mean(0) - np.asarray(mean)) <= 4 * se + 1e-7)
+    np.testing.assert_allclose(z.std(0), std, rtol=0.03, atol=1e-7)
+    with pytest.raises(ValueError, match="even width"):
+        ss.draw_features(jax.random.key(0), rows[:, :5])
+
+
 def test_bad_labels_are_rejected(tiny):
     model, _, x = tiny
     with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
@@ -291,6 +337,7 @@ def test_m1_plus_m2_trains_m2_on_the_active_latent_means_of_a_vae_run(tmp_path):
         "--epochs", "1", "--batch-size", "500", "--labelled-batch-size", "20",
         "--latent-dim", "2", "--hidden", "16", "--quiet", "--outdir", str(out)]))
     assert results["features"]["active_units"] == int(active.sum())
+    assert results["features"]["inputs"] == "sample"  # z1 ~ q(z1 | x) drawn at every step
     assert results["features"]["active_indices"] == np.flatnonzero(active).tolist()
     model = ss.m2(int(active.sum()), 10, latent_dim=2, hidden=(16,),
                   likelihood="gaussian_learned")

@@ -98,14 +98,38 @@ def posterior_means(model: nn.Module, params: Any, x_Nx: np.ndarray, batch_size:
       >>> latent.posterior_means(model, params, np.zeros((5, 4), np.float32), 2).shape
       (5, 2)
     """
+    return posterior_parameters(model, params, x_Nx, batch_size)[0]
+
+
+def posterior_parameters(model: nn.Module, params: Any, x_Nx: np.ndarray,
+                         batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """The means and standard deviations of q(z | x) = N(mean, diag(std^2)) of every example,
+    two ``(N, Z)`` float32 arrays, in batches of ``batch_size``.
+
+    Examples:
+      >>> import jax, jaxvae, numpy as np
+      >>> from jaxvae.evaluation import latent
+      >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
+      >>> params = jaxvae.init(model, jax.random.key(0))
+      >>> mean, std = latent.posterior_parameters(model, params, np.zeros((5, 4), np.float32))
+      >>> mean.shape, std.shape, bool((std > 0).all())
+      ((5, 2), (5, 2), True)
+    """
     if getattr(model, "conditional", False):
-        raise ValueError(f"{type(model).__name__} encodes with labels; posterior_means takes "
-                         "the examples alone: use an unconditional model")
+        raise ValueError(f"{type(model).__name__} encodes with labels; the posterior "
+                         "parameters take the examples alone: use an unconditional model")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    encode = jax.jit(lambda p, x: interface.encode(model, p, x).mean)
-    return np.concatenate([np.asarray(encode(params, jnp.asarray(x_Nx[i:i + batch_size])))
-                           for i in range(0, len(x_Nx), batch_size)]).astype(np.float32)
+
+    def mean_std(p, x):
+        q = interface.encode(model, p, x)
+        return q.mean, jnp.exp(0.5 * q.logvar)
+
+    encode = jax.jit(mean_std)
+    pieces = [jax.device_get(encode(params, jnp.asarray(x_Nx[i:i + batch_size])))
+              for i in range(0, len(x_Nx), batch_size)]
+    return tuple(np.concatenate([np.asarray(p[j]) for p in pieces]).astype(np.float32)
+                 for j in (0, 1))
 
 
 def active_units(means_NxZ: np.ndarray, threshold: float = 1e-2) -> np.ndarray:

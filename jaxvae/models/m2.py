@@ -328,6 +328,25 @@ class M2(interface.LatentVariableModel):
 LIKELIHOODS = ("bernoulli", "gaussian_learned")
 
 
+def draw_features(key: jax.Array, mean_std_BxR: jax.Array) -> jax.Array:
+    """z ~ N(mean, diag(std^2)) from rows ``[mean | std]`` (R = 2 F): M1+M2's inputs, drawn
+    from a trained M1's posterior q(z1 | x) at every step (``jaxvae.make_m2_loss``'s
+    ``draw_inputs``). ``(B, 2 F) -> (B, F)``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxvae.models import m2
+      >>> rows = jnp.array([[1.0, -2.0, 0.0, 0.0]])  # means (1, -2), standard deviations 0
+      >>> m2.draw_features(jax.random.key(0), rows).tolist()
+      [[1.0, -2.0]]
+    """
+    f = mean_std_BxR.shape[-1] // 2
+    if mean_std_BxR.shape[-1] != 2 * f:
+        raise ValueError(f"rows [mean | std] have an even width, got {mean_std_BxR.shape[-1]}")
+    mean, std = mean_std_BxR[..., :f], mean_std_BxR[..., f:]
+    return mean + std * jax.random.normal(key, mean.shape, mean.dtype)
+
+
 def m2(data_dim: int = 784, num_classes: int = 10, latent_dim: int = 50,
        hidden: Sequence[int] = (500,), precision_name: str = "float32",
        likelihood: str = "bernoulli") -> M2:

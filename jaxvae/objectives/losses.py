@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import flax.linen as nn
@@ -289,7 +290,9 @@ def make_code_prior_loss(prior: code_prior.CodePrior, train: bool = True) -> Los
 
 def make_m2_loss(model: semisupervised.M2, x_labelled_NxD=None, y_labelled_N=None,
                  alpha: float = 1.0, labelled_batch_size: int = 100,
-                 labelled_weight: float = 1.0) -> LossFn:
+                 labelled_weight: float = 1.0,
+                 draw_inputs: Callable[[jax.Array, jax.Array], jax.Array] | None = None
+                 ) -> LossFn:
     """The semi-supervised M2 objective (Kingma et al. 2014, Eq. 9) on batches ``{"x", "y"}``.
 
         loss = lambda * mean_l [-L(x_l, y_l)] + mean_b [-ELBO_b]
@@ -305,12 +308,18 @@ def make_m2_loss(model: semisupervised.M2, x_labelled_NxD=None, y_labelled_N=Non
     bounds over the data set and weighs the mean classification loss by alpha = 0.1 N; divided
     by the number of unlabelled examples N_u that is lambda = N_l / N_u and alpha = 0.1 N / N_u.
 
+    With ``draw_inputs(key, raw_BxR) -> x_BxD``, the stored examples (the batch's and the
+    labelled set's) are not what M2 reads but the parameters of a distribution over it, and
+    every step draws M2's inputs afresh: the M1+M2 model, whose M2 reads z1 ~ q(z1 | x) of a
+    trained M1 (``jaxvae.models.m2.draw_features``) instead of the same features in every epoch.
+
     Args:
       model: an ``M2``.
       x_labelled_NxD, y_labelled_N: the labelled set (labels in [0, C)), or both None.
       alpha: the weight of the classification term, >= 0.
       labelled_batch_size: labelled examples drawn per step.
       labelled_weight: lambda, the weight of the drawn labelled examples' mean bound, >= 0.
+      draw_inputs: None (the stored examples are M2's inputs), or the function above.
 
     Returns:
       ``loss_fn``; metrics ``loss``, ``recon`` and ``kl`` (means over the batch: recon + kl is
@@ -345,10 +354,14 @@ def make_m2_loss(model: semisupervised.M2, x_labelled_NxD=None, y_labelled_N=Non
     if held:
         x_l = jnp.asarray(x_labelled_NxD, jnp.float32)
         y_l = jnp.asarray(y_labelled_N)
-        if (x_l.ndim != 2 or x_l.shape[1] != model.data_dim or y_l.shape != x_l.shape[:1]
+        drawn_width = (x_l.shape[-1] if draw_inputs is None else jax.eval_shape(
+            draw_inputs, jax.random.key(0), x_l).shape[-1])
+        if (x_l.ndim != 2 or drawn_width != model.data_dim or y_l.shape != x_l.shape[:1]
                 or x_l.shape[0] == 0):
             raise ValueError(f"labelled data must be x (N, {model.data_dim}) and y (N,) with "
-                             f"N >= 1, got {x_l.shape} and {y_l.shape}")
+                             f"N >= 1, got {x_l.shape} and {y_l.shape}"
+                             + ("" if draw_inputs is None else
+                                f" (x as draw_inputs reads it, drawing width {drawn_width})"))
         if not jnp.issubdtype(y_l.dtype, jnp.integer):
             raise TypeError(f"labels must be integers, got dtype {y_l.dtype}")
         y_l = y_l.astype(jnp.int32)
@@ -358,6 +371,10 @@ def make_m2_loss(model: semisupervised.M2, x_labelled_NxD=None, y_labelled_N=Non
     def loss_fn(params, batch, key, step):
         del step
         batch_key, pick_key, labelled_key = jax.random.split(key, 3)
+        if draw_inputs is not None:
+            draw_key = jax.random.fold_in(key, 3)
+            batch = dict(interface.as_batch(model, batch))
+            batch["x"] = draw_inputs(jax.random.fold_in(draw_key, 0), batch["x"])
         batch = interface.as_batch(model, batch)
         has_labels = batch["y"] is not None
         terms = interface.elbo_terms(model, params, batch, batch_key)
@@ -378,6 +395,8 @@ def make_m2_loss(model: semisupervised.M2, x_labelled_NxD=None, y_labelled_N=Non
         if held:
             idx = jax.random.randint(pick_key, (labelled_batch_size,), 0, x_l.shape[0])
             xb, yb = x_l[idx], y_l[idx]
+            if draw_inputs is not None:
+                xb = draw_inputs(jax.random.fold_in(draw_key, 1), xb)
             l_terms = model.apply({"params": params}, xb, yb, labelled_key,
                                   method=semisupervised.M2.labelled_elbo_terms)
             neg_l = jnp.mean(l_terms.recon_B + l_terms.kl_B)

@@ -47,3 +47,29 @@ def test_evaluate_reproduces_the_stored_log_likelihood_on_a_subset(run_dir, tmp_
     subset = json.loads(out.read_text())
     assert abs(subset["nll"] - stored["nll"]) < 4 * subset["nll_stderr"] + 1e-6
     assert not (run_dir / "subset.json").exists()  # the committed directory is untouched
+
+
+def test_the_committed_m1_plus_m2_classifier_has_its_reported_test_accuracy():
+    """results/m1m2-sampled-mnist-seed0: M2's classifier on the posterior means of its M1's
+    active units (results/vae-warmup) classifies the 10,000 MNIST test digits as reported."""
+    import jax
+    from flax import serialization
+
+    from jaxvae.data import datasets
+    from jaxvae.evaluation import latent
+    from jaxvae.models import m2
+
+    run_dir = RESULTS / "m1m2-sampled-mnist-seed0"
+    results = json.loads((run_dir / "results.json").read_text())
+    features, settings = results["features"], results["settings"]
+    m1 = runs.load_run(RESULTS / Path(features["run"]).name)
+    data = datasets.load("mnist", flatten=True)
+    x = m1.model_input(data.x_test.reshape((-1,) + tuple(m1.data.example_shape)))
+    means = latent.posterior_means(m1.model, m1.params, x)[:, features["active_indices"]]
+    model = m2.m2(len(features["active_indices"]), 10, settings["latent_dim"],
+                  tuple(settings["hidden"]), likelihood="gaussian_learned")
+    params = serialization.from_bytes(m2.init(model, jax.random.key(0)),
+                                      (run_dir / "params.msgpack").read_bytes())
+    predicted = np.argmax(np.asarray(m2.classify(model, params, means)), -1)
+    assert np.mean(predicted == data.y_test) == pytest.approx(results["m2_test_accuracy"],
+                                                              abs=3e-4)

@@ -199,7 +199,7 @@ def test_drawn_inputs_are_the_inputs_of_the_objective(tiny):
                           method=ss.M2.labelled_elbo_terms)
     np.testing.assert_allclose(m_s["labelled"], jnp.mean(l_terms.recon_B + l_terms.kl_B),
                                rtol=1e-6)
-    with pytest.raises(ValueError, match=r"drawing width 2"):
+    with pytest.raises(ValueError, match=r"draw_inputs turns into 4 values \(these give 2\)"):
         losses.make_m2_loss(model, rows[:, :4], y, 0.5, draw_inputs=ss.draw_features)
 
 

@@ -358,10 +358,11 @@ def make_m2_loss(model: semisupervised.M2, x_labelled_NxD=None, y_labelled_N=Non
             draw_inputs, jax.random.key(0), x_l).shape[-1])
         if (x_l.ndim != 2 or drawn_width != model.data_dim or y_l.shape != x_l.shape[:1]
                 or x_l.shape[0] == 0):
-            raise ValueError(f"labelled data must be x (N, {model.data_dim}) and y (N,) with "
-                             f"N >= 1, got {x_l.shape} and {y_l.shape}"
-                             + ("" if draw_inputs is None else
-                                f" (x as draw_inputs reads it, drawing width {drawn_width})"))
+            wanted = (f"x (N, {model.data_dim})" if draw_inputs is None else
+                      f"x (N, R) rows that draw_inputs turns into {model.data_dim} values "
+                      f"(these give {drawn_width})")
+            raise ValueError(f"labelled data must be {wanted} and y (N,) with N >= 1, got "
+                             f"{x_l.shape} and {y_l.shape}")
         if not jnp.issubdtype(y_l.dtype, jnp.integer):
             raise TypeError(f"labels must be integers, got dtype {y_l.dtype}")
         y_l = y_l.astype(jnp.int32)

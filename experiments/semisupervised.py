@@ -86,9 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features-from", default=None, metavar="RUN_DIR",
                    help="M1+M2: model the posterior means of the active latent units of this "
                         "trained VAE run (same --dataset) instead of the pixels")
-    p.add_argument("--m1-inputs", choices=("sample", "mean"), default="sample",
+    p.add_argument("--m1-inputs", choices=("sample", "mean"), default=None,
                    help="with --features-from: M2 trains on z1 ~ q(z1 | x) drawn at every step "
-                        "(the paper's) or on the posterior means (%(default)s)")
+                        "(sample, the default: the paper's) or on the posterior means (mean)")
     p.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (%(default)s)")
     p.add_argument("--latent-dim", type=int, default=50, help="Z (%(default)s)")
     p.add_argument("--hidden", type=int, nargs="+", default=[500],
@@ -155,6 +155,9 @@ def run(args) -> dict:
     for flag, value in (("--labelled-weight", args.labelled_weight), ("--alpha", args.alpha)):
         if value is not None and not 0 <= value < float("inf"):
             raise ValueError(f"{flag} must be a finite number >= 0, got {value}")
+    if args.m1_inputs is not None and not args.features_from:
+        raise ValueError("--m1-inputs chooses how M2 reads the features of --features-from "
+                         "RUN_DIR; give --features-from too, or leave --m1-inputs out")
     if args.dataset not in DATASETS:
         raise ValueError(f"unknown --dataset {args.dataset!r}; choose one of {list(DATASETS)}")
     runs.check_new_run(args.outdir, overwrite=args.overwrite,
@@ -165,9 +168,9 @@ def run(args) -> dict:
     draw_inputs = None
     if args.features_from:
         data, train_std, features = m1_features(args.features_from, args.dataset, data)
-        features["inputs"] = args.m1_inputs
+        features["inputs"] = args.m1_inputs or "sample"
         train_rows = data.x_train
-        if args.m1_inputs == "sample":  # rows [mean | std], drawn from at every step
+        if features["inputs"] == "sample":  # rows [mean | std], drawn from at every step
             train_rows = np.concatenate([data.x_train, train_std], axis=1)
             draw_inputs = m2_lib.draw_features
     outdir = train_script.prepare_outdir(args.outdir, overwrite=args.overwrite)

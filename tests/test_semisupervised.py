@@ -304,9 +304,10 @@ def test_gaussian_m2_scores_features_with_a_learned_variance():
         ss.m2(data_dim=D, likelihood="logistic")
 
 
-def test_m1_plus_m2_trains_m2_on_the_active_latent_means_of_a_vae_run(tmp_path):
-    """--features-from: M2 (Gaussian) and the logistic regression read the posterior means of
-    the M1 run's active units; a run of another dataset is refused before anything is written."""
+def test_m1_plus_m2_trains_m2_on_draws_of_the_active_latent_units_of_a_vae_run(tmp_path, capsys):
+    """--features-from: M2 (Gaussian) trains on draws of the M1 run's active units and is
+    scored, like the logistic regression, on their posterior means; a run of another dataset,
+    and --m1-inputs without --features-from, are refused before anything is written."""
     import json
 
     from flax import serialization
@@ -357,4 +358,8 @@ def test_m1_plus_m2_trains_m2_on_the_active_latent_means_of_a_vae_run(tmp_path):
     refused = tmp_path / "refused"
     assert script.main(["--dataset", "mnist5k", "--features-from", str(m1_dir),
                         "--outdir", str(refused)]) == 2
+    capsys.readouterr()
+    assert script.main(["--dataset", "digits", "--m1-inputs", "mean",
+                        "--outdir", str(refused)]) == 2
+    assert capsys.readouterr().err.startswith("error: --m1-inputs chooses how M2 reads")
     assert not refused.exists()

@@ -1,7 +1,8 @@
-"""Latent-space views of a trained VAE: traversals, the 2-D manifold, 2-D projections.
+"""Latent-space views of a trained VAE: traversals, the 2-D manifold, 2-D projections, and the
+posterior's parameters and active units as features for another model.
 
-The functions return arrays (decoder means, projected points); ``jaxvae.evaluation.plots`` draws them.
-They decode through the model interface (``jaxvae.models.interface.decode``), so they work for every
+The functions return arrays (decoder means, projected points, posterior means and standard
+deviations); ``jaxvae.evaluation.plots`` draws them. They decode through the model interface (``jaxvae.models.interface.decode``), so they work for every
 model with a latent vector (not the VQ-VAE's code grid); conditional models decode with
 ``label``.
 """

@@ -2,9 +2,9 @@
 posterior's parameters and active units as features for another model.
 
 The functions return arrays (decoder means, projected points, posterior means and standard
-deviations); ``jaxvae.evaluation.plots`` draws them. They decode through the model interface (``jaxvae.models.interface.decode``), so they work for every
-model with a latent vector (not the VQ-VAE's code grid); conditional models decode with
-``label``.
+deviations); ``jaxvae.evaluation.plots`` draws them. They decode through the model interface
+(``jaxvae.models.interface.decode``), so they work for every model with a latent vector (not the
+VQ-VAE's code grid); conditional models decode with ``label``.
 """
 
 from __future__ import annotations

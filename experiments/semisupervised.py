@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "sums over the data set is n_labelled / n_unlabelled, with --alpha "
                         "0.1 * N / n_unlabelled (%(default)s)")
     p.add_argument("--features-from", default=None, metavar="RUN_DIR",
-                   help="M1+M2: model the posterior means of the active latent units of this "
-                        "trained VAE run (same --dataset) instead of the pixels")
+                   help="M1+M2: model the active latent units of this trained VAE run (same "
+                        "--dataset) instead of the pixels (see --m1-inputs)")
     p.add_argument("--m1-inputs", choices=("sample", "mean"), default=None,
                    help="with --features-from: M2 trains on z1 ~ q(z1 | x) drawn at every step "
                         "(sample, the default: the paper's) or on the posterior means (mean)")

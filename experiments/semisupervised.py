@@ -164,15 +164,14 @@ def run(args) -> dict:
                        markers=("metrics.jsonl", "results.json", "params.msgpack"),
                        what="results")
     data = data_lib.load(args.dataset, data_dir=args.data_dir, flatten=True)
-    features, train_rows = None, data.x_train
-    draw_inputs = None
+    features = None
     if args.features_from:
         data, train_std, features = m1_features(args.features_from, args.dataset, data)
         features["inputs"] = args.m1_inputs or "sample"
-        train_rows = data.x_train
-        if features["inputs"] == "sample":  # rows [mean | std], drawn from at every step
-            train_rows = np.concatenate([data.x_train, train_std], axis=1)
-            draw_inputs = m2_lib.draw_features
+    sample = features is not None and features["inputs"] == "sample"
+    # with sampled M1 inputs the training rows are [mean | std], drawn from at every step
+    train_rows = np.concatenate([data.x_train, train_std], axis=1) if sample else data.x_train
+    draw_inputs = m2_lib.draw_features if sample else None
     outdir = train_script.prepare_outdir(args.outdir, overwrite=args.overwrite)
     labelled = pick_labelled(data.y_train, args.labels_per_class, args.seed)
     unlabelled = np.setdiff1d(np.arange(len(data.y_train)), labelled)

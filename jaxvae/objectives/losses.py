@@ -372,11 +372,10 @@ def make_m2_loss(model: semisupervised.M2, x_labelled_NxD=None, y_labelled_N=Non
     def loss_fn(params, batch, key, step):
         del step
         batch_key, pick_key, labelled_key = jax.random.split(key, 3)
+        batch = interface.as_batch(model, batch)  # a new dict: replacing its "x" is local
         if draw_inputs is not None:
             draw_key = jax.random.fold_in(key, 3)
-            batch = dict(interface.as_batch(model, batch))
             batch["x"] = draw_inputs(jax.random.fold_in(draw_key, 0), batch["x"])
-        batch = interface.as_batch(model, batch)
         has_labels = batch["y"] is not None
         terms = interface.elbo_terms(model, params, batch, batch_key)
         unlabelled = jnp.mean(terms.recon_B + terms.kl_B)

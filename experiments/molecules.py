@@ -17,8 +17,15 @@ MOSES VAE baseline (Polykovskiy et al. 2020) beside it.
 --representation selfies trains on SELFIES strings (tokenized by SELFIES symbols) instead of
 SMILES; samples are decoded back to SMILES before they are scored and written.
 
+--sampler syntax (SMILES only) also samples with the SMILES syntax constraint
+(``jaxvae.data.smiles_syntax``): at each step the tokens that would break the syntax (an unclosed
+ring bond or branch, an empty branch, a bond at the end) are masked out of the decoder's softmax.
+--from-run DIR samples and scores the model a finished run left in DIR (params.msgpack,
+vocab.json, results.json) instead of training one; DIR is only read.
+
 Writes into --outdir: metrics.jsonl, results.json, samples_T<t>.txt (one SMILES per line, for
-each temperature), params.msgpack, vocab.json.
+each temperature; samples_T<t>_syntax.txt with --sampler syntax), params.msgpack, vocab.json
+(with --from-run: results.json and the samples files only).
 """
 
 from __future__ import annotations
@@ -33,11 +40,12 @@ import numpy as np
 
 from experiments import cli, moses_metrics, seqlib
 from jaxvae.training import files
-from jaxvae.data import molecules
+from jaxvae.data import molecules, smiles_syntax
 from jaxvae.evaluation import molecules as moses
 from jaxvae.data.vocab import Vocabulary
 
 MOSES_VAE = moses_metrics.MOSES_VAE  # the published MOSES VAE baseline
+SAMPLERS = ("plain", "syntax")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, nargs="+", default=[1.0, 0.7],
                    help="sampling temperatures; the first is the headline (MOSES samples at 1) "
                         "and each writes its own metrics (%(default)s)")
+    p.add_argument("--sampler", choices=SAMPLERS, nargs="+", default=["plain"],
+                   help="plain: the decoder's softmax; syntax: the same with the tokens that "
+                        "would break the SMILES syntax masked out (SMILES only); each sampler "
+                        "writes its own samples and metrics for every temperature (%(default)s)")
+    p.add_argument("--from-run", metavar="DIR",
+                   help="sample and score the trained model in DIR (a finished run of this "
+                        "script) instead of training; DIR is only read")
     p.add_argument("--no-distribution-metrics", action="store_true",
                    help="skip FCD, SNN, Frag, Scaf, IntDiv and the property distances (they "
                         "need fcd_torch and MOSES's reference statistics from molsets)")
@@ -79,10 +94,93 @@ def check_args(args) -> None:
             raise ValueError(f"--temperature must be > 0, got {t}")
     if args.max_minutes < 0:
         raise ValueError(f"--max-minutes must be >= 0, got {args.max_minutes}")
+    if "syntax" in args.sampler and args.representation != "smiles" and not args.from_run:
+        raise ValueError("--sampler syntax masks SMILES syntax; SELFIES samples are valid by "
+                         "construction: drop it or use --representation smiles")
+    if args.from_run and args.from_run.rstrip("/") == args.outdir.rstrip("/"):
+        raise ValueError("--from-run reads a run and --outdir is written: give --outdir a new "
+                         "directory")
+
+
+def sample_and_score(model, params, vocab, length: int, rep: str, args, moses_set: set,
+                     train_set: set | None) -> tuple[dict, dict, float]:
+    """Samples --num-samples SMILES for every (--sampler, --temperature) and scores them.
+
+    Returns ``(metrics by key, samples by key, seconds)``, keys "<t>" for the plain sampler and
+    "<t> syntax" for the syntax-masked one.
+    """
+    patterns = molecules.filter_patterns()
+    refs = None if args.no_distribution_metrics else {
+        name: moses.reference_statistics(split)
+        for name, split in moses.REFERENCE_SPLITS.items()}
+    syntax = (smiles_syntax.smiles_syntax(vocab) if "syntax" in args.sampler else None)
+    by_key, samples_by_key = {}, {}
+    start = time.perf_counter()
+    for sampler in args.sampler:
+        for t in args.temperature:
+            key = str(t) if sampler == "plain" else f"{t} syntax"
+            drawn = seqlib.sample_strings(
+                model, params, vocab, length, jax.random.key(args.seed + 1), args.num_samples,
+                temperature=t, constraint=syntax if sampler == "syntax" else None)
+            samples_t = molecules.to_smiles(drawn, rep)
+            # novelty as MOSES defines it: against all of MOSES train
+            metrics_t = molecules.generation_metrics(samples_t, moses_set, filters=patterns)
+            if train_set is not None:
+                metrics_t["novelty_vs_train_subset"] = molecules.generation_metrics(
+                    samples_t, train_set, ks=())["novelty"]
+            metrics_t["sampler"] = sampler
+            valid_t = moses.valid_canonical(samples_t)
+            if refs is not None and len(valid_t) >= 2:
+                metrics_t.update(moses.distribution_metrics(valid_t, refs))
+            by_key[key], samples_by_key[key] = metrics_t, samples_t
+    return by_key, samples_by_key, time.perf_counter() - start
+
+
+def samples_path(outdir, key: str):
+    """samples_T<t>.txt (plain) or samples_T<t>_syntax.txt."""
+    t, _, sampler = key.partition(" ")
+    return outdir / (f"samples_T{t}.txt" if not sampler else f"samples_T{t}_{sampler}.txt")
+
+
+def write_samples(outdir, samples_by_key: dict) -> list:
+    paths = []
+    for key, samples in samples_by_key.items():
+        paths.append(samples_path(outdir, key))
+        files.write_atomic(paths[-1], "\n".join(samples) + "\n")
+    return paths
+
+
+def rescore(args) -> dict:
+    """--from-run: samples and scores a finished run's model; writes only into --outdir."""
+    model, params, vocab, length, source = seqlib.load_model(args.from_run)
+    rep = source.get("representation", "smiles")
+    if "syntax" in args.sampler and rep != "smiles":
+        raise ValueError(f"--sampler syntax masks SMILES syntax; {args.from_run} is a {rep} "
+                         "model, whose samples are valid by construction")
+    seqlib.check_outdir(args)
+    moses_set = set(molecules.load_moses("train"))
+    outdir = seqlib.prepare_outdir(args.outdir, overwrite=args.overwrite)
+    by_key, samples_by_key, seconds = sample_and_score(model, params, vocab, length, rep, args,
+                                                       moses_set, None)
+    headline = next(iter(by_key))
+    keep = ("config", "representation", "train_molecules", "epochs_run", "steps",
+            "train_seconds", "final")
+    results = {"from_run": str(args.from_run), "source": {k: source.get(k) for k in keep},
+               "num_samples": args.num_samples, "sample_seconds": seconds,
+               "metrics_by_temperature": by_key, "headline": headline,
+               "metrics": by_key[headline], "moses_vae_baseline": MOSES_VAE,
+               "samples_head": samples_by_key[headline][:20], **seqlib.environment()}
+    files.write_atomic(outdir / "results.json", json.dumps(results, indent=2))
+    written = [outdir / "results.json", *write_samples(outdir, samples_by_key)]
+    print(moses_metrics.format_table({f"T={k}": m for k, m in by_key.items()}))
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return results
 
 
 def run(args) -> dict:
     check_args(args)
+    if args.from_run:
+        return rescore(args)
     config = seqlib.sequence_config(args, max_seconds=60.0 * args.max_minutes)
     seqlib.check_outdir(args)
     moses_train = molecules.load_moses("train")
@@ -108,27 +206,11 @@ def run(args) -> dict:
     fit, train_wall = seqlib.train(config, vocab, train_strings, test_strings, outdir,
                                    args.quiet)
 
-    train_set, moses_set = set(train_smiles), set(moses_train)
-    patterns = molecules.filter_patterns()
-    refs = None if args.no_distribution_metrics else {
-        name: moses.reference_statistics(split)
-        for name, split in moses.REFERENCE_SPLITS.items()}
-    by_temperature, all_samples = {}, {}
-    start = time.perf_counter()
-    for t in args.temperature:
-        samples_t = molecules.to_smiles(seqlib.prior_samples(
-            fit, jax.random.key(args.seed + 1), args.num_samples, temperature=t), rep)
-        # novelty as MOSES defines it: against all of MOSES train
-        metrics_t = molecules.generation_metrics(samples_t, moses_set, filters=patterns)
-        metrics_t["novelty_vs_train_subset"] = molecules.generation_metrics(
-            samples_t, train_set, ks=())["novelty"]
-        valid_t = moses.valid_canonical(samples_t)
-        if refs is not None and len(valid_t) >= 2:
-            metrics_t.update(moses.distribution_metrics(valid_t, refs))
-        by_temperature[str(t)], all_samples[t] = metrics_t, samples_t
-    sample_seconds = time.perf_counter() - start
-    headline = args.temperature[0]
-    samples, ours = all_samples[headline], by_temperature[str(headline)]
+    by_key, samples_by_key, sample_seconds = sample_and_score(
+        fit.model, fit.state.params, vocab, fit.length, rep, args, set(moses_train),
+        set(train_smiles))
+    headline = next(iter(by_key))
+    samples, ours = samples_by_key[headline], by_key[headline]
     recon = seqlib.reconstructions(fit, test_strings[:1000])
     results = {
         "config": config.to_dict(), "representation": rep, "train_molecules": len(train_smiles),
@@ -138,23 +220,19 @@ def run(args) -> dict:
         "epochs_run": len(fit.history), "steps": fit.history[-1]["step"],
         "train_seconds": sum(r["seconds"] for r in fit.history),
         "compile_seconds": fit.compile_seconds, "train_wall_seconds": train_wall,
-        "sample_seconds": sample_seconds, "temperature": headline,
-        "metrics_by_temperature": by_temperature,
+        "sample_seconds": sample_seconds, "temperature": args.temperature[0],
+        "metrics_by_temperature": by_key, "headline": headline,
         "final": fit.history[-1],
         "test_exact_reconstruction": float(np.mean([a == b for a, b in
                                                     zip(test_strings[:1000], recon)])),
         "metrics": ours, "moses_vae_baseline": MOSES_VAE,
         "samples_head": samples[:20], **seqlib.environment()}
     files.write_atomic(outdir / "results.json", json.dumps(results, indent=2))
-    sample_files = [outdir / f"samples_T{t}.txt" for t in args.temperature]
-    for t, path in zip(args.temperature, sample_files):
-        files.write_atomic(path, "\n".join(all_samples[t]) + "\n")
-    written = ([outdir / "metrics.jsonl", outdir / "results.json", *sample_files]
-               + seqlib.write_model(outdir, fit))
+    written = ([outdir / "metrics.jsonl", outdir / "results.json",
+                *write_samples(outdir, samples_by_key)] + seqlib.write_model(outdir, fit))
     print(f"trained on {len(train_smiles)} molecules for {results['train_seconds'] / 60:.1f} min "
           f"({results['epochs_run']} epochs, {results['steps']} steps)")
-    print(moses_metrics.format_table({f"ours T={t}": by_temperature[str(t)]
-                                      for t in args.temperature}))
+    print(moses_metrics.format_table({f"T={k}": m for k, m in by_key.items()}))
     print(f"wrote {', '.join(str(p) for p in written)}")
     return results
 

@@ -124,15 +124,55 @@ def reconstructions(fit: SequenceFit, strings: list[str], batch: int = 500) -> l
 
 
 def prior_samples(fit: SequenceFit, key: jax.Array, n: int, temperature: float = 1.0,
-                  greedy: bool = False, batch: int = 1000) -> list[str]:
-    """n strings from the prior (batch b uses fold_in(key, b))."""
+                  greedy: bool = False, batch: int = 1000, constraint=None) -> list[str]:
+    """n strings from the prior of a fit (batch b uses fold_in(key, b))."""
+    return sample_strings(fit.model, fit.state.params, fit.vocab, fit.length, key, n,
+                          temperature, greedy, batch, constraint)
+
+
+def sample_strings(model: sequence.SequenceVAE, params, vocab, length: int, key: jax.Array,
+                   n: int, temperature: float = 1.0, greedy: bool = False, batch: int = 1000,
+                   constraint=None) -> list[str]:
+    """n strings of up to ``length`` tokens from the prior (batch b uses fold_in(key, b)), with
+    an optional decoding constraint (``jaxvae.models.sequence.generate``)."""
 
     def one(start, size):
-        tokens = sequence.sample(fit.model, fit.state.params, jax.random.fold_in(key, start),
-                                 size, fit.length, temperature, greedy)
-        return fit.vocab.decode_batch(tokens)
+        tokens = sequence.sample(model, params, jax.random.fold_in(key, start), size, length,
+                                 temperature, greedy, constraint)
+        return vocab.decode_batch(tokens)
 
     return decode_in_batches(one, n, batch)
+
+
+def load_model(run_dir: Path, precision_name: str | None = None):
+    """``(model, params, vocab, row_length, results)`` of a run directory written by a sequence
+    script (results.json, vocab.json, params.msgpack); ValueError naming what is missing."""
+    from jaxvae.data.vocab import Vocabulary
+
+    run_dir = Path(run_dir)
+    paths = [run_dir / name for name in ("results.json", "vocab.json", "params.msgpack")]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError(f"{run_dir} is not a finished sequence run: {', '.join(missing)} "
+                         "missing (a run writes them when it ends)")
+    results = json.loads(paths[0].read_text())
+    config = results.get("config", {})
+    vocab = Vocabulary.from_json(paths[1].read_text())
+    try:
+        model = sequence.sequence_vae(len(vocab), config["embed_dim"], config["hidden_dim"],
+                                      config["latent_dim"],
+                                      precision_name or config.get("precision", "float32"))
+        length = int(results["row_length"])
+    except KeyError as e:
+        raise ValueError(f"{paths[0]} has no {e.args[0]!r}: not written by a sequence "
+                         "script") from None
+    template = sequence.init(model, jax.random.key(0))
+    try:
+        params = serialization.from_bytes(template, paths[2].read_bytes())
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{paths[2]} does not hold this model's parameters ({e}); it is "
+                         "damaged or from another run") from None
+    return model, params, vocab, length, results
 
 
 def interpolation(fit: SequenceFit, a: str, b: str, steps: int) -> list[str]:

@@ -1,8 +1,12 @@
 """MOSES metrics on a handful of SMILES written here (no molsets needed), and the script's checks."""
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jaxvae.data import molecules
+from jaxvae.data.vocab import EOS_ID, Vocabulary
 
 pytest.importorskip("rdkit")
 
@@ -158,3 +162,84 @@ def test_molecules_script_writes_the_distribution_metrics(monkeypatch, tmp_path)
     for key in ("FCD/Test", "SNN/TestSF", "Frag/Test", "IntDiv", "QED"):
         assert key in metrics, key
     assert 0 <= metrics["SNN/Test"] <= 1 and metrics["novelty_vs_train_subset"] >= 0
+
+
+def _smiles_vocab():
+    smiles = [molecules.canonical(s) for s in SELFIES_MOLECULES]
+    return smiles, Vocabulary.from_corpus(smiles, "smiles")
+
+
+def test_every_training_smiles_is_well_formed_and_broken_ones_are_not():
+    from jaxvae.data import smiles_syntax
+    smiles, vocab = _smiles_vocab()
+    syntax = smiles_syntax.smiles_syntax(vocab)
+    ok = smiles_syntax.well_formed(syntax, jnp.asarray(vocab.encode_batch(smiles, 80)))
+    assert np.asarray(ok).all()
+    ring = next(s for s in smiles if "1" in s)
+    branch = next(s for s in smiles if "(" in s)
+    broken = [ring[:ring.rindex("1")] + ring[ring.rindex("1") + 1:],  # a ring bond left open
+              branch.replace("(", "", 1),  # a ')' without its '('
+              branch[:branch.index("(") + 1] + ")" + branch[branch.index("(") + 1:],  # '()'
+              "C1" + "1" + smiles[0],  # a ring closed on the atom that opened it
+              smiles[0] + "=",  # a bond at the end
+              "(" + smiles[0] + ")"]  # a branch before any atom
+    assert not np.asarray(smiles_syntax.well_formed(
+        syntax, jnp.asarray(vocab.encode_batch(broken, 80)))).any()
+
+
+def test_smiles_syntax_rejects_other_vocabularies():
+    from jaxvae.data import smiles_syntax
+    with pytest.raises(ValueError, match="SMILES vocabulary"):
+        smiles_syntax.smiles_syntax(Vocabulary.from_corpus(["abc"], "char"))
+
+
+def test_syntax_masked_samples_that_end_are_well_formed_and_plain_ones_are_not():
+    from jaxvae.data import smiles_syntax
+    from jaxvae.models import sequence
+    _, vocab = _smiles_vocab()
+    syntax = smiles_syntax.smiles_syntax(vocab)
+    model = sequence.sequence_vae(len(vocab), 8, 16, 4)
+    params = sequence.init(model, jax.random.key(0))
+    # an untrained decoder samples nearly uniform tokens: plain rows break the syntax
+    key = jax.random.key(1)
+    plain = sequence.sample(model, params, key, 400, 40)
+    masked = sequence.sample(model, params, key, 400, 40, constraint=syntax)
+    ended = np.asarray((masked == EOS_ID).any(axis=1))
+    assert ended.sum() > 100
+    assert np.asarray(smiles_syntax.well_formed(syntax, masked))[ended].all()
+    plain_ended = np.asarray((plain == EOS_ID).any(axis=1))
+    assert np.asarray(smiles_syntax.well_formed(syntax, plain))[plain_ended].mean() < 0.5
+
+
+def test_molecules_script_rescores_a_finished_run_without_touching_it(monkeypatch, tmp_path):
+    import hashlib
+    import json
+    script = _tiny_moses(monkeypatch)
+    run = tmp_path / "run"
+    common = ["--num-samples", "60", "--temperature", "1", "--no-distribution-metrics",
+              "--quiet"]
+    assert script.main(["--train-size", "100", "--test-size", "7", "--epochs", "1",
+                        "--batch-size", "50", "--hidden-dim", "16", "--embed-dim", "8",
+                        "--latent-dim", "4", "--outdir", str(run), *common]) == 0
+    digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir()}
+    out = tmp_path / "rescored"
+    assert script.main(["--from-run", str(run), "--sampler", "plain", "syntax",
+                        "--outdir", str(out), *common]) == 0
+    assert digest == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir()}
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["metrics_by_temperature"]) == {"1.0", "1.0 syntax"}
+    assert results["metrics_by_temperature"]["1.0 syntax"]["sampler"] == "syntax"
+    # the plain sampler with the run's seed draws the run's own samples again
+    assert (out / "samples_T1.0.txt").read_text() == (run / "samples_T1.0.txt").read_text()
+    assert len((out / "samples_T1.0_syntax.txt").read_text().split("\n")) == 61
+
+
+def test_molecules_script_refuses_syntax_masking_without_smiles(monkeypatch, tmp_path, capsys):
+    script = _tiny_moses(monkeypatch)
+    assert script.main(["--representation", "selfies", "--sampler", "syntax",
+                        "--outdir", str(tmp_path / "x")]) == 2
+    assert "error: --sampler syntax" in capsys.readouterr().err
+    assert script.main(["--from-run", str(tmp_path / "none"), "--outdir",
+                        str(tmp_path / "y")]) == 2
+    assert "is not a finished sequence run" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -344,7 +344,8 @@ def kl_weight(step: jax.Array, beta: float = 1.0, warmup_steps: int = 0) -> jax.
 
 
 def generate(model: SequenceVAE, params: Params, z_BxZ: jax.Array, max_len: int,
-             key: jax.Array | None = None, temperature: float = 1.0) -> jax.Array:
+             key: jax.Array | None = None, temperature: float = 1.0,
+             constraint: Any = None) -> jax.Array:
     """Decodes z into ``tokens_BxL`` (L = max_len) under ``lax.scan``.
 
     Greedy (argmax) when ``key`` is None, else sampled from softmax(logits / temperature) with
@@ -352,17 +353,22 @@ def generate(model: SequenceVAE, params: Params, z_BxZ: jax.Array, max_len: int,
     followed by PAD; ``Vocabulary.decode_batch`` turns the rows into strings. The tokens that are
     never targets in training (PAD, BOS and UNK, the word-dropout placeholder) are masked out of
     the logits, so a sample holds only corpus tokens and EOS.
+
+    ``constraint``: a decoding constraint (e.g. ``jaxvae.data.smiles_syntax.smiles_syntax(vocab)``),
+    a pytree with ``initial_state(batch)``, ``allowed(state) -> (B, V) bool`` and
+    ``advance(state, tokens_B)``: at each step the tokens it does not allow are masked out too, so
+    the softmax is renormalised over the allowed ones.
     """
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
         raise ValueError(f"max_len must be an int >= 1, got {max_len!r}")
     if key is not None and not temperature > 0:
         raise ValueError(f"temperature must be > 0 for sampling, got {temperature}; pass "
                          "key=None for greedy decoding")
-    return _generate(model, params, z_BxZ, max_len, key, float(temperature))
+    return _generate(model, params, z_BxZ, max_len, key, float(temperature), constraint)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
-def _generate(model, params, z_BxZ, max_len, key, temperature):
+def _generate(model, params, z_BxZ, max_len, key, temperature, constraint):
     variables = {"params": params}
     batch = z_BxZ.shape[0]
     h0 = model.apply(variables, z_BxZ, method=model.initial_state)
@@ -371,28 +377,35 @@ def _generate(model, params, z_BxZ, max_len, key, temperature):
     never_target_1xV = jnp.isin(jnp.arange(model.vocab_size), jnp.array(NEVER_EMITTED))[None, :]
 
     def body(carry, t):
-        h, prev_B, done_B = carry
+        h, prev_B, done_B, state = carry
         h, logits_BxV = model.apply(variables, h, prev_B, z_BxZ, method=model.decode_step)
         logits_BxV = jnp.where(never_target_1xV, -jnp.inf, logits_BxV)
+        if constraint is not None:
+            logits_BxV = jnp.where(constraint.allowed(state), logits_BxV, -jnp.inf)
         if key is None:
             tok_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
         else:
             tok_B = jax.random.categorical(jax.random.fold_in(key, t),
                                            logits_BxV / temperature).astype(jnp.int32)
+        if constraint is not None:
+            state = constraint.advance(state, tok_B)
         out_B = jnp.where(done_B, PAD_ID, tok_B)
-        return (h, tok_B, done_B | (tok_B == EOS_ID)), out_B
+        return (h, tok_B, done_B | (tok_B == EOS_ID), state), out_B
 
-    _, tokens_LxB = jax.lax.scan(body, (h0, bos_B, jnp.zeros((batch,), bool)),
+    state0 = None if constraint is None else constraint.initial_state(batch)
+    _, tokens_LxB = jax.lax.scan(body, (h0, bos_B, jnp.zeros((batch,), bool), state0),
                                  jnp.arange(max_len))
     return tokens_LxB.T
 
 
 def sample(model: SequenceVAE, params: Params, key: jax.Array, n: int, max_len: int,
-           temperature: float = 1.0, greedy: bool = False) -> jax.Array:
-    """n sequences from the prior: z ~ N(0, I), then ``generate`` (sampled, or greedy)."""
+           temperature: float = 1.0, greedy: bool = False, constraint: Any = None) -> jax.Array:
+    """n sequences from the prior: z ~ N(0, I), then ``generate`` (sampled, or greedy; with an
+    optional decoding ``constraint``)."""
     z_key, tok_key = jax.random.split(key)
     z_NxZ = jax.random.normal(z_key, (n, model.latent_dim))
-    return generate(model, params, z_NxZ, max_len, None if greedy else tok_key, temperature)
+    return generate(model, params, z_NxZ, max_len, None if greedy else tok_key, temperature,
+                    constraint)
 
 
 def reconstruct(model: SequenceVAE, params: Params, tokens_BxL: jax.Array, max_len: int,

@@ -181,10 +181,19 @@ def test_every_training_smiles_is_well_formed_and_broken_ones_are_not():
               branch.replace("(", "", 1),  # a ')' without its '('
               branch[:branch.index("(") + 1] + ")" + branch[branch.index("(") + 1:],  # '()'
               "C1" + "1" + smiles[0],  # a ring closed on the atom that opened it
+              "CC1C1" + smiles[0],  # a ring bond between two atoms already bonded
+              "CC1(C1)" + smiles[0],  # the same into a branch
               smiles[0] + "=",  # a bond at the end
               "(" + smiles[0] + ")"]  # a branch before any atom
     assert not np.asarray(smiles_syntax.well_formed(
         syntax, jnp.asarray(vocab.encode_batch(broken, 80)))).any()
+    # the length budget: a string fits a row of its own length (with EOS), and one token less
+    # cuts it off
+    for s in smiles:
+        n = len(vocab.encode(s)) + 1
+        exact = jnp.asarray(vocab.encode_batch([s], n))
+        assert bool(smiles_syntax.well_formed(syntax, exact)[0]), s
+        assert not bool(smiles_syntax.well_formed(syntax, exact[:, :-1])[0]), s
 
 
 def test_smiles_syntax_rejects_other_vocabularies():
@@ -193,7 +202,7 @@ def test_smiles_syntax_rejects_other_vocabularies():
         smiles_syntax.smiles_syntax(Vocabulary.from_corpus(["abc"], "char"))
 
 
-def test_syntax_masked_samples_that_end_are_well_formed_and_plain_ones_are_not():
+def test_syntax_masked_samples_are_well_formed_and_end_within_the_length():
     from jaxvae.data import smiles_syntax
     from jaxvae.models import sequence
     _, vocab = _smiles_vocab()
@@ -203,12 +212,14 @@ def test_syntax_masked_samples_that_end_are_well_formed_and_plain_ones_are_not()
     # an untrained decoder samples nearly uniform tokens: plain rows break the syntax
     key = jax.random.key(1)
     plain = sequence.sample(model, params, key, 400, 40)
-    masked = sequence.sample(model, params, key, 400, 40, constraint=syntax)
-    ended = np.asarray((masked == EOS_ID).any(axis=1))
-    assert ended.sum() > 100
-    assert np.asarray(smiles_syntax.well_formed(syntax, masked))[ended].all()
-    plain_ended = np.asarray((plain == EOS_ID).any(axis=1))
-    assert np.asarray(smiles_syntax.well_formed(syntax, plain))[plain_ended].mean() < 0.5
+    assert np.asarray(smiles_syntax.well_formed(syntax, plain)).mean() < 0.2
+    # with the constraint every row is well formed and ends within the length, however short
+    for max_len in (40, 12, 2):
+        masked = sequence.sample(model, params, key, 400, max_len, constraint=syntax)
+        assert np.asarray(smiles_syntax.well_formed(syntax, masked)).all(), max_len
+    # two tokens leave room for one atom and EOS only
+    assert (np.asarray(syntax.class_V)[np.asarray(masked[:, 0])] == smiles_syntax.ATOM).all()
+    assert (np.asarray(masked[:, 1]) == EOS_ID).all()
 
 
 def test_molecules_script_rescores_a_finished_run_without_touching_it(monkeypatch, tmp_path):

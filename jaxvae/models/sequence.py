@@ -355,7 +355,7 @@ def generate(model: SequenceVAE, params: Params, z_BxZ: jax.Array, max_len: int,
     the logits, so a sample holds only corpus tokens and EOS.
 
     ``constraint``: a decoding constraint (e.g. ``jaxvae.data.smiles_syntax.smiles_syntax(vocab)``),
-    a pytree with ``initial_state(batch)``, ``allowed(state) -> (B, V) bool`` and
+    a pytree with ``initial_state(batch, max_len)``, ``allowed(state) -> (B, V) bool`` and
     ``advance(state, tokens_B)``: at each step the tokens it does not allow are masked out too, so
     the softmax is renormalised over the allowed ones.
     """
@@ -381,7 +381,10 @@ def _generate(model, params, z_BxZ, max_len, key, temperature, constraint):
         h, logits_BxV = model.apply(variables, h, prev_B, z_BxZ, method=model.decode_step)
         logits_BxV = jnp.where(never_target_1xV, -jnp.inf, logits_BxV)
         if constraint is not None:
-            logits_BxV = jnp.where(constraint.allowed(state), logits_BxV, -jnp.inf)
+            allowed_BxV = constraint.allowed(state)
+            # a row the constraint leaves no token (it cannot end within max_len) samples freely
+            allowed_BxV = allowed_BxV | ~jnp.any(allowed_BxV, axis=1, keepdims=True)
+            logits_BxV = jnp.where(allowed_BxV, logits_BxV, -jnp.inf)
         if key is None:
             tok_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
         else:
@@ -392,7 +395,7 @@ def _generate(model, params, z_BxZ, max_len, key, temperature, constraint):
         out_B = jnp.where(done_B, PAD_ID, tok_B)
         return (h, tok_B, done_B | (tok_B == EOS_ID), state), out_B
 
-    state0 = None if constraint is None else constraint.initial_state(batch)
+    state0 = None if constraint is None else constraint.initial_state(batch, max_len)
     _, tokens_LxB = jax.lax.scan(body, (h0, bos_B, jnp.zeros((batch,), bool), state0),
                                  jnp.arange(max_len))
     return tokens_LxB.T

@@ -212,7 +212,12 @@ def test_syntax_masked_samples_are_well_formed_and_end_within_the_length():
     # an untrained decoder samples nearly uniform tokens: plain rows break the syntax
     key = jax.random.key(1)
     plain = sequence.sample(model, params, key, 400, 40)
-    assert np.asarray(smiles_syntax.well_formed(syntax, plain)).mean() < 0.2
+    plain_ok = np.asarray(smiles_syntax.well_formed(syntax, plain))
+    assert 0 < plain_ok.mean() < 0.2
+    # the same keys: a plain sample that the mask allows all along is drawn again unchanged
+    masked = sequence.sample(model, params, key, 400, 40, constraint=syntax)
+    np.testing.assert_array_equal(masked[plain_ok], plain[plain_ok])
+    assert not np.array_equal(masked[~plain_ok], plain[~plain_ok])
     # with the constraint every row is well formed and ends within the length, however short
     for max_len in (40, 12, 2):
         masked = sequence.sample(model, params, key, 400, max_len, constraint=syntax)

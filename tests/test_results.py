@@ -78,7 +78,8 @@ def test_the_committed_m1_plus_m2_classifier_has_its_reported_test_accuracy():
 def test_the_committed_smiles_model_draws_its_committed_samples():
     """results/moses-smiles-400k: the model loads from the directory as it is, its first batch
     of 1,000 prior samples at T = 1 (key fold_in(key(seed + 1), 0)) is the samples file's first
-    1,000 lines, and the stored validity is the share of the 10,000 lines RDKit parses."""
+    1,000 lines, and the stored validity is the share of the 10,000 lines RDKit parses; the
+    same for its syntax-masked samples."""
     pytest.importorskip("rdkit")
     import jax
     from experiments import seqlib
@@ -94,3 +95,16 @@ def test_the_committed_smiles_model_draws_its_committed_samples():
     assert np.mean([a == b for a, b in zip(drawn, lines)]) > 0.98
     valid = np.mean([molecules.canonical(s) is not None for s in lines])
     assert valid == pytest.approx(results["metrics"]["valid"], abs=1e-9)
+
+    # results/moses-smiles-400k-syntax: the same model sampled under the SMILES syntax mask
+    from jaxvae.data import smiles_syntax
+    masked_dir = RESULTS / "moses-smiles-400k-syntax"
+    masked_results = json.loads((masked_dir / "results.json").read_text())
+    masked_lines = (masked_dir / "samples_T1.0_syntax.txt").read_text().split("\n")[:-1]
+    assert len(masked_lines) == 10000
+    drawn = seqlib.sample_strings(model, params, vocab, length,
+                                  jax.random.key(results["config"]["seed"] + 1), 1000,
+                                  constraint=smiles_syntax.smiles_syntax(vocab))
+    assert np.mean([a == b for a, b in zip(drawn, masked_lines)]) > 0.98
+    valid = np.mean([molecules.canonical(s) is not None for s in masked_lines])
+    assert valid == pytest.approx(masked_results["metrics"]["valid"], abs=1e-9)

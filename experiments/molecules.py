@@ -19,7 +19,8 @@ SMILES; samples are decoded back to SMILES before they are scored and written.
 
 --sampler syntax (SMILES only) also samples with the SMILES syntax constraint
 (``jaxvae.data.smiles_syntax``): at each step the tokens that would break the syntax (an unclosed
-ring bond or branch, an empty branch, a bond at the end) are masked out of the decoder's softmax.
+ring bond or branch, an empty branch, a bond at the end, a ring bond between atoms already bonded)
+or leave the string unable to end within the row are masked out of the decoder's softmax.
 --from-run DIR samples and scores the model a finished run left in DIR (params.msgpack,
 vocab.json, results.json) instead of training one; DIR is only read.
 

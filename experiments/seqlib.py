@@ -144,7 +144,7 @@ def sample_strings(model: sequence.SequenceVAE, params, vocab, length: int, key:
     return decode_in_batches(one, n, batch)
 
 
-def load_model(run_dir: Path, precision_name: str | None = None):
+def load_model(run_dir: Path):
     """``(model, params, vocab, row_length, results)`` of a run directory written by a sequence
     script (results.json, vocab.json, params.msgpack); ValueError naming what is missing."""
     from jaxvae.data.vocab import Vocabulary
@@ -160,8 +160,7 @@ def load_model(run_dir: Path, precision_name: str | None = None):
     vocab = Vocabulary.from_json(paths[1].read_text())
     try:
         model = sequence.sequence_vae(len(vocab), config["embed_dim"], config["hidden_dim"],
-                                      config["latent_dim"],
-                                      precision_name or config.get("precision", "float32"))
+                                      config["latent_dim"], config.get("precision", "float32"))
         length = int(results["row_length"])
     except KeyError as e:
         raise ValueError(f"{paths[0]} has no {e.args[0]!r}: not written by a sequence "

@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-distribution-metrics", action="store_true",
                    help="skip FCD, SNN, Frag, Scaf, IntDiv and the property distances (they "
                         "need fcd_torch and MOSES's reference statistics from molsets)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed: data subset, training, and the sampling key "
+                        "key(seed + 1) (0; with --from-run, the run's own seed)")
     seqlib.add_outdir_flags(p, "runs/molecules")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -154,6 +156,8 @@ def write_samples(outdir, samples_by_key: dict) -> list:
 def rescore(args) -> dict:
     """--from-run: samples and scores a finished run's model; writes only into --outdir."""
     model, params, vocab, length, source = seqlib.load_model(args.from_run)
+    if args.seed is None:  # the run's own seed draws its own samples again
+        args.seed = int(source["config"].get("seed", 0))
     rep = source.get("representation", "smiles")
     if "syntax" in args.sampler and rep != "smiles":
         raise ValueError(f"--sampler syntax masks SMILES syntax; {args.from_run} is a {rep} "
@@ -182,6 +186,8 @@ def run(args) -> dict:
     check_args(args)
     if args.from_run:
         return rescore(args)
+    if args.seed is None:
+        args.seed = 0
     config = seqlib.sequence_config(args, max_seconds=60.0 * args.max_minutes)
     seqlib.check_outdir(args)
     moses_train = molecules.load_moses("train")

@@ -236,7 +236,7 @@ def test_molecules_script_rescores_a_finished_run_without_touching_it(monkeypatc
               "--quiet"]
     assert script.main(["--train-size", "100", "--test-size", "7", "--epochs", "1",
                         "--batch-size", "50", "--hidden-dim", "16", "--embed-dim", "8",
-                        "--latent-dim", "4", "--outdir", str(run), *common]) == 0
+                        "--latent-dim", "4", "--seed", "3", "--outdir", str(run), *common]) == 0
     digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir()}
     out = tmp_path / "rescored"
     assert script.main(["--from-run", str(run), "--sampler", "plain", "syntax",
@@ -245,7 +245,7 @@ def test_molecules_script_rescores_a_finished_run_without_touching_it(monkeypatc
     results = json.loads((out / "results.json").read_text())
     assert set(results["metrics_by_temperature"]) == {"1.0", "1.0 syntax"}
     assert results["metrics_by_temperature"]["1.0 syntax"]["sampler"] == "syntax"
-    # the plain sampler with the run's seed draws the run's own samples again
+    # the plain sampler with the run's seed (read from the run) draws its own samples again
     assert (out / "samples_T1.0.txt").read_text() == (run / "samples_T1.0.txt").read_text()
     assert len((out / "samples_T1.0_syntax.txt").read_text().split("\n")) == 61
 

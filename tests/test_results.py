@@ -95,6 +95,9 @@ def test_the_committed_smiles_model_draws_its_committed_samples():
     assert np.mean([a == b for a, b in zip(drawn, lines)]) > 0.98
     valid = np.mean([molecules.canonical(s) is not None for s in lines])
     assert valid == pytest.approx(results["metrics"]["valid"], abs=1e-9)
+    # results/moses-smiles-400k-30k: the same keys, 30,000 samples that begin with these
+    more = (RESULTS / "moses-smiles-400k-30k" / "samples_T1.0.txt").read_text().split("\n")[:-1]
+    assert len(more) == 30000 and more[:10000] == lines
 
     # results/moses-smiles-400k-syntax: the same model sampled under the SMILES syntax mask
     from jaxvae.data import smiles_syntax

@@ -196,6 +196,17 @@ def test_every_training_smiles_is_well_formed_and_broken_ones_are_not():
         assert not bool(smiles_syntax.well_formed(syntax, exact[:, :-1])[0]), s
 
 
+def test_syntax_masked_sampling_without_ring_digits_in_the_vocabulary():
+    from jaxvae.data import smiles_syntax
+    from jaxvae.models import sequence
+    vocab = Vocabulary.from_corpus(["CCO", "CC(C)O"], "smiles")
+    syntax = smiles_syntax.smiles_syntax(vocab)
+    model = sequence.sequence_vae(len(vocab), 8, 16, 4)
+    tokens = sequence.sample(model, sequence.init(model, jax.random.key(0)), jax.random.key(1),
+                             50, 10, constraint=syntax)
+    assert np.asarray(smiles_syntax.well_formed(syntax, tokens)).all()
+
+
 def test_smiles_syntax_rejects_other_vocabularies():
     from jaxvae.data import smiles_syntax
     with pytest.raises(ValueError, match="SMILES vocabulary"):

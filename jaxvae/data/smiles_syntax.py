@@ -183,7 +183,10 @@ def _syntax_allowed(syntax: SmilesSyntax, state: SyntaxState) -> jax.Array:
     cls_1xV = syntax.class_V[None, :]
     after_unit = _prev_in(state, ATOM, RING, CLOSE)[:, None]  # a branch, a dot or the end
     depth = state.depth_B[:, None]
-    blocked_BxV = jnp.take(_blocked_BxR(state), jnp.maximum(syntax.ring_V, 0), axis=1)
+    if syntax.rings_R.shape[0]:
+        blocked_BxV = jnp.take(_blocked_BxR(state), jnp.maximum(syntax.ring_V, 0), axis=1)
+    else:  # no ring digits in the vocabulary
+        blocked_BxV = jnp.zeros((state.prev_B.shape[0], syntax.class_V.shape[0]), bool)
     ring_ok = ((_prev_in(state, ATOM, RING) | state.bond_after_B)[:, None] & ~blocked_BxV)
     rings_closed = jnp.all(state.open_at_BxR < 0, axis=1, keepdims=True)
     ok = ((cls_1xV == ATOM)

@@ -116,7 +116,7 @@ def sample_and_score(model, params, vocab, length: int, rep: str, args, moses_se
     refs = None if args.no_distribution_metrics else {
         name: moses.reference_statistics(split)
         for name, split in moses.REFERENCE_SPLITS.items()}
-    syntax = (smiles_syntax.smiles_syntax(vocab) if "syntax" in args.sampler else None)
+    syntax = smiles_syntax.smiles_syntax(vocab) if "syntax" in args.sampler else None
     by_key, samples_by_key = {}, {}
     start = time.perf_counter()
     for sampler in args.sampler:

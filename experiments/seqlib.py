@@ -18,6 +18,7 @@ from tqdm import tqdm
 import jaxvae
 from jaxvae.models import precision
 from jaxvae.models import sequence
+from jaxvae.data.vocab import Vocabulary
 from jaxvae.training.sequences import SequenceConfig, SequenceFit, fit_sequences
 from experiments.train import prepare_outdir  # noqa: F401  (one copy for every script)
 from jaxvae.training import files
@@ -147,8 +148,6 @@ def sample_strings(model: sequence.SequenceVAE, params, vocab, length: int, key:
 def load_model(run_dir: Path):
     """``(model, params, vocab, row_length, results)`` of a run directory written by a sequence
     script (results.json, vocab.json, params.msgpack); ValueError naming what is missing."""
-    from jaxvae.data.vocab import Vocabulary
-
     run_dir = Path(run_dir)
     paths = [run_dir / name for name in ("results.json", "vocab.json", "params.msgpack")]
     missing = [p.name for p in paths if not p.is_file()]

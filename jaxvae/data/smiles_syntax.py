@@ -147,12 +147,15 @@ def _prev_in(state: SyntaxState, *classes: int) -> jax.Array:
     return jnp.isin(state.prev_B, jnp.array(classes, jnp.int32))
 
 
+def _opened_on_BxR(state: SyntaxState, atom_B: jax.Array) -> jax.Array:
+    """The open ring labels that ``atom_B`` opened."""
+    return (state.open_at_BxR >= 0) & (state.open_at_BxR == atom_B[:, None])
+
+
 def _blocked_BxR(state: SyntaxState) -> jax.Array:
     """Open ring labels that cannot close on the current atom: they opened on it or on its chain
     neighbour (already bonded to it)."""
-    current = (state.atoms_B - 1)[:, None]
-    opener = state.open_at_BxR
-    return (opener >= 0) & ((opener == current) | (opener == state.parent_B[:, None]))
+    return _opened_on_BxR(state, state.atoms_B - 1) | _opened_on_BxR(state, state.parent_B)
 
 
 def tokens_to_finish(state: SyntaxState) -> jax.Array:
@@ -169,8 +172,9 @@ def tokens_to_finish(state: SyntaxState) -> jax.Array:
     bond_closes = state.bond_after_B & (n_open > 0) & ~jnp.any(_blocked_BxR(state), axis=1)
     atom_first = ((_prev_in(state, START, BOND, OPEN, DOT) & ~bond_closes)
                   | ((state.prev_B == CLOSE) & (n_open > 0)))
-    opener = state.open_at_BxR
-    opened_on = lambda atom_B: jnp.any((opener >= 0) & (opener == atom_B[:, None]), axis=1)  # noqa: E731
+    def opened_on(atom_B):
+        return jnp.any(_opened_on_BxR(state, atom_B), axis=1)
+
     # the atom placed first bonds to the anchor: a ring bond opened there needs one more atom;
     # otherwise one opened on the current atom needs two, one on its neighbour one
     spacer = jnp.where(atom_first, opened_on(state.anchor_B).astype(jnp.int32),
@@ -183,10 +187,8 @@ def _syntax_allowed(syntax: SmilesSyntax, state: SyntaxState) -> jax.Array:
     cls_1xV = syntax.class_V[None, :]
     after_unit = _prev_in(state, ATOM, RING, CLOSE)[:, None]  # a branch, a dot or the end
     depth = state.depth_B[:, None]
-    if syntax.rings_R.shape[0]:
-        blocked_BxV = jnp.take(_blocked_BxR(state), jnp.maximum(syntax.ring_V, 0), axis=1)
-    else:  # no ring digits in the vocabulary
-        blocked_BxV = jnp.zeros((state.prev_B.shape[0], syntax.class_V.shape[0]), bool)
+    label_VxR = syntax.ring_V[:, None] == jnp.arange(syntax.rings_R.shape[0])[None, :]
+    blocked_BxV = jnp.any(_blocked_BxR(state)[:, None, :] & label_VxR[None], axis=-1)
     ring_ok = ((_prev_in(state, ATOM, RING) | state.bond_after_B)[:, None] & ~blocked_BxV)
     rings_closed = jnp.all(state.open_at_BxR < 0, axis=1, keepdims=True)
     ok = ((cls_1xV == ATOM)

@@ -49,6 +49,9 @@ def add_model_flags(p, *, hidden_dim: int, latent_dim: int, warmup_steps: int,
     d = SequenceConfig()
     p.add_argument("--batch-size", type=int, default=128, help="batch size (%(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (%(default)s)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=d.lr_schedule,
+                   help="the learning rate over the run: constant, or cosine from --lr to 0 over "
+                        "--epochs (a --max-minutes stop ends it early) (%(default)s)")
     p.add_argument("--embed-dim", type=int, default=32, help="embedding size (%(default)s)")
     p.add_argument("--hidden-dim", type=int, default=hidden_dim, help="GRU size (%(default)s)")
     p.add_argument("--latent-dim", type=int, default=latent_dim,
@@ -70,7 +73,8 @@ def sequence_config(args, max_seconds: float) -> SequenceConfig:
     """The SequenceConfig of the flags of ``add_model_flags`` (and --epochs, --seed)."""
     return SequenceConfig(embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
                           latent_dim=args.latent_dim, epochs=args.epochs,
-                          batch_size=args.batch_size, lr=args.lr, beta=args.beta,
+                          batch_size=args.batch_size, lr=args.lr,
+                          lr_schedule=args.lr_schedule, beta=args.beta,
                           warmup_steps=args.warmup_steps, word_dropout=args.word_dropout,
                           free_bits=args.free_bits,
                           seed=args.seed, max_seconds=max_seconds, precision=args.precision)

@@ -240,3 +240,17 @@ def test_vqvae_repairs_by_its_codes_and_has_no_latent_views(digits):
     np.testing.assert_array_equal(filled[:, 20:], test["x"][:4, 20:])
     with pytest.raises(ValueError, match="decodes code grids"):
         latent.traversal(model, params, jnp.zeros(2), np.zeros(3))
+
+
+@pytest.mark.parametrize("name", ["vamp", "conv", "ladder", "cvae"])
+def test_init_creates_what_flax_init_creates_without_running_the_model(name):
+    """``interface.init`` (Flax's lazy_init on the input's shape) gives bit for bit the
+    parameters of ``model.init`` on a batch of one zero example."""
+    config = config_lib.TrainConfig.from_flat(hidden=(16,), latent_dim=4, **FAMILIES[name])
+    model, _ = registry.build(config, (64,))
+    key = jax.random.key(5)
+    expected = model.init(key, jnp.zeros((1, 64)))["params"]
+    got = interface.init(model, key)
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+        assert a.dtype == b.dtype and np.array_equal(a, b)

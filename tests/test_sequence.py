@@ -303,6 +303,29 @@ def test_fit_sequences_checks_its_inputs_before_training():
         fit_sequences(SequenceConfig(batch_size=2), vocab, WORDS, ["zebra"])
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_sequence_optimizer_follows_its_learning_rate_schedule(schedule):
+    """With a constant gradient Adam's update is lr_t * sign(g) (m / sqrt(v) = 1 after bias
+    correction), so the updates trace the schedule: lr, or lr (1 + cos(pi t / T)) / 2."""
+    from jaxvae.training.sequences import (SequenceConfig, make_sequence_optimizer,
+                                           validate_sequence_config)
+
+    lr, total = 2e-3, 8
+    tx = make_sequence_optimizer(SequenceConfig(lr=lr, lr_schedule=schedule), total)
+    params = {"w": jnp.zeros(2)}
+    state = tx.init(params)
+    steps = []
+    for _ in range(total):
+        updates, state = tx.update({"w": jnp.array([0.3, -0.4])}, state, params)
+        steps.append(np.asarray(updates["w"]))
+    t = np.arange(total)
+    lr_t = lr * (np.ones(total) if schedule == "constant" else (1 + np.cos(np.pi * t / total)) / 2)
+    np.testing.assert_allclose(np.stack(steps), lr_t[:, None] * np.array([-1.0, 1.0]),
+                               rtol=1e-4, atol=1e-9)
+    with pytest.raises(ValueError, match="unknown lr_schedule 'linear'"):
+        validate_sequence_config(SequenceConfig(lr_schedule="linear"))
+
+
 def test_words_script_splits_seeded_and_rejects_a_split_larger_than_the_list():
     from experiments import words
     train_words, test_words = words.split_words(WORDS, 3, 1, seed=0)
@@ -312,14 +335,20 @@ def test_words_script_splits_seeded_and_rejects_a_split_larger_than_the_list():
         words.split_words(WORDS, 4, 1, seed=0)
 
 
-def test_fit_sequences_trains_through_the_training_loop():
+def test_fit_sequences_trains_through_the_training_loop(monkeypatch):
+    from jaxvae.training import sequences
     from jaxvae.training.sequences import SequenceConfig, fit_sequences
 
+    made = []  # the learning-rate schedule spans the run: epochs x steps per epoch
+    make_optimizer = sequences.train.make_optimizer
+    monkeypatch.setattr(sequences.train, "make_optimizer",
+                        lambda *a, **k: made.append(k) or make_optimizer(*a, **k))
     vocab = Vocabulary.from_corpus(WORDS, "char")
     records = []
     config = SequenceConfig(embed_dim=4, hidden_dim=8, latent_dim=2, epochs=3, batch_size=2,
-                            lr=1e-2, warmup_steps=0)
+                            lr=1e-2, lr_schedule="cosine", warmup_steps=0)
     fit = fit_sequences(config, vocab, WORDS, WORDS[:2], on_epoch=records.append)
+    assert made == [{"schedule": "cosine", "total_steps": 6}]
     assert fit.history == records and [r["step"] for r in records] == [2, 4, 6]
     assert int(fit.state.step) == 6 and all(r["train_skipped"] == 0 for r in records)
     assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["test_nelbo"]) for r in records)
@@ -331,8 +360,9 @@ def test_words_script_trains_and_writes_its_results(tmp_path):
     assert words.main(["--train-size", "64", "--test-size", "8", "--epochs", "1",
                        "--batch-size", "32", "--embed-dim", "4", "--hidden-dim", "8",
                        "--latent-dim", "2", "--warmup-steps", "1", "--num-samples", "4",
-                       "--quiet", "--outdir", str(outdir)]) == 0
+                       "--lr-schedule", "cosine", "--quiet", "--outdir", str(outdir)]) == 0
     results = json.loads((outdir / "results.json").read_text())
+    assert results["config"]["lr_schedule"] == "cosine"
     assert results["train_words"] == 64 and results["test_words"] == 8
     assert results["epochs_run"] == 1 and results["steps"] == 2
     assert len(results["interpolation"]["path"]) == 8

@@ -205,9 +205,9 @@ def _apply(model: nn.Module, params: Params, method: str, *args):
 
 
 def init(model: nn.Module, key: jax.Array) -> Params:
-    """The model's parameters from ``key`` (created by decoding a batch of one zero example, of
-    the model's ``input_dtype``: float32 unless it says otherwise, int32 token ids for the
-    sequence VAE).
+    """The model's parameters from ``key``: those ``model.init`` creates on a batch of one
+    example of the model's ``input_dtype`` (float32 unless it says otherwise), bit for bit, but
+    without computing the model on that batch.
 
     Examples:
       >>> import jax, jaxvae
@@ -219,8 +219,12 @@ def init(model: nn.Module, key: jax.Array) -> Params:
       (8, 2)
     """
     validation.check_key(key)
-    x_1xD = jnp.zeros((1,) + tuple(model.data_shape), getattr(model, "input_dtype", jnp.float32))
-    return model.init(key, x_1xD)["params"]
+    # Flax's lazy_init traces the model on the input's shape and runs only what the parameters
+    # depend on (their initializers, op by op as init would): the same values as init, without
+    # an eager forward pass that compiles every layer's operations once per shape.
+    x_1xD = jax.ShapeDtypeStruct((1,) + tuple(model.data_shape),
+                                 getattr(model, "input_dtype", jnp.float32))
+    return model.lazy_init(key, x_1xD)["params"]
 
 
 def encode(model: nn.Module, params: Params, batch) -> Posterior:

@@ -34,7 +34,9 @@ class SequenceConfig:
     latent_dim: int = 32  # Z
     epochs: int = 10  # passes over the training strings
     batch_size: int = 128  # sequences per gradient step (split over the local devices)
-    lr: float = 1e-3  # Adam learning rate
+    lr: float = 1e-3  # Adam learning rate (the peak of a schedule)
+    lr_schedule: str = "constant"  # constant, cosine (lr to 0 over epochs x steps per epoch) or
+    #   iwae (jaxvae.training.step.make_lr_schedule); a max_seconds stop ends it early
     clip_norm: float = 5.0  # gradients clipped to this global norm (RNNs); 0 = no clipping
     beta: float = 1.0  # KL weight after the warm-up
     warmup_steps: int = 2000  # steps of the linear KL warm-up from 0 (Bowman et al. 2016)
@@ -70,6 +72,9 @@ def validate_sequence_config(config: SequenceConfig) -> None:
         raise ValueError(f"lr must be > 0, got {config.lr}")
     if not config.word_dropout < 1:
         raise ValueError(f"word_dropout must be in [0, 1), got {config.word_dropout}")
+    if config.lr_schedule not in train.LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; choose one of "
+                         f"{list(train.LR_SCHEDULES)}")
     precision.check_precision(config.precision)
 
 
@@ -82,12 +87,17 @@ class SequenceFit(NamedTuple):
     compile_seconds: float
 
 
-def make_sequence_optimizer(config: SequenceConfig) -> optax.GradientTransformation:
-    """Adam, after clipping the global gradient norm to ``clip_norm`` (if > 0)."""
-    adam = train.make_optimizer(config.lr)
-    if config.clip_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(config.clip_norm), adam)
-    return adam
+def make_sequence_optimizer(config: SequenceConfig, total_steps: int = 0
+                            ) -> optax.GradientTransformation:
+    """Adam with ``config.lr_schedule`` over ``total_steps`` steps, after clipping the global
+    gradient norm to ``clip_norm`` (if > 0)."""
+    return train.make_optimizer(config.lr, config.clip_norm or None,
+                                schedule=config.lr_schedule, total_steps=total_steps)
+
+
+def steps_per_epoch(num_strings: int, batch_size: int) -> int:
+    """Full batches and one smaller last batch, as the training loop runs an epoch."""
+    return -(-num_strings // batch_size)
 
 
 def fit_sequences(config: SequenceConfig, vocab: Vocabulary, train_strings: Sequence[str],
@@ -119,13 +129,15 @@ def fit_sequences(config: SequenceConfig, vocab: Vocabulary, train_strings: Sequ
                                         config.word_dropout, config.free_bits)
     # evaluated without word dropout: test_nelbo is the negative ELBO of the model itself
     eval_loss_fn = losses.make_sequence_loss(model, config.beta, config.warmup_steps, 0.0)
-    tx = make_sequence_optimizer(config)
+    tx = make_sequence_optimizer(
+        config, config.epochs * steps_per_epoch(len(train_strings), config.batch_size))
     state = train.create_train_state(sequence.init(model, keys.init), tx)
     hooks = ([] if on_epoch is None else [hooks_lib.EveryEpoch(on_epoch)]) + \
         [hooks_lib.TimeLimit(config.max_seconds)]
     sections = config_lib.LoopConfig(
         config_lib.RunConfig(epochs=config.epochs, seed=config.seed),
-        config_lib.OptimizerConfig(batch_size=config.batch_size, lr=config.lr),
+        config_lib.OptimizerConfig(batch_size=config.batch_size, lr=config.lr,
+                                   lr_schedule=config.lr_schedule),
         config_lib.EvalConfig(eval_batch_size=config.eval_batch_size))
     run = loop.train_run(sections, loop.TrainingData(train_data), loss_fn, tx, state, keys,
                          evaluation=loop.Evaluation(test=test_data, loss_fn=eval_loss_fn),

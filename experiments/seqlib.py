@@ -52,6 +52,10 @@ def add_model_flags(p, *, hidden_dim: int, latent_dim: int, warmup_steps: int,
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=d.lr_schedule,
                    help="the learning rate over the run: constant, or cosine from --lr to 0 over "
                         "--epochs (a --max-minutes stop ends it early) (%(default)s)")
+    p.add_argument("--length-buckets", type=int, default=d.length_buckets,
+                   help="train in K buckets of similar string length, each batch cut to its "
+                        "bucket's longest row: the same loss with less padding to compute; "
+                        "1 = every batch as long as the longest string (%(default)s)")
     p.add_argument("--embed-dim", type=int, default=32, help="embedding size (%(default)s)")
     p.add_argument("--hidden-dim", type=int, default=hidden_dim, help="GRU size (%(default)s)")
     p.add_argument("--latent-dim", type=int, default=latent_dim,
@@ -74,7 +78,8 @@ def sequence_config(args, max_seconds: float) -> SequenceConfig:
     return SequenceConfig(embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
                           latent_dim=args.latent_dim, epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr,
-                          lr_schedule=args.lr_schedule, beta=args.beta,
+                          lr_schedule=args.lr_schedule, length_buckets=args.length_buckets,
+                          beta=args.beta,
                           warmup_steps=args.warmup_steps, word_dropout=args.word_dropout,
                           free_bits=args.free_bits,
                           seed=args.seed, max_seconds=max_seconds, precision=args.precision)

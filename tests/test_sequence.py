@@ -324,6 +324,8 @@ def test_sequence_optimizer_follows_its_learning_rate_schedule(schedule):
                                rtol=1e-4, atol=1e-9)
     with pytest.raises(ValueError, match="unknown lr_schedule 'linear'"):
         validate_sequence_config(SequenceConfig(lr_schedule="linear"))
+    with pytest.raises(ValueError, match="length_buckets must be >= 1"):
+        validate_sequence_config(SequenceConfig(length_buckets=0))
 
 
 def test_words_script_splits_seeded_and_rejects_a_split_larger_than_the_list():
@@ -343,14 +345,17 @@ def test_fit_sequences_trains_through_the_training_loop(monkeypatch):
     make_optimizer = sequences.train.make_optimizer
     monkeypatch.setattr(sequences.train, "make_optimizer",
                         lambda *a, **k: made.append(k) or make_optimizer(*a, **k))
-    vocab = Vocabulary.from_corpus(WORDS, "char")
+    # in two length buckets (rows of 3 and of 8 tokens with EOS): two full batches each
+    words = ["ab", "bc", "ca", "ba", "abcdefg", "bcdefga", "cdefgab", "defgabc"]
+    vocab = Vocabulary.from_corpus(words, "char")
     records = []
     config = SequenceConfig(embed_dim=4, hidden_dim=8, latent_dim=2, epochs=3, batch_size=2,
-                            lr=1e-2, lr_schedule="cosine", warmup_steps=0)
-    fit = fit_sequences(config, vocab, WORDS, WORDS[:2], on_epoch=records.append)
-    assert made == [{"schedule": "cosine", "total_steps": 6}]
-    assert fit.history == records and [r["step"] for r in records] == [2, 4, 6]
-    assert int(fit.state.step) == 6 and all(r["train_skipped"] == 0 for r in records)
+                            lr=1e-2, lr_schedule="cosine", warmup_steps=0, length_buckets=2)
+    fit = fit_sequences(config, vocab, words, words[:2], on_epoch=records.append,
+                        length=10)
+    assert made == [{"schedule": "cosine", "total_steps": 12}]
+    assert fit.history == records and [r["step"] for r in records] == [4, 8, 12]
+    assert int(fit.state.step) == 12 and all(r["train_skipped"] == 0 for r in records)
     assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["test_nelbo"]) for r in records)
 
 

@@ -21,7 +21,8 @@ from jaxvae.models import precision
 from jaxvae.models import sequence
 from jaxvae.training import step as train
 from jaxvae.training import fit as trainer
-from jaxvae.data.vocab import Vocabulary
+from jaxvae.data.vocab import PAD_ID, Vocabulary
+from jaxvae.training import placement
 from jaxvae import config as config_lib
 
 
@@ -45,6 +46,8 @@ class SequenceConfig:
     seed: int = 0  # init, shuffling and noise: jax.random.key(seed)
     max_seconds: float = 0.0  # stop after the epoch that passes this training time; 0 = no limit
     eval_batch_size: int = 500  # sequences per evaluation batch (memory only)
+    length_buckets: int = 1  # K > 1: batches drawn within K buckets of similar row length, each
+    #   cut to its bucket's longest row (placement.BucketFeed): the same loss, less padding
     precision: str = "float32"  # float32, or bfloat16 products with float32 accumulation
     #   (jaxvae.models.precision)
 
@@ -55,7 +58,7 @@ class SequenceConfig:
 def validate_sequence_config(config: SequenceConfig) -> None:
     """Raises TypeError / ValueError naming the first field that cannot work."""
     for name in ("embed_dim", "hidden_dim", "latent_dim", "epochs", "batch_size", "warmup_steps",
-                 "seed", "eval_batch_size"):
+                 "seed", "eval_batch_size", "length_buckets"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an int, got {value!r}")
@@ -95,9 +98,6 @@ def make_sequence_optimizer(config: SequenceConfig, total_steps: int = 0
                                 schedule=config.lr_schedule, total_steps=total_steps)
 
 
-def steps_per_epoch(num_strings: int, batch_size: int) -> int:
-    """Full batches and one smaller last batch, as the training loop runs an epoch."""
-    return -(-num_strings // batch_size)
 
 
 def fit_sequences(config: SequenceConfig, vocab: Vocabulary, train_strings: Sequence[str],
@@ -129,8 +129,12 @@ def fit_sequences(config: SequenceConfig, vocab: Vocabulary, train_strings: Sequ
                                         config.word_dropout, config.free_bits)
     # evaluated without word dropout: test_nelbo is the negative ELBO of the model itself
     eval_loss_fn = losses.make_sequence_loss(model, config.beta, config.warmup_steps, 0.0)
-    tx = make_sequence_optimizer(
-        config, config.epochs * steps_per_epoch(len(train_strings), config.batch_size))
+    lengths_N = (train_data["x"] != PAD_ID).sum(axis=1)
+    bounds = (placement.bucket_bounds(lengths_N, config.length_buckets)
+              if config.length_buckets > 1 else ())
+    steps_per_epoch = (placement.bucket_steps(lengths_N, bounds, config.batch_size) if bounds
+                       else -(-len(train_strings) // config.batch_size))
+    tx = make_sequence_optimizer(config, config.epochs * steps_per_epoch)
     state = train.create_train_state(sequence.init(model, keys.init), tx)
     hooks = ([] if on_epoch is None else [hooks_lib.EveryEpoch(on_epoch)]) + \
         [hooks_lib.TimeLimit(config.max_seconds)]
@@ -139,7 +143,8 @@ def fit_sequences(config: SequenceConfig, vocab: Vocabulary, train_strings: Sequ
         config_lib.OptimizerConfig(batch_size=config.batch_size, lr=config.lr,
                                    lr_schedule=config.lr_schedule),
         config_lib.EvalConfig(eval_batch_size=config.eval_batch_size))
-    run = loop.train_run(sections, loop.TrainingData(train_data), loss_fn, tx, state, keys,
+    data = loop.TrainingData(train_data, lengths=lengths_N, bucket_bounds=bounds)
+    run = loop.train_run(sections, data, loss_fn, tx, state, keys,
                          evaluation=loop.Evaluation(test=test_data, loss_fn=eval_loss_fn),
                          hooks=hooks, model=model)
     return SequenceFit(model, run.state, vocab, length, run.history, run.compile_seconds)

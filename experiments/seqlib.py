@@ -19,7 +19,8 @@ import jaxvae
 from jaxvae.models import precision
 from jaxvae.models import sequence
 from jaxvae.data.vocab import Vocabulary
-from jaxvae.training.sequences import SequenceConfig, SequenceFit, fit_sequences
+from jaxvae.training.sequences import (SequenceConfig, SequenceFit, fit_sequences,
+                                       validate_sequence_config)
 from experiments.train import prepare_outdir  # noqa: F401  (one copy for every script)
 from jaxvae.training import files
 from jaxvae.training import runs
@@ -74,8 +75,9 @@ def add_model_flags(p, *, hidden_dim: int, latent_dim: int, warmup_steps: int,
 
 
 def sequence_config(args, max_seconds: float) -> SequenceConfig:
-    """The SequenceConfig of the flags of ``add_model_flags`` (and --epochs, --seed)."""
-    return SequenceConfig(embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
+    """The SequenceConfig of the flags of ``add_model_flags`` (and --epochs, --seed),
+    validated: a bad value stops the script before any work or file."""
+    config = SequenceConfig(embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
                           latent_dim=args.latent_dim, epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr,
                           lr_schedule=args.lr_schedule, length_buckets=args.length_buckets,
@@ -83,6 +85,8 @@ def sequence_config(args, max_seconds: float) -> SequenceConfig:
                           warmup_steps=args.warmup_steps, word_dropout=args.word_dropout,
                           free_bits=args.free_bits,
                           seed=args.seed, max_seconds=max_seconds, precision=args.precision)
+    validate_sequence_config(config)
+    return config
 
 
 def progress(total: int, quiet: bool, metrics_path: Path):

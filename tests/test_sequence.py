@@ -391,3 +391,18 @@ def test_free_bits_floor_each_dimension_of_the_batch_mean_kl(tiny):
     np.testing.assert_allclose(metrics["kl"], kl_BxZ.sum(1).mean(), rtol=1e-5)
     with pytest.raises(ValueError, match="free_bits must be a finite number >= 0"):
         losses.make_sequence_loss(model, free_bits=-1.0)
+
+
+@pytest.mark.parametrize("script", ["words", "molecules", "music"])
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "-1"], "error: lr must be >= 0, got -1.0"),
+    (["--length-buckets", "0"], "error: length_buckets must be >= 1, got 0"),
+])
+def test_sequence_scripts_refuse_a_bad_model_flag_before_any_work(script, flags, message,
+                                                                  tmp_path, capsys):
+    import importlib
+    main = importlib.import_module(f"experiments.{script}").main
+    assert main(flags + ["--quiet", "--outdir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [message]
+    assert not (tmp_path / "run").exists()

@@ -232,7 +232,8 @@ class BucketFeed(_Feed):
             raise ValueError(f"lengths must hold one length per training example ({n}), got "
                              f"shape {self.lengths_N.shape}")
         self.bounds = tuple(int(b) for b in bounds)
-        if list(self.bounds) != sorted(set(self.bounds)) or self.bounds[-1] < self.lengths_N.max():
+        rising = list(self.bounds) == sorted(set(self.bounds))
+        if not rising or self.bounds[-1] < self.lengths_N.max():
             raise ValueError(f"bucket bounds must rise and reach the longest row "
                              f"({int(self.lengths_N.max())}), got {self.bounds}")
         bucket_N = np.searchsorted(np.asarray(self.bounds), self.lengths_N)
@@ -269,7 +270,8 @@ class BucketFeed(_Feed):
                 sharding = self.split(size)
                 items = jax.device_put(rows.astype(np.int32), sharding)
                 positions = jax.device_put(np.arange(lo, hi, dtype=np.int32), self.replicated)
-                batch = None if sharding is self.replicated else NamedSharding(self.mesh, P(AXIS))
+                batch = (None if sharding is self.replicated
+                         else NamedSharding(self.mesh, P(AXIS)))
                 yield Piece(self.data[k], items, positions, batch, [size] * (hi - lo))
             position += len(idx_SxB)
 

@@ -98,8 +98,6 @@ def make_sequence_optimizer(config: SequenceConfig, total_steps: int = 0
                                 schedule=config.lr_schedule, total_steps=total_steps)
 
 
-
-
 def fit_sequences(config: SequenceConfig, vocab: Vocabulary, train_strings: Sequence[str],
                   test_strings: Sequence[str], on_epoch: Callable[[dict], Any] | None = None,
                   length: int | None = None) -> SequenceFit:

@@ -76,38 +76,37 @@ def test_the_committed_m1_plus_m2_classifier_has_its_reported_test_accuracy():
 
 
 def test_the_committed_smiles_model_draws_its_committed_samples():
-    """results/moses-smiles-400k: the model loads from the directory as it is, its first batch
-    of 1,000 prior samples at T = 1 (key fold_in(key(seed + 1), 0)) is the samples file's first
-    1,000 lines, and the stored validity is the share of the 10,000 lines RDKit parses; the
-    same for its syntax-masked samples."""
+    """results/moses-smiles-400k-cosine: the model loads from the directory as it is, its first
+    batch of 1,000 prior samples at T = 1 (key fold_in(key(seed + 1), 0)) is the samples file's
+    first 1,000 lines, plain and syntax-masked, and each stored validity is the share of the
+    10,000 lines RDKit parses. The earlier constant-rate run's files hold what its results say
+    (its 30,000 samples begin with its 10,000)."""
     pytest.importorskip("rdkit")
     import jax
     from experiments import seqlib
-    from jaxvae.data import molecules
+    from jaxvae.data import molecules, smiles_syntax
 
-    run_dir = RESULTS / "moses-smiles-400k"
+    run_dir = RESULTS / "moses-smiles-400k-cosine"
     model, params, vocab, length, results = seqlib.load_model(run_dir)
-    lines = (run_dir / "samples_T1.0.txt").read_text().split("\n")[:-1]
-    assert len(lines) == 10000
-    drawn = seqlib.sample_strings(model, params, vocab, length,
-                                  jax.random.key(results["config"]["seed"] + 1), 1000)
-    # float summation order may differ on another CPU: nearly every row must match exactly
-    assert np.mean([a == b for a, b in zip(drawn, lines)]) > 0.98
-    valid = np.mean([molecules.canonical(s) is not None for s in lines])
-    assert valid == pytest.approx(results["metrics"]["valid"], abs=1e-9)
-    # results/moses-smiles-400k-30k: the same keys, 30,000 samples that begin with these
+    key = jax.random.key(results["config"]["seed"] + 1)
+    by_sampler = results["metrics_by_temperature"]
+    for sampler, constraint in (("plain", None), ("syntax", smiles_syntax.smiles_syntax(vocab))):
+        suffix = "" if sampler == "plain" else "_syntax"
+        lines = (run_dir / f"samples_T1.0{suffix}.txt").read_text().split("\n")[:-1]
+        assert len(lines) == 10000
+        drawn = seqlib.sample_strings(model, params, vocab, length, key, 1000,
+                                      constraint=constraint)
+        # float summation order may differ on another CPU: nearly every row must match exactly
+        assert np.mean([a == b for a, b in zip(drawn, lines)]) > 0.98
+        valid = np.mean([molecules.canonical(s) is not None for s in lines])
+        name = "1.0" if sampler == "plain" else "1.0 syntax"
+        assert valid == pytest.approx(by_sampler[name]["valid"], abs=1e-9)
+
+    earlier = RESULTS / "moses-smiles-400k"
+    lines = (earlier / "samples_T1.0.txt").read_text().split("\n")[:-1]
+    stored = json.loads((earlier / "results.json").read_text())["metrics"]["valid"]
+    assert len(lines) == 10000 and round(stored * 10000) == 8423
     more = (RESULTS / "moses-smiles-400k-30k" / "samples_T1.0.txt").read_text().split("\n")[:-1]
     assert len(more) == 30000 and more[:10000] == lines
-
-    # results/moses-smiles-400k-syntax: the same model sampled under the SMILES syntax mask
-    from jaxvae.data import smiles_syntax
-    masked_dir = RESULTS / "moses-smiles-400k-syntax"
-    masked_results = json.loads((masked_dir / "results.json").read_text())
-    masked_lines = (masked_dir / "samples_T1.0_syntax.txt").read_text().split("\n")[:-1]
-    assert len(masked_lines) == 10000
-    drawn = seqlib.sample_strings(model, params, vocab, length,
-                                  jax.random.key(results["config"]["seed"] + 1), 1000,
-                                  constraint=smiles_syntax.smiles_syntax(vocab))
-    assert np.mean([a == b for a, b in zip(drawn, masked_lines)]) > 0.98
-    valid = np.mean([molecules.canonical(s) is not None for s in masked_lines])
-    assert valid == pytest.approx(masked_results["metrics"]["valid"], abs=1e-9)
+    masked = json.loads((RESULTS / "moses-smiles-400k-syntax" / "results.json").read_text())
+    assert masked["metrics"]["valid"] == pytest.approx(0.86, abs=5e-4)

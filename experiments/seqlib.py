@@ -78,13 +78,13 @@ def sequence_config(args, max_seconds: float) -> SequenceConfig:
     """The SequenceConfig of the flags of ``add_model_flags`` (and --epochs, --seed),
     validated: a bad value stops the script before any work or file."""
     config = SequenceConfig(embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
-                           latent_dim=args.latent_dim, epochs=args.epochs,
-                           batch_size=args.batch_size, lr=args.lr,
-                           lr_schedule=args.lr_schedule, length_buckets=args.length_buckets,
-                           beta=args.beta,
-                           warmup_steps=args.warmup_steps, word_dropout=args.word_dropout,
-                           free_bits=args.free_bits,
-                           seed=args.seed, max_seconds=max_seconds, precision=args.precision)
+                            latent_dim=args.latent_dim, epochs=args.epochs,
+                            batch_size=args.batch_size, lr=args.lr,
+                            lr_schedule=args.lr_schedule, length_buckets=args.length_buckets,
+                            beta=args.beta,
+                            warmup_steps=args.warmup_steps, word_dropout=args.word_dropout,
+                            free_bits=args.free_bits,
+                            seed=args.seed, max_seconds=max_seconds, precision=args.precision)
     validate_sequence_config(config)
     return config
 

@@ -102,6 +102,17 @@ class _Feed:
             return NamedSharding(self.mesh, P(None, AXIS))
         return self.replicated
 
+    def index_piece(self, data: Any, idx_SxB: np.ndarray, start: int) -> Piece:
+        """Steps ``start ..`` on the rows ``idx_SxB`` of ``data`` (already on the devices),
+        gathered inside the compiled chunk."""
+        size = idx_SxB.shape[1]
+        sharding = self.split(size)
+        items = jax.device_put(idx_SxB.astype(np.int32), sharding)
+        positions = jax.device_put(np.arange(start, start + len(idx_SxB), dtype=np.int32),
+                                   self.replicated)
+        batch = None if sharding is self.replicated else NamedSharding(self.mesh, P(AXIS))
+        return Piece(data, items, positions, batch, [size] * len(idx_SxB))
+
     def place_state(self, tree: Any) -> Any:
         """The train state (or any pytree) replicated over the mesh."""
         return jax.device_put(tree, self.replicated)
@@ -132,17 +143,9 @@ class DeviceFeed(_Feed):
         full_stop = min(stop, self.num_full)
         if full_stop > start:
             idx = perm[start * b:full_stop * b].reshape(full_stop - start, b)
-            yield self._piece(idx, start, b)
+            yield self.index_piece(self.data, idx, start)
         if self.remainder and stop == self.steps_per_epoch:
-            yield self._piece(perm[self.num_full * b:][None], self.num_full, self.remainder)
-
-    def _piece(self, idx_SxB: np.ndarray, start: int, size: int) -> Piece:
-        sharding = self.split(size)
-        items = jax.device_put(idx_SxB.astype(np.int32), sharding)
-        positions = jax.device_put(np.arange(start, start + len(idx_SxB), dtype=np.int32),
-                                   self.replicated)
-        batch = None if sharding is self.replicated else NamedSharding(self.mesh, P(AXIS))
-        return Piece(self.data, items, positions, batch, [size] * len(idx_SxB))
+            yield self.index_piece(self.data, perm[self.num_full * b:][None], self.num_full)
 
 
 # Steps per compiled call of a bucket's full batches (the groups of all buckets interleave).
@@ -183,30 +186,39 @@ def bucket_bounds(lengths_N: np.ndarray, num_buckets: int) -> tuple[int, ...]:
         u, k = int(start[k, u]) - 1, k - 1
 
 
-def bucket_plan(lengths_N: np.ndarray, bounds: tuple[int, ...], batch_size: int,
-                key: jax.Array) -> list[tuple[int, np.ndarray]]:
+def bucket_members(lengths_N: np.ndarray, bounds: tuple[int, ...]) -> list[np.ndarray]:
+    """Each bucket's example indices: example i belongs to the first bucket whose bound is at
+    least ``lengths_N[i]``."""
+    bucket_N = np.searchsorted(np.asarray(bounds), np.asarray(lengths_N))
+    return [np.flatnonzero(bucket_N == k) for k in range(len(bounds))]
+
+
+def bucket_steps(members: list[np.ndarray], batch_size: int) -> int:
+    """The steps of a ``bucket_plan`` epoch: each bucket's full batches and smaller last one."""
+    return sum(-(-len(m) // batch_size) for m in members)
+
+
+def bucket_plan(members: list[np.ndarray], batch_size: int, key: jax.Array
+                ) -> list[tuple[int, np.ndarray]]:
     """An epoch of length-bucketed batches: ``[(bucket, example indices (S, B_s)), ...]``.
 
-    Example i belongs to the first bucket whose bound is at least ``lengths_N[i]``. Each
-    bucket's examples are shuffled (``fold_in(key, k)``) and cut into full batches, in groups
-    of ``BUCKET_GROUP_STEPS``, and one smaller last batch; the groups of every bucket run in a
-    shuffled order (``key``), the smaller batches after them. Every example is in exactly one
-    batch.
+    Each bucket's examples (``bucket_members``) are shuffled (``fold_in(key, k)``) and cut into
+    full batches, in groups of ``BUCKET_GROUP_STEPS``, and one smaller last batch; the groups of
+    every bucket run in a shuffled order (``key``), the smaller batches after them. Every example
+    is in exactly one batch.
     """
-    bucket_N = np.searchsorted(np.asarray(bounds), lengths_N)
     groups, last = [], []
-    for k in range(len(bounds)):
-        members = np.flatnonzero(bucket_N == k)
-        if not len(members):
+    for k, bucket in enumerate(members):
+        if not len(bucket):
             continue
-        members = members[np.asarray(jax.random.permutation(jax.random.fold_in(key, k),
-                                                            len(members)))]
-        num_full = len(members) // batch_size
-        full = members[:num_full * batch_size].reshape(num_full, batch_size)
+        bucket = bucket[np.asarray(jax.random.permutation(jax.random.fold_in(key, k),
+                                                          len(bucket)))]
+        num_full = len(bucket) // batch_size
+        full = bucket[:num_full * batch_size].reshape(num_full, batch_size)
         groups += [(k, full[g:g + BUCKET_GROUP_STEPS])
                    for g in range(0, num_full, BUCKET_GROUP_STEPS)]
-        if len(members) % batch_size:
-            last.append((k, members[num_full * batch_size:][None]))
+        if len(bucket) % batch_size:
+            last.append((k, bucket[num_full * batch_size:][None]))
     order = np.asarray(jax.random.permutation(key, len(groups))) if groups else []
     return [groups[i] for i in order] + last
 
@@ -219,7 +231,7 @@ class BucketFeed(_Feed):
 
     The data is on the devices as in ``DeviceFeed``, one copy per bucket holding that bucket's
     examples cut to its bound (arrays of two or more axes are cut on axis 1). The epoch is
-    ``bucket_plan(lengths, bounds, B, fold_in(shuffle_key, epoch))``; each group of a bucket's
+    ``bucket_plan(members, B, fold_in(shuffle_key, epoch))``; each group of a bucket's
     batches is one compiled call (one program per bucket and group size).
     """
 
@@ -236,9 +248,8 @@ class BucketFeed(_Feed):
         if not rising or self.bounds[-1] < self.lengths_N.max():
             raise ValueError(f"bucket bounds must rise and reach the longest row "
                              f"({int(self.lengths_N.max())}), got {self.bounds}")
-        bucket_N = np.searchsorted(np.asarray(self.bounds), self.lengths_N)
         # each bucket's rows (data row i of bucket k is example members[k][i])
-        self.members = [np.flatnonzero(bucket_N == k) for k in range(len(self.bounds))]
+        self.members = bucket_members(self.lengths_N, self.bounds)
         self.row_N = np.zeros(n, np.int64)  # example index -> its row in its bucket's copy
         for members in self.members:
             self.row_N[members] = np.arange(len(members))
@@ -249,13 +260,13 @@ class BucketFeed(_Feed):
 
         self.data = [jax.device_put(jax.tree.map(lambda a: cut(a, k), data), self.replicated)
                      for k in range(len(self.bounds))]
-        self.steps_per_epoch = bucket_steps(self.lengths_N, self.bounds, batch_size)
+        self.steps_per_epoch = bucket_steps(self.members, batch_size)
         self._plan_epoch, self._plan = None, None
 
     def permutation(self, epoch: int) -> list:
         """The epoch's plan (``bucket_plan``; cached for the epoch's chunks)."""
         if self._plan_epoch != epoch:
-            self._plan = bucket_plan(self.lengths_N, self.bounds, self.batch_size,
+            self._plan = bucket_plan(self.members, self.batch_size,
                                      jax.random.fold_in(self.shuffle_key, epoch))
             self._plan_epoch = epoch
         return self._plan
@@ -266,20 +277,8 @@ class BucketFeed(_Feed):
             lo, hi = max(start, position), min(stop, position + len(idx_SxB))
             if lo < hi:
                 rows = self.row_N[idx_SxB[lo - position:hi - position]]
-                size = rows.shape[1]
-                sharding = self.split(size)
-                items = jax.device_put(rows.astype(np.int32), sharding)
-                positions = jax.device_put(np.arange(lo, hi, dtype=np.int32), self.replicated)
-                batch = (None if sharding is self.replicated
-                         else NamedSharding(self.mesh, P(AXIS)))
-                yield Piece(self.data[k], items, positions, batch, [size] * (hi - lo))
+                yield self.index_piece(self.data[k], rows, lo)
             position += len(idx_SxB)
-
-
-def bucket_steps(lengths_N: np.ndarray, bounds: tuple[int, ...], batch_size: int) -> int:
-    """The steps of a ``bucket_plan`` epoch: each bucket's full batches and smaller last one."""
-    counts = np.bincount(np.searchsorted(np.asarray(bounds), lengths_N), minlength=len(bounds))
-    return int(sum(-(-int(c) // batch_size) for c in counts))
 
 
 class HostFeed(_Feed):

@@ -130,8 +130,8 @@ def fit_sequences(config: SequenceConfig, vocab: Vocabulary, train_strings: Sequ
     lengths_N = (train_data["x"] != PAD_ID).sum(axis=1)
     bounds = (placement.bucket_bounds(lengths_N, config.length_buckets)
               if config.length_buckets > 1 else ())
-    steps_per_epoch = (placement.bucket_steps(lengths_N, bounds, config.batch_size) if bounds
-                       else -(-len(train_strings) // config.batch_size))
+    members = placement.bucket_members(lengths_N, bounds) if bounds else [lengths_N]  # or one
+    steps_per_epoch = placement.bucket_steps(members, config.batch_size)
     tx = make_sequence_optimizer(config, config.epochs * steps_per_epoch)
     state = train.create_train_state(sequence.init(model, keys.init), tx)
     hooks = ([] if on_epoch is None else [hooks_lib.EveryEpoch(on_epoch)]) + \

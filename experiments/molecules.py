@@ -14,18 +14,22 @@ against all of MOSES train (and against the training subset), filters, FCD / SNN
 against the test and scaffold-test sets, IntDiv, property distances) to results.json, with the
 MOSES VAE baseline (Polykovskiy et al. 2020) beside it.
 
---representation selfies trains on SELFIES strings (tokenized by SELFIES symbols) instead of
-SMILES; samples are decoded back to SMILES before they are scored and written.
+--representation kekule trains on SMILES in their Kekulé form (``C1=CC=CC=C1`` for benzene: no
+aromatic atoms, so no sample can fail RDKit's kekulization); --representation selfies on SELFIES
+strings (tokenized by SELFIES symbols); samples are decoded back to SMILES before they are scored
+and written.
 
---sampler syntax (SMILES only) also samples with the SMILES syntax constraint
+--sampler syntax (SMILES and Kekulé SMILES) also samples with the SMILES syntax constraint
 (``jaxvae.data.smiles_syntax``): at each step the tokens that would break the syntax (an unclosed
 ring bond or branch, an empty branch, a bond at the end, a ring bond between atoms already bonded)
 or leave the string unable to end within the row are masked out of the decoder's softmax.
+--sampler valence masks, beside the syntax, the tokens that would give an atom more bonds than
+its valence allows (``jaxvae.data.smiles_valence``).
 --from-run DIR samples and scores the model a finished run left in DIR (params.msgpack,
 vocab.json, results.json) instead of training one; DIR is only read.
 
 Writes into --outdir: metrics.jsonl, results.json, samples_T<t>.txt (one SMILES per line, for
-each temperature; samples_T<t>_syntax.txt with --sampler syntax), params.msgpack, vocab.json
+each temperature; samples_T<t>_syntax.txt and samples_T<t>_valence.txt with those samplers), params.msgpack, vocab.json
 (with --from-run: results.json and the samples files only).
 """
 
@@ -41,12 +45,12 @@ import numpy as np
 
 from experiments import cli, moses_metrics, seqlib
 from jaxvae.training import files
-from jaxvae.data import molecules, smiles_syntax
+from jaxvae.data import molecules, smiles_syntax, smiles_valence
 from jaxvae.evaluation import molecules as moses
 from jaxvae.data.vocab import Vocabulary
 
 MOSES_VAE = moses_metrics.MOSES_VAE  # the published MOSES VAE baseline
-SAMPLERS = ("plain", "syntax")
+SAMPLERS = ("plain", "syntax", "valence")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="train on all of MOSES train (a GPU job)")
     p.add_argument("--representation", choices=molecules.REPRESENTATIONS, default="smiles",
                    help="the strings the VAE reads and writes: SMILES (tokenized by the SMILES "
-                        "regex) or SELFIES (by SELFIES symbols; every symbol sequence decodes to "
-                        "a molecule); samples are scored as SMILES either way (%(default)s)")
+                        "regex), the same in Kekulé form (no aromatic atoms), or SELFIES (by "
+                        "SELFIES symbols; every symbol sequence decodes to a molecule); samples "
+                        "are scored as SMILES either way (%(default)s)")
     p.add_argument("--test-size", type=int, default=2000,
                    help="MOSES test molecules for the test -ELBO (%(default)s)")
     p.add_argument("--epochs", type=int, default=100,
@@ -74,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "and each writes its own metrics (%(default)s)")
     p.add_argument("--sampler", choices=SAMPLERS, nargs="+", default=["plain"],
                    help="plain: the decoder's softmax; syntax: the same with the tokens that "
-                        "would break the SMILES syntax masked out (SMILES only); each sampler "
-                        "writes its own samples and metrics for every temperature (%(default)s)")
+                        "would break the SMILES syntax masked out; valence: syntax and atom "
+                        "valences (both SMILES forms only); each sampler writes its own samples "
+                        "and metrics for every temperature (%(default)s)")
     p.add_argument("--from-run", metavar="DIR",
                    help="sample and score the trained model in DIR (a finished run of this "
                         "script) instead of training; DIR is only read")
@@ -97,9 +103,10 @@ def check_args(args) -> None:
             raise ValueError(f"--temperature must be > 0, got {t}")
     if args.max_minutes < 0:
         raise ValueError(f"--max-minutes must be >= 0, got {args.max_minutes}")
-    if "syntax" in args.sampler and args.representation != "smiles" and not args.from_run:
-        raise ValueError("--sampler syntax masks SMILES syntax; SELFIES samples are valid by "
-                         "construction: drop it or use --representation smiles")
+    masked = [m for m in args.sampler if m != "plain"]
+    if masked and args.representation == "selfies" and not args.from_run:
+        raise ValueError(f"--sampler {masked[0]} masks SMILES tokens; SELFIES samples are valid "
+                         "by construction: drop it or use --representation smiles")
     if args.from_run and args.from_run.rstrip("/") == args.outdir.rstrip("/"):
         raise ValueError("--from-run reads a run and --outdir is written: give --outdir a new "
                          "directory")
@@ -110,21 +117,25 @@ def sample_and_score(model, params, vocab, length: int, rep: str, args, moses_se
     """Samples --num-samples SMILES for every (--sampler, --temperature) and scores them.
 
     Returns ``(metrics by key, samples by key, seconds)``, keys "<t>" for the plain sampler and
-    "<t> syntax" for the syntax-masked one.
+    "<t> <sampler>" for a masked one.
     """
     patterns = molecules.filter_patterns()
     refs = None if args.no_distribution_metrics else {
         name: moses.reference_statistics(split)
         for name, split in moses.REFERENCE_SPLITS.items()}
-    syntax = smiles_syntax.smiles_syntax(vocab) if "syntax" in args.sampler else None
+    constraints = {"plain": None}
+    if "syntax" in args.sampler:
+        constraints["syntax"] = smiles_syntax.smiles_syntax(vocab)
+    if "valence" in args.sampler:
+        constraints["valence"] = smiles_valence.smiles_valence(vocab)
     by_key, samples_by_key = {}, {}
     start = time.perf_counter()
     for sampler in args.sampler:
         for t in args.temperature:
-            key = str(t) if sampler == "plain" else f"{t} syntax"
+            key = str(t) if sampler == "plain" else f"{t} {sampler}"
             drawn = seqlib.sample_strings(
                 model, params, vocab, length, jax.random.key(args.seed + 1), args.num_samples,
-                temperature=t, constraint=syntax if sampler == "syntax" else None)
+                temperature=t, constraint=constraints[sampler])
             samples_t = molecules.to_smiles(drawn, rep)
             # novelty as MOSES defines it: against all of MOSES train
             metrics_t = molecules.generation_metrics(samples_t, moses_set, filters=patterns)
@@ -140,7 +151,7 @@ def sample_and_score(model, params, vocab, length: int, rep: str, args, moses_se
 
 
 def samples_path(outdir, key: str):
-    """samples_T<t>.txt (plain) or samples_T<t>_syntax.txt."""
+    """samples_T<t>.txt (plain) or samples_T<t>_<sampler>.txt."""
     t, _, sampler = key.partition(" ")
     return outdir / (f"samples_T{t}.txt" if not sampler else f"samples_T{t}_{sampler}.txt")
 
@@ -159,8 +170,9 @@ def rescore(args) -> dict:
     if args.seed is None:  # the run's own seed draws its own samples again
         args.seed = int(source["config"].get("seed", 0))
     rep = source.get("representation", "smiles")
-    if "syntax" in args.sampler and rep != "smiles":
-        raise ValueError(f"--sampler syntax masks SMILES syntax; {args.from_run} is a {rep} "
+    masked = [m for m in args.sampler if m != "plain"]
+    if masked and rep == "selfies":
+        raise ValueError(f"--sampler {masked[0]} masks SMILES tokens; {args.from_run} is a {rep} "
                          "model, whose samples are valid by construction")
     seqlib.check_outdir(args)
     moses_set = set(molecules.load_moses("train"))
@@ -202,7 +214,7 @@ def run(args) -> dict:
         train_smiles = [moses_train[i] for i in rng.permutation(len(moses_train))[:args.train_size]]
     rep = args.representation
     train_strings = molecules.to_representation(train_smiles, rep)
-    vocab = Vocabulary.from_corpus(train_strings, rep)
+    vocab = Vocabulary.from_corpus(train_strings, molecules.TOKENIZERS[rep])
     known = set(vocab.tokens)
     test_all = molecules.to_representation(
         [moses_test[i] for i in rng.permutation(len(moses_test))[:args.test_size]], rep)

@@ -47,7 +47,9 @@ def _selfies():
     return selfies
 
 
-REPRESENTATIONS = ("smiles", "selfies")
+REPRESENTATIONS = ("smiles", "kekule", "selfies")
+# the tokenizer (``jaxvae.data.vocab.TOKENIZERS``) of each representation's strings
+TOKENIZERS = {"smiles": "smiles", "kekule": "smiles", "selfies": "selfies"}
 
 
 def _check_representation(representation: str) -> None:
@@ -56,16 +58,36 @@ def _check_representation(representation: str) -> None:
                          f"{REPRESENTATIONS}")
 
 
-def to_representation(smiles: Sequence[str], representation: str) -> list[str]:
-    """SMILES strings as ``representation`` strings: unchanged, or encoded as SELFIES.
+def to_kekule(smiles: str) -> str:
+    """One SMILES written in its Kekulé form: no aromatic atoms, every ring bond explicit.
 
-    SELFIES (Krenn et al. 2020) spell a molecule in bracketed symbols such that every sequence
-    of symbols decodes to a valid molecule. Raises ValueError naming a SMILES that the
-    ``selfies`` encoder rejects.
+    ``c1ccccc1`` -> ``C1=CC=CC=C1``, ``c1cc[nH]c1`` -> ``C1=CNC=C1``. RDKit reads the result
+    back into the same molecule (it aromatizes rings when it sanitizes), so the canonical SMILES
+    and every metric are unchanged; a model that writes Kekulé strings cannot produce the
+    aromatic rings that RDKit fails to kekulize, only wrong bond orders, which its valences
+    show. Raises ValueError for a string RDKit does not parse.
+    """
+    Chem = _rdkit_chem()
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        raise ValueError(f"cannot write SMILES {smiles!r} in Kekulé form: RDKit does not parse it")
+    Chem.Kekulize(mol, clearAromaticFlags=True)
+    return Chem.MolToSmiles(mol, kekuleSmiles=True)
+
+
+def to_representation(smiles: Sequence[str], representation: str) -> list[str]:
+    """SMILES strings as ``representation`` strings: unchanged, in Kekulé form, or SELFIES.
+
+    ``kekule`` writes each molecule without aromatic atoms (``to_kekule``). SELFIES (Krenn et
+    al. 2020) spell a molecule in bracketed symbols such that every sequence of symbols decodes
+    to a valid molecule. Raises ValueError naming a SMILES that RDKit or the ``selfies``
+    encoder rejects.
     """
     _check_representation(representation)
     if representation == "smiles":
         return list(smiles)
+    if representation == "kekule":
+        return [to_kekule(s) for s in smiles]
     sf = _selfies()
     out = []
     for s in smiles:
@@ -77,13 +99,13 @@ def to_representation(smiles: Sequence[str], representation: str) -> list[str]:
 
 
 def to_smiles(strings: Sequence[str], representation: str) -> list[str]:
-    """``representation`` strings as SMILES: unchanged, or decoded from SELFIES.
+    """``representation`` strings as SMILES: unchanged (SMILES, Kekulé), or decoded from SELFIES.
 
     A SELFIES string the decoder rejects (a symbol outside its alphabet) becomes ``""``, which
     the metrics count as invalid, so the list keeps one entry per input.
     """
     _check_representation(representation)
-    if representation == "smiles":
+    if representation != "selfies":
         return list(strings)
     sf = _selfies()
     out = []

@@ -29,8 +29,8 @@ its valence allows (``jaxvae.data.smiles_valence``).
 vocab.json, results.json) instead of training one; DIR is only read.
 
 Writes into --outdir: metrics.jsonl, results.json, samples_T<t>.txt (one SMILES per line, for
-each temperature; samples_T<t>_syntax.txt and samples_T<t>_valence.txt with those samplers), params.msgpack, vocab.json
-(with --from-run: results.json and the samples files only).
+each temperature; samples_T<t>_syntax.txt and samples_T<t>_valence.txt with those samplers),
+params.msgpack, vocab.json (with --from-run: results.json and the samples files only).
 """
 
 from __future__ import annotations

@@ -63,8 +63,8 @@ _BRACKET = re.compile(r"\[(\d*)([A-Z][a-z]?|[a-z][a-z]?|\*)(@*)(H\d*)?([+-]+\d*)
 def atom_valence(token: str) -> int:
     """The largest number of bond orders an atom token may hold (``UNLIMITED`` if unknown).
 
-    >>> atom_valence("C"), atom_valence("c"), atom_valence("Cl"), atom_valence("[nH]"), atom_valence("[N+]")
-    (4, 4, 1, 2, 4)
+    >>> [atom_valence(t) for t in ("C", "c", "Cl", "[nH]", "[N+]")]
+    [4, 4, 1, 2, 4]
     """
     if not token.startswith("["):
         return MAX_VALENCE.get(token.capitalize(), UNLIMITED)

@@ -76,31 +76,41 @@ def test_the_committed_m1_plus_m2_classifier_has_its_reported_test_accuracy():
 
 
 def test_the_committed_smiles_model_draws_its_committed_samples():
-    """results/moses-smiles-400k-cosine: the model loads from the directory as it is, its first
+    """results/moses-kekule-400k-cosine: the model loads from the directory as it is, its first
     batch of 1,000 prior samples at T = 1 (key fold_in(key(seed + 1), 0)) is the samples file's
-    first 1,000 lines, plain and syntax-masked, and each stored validity is the share of the
-    10,000 lines RDKit parses. The earlier constant-rate run's files hold what its results say
-    (its 30,000 samples begin with its 10,000)."""
+    first 1,000 lines, plain and valence-masked (the -valence directory), and each stored validity
+    is the share of the 10,000 lines RDKit parses. The earlier runs' files hold what their results
+    say (the aromatic cosine run's validity; the constant-rate run's 30,000 samples begin with its
+    10,000)."""
     pytest.importorskip("rdkit")
     import jax
     from experiments import seqlib
-    from jaxvae.data import molecules, smiles_syntax
+    from jaxvae.data import molecules, smiles_valence
 
-    run_dir = RESULTS / "moses-smiles-400k-cosine"
+    run_dir = RESULTS / "moses-kekule-400k-cosine"
     model, params, vocab, length, results = seqlib.load_model(run_dir)
+    assert results["representation"] == "kekule"
     key = jax.random.key(results["config"]["seed"] + 1)
-    by_sampler = results["metrics_by_temperature"]
-    for sampler, constraint in (("plain", None), ("syntax", smiles_syntax.smiles_syntax(vocab))):
-        suffix = "" if sampler == "plain" else "_syntax"
-        lines = (run_dir / f"samples_T1.0{suffix}.txt").read_text().split("\n")[:-1]
+    masked_dir = RESULTS / "moses-kekule-400k-cosine-valence"
+    for directory, name, constraint in (
+            (run_dir, "1.0", None),
+            (masked_dir, "1.0 valence", smiles_valence.smiles_valence(vocab))):
+        suffix = "" if constraint is None else "_valence"
+        lines = (directory / f"samples_T1.0{suffix}.txt").read_text().split("\n")[:-1]
         assert len(lines) == 10000
         drawn = seqlib.sample_strings(model, params, vocab, length, key, 1000,
                                       constraint=constraint)
         # float summation order may differ on another CPU: nearly every row must match exactly
         assert np.mean([a == b for a, b in zip(drawn, lines)]) > 0.98
         valid = np.mean([molecules.canonical(s) is not None for s in lines])
-        name = "1.0" if sampler == "plain" else "1.0 syntax"
-        assert valid == pytest.approx(by_sampler[name]["valid"], abs=1e-9)
+        stored = json.loads((directory / "results.json").read_text())["metrics_by_temperature"]
+        assert valid == pytest.approx(stored[name]["valid"], abs=1e-9)
+
+    aromatic = RESULTS / "moses-smiles-400k-cosine"
+    lines = (aromatic / "samples_T1.0.txt").read_text().split("\n")[:-1]
+    stored = json.loads((aromatic / "results.json").read_text())["metrics"]["valid"]
+    assert len(lines) == 10000 and round(stored * 10000) == 8761
+    assert np.mean([molecules.canonical(s) is not None for s in lines]) == stored
 
     earlier = RESULTS / "moses-smiles-400k"
     lines = (earlier / "samples_T1.0.txt").read_text().split("\n")[:-1]

@@ -1,5 +1,7 @@
 """MOSES metrics on a handful of SMILES written here (no molsets needed), and the script's checks."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,8 @@ from jaxvae.data import molecules
 from jaxvae.data.vocab import EOS_ID, SPECIALS, Vocabulary
 
 pytest.importorskip("rdkit")
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
 def test_canonical_smiles_identify_the_same_molecule_and_reject_invalid_strings():
@@ -305,12 +309,16 @@ def test_atom_valences_follow_element_charge_and_hydrogens():
 def test_valence_rules_pass_every_written_molecule_and_refuse_overfull_atoms():
     from rdkit import Chem
     from jaxvae.data import smiles_valence
-    written = [molecules.canonical(s) for s in SELFIES_MOLECULES]
+    # RDKit's canonical SMILES of 2,000 drug-like molecules (the valid samples of the committed
+    # SMILES run, which are MOSES-like) and of the handful above, aromatic and in Kekulé form
+    samples = (RESULTS / "moses-smiles-400k-cosine" / "samples_T1.0.txt").read_text().split()
+    canonical = [c for c in map(molecules.canonical, samples[:2300]) if c is not None][:2000]
+    written = [molecules.canonical(s) for s in SELFIES_MOLECULES] + canonical
     written += molecules.to_representation(written, "kekule")
     vocab = Vocabulary.from_corpus(written, "smiles")
     constraint = smiles_valence.smiles_valence(vocab)
-    ok = smiles_valence.valid_valences(constraint, jnp.asarray(vocab.encode_batch(written, 40)))
-    assert np.asarray(ok).all()
+    rows = jnp.asarray(vocab.encode_batch(written, vocab.max_tokens(written) + 1))
+    assert len(written) == 4014 and np.asarray(smiles_valence.valid_valences(constraint, rows)).all()
     # each of these is well formed and RDKit refuses it for a valence
     overfull = ["ClC(Cl)(Cl)(Cl)Cl",  # carbon with five bonds
                 "O=C=O=C",  # an oxygen with four
@@ -319,7 +327,7 @@ def test_valence_rules_pass_every_written_molecule_and_refuse_overfull_atoms():
                 "O1CC=1",  # an oxygen with three, the ring bond's order written at closing
                 "Cl(C)C"]  # a chlorine with two, through a branch
     assert all(Chem.MolFromSmiles(s) is None for s in overfull)
-    rows = jnp.asarray(vocab.encode_batch(overfull, 40))
+    rows = jnp.asarray(vocab.encode_batch(overfull, 20))
     assert np.asarray(smiles_syntax_well_formed(vocab, rows)).all()
     assert not np.asarray(smiles_valence.valid_valences(constraint, rows)).any()
 

@@ -144,8 +144,9 @@ def _free(state: ValenceState, atom_B: jax.Array) -> jax.Array:
     return jnp.where(atom_B >= 0, free, UNLIMITED)
 
 
-def _ring_bond(constraint: SmilesValence, state: ValenceState):
-    """Per row and label: whether the digit closes, its bond order, and the opener's share."""
+def _ring_bond(state: ValenceState) -> tuple[jax.Array, jax.Array]:
+    """``(B, R)`` per ring label: whether its digit would close an open ring bond, and the bond's
+    order (the pending order, or at closing the larger of it and the order held since opening)."""
     open_BxR = state.syntax.open_at_BxR >= 0
     order_BxR = jnp.where(open_BxR, jnp.maximum(state.pending_B[:, None], state.ring_order_BxR),
                           state.pending_B[:, None])
@@ -168,7 +169,7 @@ def _valence_allowed(constraint: SmilesValence, state: ValenceState) -> jax.Arra
     atom_ok_BxV = ((order_B <= anchor_free_B)[:, None] & (left_1xV >= 0)
                    & ((left_1xV > 0) | (in_branch_B | (n_open_B == 0))[:, None]))
     bond_ok_BxV = constraint.order_V[None, :] <= anchor_free_B[:, None]
-    open_BxR, order_BxR = _ring_bond(constraint, state)
+    open_BxR, order_BxR = _ring_bond(state)
     opener_free_BxR = jax.vmap(lambda a: _free(state, a), in_axes=1, out_axes=1)(
         s.open_at_BxR)
     left_BxR = current_free_B[:, None] - order_BxR  # the current atom's free valence after it
@@ -214,7 +215,7 @@ def advance(constraint: SmilesValence, state: ValenceState, tokens_B: jax.Array)
     label_B = constraint.syntax.ring_V[tokens_B]
     hit_BxR = is_ring[:, None] & (jnp.arange(state.ring_order_BxR.shape[1])[None, :]
                                   == label_B[:, None])
-    open_BxR, order_BxR = _ring_bond(constraint, state)
+    open_BxR, order_BxR = _ring_bond(state)
     closing_BxR = hit_BxR & open_BxR
     ring_order_B = jnp.sum(jnp.where(hit_BxR, order_BxR, 0), axis=1)
     opener_extra_B = jnp.sum(jnp.where(closing_BxR, order_BxR - state.ring_order_BxR, 0), axis=1)

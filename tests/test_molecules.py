@@ -279,6 +279,9 @@ def test_molecules_script_refuses_syntax_masking_without_smiles(monkeypatch, tmp
     assert script.main(["--representation", "selfies", "--sampler", "syntax",
                         "--outdir", str(tmp_path / "x")]) == 2
     assert "error: --sampler syntax" in capsys.readouterr().err
+    assert script.main(["--representation", "selfies", "--sampler", "plain", "valence",
+                        "--outdir", str(tmp_path / "x")]) == 2
+    assert "error: --sampler valence masks SMILES tokens" in capsys.readouterr().err
     assert script.main(["--from-run", str(tmp_path / "none"), "--outdir",
                         str(tmp_path / "y")]) == 2
     assert "is not a finished sequence run" in capsys.readouterr().err

@@ -236,21 +236,28 @@ def advance(syntax: SmilesSyntax, state: SyntaxState, tokens_B: jax.Array) -> Sy
                        open_at_BxR, state.remaining_B - 1)
 
 
+def passes(allowed_fn, advance_fn, state, tokens_BxL: jax.Array) -> jax.Array:
+    """``(B,)`` bool: each row (its tokens, then EOS, then PAD, as ``Vocabulary.encode_batch``
+    writes it) holds, token by token up to and including its EOS (which it must have), only
+    tokens that ``allowed_fn(state) -> (B, V) bool`` allows, the state moving on by
+    ``advance_fn(state, tokens_B)`` from ``state``."""
+
+    def step(carry, tok_B):
+        state, ok_B, done_B = carry
+        fits_B = jnp.take_along_axis(allowed_fn(state), tok_B[:, None], axis=1)[:, 0]
+        ok_B = ok_B & (done_B | fits_B)
+        return (advance_fn(state, tok_B), ok_B, done_B | (tok_B == EOS_ID)), None
+
+    batch = tokens_BxL.shape[0]
+    carry = (state, jnp.ones((batch,), bool), jnp.zeros((batch,), bool))
+    (_, ok_B, done_B), _ = jax.lax.scan(step, carry, tokens_BxL.T)
+    return ok_B & done_B
+
+
 @jax.jit
 def well_formed(syntax: SmilesSyntax, tokens_BxL: jax.Array) -> jax.Array:
     """``(B,)`` bool: each row (its tokens, then EOS, then PAD, as ``Vocabulary.encode_batch``
     writes it) passes the constraint token by token up to and including its EOS, which it must
     have, within the row's length."""
-    batch, length = tokens_BxL.shape
-
-    def step(carry, tok_B):
-        state, ok_B, done_B = carry
-        fits_B = jnp.take_along_axis(allowed(syntax, state), tok_B[:, None], axis=1)[:, 0]
-        ok_B = ok_B & (done_B | fits_B)
-        state = advance(syntax, state, tok_B)
-        return (state, ok_B, done_B | (tok_B == EOS_ID)), None
-
-    carry = (initial_state(syntax, batch, length), jnp.ones((batch,), bool),
-             jnp.zeros((batch,), bool))
-    (_, ok_B, done_B), _ = jax.lax.scan(step, carry, tokens_BxL.T)
-    return ok_B & done_B
+    return passes(syntax.allowed, syntax.advance, syntax.initial_state(*tokens_BxL.shape),
+                  tokens_BxL)

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvae.data import smiles_syntax as syn
-from jaxvae.data.vocab import EOS_ID, Vocabulary
+from jaxvae.data.vocab import Vocabulary
 
 UNLIMITED = 16  # the valence of an element the table does not know
 MAX_VALENCE = {"B": 3, "C": 4, "N": 3, "O": 2, "S": 6, "P": 7, "F": 1, "Cl": 1, "Br": 1,
@@ -236,18 +236,8 @@ def advance(constraint: SmilesValence, state: ValenceState, tokens_B: jax.Array)
 def valid_valences(constraint: SmilesValence, tokens_BxL: jax.Array) -> jax.Array:
     """``(B,)`` bool: each row (tokens, EOS, PAD) passes the syntax and the valence rules token
     by token up to and including its EOS, which it must have."""
-    batch, length = tokens_BxL.shape
+    def strict_allowed(state):  # no fallback to the syntax alone
+        return syn.allowed(constraint.syntax, state.syntax) & _valence_allowed(constraint, state)
 
-    def step(carry, tok_B):
-        state, ok_B, done_B = carry
-        both_BxV = (syn.allowed(constraint.syntax, state.syntax)
-                    & _valence_allowed(constraint, state))
-        fits_B = jnp.take_along_axis(both_BxV, tok_B[:, None], axis=1)[:, 0]
-        ok_B = ok_B & (done_B | fits_B)
-        state = advance(constraint, state, tok_B)
-        return (state, ok_B, done_B | (tok_B == EOS_ID)), None
-
-    carry = (initial_state(constraint, batch, length), jnp.ones((batch,), bool),
-             jnp.zeros((batch,), bool))
-    (_, ok_B, done_B), _ = jax.lax.scan(step, carry, tokens_BxL.T)
-    return ok_B & done_B
+    return syn.passes(strict_allowed, constraint.advance,
+                      constraint.initial_state(*tokens_BxL.shape), tokens_BxL)

@@ -71,6 +71,9 @@ class RunOptions:
     validation_size: int | None = None  # hold out exactly this many training examples for
     #   --patience instead of --validation-fraction (stratified, seeded): --dataset mnist
     #   --validation-size 10000 trains on 50,000 as in the IWAE paper
+    init_from: str | None = None  # start from the parameters of the finished run in this
+    #   directory (fine-tuning, e.g. a VAE on the IWAE bound): the model flags must give the
+    #   same parameters; the optimizer and the schedules start afresh
 
 
 def config_choices() -> dict[str, list[str]]:
@@ -117,10 +120,23 @@ def prepare_outdir(path: str, overwrite: bool = False) -> Path:
     return outdir
 
 
-def check_data_outside(config: TrainConfig, outdir: str) -> None:
-    """Refuses --overwrite when the data (--dataset file, --data-dir) lies inside --outdir."""
-    for flag, value in (("--dataset", config.data.dataset), ("--data-dir", config.data.data_dir)):
+def check_data_outside(config: TrainConfig, outdir: str, init_from: str | None = None) -> None:
+    """Refuses --overwrite when an input (--dataset file, --data-dir, --init-from) lies inside
+    --outdir."""
+    for flag, value in (("--dataset", config.data.dataset), ("--data-dir", config.data.data_dir),
+                        ("--init-from", init_from)):
         cli.check_outside(value, flag, outdir)
+
+
+def load_init_params(init_from: str, config: TrainConfig, example_shape) -> tuple:
+    """The parameters of the run in directory ``init_from`` for this config's model, and what
+    summary.json records of them (the directory and the SHA-256 of its params.msgpack)."""
+    path = Path(init_from) / "params.msgpack"
+    model = registry.build(config, example_shape).model
+    params = runs.load_params(path, model, "the model of this run's flags (--init-from needs a "
+                              "run of the same architecture: --model, --hidden, --latent-dim, "
+                              "--activation, --prior)")
+    return params, {"path": str(init_from), "params_sha256": runs.file_digest(path)}
 
 
 def environment() -> dict:
@@ -134,9 +150,10 @@ def environment() -> dict:
 
 
 def write_outputs(outdir: Path, config: TrainConfig, data: data_lib.Dataset,
-                  result: trainer.FitResult) -> list[Path]:
+                  result: trainer.FitResult, init_from: dict | None = None) -> list[Path]:
     """Writes summary.json, the figures and the parameters; returns the paths written.
 
+    ``init_from`` (the run it started from, ``load_init_params``) goes into summary.json.
     A run on standardized data also gets its statistics (``standardize.FILE``); its figures
     show reconstructions and samples in the data's units, and summary.json's config records
     the standardization that ``auto`` chose.
@@ -178,7 +195,7 @@ def write_outputs(outdir: Path, config: TrainConfig, data: data_lib.Dataset,
                         "num_train": int(len(data.x_train)) - num_validation,
                         "num_validation": num_validation, "num_test": int(len(data.x_test))},
                "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-               "devices_used": result.devices_used,
+               "devices_used": result.devices_used, "init_from": init_from,
                "compile_seconds": result.compile_seconds,
                "train_examples": int(len(data.x_train)), "test_examples": int(len(data.x_test)),
                **environment()}
@@ -211,8 +228,8 @@ def with_validation_size(config: TrainConfig, size: int, num_train: int) -> Trai
 def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool = False,
         distributed: tuple | None = None, tensorboard: bool = False,
         validation_size: int | None = None, overwrite: bool = False,
-        stop_on_signals: bool = False, given: frozenset[str] | None = None
-        ) -> trainer.FitResult:
+        stop_on_signals: bool = False, given: frozenset[str] | None = None,
+        init_from: str | None = None) -> trainer.FitResult:
     """Loads the data, trains, and writes every output file into outdir.
 
     Nothing is written before every check has passed (flags, run directory, data, labels,
@@ -230,6 +247,8 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
     ``given`` (the command line's flags, ``cli.given_flags``): the sizes not among them are
     fitted to the data (``jaxvae.config.data_defaults``) and the choice printed; None (the
     Python API): the config is used as it is.
+    ``init_from``: a finished run's directory whose parameters the run starts from (the
+    optimizer and the schedules start afresh); summary.json records it.
     """
     jaxvae.validate_config(config)
     if validation_size is not None and not config.run.patience:
@@ -239,9 +258,12 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
             config.run.validation_fraction != jaxvae.RunConfig.validation_fraction:
         raise ValueError("--validation-size and --validation-fraction both set the validation "
                          "set: pass one of them")
+    if init_from is not None and resume:
+        raise ValueError("--init-from starts a new run from a finished run's parameters and "
+                         "--resume continues a run from its own checkpoint: pass one of them")
     runs.check_new_run(outdir, resume=resume, overwrite=overwrite)  # reads only
     if overwrite:
-        check_data_outside(config, outdir)
+        check_data_outside(config, outdir, init_from)
     lead = True
     if distributed is not None:
         multihost.initialize(*distributed)  # checks the flags first
@@ -260,6 +282,9 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
         for note in data.notes:  # how a user file was read
             print(f"note: {note}", file=sys.stderr)
     trainer.check_run(config, data, resume=resume)  # before the first byte is written
+    init_params, started_from = None, None
+    if init_from is not None:
+        init_params, started_from = load_init_params(init_from, config, data.example_shape)
     out = prepare_outdir(outdir, overwrite=overwrite) if lead else Path(outdir)
     stats = None
     if distributed is not None:
@@ -296,14 +321,15 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
     try:
         result = trainer.fit(config, data, hooks=run_hooks, checkpoint_dir=checkpoint_dir,
                              resume=resume, on_resume=on_resume,
-                             stop_on_signals=stop_on_signals, standardization=stats)
+                             stop_on_signals=stop_on_signals, standardization=stats,
+                             init_params=init_params)
     finally:
         bar.close()
         if logger is not None:
             logger.close()
     if not lead:
         return result
-    written = [metrics_path] + write_outputs(out, config, data, result)
+    written = [metrics_path] + write_outputs(out, config, data, result, started_from)
     if logger is not None:
         written.append(Path(logger.logdir))
     final = trainer.final_record(result)
@@ -338,7 +364,8 @@ def main(argv=None) -> int:
         run(config_from_args(args), options.outdir, options.quiet, resume=options.resume,
             distributed=distributed, tensorboard=options.tensorboard,
             validation_size=options.validation_size, overwrite=options.overwrite,
-            stop_on_signals=True, given=cli.given_flags(build_parser, argv))
+            stop_on_signals=True, given=cli.given_flags(build_parser, argv),
+            init_from=options.init_from)
     except loop.Interrupted as e:
         print(interrupted_line(e, sys.argv[1:] if argv is None else argv), file=sys.stderr)
         return e.exit_code

@@ -237,3 +237,28 @@ def test_fit_uses_the_largest_device_count_that_divides_the_batch():
     assert jaxvae.fit(config.replace(num_devices=2), data).devices_used == 2
     with pytest.raises(ValueError, match="num_devices 5 is more than the 4 local devices"):
         jaxvae.fit(config.replace(num_devices=5), data)
+
+
+def test_fit_from_given_parameters_starts_there_and_refuses_other_shapes():
+    from jaxvae.training import fit as trainer
+    rng = np.random.default_rng(0)
+    data = jaxvae.Dataset(rng.random((64, 12)).astype(np.float32), -np.ones(64, np.int32),
+                          rng.random((16, 12)).astype(np.float32), -np.ones(16, np.int32))
+    config = jaxvae.TrainConfig.from_flat(hidden=(8,), latent_dim=2, batch_size=16, epochs=1,
+                                          lr=1e-6)
+    model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(12,))
+    start = jaxvae.init(model, jax.random.key(7))  # not the run's own initialization (seed 0)
+    result = jaxvae.fit(config, data, init_params=start)
+    # 4 Adam steps of at most a few times the learning rate each
+    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(
+        jax.tree.leaves(result.state.params), jax.tree.leaves(start)))
+    assert moved < 4 * 4 * 1e-6
+    fresh = jaxvae.init(model, jax.random.key(0))
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(
+        jax.tree.leaves(fresh), jax.tree.leaves(start))) > 0.1
+    wrong = jax.tree.map(lambda a: a, start)
+    wrong["encoder"]["mean"]["kernel"] = np.zeros((8, 3), np.float32)
+    with pytest.raises(ValueError, match=r"other shapes than the model's at .*'mean'.*'kernel'"):
+        trainer.starting_params(model, wrong)
+    with pytest.raises(ValueError, match="do not have the model's parameters"):
+        trainer.starting_params(model, {"encoder": start["encoder"]})

@@ -72,3 +72,45 @@ def test_unwritable_outdir_fails_before_training(tmp_path, capsys):
     code = train_script.main(["--outdir", str(blocker / "sub"), "--quiet"])
     assert code == 2
     assert "cannot write to output directory" in capsys.readouterr().err
+
+
+def test_init_from_starts_at_the_runs_parameters_and_records_them(run_dir, tmp_path):
+    # At a learning rate of 1e-9 the first epoch barely moves the parameters, so its test loss
+    # (the same test digits and evaluation noise: the same seed) is the source run's last one.
+    from jaxvae.training import runs
+    out = tmp_path / "finetuned"
+    code = train_script.main(["--epochs", "1", "--lr", "1e-9", "--init-from", str(run_dir),
+                              "--outdir", str(out), "--quiet"])
+    assert code == 0
+    source = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["test_loss"] == pytest.approx(source[-1]["test_loss"], abs=0.01)
+    assert abs(first["test_loss"] - source[0]["test_loss"]) > 5  # not a fresh model's epoch
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["init_from"] == {
+        "path": str(run_dir), "params_sha256": runs.file_digest(run_dir / "params.msgpack")}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--hidden", "64"], "has parameter shapes that do not fit the model of this run's flags "
+                         "(--init-from needs a run of the same architecture"),
+    (["--resume"], "--init-from starts a new run from a finished run's parameters and "
+                   "--resume continues a run from its own checkpoint: pass one of them"),
+])
+def test_init_from_a_run_of_another_model_or_with_resume_is_refused(run_dir, tmp_path, capsys,
+                                                                    argv, message):
+    out = tmp_path / "out"
+    code = train_script.main(argv + ["--init-from", str(run_dir), "--outdir", str(out),
+                                     "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_init_from_a_directory_without_parameters_is_refused(tmp_path, capsys):
+    code = train_script.main(["--init-from", str(tmp_path), "--outdir", str(tmp_path / "out"),
+                              "--quiet"])
+    assert code == 2
+    assert f"{tmp_path / 'params.msgpack'} not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -127,6 +127,26 @@ def in_data_units(loss_fn: train.LossFn, log_det: float) -> train.LossFn:
     return wrapped
 
 
+def starting_params(model: nn.Module, params: Any) -> Any:
+    """``params`` as the model's parameter tree (its dtypes), after checking that they have
+    its names and shapes.
+
+    Raises:
+      ValueError: a parameter missing, extra or of another shape.
+    """
+    template = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
+    if jax.tree.structure(template) != jax.tree.structure(params):
+        raise ValueError("the starting parameters do not have the model's parameters: "
+                         f"{jax.tree.structure(params)} against {jax.tree.structure(template)}")
+    mismatched = [jax.tree_util.keystr(path) for (path, t), p in zip(
+        jax.tree_util.tree_leaves_with_path(template), jax.tree.leaves(params))
+        if tuple(np.shape(p)) != tuple(t.shape)]
+    if mismatched:
+        raise ValueError("the starting parameters have other shapes than the model's at "
+                         f"{', '.join(mismatched[:5])}")
+    return jax.tree.map(lambda t, p: jax.numpy.asarray(p, t.dtype), template, params)
+
+
 def check_run(config: config_lib.TrainConfig, data: data_lib.Dataset, *,
               resume: bool = False) -> None:
     """Raises what ``fit(config, data, resume=resume)`` would raise before its first step.
@@ -150,7 +170,8 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
         checkpoint_dir: str | None = None, resume: bool = False,
         on_resume: Callable[[list[dict]], Any] | None = None,
         stop_on_signals: bool = False,
-        standardization: standardize.Standardization | None = None) -> FitResult:
+        standardization: standardize.Standardization | None = None,
+        init_params: Any = None) -> FitResult:
     """Trains the config's VAE on ``data`` and evaluates it on the test split after each epoch.
 
     Each history record holds ``epoch``, ``train_loss``, ``train_recon``, ``train_kl`` (means
@@ -193,6 +214,11 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     Early stopping cannot be resumed yet (the best epoch's parameters are not checkpointed):
     ``resume`` with ``config.run.patience`` raises ValueError.
 
+    ``init_params``: start from these parameters instead of a fresh initialization (fine-tuning a
+    trained model, for example on another objective: ``experiments/train.py --init-from``); the
+    optimizer, its learning-rate schedule and the KL schedule start afresh. They must have the
+    model's names and shapes (ValueError otherwise); a resumed run continues from its checkpoint.
+
     ``stop_on_signals`` (called from the main thread of a one-process run): during training,
     SIGINT (Ctrl-C) and SIGTERM stop the run at the next chunk boundary, after the checkpoint of
     that step when there is a ``checkpoint_dir``, with ``loop.Interrupted`` (a second signal
@@ -210,7 +236,9 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     stopper = early_stopping.EarlyStopping(config.run.patience) if config.run.patience else None
     keys = run_keys(config.run.seed)
     tx = registry.optimizer(config)  # Adam on the lr schedule (clipped), or what the model needs
-    state = train.create_train_state(models.init(model, keys.init), tx)
+    params = models.init(model, keys.init) if init_params is None else \
+        starting_params(model, init_params)
+    state = train.create_train_state(params, tx)
     # binarization / dequantization; data too large for the device is streamed
     data_key = preprocessing.data_key(config.run.seed)
     binarize, dequantize = config.data.binarize, config.data.dequantize

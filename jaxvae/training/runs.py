@@ -170,22 +170,36 @@ def load_run(path) -> Run:
         raise ValueError(f"{summary_path}: {e}") from None
     data = data_lib.load_for(config)
     model = registry.build(config, data.example_shape).model
-    template = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
-    template = jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), template)
-    try:
-        params = serialization.from_bytes(template, params_path.read_bytes())
-    except (ValueError, KeyError) as e:
-        raise ValueError(f"{params_path} does not fit the model of {summary_path}: {e}") from None
-    shapes = jax.tree.map(lambda a: a.shape, params)
-    if shapes != jax.tree.map(lambda a: a.shape, template):
-        raise ValueError(f"{params_path} has parameter shapes that do not fit the model of "
-                         f"{summary_path}")
+    params = load_params(params_path, model, f"the model of {summary_path}")
     stats = load_standardization(path, config)
     if stats is not None and stats.mean.shape != tuple(data.example_shape):
         raise ValueError(f"{path / standardize.FILE} holds statistics of shape "
                          f"{stats.mean.shape}, but the run's examples have shape "
                          f"{data.example_shape}")
     return Run(config, model, params, data, summary, path, stats)
+
+
+def load_params(params_path, model: nn.Module, what: str = "the model") -> Any:
+    """The parameters in ``params_path`` (a ``params.msgpack``) as the tree ``model`` has.
+
+    Raises:
+      ValueError: the file is missing, or its parameters (names or shapes) are not the
+        model's; ``what`` names the model in the message.
+    """
+    params_path = Path(params_path)
+    if not params_path.is_file():
+        raise ValueError(f"{params_path} not found: pass a run directory written by "
+                         "experiments/train.py (it holds summary.json and params.msgpack)")
+    template = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
+    template = jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), template)
+    try:
+        params = serialization.from_bytes(template, params_path.read_bytes())
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{params_path} does not fit {what}: {e}") from None
+    shapes = jax.tree.map(lambda a: a.shape, params)
+    if shapes != jax.tree.map(lambda a: a.shape, template):
+        raise ValueError(f"{params_path} has parameter shapes that do not fit {what}")
+    return params
 
 
 # Files of a code prior directory (written by experiments/vq_prior.py).

@@ -248,7 +248,9 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
     fitted to the data (``jaxvae.config.data_defaults``) and the choice printed; None (the
     Python API): the config is used as it is.
     ``init_from``: a finished run's directory whose parameters the run starts from (the
-    optimizer and the schedules start afresh); summary.json records it.
+    optimizer and the schedules start afresh); summary.json records it. With ``resume`` the run
+    continues from its own checkpoint (the command that resumes an interrupted fine-tuning run
+    is its first command plus --resume).
     """
     jaxvae.validate_config(config)
     if validation_size is not None and not config.run.patience:
@@ -258,9 +260,6 @@ def run(config: TrainConfig, outdir: str, quiet: bool = False, *, resume: bool =
             config.run.validation_fraction != jaxvae.RunConfig.validation_fraction:
         raise ValueError("--validation-size and --validation-fraction both set the validation "
                          "set: pass one of them")
-    if init_from is not None and resume:
-        raise ValueError("--init-from starts a new run from a finished run's parameters and "
-                         "--resume continues a run from its own checkpoint: pass one of them")
     runs.check_new_run(outdir, resume=resume, overwrite=overwrite)  # reads only
     if overwrite:
         check_data_outside(config, outdir, init_from)

@@ -240,7 +240,7 @@ def test_fit_uses_the_largest_device_count_that_divides_the_batch():
 
 
 def test_fit_from_given_parameters_starts_there_and_refuses_other_shapes():
-    from jaxvae.training import fit as trainer
+    from jaxvae.models import interface
     rng = np.random.default_rng(0)
     data = jaxvae.Dataset(rng.random((64, 12)).astype(np.float32), -np.ones(64, np.int32),
                           rng.random((16, 12)).astype(np.float32), -np.ones(16, np.int32))
@@ -259,6 +259,6 @@ def test_fit_from_given_parameters_starts_there_and_refuses_other_shapes():
     wrong = jax.tree.map(lambda a: a, start)
     wrong["encoder"]["mean"]["kernel"] = np.zeros((8, 3), np.float32)
     with pytest.raises(ValueError, match=r"other shapes than the model's at .*'mean'.*'kernel'"):
-        trainer.starting_params(model, wrong)
+        interface.params_for(model, wrong)
     with pytest.raises(ValueError, match="do not have the model's parameters"):
-        trainer.starting_params(model, {"encoder": start["encoder"]})
+        interface.params_for(model, {"encoder": start["encoder"]})

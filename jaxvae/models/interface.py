@@ -227,6 +227,34 @@ def init(model: nn.Module, key: jax.Array) -> Params:
     return model.lazy_init(key, x_1xD)["params"]
 
 
+def params_for(model: nn.Module, params: Params) -> Params:
+    """``params`` as ``model``'s parameter tree (its dtypes), after checking that they have its
+    parameter names and shapes.
+
+    Raises:
+      ValueError: a parameter missing, extra or of another shape (the first five named).
+
+    Examples:
+      >>> import jax, numpy as np, jaxvae
+      >>> from jaxvae.models import interface
+      >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
+      >>> saved = jax.tree.map(np.asarray, jaxvae.init(model, jax.random.key(0)))
+      >>> interface.params_for(model, saved)["encoder"]["mean"]["kernel"].shape
+      (8, 2)
+    """
+    template = jax.eval_shape(lambda: init(model, jax.random.key(0)))
+    if jax.tree.structure(template) != jax.tree.structure(params):
+        raise ValueError("the starting parameters do not have the model's parameters: "
+                         f"{jax.tree.structure(params)} against {jax.tree.structure(template)}")
+    mismatched = [jax.tree_util.keystr(path) for (path, t), p in zip(
+        jax.tree_util.tree_leaves_with_path(template), jax.tree.leaves(params))
+        if tuple(jnp.shape(p)) != tuple(t.shape)]
+    if mismatched:
+        raise ValueError("the starting parameters have other shapes than the model's at "
+                         f"{', '.join(mismatched[:5])}")
+    return jax.tree.map(lambda t, p: jnp.asarray(p, t.dtype), template, params)
+
+
 def encode(model: nn.Module, params: Params, batch) -> Posterior:
     """q(z | x): ``Posterior(mean_BxZ, logvar_BxZ)``.
 

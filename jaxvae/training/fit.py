@@ -19,6 +19,7 @@ from jaxvae.training import early_stopping
 from jaxvae.training import feeding
 from jaxvae.training import loop
 from jaxvae.training import placement
+from jaxvae.models import interface
 from jaxvae.models import mlp as models
 from jaxvae.data import preprocessing
 from jaxvae.data import standardize
@@ -127,26 +128,6 @@ def in_data_units(loss_fn: train.LossFn, log_det: float) -> train.LossFn:
     return wrapped
 
 
-def starting_params(model: nn.Module, params: Any) -> Any:
-    """``params`` as the model's parameter tree (its dtypes), after checking that they have
-    its names and shapes.
-
-    Raises:
-      ValueError: a parameter missing, extra or of another shape.
-    """
-    template = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
-    if jax.tree.structure(template) != jax.tree.structure(params):
-        raise ValueError("the starting parameters do not have the model's parameters: "
-                         f"{jax.tree.structure(params)} against {jax.tree.structure(template)}")
-    mismatched = [jax.tree_util.keystr(path) for (path, t), p in zip(
-        jax.tree_util.tree_leaves_with_path(template), jax.tree.leaves(params))
-        if tuple(np.shape(p)) != tuple(t.shape)]
-    if mismatched:
-        raise ValueError("the starting parameters have other shapes than the model's at "
-                         f"{', '.join(mismatched[:5])}")
-    return jax.tree.map(lambda t, p: jax.numpy.asarray(p, t.dtype), template, params)
-
-
 def check_run(config: config_lib.TrainConfig, data: data_lib.Dataset, *,
               resume: bool = False) -> None:
     """Raises what ``fit(config, data, resume=resume)`` would raise before its first step.
@@ -237,7 +218,7 @@ def fit(config: config_lib.TrainConfig, data: data_lib.Dataset,
     keys = run_keys(config.run.seed)
     tx = registry.optimizer(config)  # Adam on the lr schedule (clipped), or what the model needs
     params = models.init(model, keys.init) if init_params is None else \
-        starting_params(model, init_params)
+        interface.params_for(model, init_params)
     state = train.create_train_state(params, tx)
     # binarization / dequantization; data too large for the device is streamed
     data_key = preprocessing.data_key(config.run.seed)

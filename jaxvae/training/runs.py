@@ -26,6 +26,7 @@ from jaxvae import config as config_lib
 from jaxvae.data import datasets as data_lib
 from jaxvae.data import standardize
 from jaxvae.models import code_prior
+from jaxvae.models import interface
 from jaxvae.models import mlp as models
 from jaxvae.models import registry
 from jaxvae.models import vq
@@ -196,10 +197,10 @@ def load_params(params_path, model: nn.Module, what: str = "the model") -> Any:
         params = serialization.from_bytes(template, params_path.read_bytes())
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{params_path} does not fit {what}: {e}") from None
-    shapes = jax.tree.map(lambda a: a.shape, params)
-    if shapes != jax.tree.map(lambda a: a.shape, template):
-        raise ValueError(f"{params_path} has parameter shapes that do not fit {what}")
-    return params
+    try:  # from_bytes took the names from the template, not the shapes
+        return interface.params_for(model, params)
+    except ValueError:
+        raise ValueError(f"{params_path} has parameter shapes that do not fit {what}") from None
 
 
 # Files of a code prior directory (written by experiments/vq_prior.py).

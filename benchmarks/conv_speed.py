@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import harness
 import jaxvae
 from jaxvae.config import TrainConfig
 from jaxvae.models import conv, precision, registry
@@ -58,6 +59,7 @@ def timed_rounds(calls: dict, rounds: int) -> dict:
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
             fn, steps = calls[name]
+            time.sleep(harness.QUIET_GAP_S)  # idle cores at the start (see harness)
             t0 = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - t0) / steps)

@@ -67,12 +67,23 @@ class Timing:
         return out
 
 
+# Idle seconds before every timed call. After a parallel region, the idle threads of GNU
+# OpenMP (torch's and MKL's thread pool) spin for a few milliseconds before they sleep, and
+# those spinning threads take a core from whatever runs next: a 9.7 ms XLA product timed right
+# after a torch product took 9.5-9.7 ms with a gap of 0-2 ms and 5.3-7.5 ms with 5-100 ms
+# (2 vCPUs, torch 2.13 with libgomp). With the gap every call starts on idle cores, whichever
+# framework ran before it.
+QUIET_GAP_S = 0.01
+
+
 def round_robin(runners: Sequence[Runner], repeats: int, warmup_calls: int = 1,
-                log: Callable[[str], None] = lambda _: None) -> list[Timing]:
+                log: Callable[[str], None] = lambda _: None,
+                gap_s: float = QUIET_GAP_S) -> list[Timing]:
     """Warm-up (timed apart) then ``repeats`` interleaved rounds; order rotated every round.
 
     Every runner gets ``warmup_calls`` untimed calls after its first (settling allocators and
-    page faults of fresh buffers), so the timed rounds see steady state only.
+    page faults of fresh buffers), so the timed rounds see steady state only. Every timed call
+    starts ``gap_s`` seconds after the previous one ended (``QUIET_GAP_S``).
     """
     warm = []
     for r in runners:
@@ -87,6 +98,7 @@ def round_robin(runners: Sequence[Runner], repeats: int, warmup_calls: int = 1,
     for rep in range(repeats):
         for j in range(n):
             i = (j + rep) % n
+            time.sleep(gap_s)
             start = time.perf_counter()
             runners[i].call()
             seconds[i].append(time.perf_counter() - start)

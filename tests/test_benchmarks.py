@@ -4,6 +4,7 @@ documented schema (no speed assertions)."""
 
 import json
 import os
+import time
 
 import jax
 import numpy as np
@@ -63,6 +64,20 @@ def test_round_robin_times_warm_up_apart_and_rotates_the_order():
     stats = timings[0].stats()
     assert stats["samples_per_s_min"] <= stats["samples_per_s"] <= stats["samples_per_s_max"]
     assert stats["gflops"] == pytest.approx(1.0 / timings[0].median_s)
+
+
+def test_round_robin_leaves_the_cores_idle_before_every_timed_call():
+    spans = []
+
+    def call():
+        spans.append(time.perf_counter())
+        spans.append(time.perf_counter())
+
+    runners = [harness.Runner("jax", name, call, samples=1, flops=1.0) for name in "ab"]
+    harness.round_robin(runners, repeats=3, warmup_calls=0, gap_s=0.02)
+    starts, ends = spans[4::2], spans[3:-1:2]  # the timed calls, after two first calls
+    assert len(starts) == 6 and all(s - e >= 0.02 for s, e in zip(starts, ends))
+    assert harness.QUIET_GAP_S > 0
 
 
 def test_roofline_of_the_reference_model_matches_a_hand_computation():
@@ -434,3 +449,27 @@ def test_bf16_dots_times_the_three_products_of_a_layer_in_both_precisions(capsys
     assert not bf16_dots.upcast("%c = f32[8,16]{1,0} convert(%b)", "float32")
     assert bf16_dots.main(["--rounds", "0"]) == 2
     assert capsys.readouterr().err == "error: --rounds must be >= 1, got 0\n"
+
+
+def test_layer_products_times_every_product_of_a_step_in_both_libraries(capsys):
+    from benchmarks import layer_products
+    layers = layer_products.model_layers("reference")
+    assert layers == [(784, 400), (400, 20), (400, 20), (20, 400), (400, 784)]
+    products = layer_products.products(layers)
+    assert len(products) == 3 * len(layers) - 1  # the data layer has no input gradient
+    assert (0, "input grad", (784, 400)) not in products
+    rng = np.random.default_rng(0)
+    x, w, dy = (rng.standard_normal(s, np.float32) for s in ((5, 3), (3, 4), (5, 4)))
+    arrays = {"x": x, "w": w, "dy": dy}
+    expected = {"forward": x @ w, "input grad": dy @ w.T, "weight grad": x.T @ dy}
+    for name, (lhs, rhs, dims) in layer_products.PRODUCTS.items():
+        got = layer_products._torch_product(torch.from_numpy(arrays[lhs]),
+                                            torch.from_numpy(arrays[rhs]), dims)()
+        np.testing.assert_allclose(got.numpy(), expected[name], rtol=1e-5, atol=1e-6)
+        got = jax.lax.dot_general(arrays[lhs], arrays[rhs], (dims, ((), ())))
+        np.testing.assert_allclose(np.asarray(got), expected[name], rtol=1e-5, atol=1e-6)
+    assert layer_products.main(["--batch", "4", "--rounds", "1", "--torch-threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| 4 (400 -> 784) | weight grad |" in out and "| all, batch 4 |" in out
+    assert layer_products.main(["--batch", "0"]) == 2
+    assert capsys.readouterr().err == "error: --batch must be >= 1, got 0\n"

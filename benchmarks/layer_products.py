@@ -10,7 +10,7 @@ jitted ``jax.lax.dot_general`` and as ``torch.mm`` on the same float32 values (t
 many threads as cores, as the harness runs it), in interleaved rounds, and sums them into one
 step's products. At large batches an MLP VAE's step is mostly these products, so when XLA's
 sum is longer than torch's, jaxvae cannot reach torch.compile's samples/s there: the limit is
-the CPU matrix library (XLA's Eigen-based kernels against torch's MKL), not the step around it.
+the CPU matrix kernels (XLA's YNNPACK and Eigen against torch's MKL), not the step around it.
 The layers are those of the harness's workloads (``benchmarks/workloads.py``: ``reference``
 784-400-20, ``wide`` 784-1024-1024-64).
 """
@@ -21,6 +21,7 @@ import argparse
 import os
 import sys
 import time
+
 
 def model_layers(model: str) -> list[tuple[int, int]]:
     """The (K, N) of every dense layer of a harness workload (``reference`` or ``wide``)."""
@@ -51,13 +52,13 @@ def _torch_product(lhs, rhs, dims):
 
 
 def measure(model: str, batch: int, rounds: int, torch_threads: int) -> list[dict]:
+    """Median ms of each product of ``products(model_layers(model))`` in XLA and in torch."""
     import jax
     import numpy as np
     import torch
 
     from benchmarks import harness
 
-    torch.set_num_threads(torch_threads)
     rng = np.random.default_rng(0)
     calls, rows = {}, []
     for i, name, (k, n) in products(model_layers(model)):
@@ -71,17 +72,23 @@ def measure(model: str, batch: int, rounds: int, torch_threads: int) -> list[dic
         calls[(i, name, "jax")] = lambda fn=fn, a=jl, b=jr: jax.block_until_ready(fn(a, b))
         calls[(i, name, "torch")] = _torch_product(torch.from_numpy(arrays[lhs]),
                                                    torch.from_numpy(arrays[rhs]), dims)
-        calls[(i, name, "torch")]()
         rows.append({"layer": i, "product": name, "k": k, "n": n,
                      "flops": 2.0 * batch * k * n})
     times = {key: [] for key in calls}
     keys = list(calls)
-    for r in range(rounds):
-        for key in keys if r % 2 == 0 else keys[::-1]:
-            time.sleep(harness.QUIET_GAP_S)  # idle cores at the start
-            start = time.perf_counter()
-            calls[key]()
-            times[key].append(time.perf_counter() - start)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(torch_threads)
+    try:
+        for key in keys:
+            calls[key]()  # warm-up
+        for r in range(rounds):
+            for key in keys if r % 2 == 0 else keys[::-1]:
+                time.sleep(harness.QUIET_GAP_S)  # idle cores at the start
+                start = time.perf_counter()
+                calls[key]()
+                times[key].append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
     for row in rows:
         for lib in ("jax", "torch"):
             row[f"{lib}_ms"] = 1e3 * float(np.median(times[(row["layer"], row["product"], lib)]))

@@ -22,8 +22,8 @@ counted as throughput; every call ends with ``jax.block_until_ready`` /
 ``torch.cuda.synchronize``; the timed calls of all methods of one configuration run
 interleaved, round-robin with a rotating order, each after 10 ms of idle cores (torch's OpenMP
 threads spin for milliseconds after each call and would slow the next one), and the ratios
-compare medians of the same rounds. A jitted float32 GEMM runs in the same rounds: ``pct_of_peak`` is each method's matmul
-GFLOP/s over the GEMM's (FLOP counts: benchmarks/harness.py); bfloat16 rows use a bfloat16
+compare medians of the same rounds. A jitted float32 GEMM runs in the same rounds:
+``pct_of_peak`` is each method's matmul GFLOP/s over the GEMM's (FLOP counts: benchmarks/harness.py); bfloat16 rows use a bfloat16
 GEMM with float32 accumulation, timed in the same rounds. So do a STREAM copy and triad:
 ``pct_of_roofline`` is each training row's samples/s over the most its step allows, its FLOPs
 at the GEMM rate plus its optimizer's and activations' bytes at the triad bandwidth (the byte

@@ -468,7 +468,9 @@ def test_layer_products_times_every_product_of_a_step_in_both_libraries(capsys):
         np.testing.assert_allclose(got.numpy(), expected[name], rtol=1e-5, atol=1e-6)
         got = jax.lax.dot_general(arrays[lhs], arrays[rhs], (dims, ((), ())))
         np.testing.assert_allclose(np.asarray(got), expected[name], rtol=1e-5, atol=1e-6)
-    assert layer_products.main(["--batch", "4", "--rounds", "1", "--torch-threads", "1"]) == 0
+    threads = torch.get_num_threads()
+    assert layer_products.main(["--batch", "4", "--rounds", "1", "--torch-threads", "2"]) == 0
+    assert torch.get_num_threads() == threads  # the process's setting is restored
     out = capsys.readouterr().out
     assert "| 4 (400 -> 784) | weight grad |" in out and "| all, batch 4 |" in out
     assert layer_products.main(["--batch", "0"]) == 2

@@ -146,7 +146,7 @@ class StridedConvTranspose(nn.Module):
     dtype: Any = None  # the precision policy's compute dtype (jaxvae.models.precision)
 
     # Measured on a 2-core AVX-512 CPU, forward and backward inside lax.scan: shared patches
-    # 1.4-1.8x faster than col2im at F >= 16, even at F = 4 to 8; col2im 2x faster at F = 1.
+    # 1.2-1.8x faster than col2im at F >= 16, about even at F = 4 to 8; col2im 2x faster at F = 1.
     PHASE_MIN_FEATURES = 8
 
     @nn.compact

@@ -126,11 +126,11 @@ class StridedConvTranspose(nn.Module):
     * F >= ``PHASE_MIN_FEATURES``: output phase (r, s) reads the 2x2 patch of the padded input
       at position (i + r, j + s), so every phase uses the same (H + 1) x (W + 1) patches. One
       (B (H+1) (W+1), 4 C) x (4 C, 4 F) product gives every patch's contribution to all four
-      phases; phase (r, s) is its slice at offset (r, s), and the phases are then interleaved
-      into the output (depth-to-space). This does (H+1)(W+1) / (H W) of the minimal FLOPs
-      (1.31x at 7x7) but reads the input's patches once and makes one wide product instead of
-      four narrow ones: 1.5x faster than four per-phase products, forward and backward, in a
-      ``lax.scan`` at 7x7x64 -> 14x14x32, batch 128;
+      phases, which interleaved (depth-to-space) and cropped by one pixel are the output.
+      This does (H+1)(W+1) / (H W) of the minimal FLOPs (1.31x at 7x7) but reads the input's
+      patches once and makes one wide product instead of four narrow ones: 1.5x faster than
+      four per-phase products, forward and backward, in a ``lax.scan`` at 7x7x64 -> 14x14x32,
+      batch 128;
     * fewer outputs (the image layer: 1 or 3 channels), where that product would be a thin
       one: all x[m] @ kernel[k] as one (B H W, C) x (C, 16 F) product, then the sums as
       shifted slices of it added along the rows, then the columns (overlap-add, or col2im).
@@ -176,7 +176,10 @@ def _transposed_by_phases(x_BxHxWxC: jax.Array, kernel: jax.Array, dtype: Any = 
 
     With x_pad[m + 1] = x[m], phase (r, s) of output (i, j) is
     ``sum_{a, c} x_pad[i + r + a, j + s + c] @ kernel[2a + r, 2c + s]``: the 2x2 patch of x_pad
-    at (i + r, j + s) times the phase's (4 C, F) block of the kernel.
+    at (p, q) = (i + r, j + s) times the phase's (4 C, F) block of the kernel. The product gives
+    every patch (p, q) all four blocks, in the order (1 - r, 1 - s); interleaved as pixel
+    (2p + 1 - r, 2q + 1 - s) of a (2H + 2) x (2W + 2) image, output (2i + r, 2j + s) is its pixel
+    (2i + r + 1, 2j + s + 1): the output is that image without its border, one pixel wide.
     """
     b, h, w, c = x_BxHxWxC.shape
     f = kernel.shape[-1]
@@ -184,13 +187,12 @@ def _transposed_by_phases(x_BxHxWxC: jax.Array, kernel: jax.Array, dtype: Any = 
     # patches[p, q] = the 2x2 patch of x_pad at (p, q), features (a, c, C), p <= H, q <= W.
     patches = jnp.concatenate([x_pad[:, a:a + h + 1, c_:c_ + w + 1]
                                for a in (0, 1) for c_ in (0, 1)], axis=-1)
-    # kernel[2a + r, 2c + s, C, F] -> rows (a, c, C), columns (r, s, F).
-    kernel = kernel.reshape(2, 2, 2, 2, c, f).transpose(0, 2, 4, 1, 3, 5).reshape(4 * c, 4 * f)
+    # kernel[2a + r, 2c + s, C, F] -> rows (a, c, C), columns (1 - r, 1 - s, F).
+    kernel = kernel.reshape(2, 2, 2, 2, c, f)[:, ::-1, :, ::-1]
+    kernel = kernel.transpose(0, 2, 4, 1, 3, 5).reshape(4 * c, 4 * f)
     y = _matmul(patches.reshape(b * (h + 1) * (w + 1), 4 * c), kernel, dtype)
-    y = y.reshape(b, h + 1, w + 1, 2, 2, f)
-    phases = [y[:, r:r + h, s:s + w, r, s] for r in (0, 1) for s in (0, 1)]
-    y = jnp.stack(phases, axis=3).reshape(b, h, w, 2, 2, f)  # (B, H, W, r, s, F)
-    return y.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, f)
+    y = y.reshape(b, h + 1, w + 1, 2, 2, f).transpose(0, 1, 3, 2, 4, 5)  # (B, p, 1-r, q, 1-s, F)
+    return y.reshape(b, 2 * h + 2, 2 * w + 2, f)[:, 1:2 * h + 1, 1:2 * w + 1]
 
 
 def _transposed_by_col2im(x_BxHxWxC: jax.Array, kernel: jax.Array, dtype: Any = None

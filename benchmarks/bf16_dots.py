@@ -26,6 +26,8 @@ import re
 import sys
 import time
 
+from experiments import cli
+
 PRODUCTS = {  # name: (lhs, rhs, (lhs contracting dims, rhs contracting dims))
     "forward y = x @ W": ("x", "w", ((1,), (0,))),
     "input grad dx = dy @ W^T": ("dy", "w", ((1,), (1,))),
@@ -89,11 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=20, help="timed calls per product "
                                                          "(default %(default)s)")
     args = p.parse_args(argv)
-    for flag in ("batch", "in_features", "out_features", "rounds"):
-        if getattr(args, flag) < 1:
-            print(f"error: --{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}",
-                  file=sys.stderr)
-            return 2
+    try:
+        cli.check_positive(args, ("batch", "in_features", "out_features", "rounds"))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"B {args.batch}, K {args.in_features}, N {args.out_features}; medians of "
           f"{args.rounds} calls; load average {os.getloadavg()[0]:.2f}")
     print(table(measure(args.batch, args.in_features, args.out_features, args.rounds)))

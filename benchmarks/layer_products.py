@@ -22,6 +22,8 @@ import os
 import sys
 import time
 
+from experiments import cli
+
 
 def model_layers(model: str) -> list[tuple[int, int]]:
     """The (K, N) of every dense layer of a harness workload (``reference`` or ``wide``)."""
@@ -122,11 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--torch-threads", type=int, default=os.cpu_count() or 1,
                    help="torch.set_num_threads (default: the core count, as the harness)")
     args = p.parse_args(argv)
-    for flag in ("batch", "rounds", "torch_threads"):
-        if getattr(args, flag) < 1:
-            print(f"error: --{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}",
-                  file=sys.stderr)
-            return 2
+    try:
+        cli.check_positive(args, ("batch", "rounds", "torch_threads"))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"{args.model} model, batch {args.batch}; medians of {args.rounds} interleaved rounds; "
           f"load average before {os.getloadavg()[0]:.2f}")
     print(table(measure(args.model, args.batch, args.rounds, args.torch_threads), args.batch))

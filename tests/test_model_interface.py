@@ -254,3 +254,31 @@ def test_init_creates_what_flax_init_creates_without_running_the_model(name):
     assert jax.tree.structure(got) == jax.tree.structure(expected)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
         assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_model_functions_run_as_one_program_per_shape_and_trace_inside_jit():
+    """Outside jit, ``encode`` and the interface's functions compile one program per model,
+    method and shapes (a repeated call reuses it, an int argument such as K is static); inside
+    jit they trace into the caller's program; a model that cannot be hashed runs op by op. All
+    three give the values of Flax's ``apply`` run op by op."""
+    import jaxvae
+    model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
+    params = interface.init(model, jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (3, 4))
+    expected = model.apply({"params": params}, x, method=type(model).encode)
+    compiled = interface._compiled_method("encode", (), 1)
+    before = compiled._cache_size()
+    for _ in range(2):
+        np.testing.assert_allclose(jaxvae.encode(model, params, x), expected, rtol=1e-6)
+    assert compiled._cache_size() == before + 1
+    jaxvae.encode(model, params, x[:2])  # another batch size: another program
+    assert compiled._cache_size() == before + 2
+    traced = jax.jit(lambda p, x: jaxvae.encode(model, p, x))(params, x)
+    np.testing.assert_allclose(traced, expected, rtol=1e-6)
+    assert compiled._cache_size() == before + 2
+    for k in (1, 5):  # K static: the draws' shape
+        assert jaxvae.log_weights(model, params, {"x": x}, jax.random.key(2), k).shape == (k, 3)
+    unhashable = jaxvae.VAE(hidden=[8], latent_dim=2, data_shape=(4,))  # a list field
+    with pytest.raises(TypeError):
+        hash(unhashable)
+    np.testing.assert_allclose(jaxvae.encode(unhashable, params, x), expected, rtol=1e-6)

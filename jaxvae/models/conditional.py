@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvae.models import mlp as models
-from jaxvae.models import builders
+from jaxvae.models import builders, interface
 
 
 class CVAE(models.VAE):
@@ -83,7 +83,7 @@ def generate(model: CVAE, params: Any, key: jax.Array, labels_N) -> jax.Array:
       ValueError / TypeError: labels that are not ints in [0, num_classes) of shape (N,).
     """
     labels_N = check_labels(labels_N, model.num_classes)
-    return model.apply({"params": params}, key, jnp.asarray(labels_N), method=model.generate)
+    return interface.apply_method(model, params, "generate", key, jnp.asarray(labels_N))
 
 
 def build(config, example_shape: tuple[int, ...]) -> CVAE:

@@ -30,6 +30,7 @@ each architecture implements) and of penzai's ``LossFunction`` protocol.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -200,8 +201,49 @@ def as_batch(model: nn.Module, batch) -> dict:
     return {"x": x, "y": y}
 
 
-def _apply(model: nn.Module, params: Params, method: str, *args):
-    return model.apply({"params": params}, *args, method=getattr(type(model), method))
+def apply_method(model: nn.Module, params: Params, method: str, *args):
+    """``model.<method>(*args)`` with ``params``, compiled: one XLA program per model, method,
+    argument shapes and value of each int, bool or str argument (those are static, e.g. a sample
+    count). Run op by op instead, each operation would be compiled and dispatched on its own.
+    Inside a caller's transformation (``jax.jit``, ``jax.grad``, ...) the method is traced into
+    the caller's program as it is; a model that cannot be hashed (a field holding a list or an
+    array) runs op by op.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxvae
+      >>> from jaxvae.models import interface
+      >>> model = jaxvae.mlp_vae(hidden=(8,), latent_dim=2, data_shape=(4,))
+      >>> params = jaxvae.init(model, jax.random.key(0))
+      >>> interface.apply_method(model, params, "log_prior", jnp.zeros((3, 2))).shape
+      (3,)
+    """
+    if not _hashable(model) or any(isinstance(leaf, jax.core.Tracer)
+                                   for leaf in jax.tree.leaves((params, args))):
+        return model.apply({"params": params}, *args, method=getattr(type(model), method))
+    static = tuple(i for i, a in enumerate(args) if isinstance(a, (bool, int, str)))
+    dynamic = [a for i, a in enumerate(args) if i not in static]
+    return _compiled_method(method, static, len(args))(
+        model, tuple(args[i] for i in static), params, *dynamic)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_method(method: str, static: tuple[int, ...], num_args: int):
+    """The jitted ``(model, static_values, params, *dynamic_args) -> model.<method>(*args)``."""
+
+    def run(model, static_values, params, *dynamic):
+        values, rest = dict(zip(static, static_values)), iter(dynamic)
+        args = [values[i] if i in values else next(rest) for i in range(num_args)]
+        return model.apply({"params": params}, *args, method=getattr(type(model), method))
+
+    return jax.jit(run, static_argnums=(0, 1))
+
+
+def _hashable(model: nn.Module) -> bool:
+    try:
+        hash(model)
+    except TypeError:
+        return False
+    return True
 
 
 def init(model: nn.Module, key: jax.Array) -> Params:
@@ -221,7 +263,9 @@ def init(model: nn.Module, key: jax.Array) -> Params:
     validation.check_key(key)
     # Flax's lazy_init traces the model on the input's shape and runs only what the parameters
     # depend on (their initializers, op by op as init would): the same values as init, without
-    # an eager forward pass that compiles every layer's operations once per shape.
+    # an eager forward pass. Op by op rather than as one program: each initializer's program
+    # (a draw of one shape) is compiled once for every parameter of that shape in the process,
+    # while one program per model compiles all of its initializers anew for each model.
     x_1xD = jax.ShapeDtypeStruct((1,) + tuple(model.data_shape),
                                  getattr(model, "input_dtype", jnp.float32))
     return model.lazy_init(key, x_1xD)["params"]
@@ -263,7 +307,7 @@ def encode(model: nn.Module, params: Params, batch) -> Posterior:
     """
     check_defined(model, "posterior")
     batch = as_batch(model, batch)
-    return _apply(model, params, "posterior", batch["x"], batch["y"])
+    return apply_method(model, params, "posterior", batch["x"], batch["y"])
 
 
 def decode(model: nn.Module, params: Params, z_BxZ: jax.Array, labels: jax.Array | None = None
@@ -272,13 +316,13 @@ def decode(model: nn.Module, params: Params, z_BxZ: jax.Array, labels: jax.Array
     check_defined(model, "likelihood_params")
     if getattr(model, "conditional", False) and labels is None:
         raise ValueError(f"{type(model).__name__} decodes with labels: pass labels (B,)")
-    return _apply(model, params, "likelihood_params", z_BxZ, labels)
+    return apply_method(model, params, "likelihood_params", z_BxZ, labels)
 
 
 def log_prior(model: nn.Module, params: Params, z: jax.Array) -> jax.Array:
     """log p(z) of the model's prior, over the last axis of z."""
     check_defined(model, "log_prior")
-    return _apply(model, params, "log_prior", z)
+    return apply_method(model, params, "log_prior", z)
 
 
 def sample(model: nn.Module, params: Params, key: jax.Array, n: int) -> jax.Array:
@@ -287,7 +331,7 @@ def sample(model: nn.Module, params: Params, key: jax.Array, n: int) -> jax.Arra
     validation.check_key(key)
     n = validation.check_count(n, "n (the number of samples)")
     if hasattr(model, "sample_outputs"):
-        return model.apply({"params": params}, key, n, method=type(model).sample_outputs)
+        return apply_method(model, params, "sample_outputs", key, n)
     z_NxZ = jax.random.normal(key, (n, model.latent_dim))
     return decode(model, params, z_NxZ)
 
@@ -297,9 +341,8 @@ def reconstruct(model: nn.Module, params: Params, batch, key: jax.Array | None =
     """decode(z) with z ~ q(z | x) drawn with ``key`` (the posterior mean if None)."""
     batch = as_batch(model, batch)
     if isinstance(model, LatentVariableModel):
-        return model.apply({"params": params}, batch["x"], key, batch["y"],
-                           method=type(model).reconstruct_outputs)
-    return model.apply({"params": params}, batch["x"], key, method=model.reconstruct_outputs)
+        return apply_method(model, params, "reconstruct_outputs", batch["x"], key, batch["y"])
+    return apply_method(model, params, "reconstruct_outputs", batch["x"], key)
 
 
 def elbo_terms(model: nn.Module, params: Params, batch, key: jax.Array) -> ElboTerms:
@@ -323,7 +366,7 @@ def elbo_terms(model: nn.Module, params: Params, batch, key: jax.Array) -> ElboT
     """
     check_defined(model, "elbo_terms")
     batch = as_batch(model, batch)
-    return _apply(model, params, "elbo_terms", batch["x"], batch["y"], key)
+    return apply_method(model, params, "elbo_terms", batch["x"], batch["y"], key)
 
 
 def log_weight_terms(model: nn.Module, params: Params, batch, key: jax.Array,
@@ -331,7 +374,7 @@ def log_weight_terms(model: nn.Module, params: Params, batch, key: jax.Array,
     """log p(x | z_k), log p(z_k), log q(z_k | x) for K draws z_k ~ q(z | x): each ``(K, B)``."""
     check_defined(model, "log_weights")
     batch = as_batch(model, batch)
-    return _apply(model, params, "log_weight_terms", batch["x"], batch["y"], key, num_samples)
+    return apply_method(model, params, "log_weight_terms", batch["x"], batch["y"], key, num_samples)
 
 
 def log_weights(model: nn.Module, params: Params, batch, key: jax.Array, num_samples: int

@@ -217,7 +217,7 @@ class LadderVAE(interface.LatentVariableModel):
 def ladder_terms(model: LadderVAE, params: Any, x: jax.Array, key: jax.Array,
                  likelihood: str = "bernoulli") -> tuple[jax.Array, jax.Array, LadderOutput]:
     """(recon_B, kl_LxB, the inference pass): the per-example NLL and each layer's KL."""
-    out = model.apply({"params": params}, x, key, method=model.infer)
+    out = interface.apply_method(model, params, "infer", x, key)
     recon_B = objectives.reconstruction_nll(likelihood, out.out, x)
     kl_LxB = jnp.stack([gaussian_kl_between(*q, *p) for q, p in zip(out.q, out.p)])
     return recon_B, kl_LxB, out

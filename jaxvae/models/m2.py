@@ -372,7 +372,7 @@ def init(model: M2, key: jax.Array) -> Params:
 
 def classify(model: M2, params: Params, x_BxD: jax.Array) -> jax.Array:
     """Logits of q(y | x); ``argmax`` is the predicted class."""
-    return model.apply({"params": params}, x_BxD, method=M2.classify)
+    return interface.apply_method(model, params, "classify", x_BxD)
 
 
 def classification_loss(logits_BxC: jax.Array, y_B: jax.Array) -> jax.Array:

@@ -333,7 +333,7 @@ def encode(model: nn.Module, params: Params, x_BxD: jax.Array, labels: jax.Array
     _check_params(params)
     x_BxD = validation.check_array(x_BxD, "x", min_ndim=2, example_size=_example_size(model))
     cond = () if labels is None else (labels,)
-    out = model.apply({"params": params}, x_BxD, *cond, method=model.encode)
+    out = interface.apply_method(model, params, "encode", x_BxD, *cond)
     validation.check_finite_output(out, "the encoder output (mean, logvar)", _OVERFLOW)
     return out
 
@@ -356,7 +356,7 @@ def decode(model: nn.Module, params: Params, z_BxZ: jax.Array, labels: jax.Array
     z_BxZ = validation.check_array(z_BxZ, "z", ndim=2,
                                    last_dim=getattr(model, "latent_dim", None))
     cond = () if labels is None else (labels,)
-    out = model.apply({"params": params}, z_BxZ, *cond, method=model.decode)
+    out = interface.apply_method(model, params, "decode", z_BxZ, *cond)
     validation.check_finite_output(out, "the decoder output", _OVERFLOW)
     return out
 
@@ -382,7 +382,7 @@ def sample(model: nn.Module, params: Params, key: jax.Array, n: int) -> jax.Arra
     validation.check_key(key)
     n = validation.check_count(n, "n (the number of samples)")
     if hasattr(model, "sample_outputs"):
-        return model.apply({"params": params}, key, n, method=model.sample_outputs)
+        return interface.apply_method(model, params, "sample_outputs", key, n)
     z_NxZ = jax.random.normal(key, (n, model.latent_dim))
     return decode(model, params, z_NxZ)
 

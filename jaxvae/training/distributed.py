@@ -15,6 +15,8 @@ import re
 import jax
 import numpy as np
 
+from jaxvae.training import feeding
+
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-_]+):(\d+)$")
 
 
@@ -61,5 +63,5 @@ def initialize(coordinator: str, num_processes: int, process_id: int,
 def local_batch_indices(num_local: int, shuffle_key: jax.Array, local_batch: int, start: int,
                         stop: int) -> np.ndarray:
     """This process's example indices for steps [start, stop) of an epoch: ``(S, local_batch)``."""
-    perm = np.asarray(jax.random.permutation(shuffle_key, num_local))
+    perm = feeding.epoch_permutation(shuffle_key, num_local)
     return perm[start * local_batch:stop * local_batch].reshape(stop - start, local_batch)

@@ -44,9 +44,13 @@ def tree_nbytes(tree: Any) -> int:
     return sum(int(np.asarray(a).nbytes) for a in jax.tree.leaves(tree))
 
 
+_permutation = jax.jit(jax.random.permutation, static_argnums=1)
+
+
 def epoch_permutation(shuffle_key: jax.Array, n: int) -> np.ndarray:
-    """The epoch's example order: exactly the permutation ``make_train_epoch`` draws."""
-    return np.asarray(jax.random.permutation(shuffle_key, n))
+    """The epoch's example order: exactly the permutation ``make_train_epoch`` draws,
+    ``jax.random.permutation(shuffle_key, n)`` (one compiled program per n)."""
+    return np.asarray(_permutation(shuffle_key, n))
 
 
 def host_batches(data: Any, batch_size: int, shuffle_key: jax.Array) -> Iterator[Any]:

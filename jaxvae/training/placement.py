@@ -36,6 +36,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxvae import validation
 from jaxvae.training import distributed as multihost
+from jaxvae.training import feeding
 from jaxvae.training.parallel import AXIS, make_mesh
 
 # Steps per compiled call when batches come from the host: a group is gathered and sent while
@@ -91,8 +92,8 @@ class _Feed:
     def permutation(self, epoch: int) -> np.ndarray:
         """The epoch's example order (cached for the epoch's chunks)."""
         if self._perm_epoch != epoch:
-            self._perm = np.asarray(jax.random.permutation(
-                jax.random.fold_in(self.shuffle_key, epoch), self.num_examples))
+            self._perm = feeding.epoch_permutation(jax.random.fold_in(self.shuffle_key, epoch),
+                                                   self.num_examples)
             self._perm_epoch = epoch
         return self._perm
 
@@ -211,15 +212,14 @@ def bucket_plan(members: list[np.ndarray], batch_size: int, key: jax.Array
     for k, bucket in enumerate(members):
         if not len(bucket):
             continue
-        bucket = bucket[np.asarray(jax.random.permutation(jax.random.fold_in(key, k),
-                                                          len(bucket)))]
+        bucket = bucket[feeding.epoch_permutation(jax.random.fold_in(key, k), len(bucket))]
         num_full = len(bucket) // batch_size
         full = bucket[:num_full * batch_size].reshape(num_full, batch_size)
         groups += [(k, full[g:g + BUCKET_GROUP_STEPS])
                    for g in range(0, num_full, BUCKET_GROUP_STEPS)]
         if len(bucket) % batch_size:
             last.append((k, bucket[num_full * batch_size:][None]))
-    order = np.asarray(jax.random.permutation(key, len(groups))) if groups else []
+    order = feeding.epoch_permutation(key, len(groups)) if groups else []
     return [groups[i] for i in order] + last
 
 

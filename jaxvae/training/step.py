@@ -51,8 +51,12 @@ def create_train_state(params: Any, tx: optax.GradientTransformation) -> TrainSt
       >>> int(state.step), state.params is params  # step 0, a copy of the parameters
       (0, False)
     """
-    params = jax.tree.map(jnp.copy, params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    def build(params):  # one compiled program instead of an operation per parameter
+        params = jax.tree.map(lambda p: jnp.array(p, copy=True), params)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=tx.init(params))
+
+    return jax.jit(build)(params)
 
 
 LR_SCHEDULES = ("constant", "iwae", "cosine")

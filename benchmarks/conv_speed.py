@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import time
 from unittest import mock
 
 import flax.linen as nn
@@ -50,20 +49,6 @@ def flax_conv_layers():
     with mock.patch.object(conv, "StridedConv", strided), \
             mock.patch.object(conv, "StridedConvTranspose", transposed):
         yield
-
-
-def timed_rounds(calls: dict, rounds: int) -> dict:
-    """Median seconds per call of each ``name -> (fn, steps)``; order alternates per round."""
-    times = {name: [] for name in calls}
-    names = list(calls)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            fn, steps = calls[name]
-            time.sleep(harness.QUIET_GAP_S)  # idle cores at the start (see harness)
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) / steps)
-    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def jax_step_calls(steps: int, data_x: np.ndarray) -> dict:
@@ -196,7 +181,7 @@ def main(argv=None) -> None:
     data_x = (np.random.default_rng(0).random((args.steps * B, H * H)) < 0.3).astype(np.float32)
     calls = {**jax_step_calls(args.steps, data_x),
              **torch_calls(args.steps, data_x, args.compile)}
-    medians = timed_rounds(calls, args.rounds)
+    medians = harness.timed_rounds(calls, args.rounds)
     print(f"\ntraining step, batch {B}, medians of {args.rounds} interleaved rounds:")
     base = medians["torch eager"]
     for name, s in medians.items():
@@ -204,7 +189,7 @@ def main(argv=None) -> None:
               f"{base / s:5.2f}x torch eager")
     print(f"load average: {os.getloadavg()}")
     if not args.skip_layers:
-        medians = timed_rounds(layer_calls(args.steps), args.rounds)
+        medians = harness.timed_rounds(layer_calls(args.steps), args.rounds)
         print(f"\nper layer, forward + backward (ms per step), medians of {args.rounds} rounds:")
         for name, s in medians.items():
             print(f"  {name:28s} {s * 1e3:8.2f}")

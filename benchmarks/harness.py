@@ -76,6 +76,22 @@ class Timing:
 QUIET_GAP_S = 0.01
 
 
+def timed_rounds(calls: dict, rounds: int) -> dict:
+    """Median seconds per step of each ``name -> (fn, steps)`` (``fn`` runs ``steps`` steps and
+    returns when they are done): ``rounds`` interleaved rounds, the order reversed every other
+    round, each call after ``QUIET_GAP_S`` of idle cores. No warm-up: call each fn first."""
+    times = {name: [] for name in calls}
+    names = list(calls)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            fn, steps = calls[name]
+            time.sleep(QUIET_GAP_S)
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) / steps)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def round_robin(runners: Sequence[Runner], repeats: int, warmup_calls: int = 1,
                 log: Callable[[str], None] = lambda _: None,
                 gap_s: float = QUIET_GAP_S) -> list[Timing]:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
+from benchmarks import bf16_dots
 from experiments import cli
 
 
@@ -34,11 +34,8 @@ def model_layers(model: str) -> list[tuple[int, int]]:
 
 MODELS = ("reference", "wide")
 
-PRODUCTS = {  # name: (lhs, rhs, (lhs contracting dims, rhs contracting dims))
-    "forward": ("x", "w", ((1,), (0,))),
-    "input grad": ("dy", "w", ((1,), (1,))),
-    "weight grad": ("x", "dy", ((0,), (0,))),
-}
+# name: (lhs, rhs, (lhs contracting dims, rhs contracting dims)), the contractions of bf16_dots
+PRODUCTS = dict(zip(("forward", "input grad", "weight grad"), bf16_dots.PRODUCTS.values()))
 
 
 def products(layers: list[tuple[int, int]]) -> list[tuple[int, str, tuple[int, int]]]:
@@ -76,24 +73,17 @@ def measure(model: str, batch: int, rounds: int, torch_threads: int) -> list[dic
                                                    torch.from_numpy(arrays[rhs]), dims)
         rows.append({"layer": i, "product": name, "k": k, "n": n,
                      "flops": 2.0 * batch * k * n})
-    times = {key: [] for key in calls}
-    keys = list(calls)
     threads = torch.get_num_threads()
     torch.set_num_threads(torch_threads)
     try:
-        for key in keys:
-            calls[key]()  # warm-up
-        for r in range(rounds):
-            for key in keys if r % 2 == 0 else keys[::-1]:
-                time.sleep(harness.QUIET_GAP_S)  # idle cores at the start
-                start = time.perf_counter()
-                calls[key]()
-                times[key].append(time.perf_counter() - start)
+        for call in calls.values():
+            call()  # warm-up
+        medians = harness.timed_rounds({key: (call, 1) for key, call in calls.items()}, rounds)
     finally:
         torch.set_num_threads(threads)
     for row in rows:
         for lib in ("jax", "torch"):
-            row[f"{lib}_ms"] = 1e3 * float(np.median(times[(row["layer"], row["product"], lib)]))
+            row[f"{lib}_ms"] = 1e3 * medians[(row["layer"], row["product"], lib)]
     return rows
 
 

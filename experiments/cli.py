@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import inspect
 import io
 import sys
@@ -62,15 +63,17 @@ def flat_name(field: dataclasses.Field) -> str:
     return field.metadata.get("flat_name", field.name)
 
 
-def field_comments(cls: type) -> dict[str, str]:
-    """The comment after each field of the class ``cls`` (with its continuation lines), by name.
+@functools.lru_cache(maxsize=None)
+def field_comments(cls: type) -> Mapping[str, str]:
+    """The comment after each field of the class ``cls`` (with its continuation lines), by name
+    (read-only: one parse of the source per class, shared by every parser built from it).
 
     Fields without a comment are left out; so is everything when the source is not available.
     """
     try:
         source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):
-        return {}
+        return types.MappingProxyType({})
     lines = source.splitlines()
     comments = {tok.start[0]: tok.string
                 for tok in tokenize.generate_tokens(io.StringIO(source).readline)
@@ -89,7 +92,7 @@ def field_comments(cls: type) -> dict[str, str]:
             parts.append(comments[line][1:].strip())
             line += 1
         out[node.target.id] = " ".join(parts)
-    return out
+    return types.MappingProxyType(out)
 
 
 def _section_type(tp) -> type | None:

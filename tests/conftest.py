@@ -1,11 +1,13 @@
 """Test setup: 4 CPU devices and a fast-compiling XLA (set before JAX is imported), one
-compilation cache for the whole run, and the slowest test files scheduled first.
+compilation cache for the whole run, a garbage collector that runs less often, and the slowest
+test files scheduled first.
 
 The repository root is on the import path through pytest's ``pythonpath`` setting
 (pyproject.toml), so tests import ``jaxvae``, ``experiments`` and ``benchmarks`` as packages.
 """
 
 import atexit
+import gc
 import os
 import shutil
 import sys
@@ -60,6 +62,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # Implicit rank promotion is an error in every test process (jax reads this when it is first
 # imported, by a test module; the pytest-xdist controller, which runs no test, never imports it).
 os.environ.setdefault("JAX_NUMPY_RANK_PROMOTION", "raise")
+
+# Python's cyclic garbage collector less often: tracing and lowering allocate millions of short-
+# lived container objects, and with the default thresholds (700, 10, 10) a test process spent 7 %
+# of its CPU collecting them (tests/test_train.py and tests/test_data.py: 2.8-3.0 s of 40 s in
+# 2,590 young and 13 full collections; 0.55 s in 52 and none with these), for the same peak memory.
+gc.set_threshold(50_000, 20, 20)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

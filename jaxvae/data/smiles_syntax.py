@@ -58,6 +58,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -133,6 +134,7 @@ def smiles_syntax(vocab: Vocabulary) -> SmilesSyntax:
                         jnp.asarray(np.array(rings, np.int32)))
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def initial_state(syntax: SmilesSyntax, batch: int, max_len: int) -> SyntaxState:
     """The state of ``batch`` empty strings that may grow to ``max_len`` tokens with EOS."""
     zeros = jnp.zeros((batch,), jnp.int32)
@@ -202,6 +204,7 @@ def _syntax_allowed(syntax: SmilesSyntax, state: SyntaxState) -> jax.Array:
     return jnp.where(is_eos_1xV, eos_ok, ok)
 
 
+@jax.jit
 def allowed(syntax: SmilesSyntax, state: SyntaxState) -> jax.Array:
     """``(B, V)`` bool: the tokens that keep each row's string well formed (EOS included) and
     let it still end within its remaining tokens."""
@@ -214,6 +217,7 @@ def allowed(syntax: SmilesSyntax, state: SyntaxState) -> jax.Array:
     return _syntax_allowed(syntax, state) & fits_BxV
 
 
+@jax.jit
 def advance(syntax: SmilesSyntax, state: SyntaxState, tokens_B: jax.Array) -> SyntaxState:
     """The state after appending ``tokens_B`` (one token id per row)."""
     cls_B = syntax.class_V[tokens_B]

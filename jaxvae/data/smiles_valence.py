@@ -44,6 +44,7 @@ Example:
 from __future__ import annotations
 
 import re
+import functools
 from typing import NamedTuple
 
 import jax
@@ -123,6 +124,7 @@ def smiles_valence(vocab: Vocabulary) -> SmilesValence:
                          jnp.asarray(np.array(order, np.int32)))
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def initial_state(constraint: SmilesValence, batch: int, max_len: int) -> ValenceState:
     """The state of ``batch`` empty strings of at most ``max_len`` tokens (so as many atoms)."""
     rings = constraint.syntax.rings_R.shape[0]
@@ -189,6 +191,7 @@ def _valence_allowed(constraint: SmilesValence, state: ValenceState) -> jax.Arra
                                                    (anchor_free_B >= 2)[:, None], True))))
 
 
+@jax.jit
 def allowed(constraint: SmilesValence, state: ValenceState) -> jax.Array:
     """``(B, V)`` bool: the tokens the syntax allows that also keep every valence, or the syntax's
     tokens alone for a row where the valences leave none."""
@@ -197,6 +200,7 @@ def allowed(constraint: SmilesValence, state: ValenceState) -> jax.Array:
     return jnp.where(jnp.any(both_BxV, axis=1, keepdims=True), both_BxV, syntax_BxV)
 
 
+@jax.jit
 def advance(constraint: SmilesValence, state: ValenceState, tokens_B: jax.Array) -> ValenceState:
     """The state after appending ``tokens_B`` (one token id per row)."""
     s = state.syntax

@@ -43,8 +43,8 @@ Example:
 
 from __future__ import annotations
 
-import re
 import functools
+import re
 from typing import NamedTuple
 
 import jax

@@ -1,6 +1,6 @@
-"""Test setup: 4 CPU devices and a fast-compiling XLA (set before JAX is imported), one
-compilation cache for the whole run, a garbage collector that runs less often, and the slowest
-test files scheduled first.
+"""Test setup: 4 CPU devices (training uses one unless a test is marked ``multidevice``) and a
+fast-compiling XLA (set before JAX is imported), one compilation cache for the whole run, a
+garbage collector that runs less often, and the slowest test files scheduled first.
 
 The repository root is on the import path through pytest's ``pythonpath`` setting
 (pyproject.toml), so tests import ``jaxvae``, ``experiments`` and ``benchmarks`` as packages.
@@ -115,6 +115,40 @@ def _seed_global_generators():
     if "torch" in sys.modules:
         sys.modules["torch"].manual_seed(0)
     np.random.seed(0)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "multidevice: fit and the training loop split batches over all 4 forced CPU "
+        "devices in this test, as on a multi-device host (other tests train on one device)")
+
+
+# One device unless a test asks for all: on the 4 forced CPU devices each training program is
+# partitioned for four devices and each step sums its gradients across four device threads, on 2
+# cores (the whole suite, back to back: 435 s of CPU with one device, 495 s with four). Tests of
+# the multi-device path carry the ``multidevice`` mark; scripts that tests start as subprocesses
+# see all 4 devices.
+_ALL_DEVICES = [False]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_device_by_default():
+    from jaxvae.training import placement
+    all_devices = placement.data_parallel_devices
+
+    def one_device_unless_asked(batch_size, num_devices=None):
+        if num_devices is None and not _ALL_DEVICES[0]:
+            num_devices = 1
+        return all_devices(batch_size, num_devices)
+
+    placement.data_parallel_devices = one_device_unless_asked
+    yield
+    placement.data_parallel_devices = all_devices
+
+
+def pytest_runtest_setup(item):
+    """Before any fixture of the test: its module fixtures train as the test itself does."""
+    _ALL_DEVICES[0] = item.get_closest_marker("multidevice") is not None
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,9 @@ from experiments import train as train_script
 from jaxvae.training import checkpoint
 from jaxvae.training import fit as trainer
 
+# The runs and their resumes split each batch over the 4 forced CPU devices (tests/conftest.py),
+# as the training processes that the tests kill do: resume restores a sharded state.
+pytestmark = pytest.mark.multidevice
 ROOT = Path(__file__).resolve().parent.parent
 # digits: 1,438 training examples, batch 64 -> 22 full batches + 1 of 30 = 23 steps per epoch;
 # checkpoints at epoch positions 10, 20 and at each epoch end.

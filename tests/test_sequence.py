@@ -337,6 +337,7 @@ def test_words_script_splits_seeded_and_rejects_a_split_larger_than_the_list():
         words.split_words(WORDS, 4, 1, seed=0)
 
 
+@pytest.mark.multidevice  # each length bucket's batches split over the devices
 def test_fit_sequences_trains_through_the_training_loop(monkeypatch):
     from jaxvae.training import sequences
     from jaxvae.training.sequences import SequenceConfig, fit_sequences

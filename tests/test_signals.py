@@ -17,6 +17,9 @@ from experiments import train as train_script
 from jaxvae.training import checkpoint
 from jaxvae.training import loop
 
+# The in-process runs split each batch over the 4 forced CPU devices (tests/conftest.py), as the
+# signalled training processes do, so that their bits can be compared.
+pytestmark = pytest.mark.multidevice
 ROOT = Path(__file__).resolve().parent.parent
 # digits: 1,438 training examples, batch 512 -> 3 steps per epoch; a checkpoint after every step.
 FLAGS = ["--dataset", "digits", "--hidden", "8", "--latent-dim", "2", "--batch-size", "512",

@@ -205,6 +205,7 @@ def test_microbatched_epoch_trains_and_checks_the_divisor(small):
         jaxvae.make_train_step(loss_fn, tx, microbatch_size=2.0)
 
 
+@pytest.mark.multidevice
 @pytest.mark.parametrize("feed, microbatch_size", [("device", 4), ("stream", None)])
 def test_fit_on_four_devices_equals_one_device(feed, microbatch_size):
     # 38 examples, batch 8: 4 full batches split over 4 devices, then a remainder of 6 that 4
@@ -229,6 +230,7 @@ def test_fit_on_four_devices_equals_one_device(feed, microbatch_size):
         np.testing.assert_allclose(a["test_loss"], b["test_loss"], rtol=1e-5)
 
 
+@pytest.mark.multidevice
 def test_fit_uses_the_largest_device_count_that_divides_the_batch():
     x = np.random.default_rng(1).uniform(size=(12, 4)).astype(np.float32)
     data = jaxvae.Dataset(x, np.zeros(12, np.int32), x[:4], np.zeros(4, np.int32))

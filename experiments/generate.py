@@ -18,11 +18,9 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from flax import serialization
 
 from experiments import cli
 from jaxvae.models import conditional
-from jaxvae.models import mlp as models
 from jaxvae.objectives import bounds as objectives
 from jaxvae.evaluation import plots
 from jaxvae.models import registry
@@ -48,8 +46,7 @@ def load_run(run_dir: str, check=None):
     model = registry.build(builders.prepare(config, data), data.example_shape).model
     if check is not None:
         check(config, model)
-    template = models.init(model, jax.random.key(0))
-    params = serialization.from_bytes(template, (run / "params.msgpack").read_bytes())
+    params = runs.load_params(run / "params.msgpack", model, f"the model of {run}")
     return config, model, params, data
 
 

@@ -16,6 +16,7 @@ from flax import serialization
 from tqdm import tqdm
 
 import jaxvae
+from jaxvae.models import interface
 from jaxvae.models import precision
 from jaxvae.models import sequence
 from jaxvae.data.vocab import Vocabulary
@@ -177,9 +178,11 @@ def load_model(run_dir: Path):
     except KeyError as e:
         raise ValueError(f"{paths[0]} has no {e.args[0]!r}: not written by a sequence "
                          "script") from None
-    template = sequence.init(model, jax.random.key(0))
+    shapes = jax.eval_shape(lambda: sequence.init(model, jax.random.key(0)))
+    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     try:
         params = serialization.from_bytes(template, paths[2].read_bytes())
+        params = interface.params_for(model, params, shapes)
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{paths[2]} does not hold this model's parameters ({e}); it is "
                          "damaged or from another run") from None

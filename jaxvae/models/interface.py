@@ -271,9 +271,10 @@ def init(model: nn.Module, key: jax.Array) -> Params:
     return model.lazy_init(key, x_1xD)["params"]
 
 
-def params_for(model: nn.Module, params: Params) -> Params:
+def params_for(model: nn.Module, params: Params, shapes: Params | None = None) -> Params:
     """``params`` as ``model``'s parameter tree (its dtypes), after checking that they have its
-    parameter names and shapes.
+    parameter names and shapes. ``shapes``: the model's parameters as ``jax.ShapeDtypeStruct``
+    leaves, for a model that ``init`` does not build (default: ``jax.eval_shape`` of ``init``).
 
     Raises:
       ValueError: a parameter missing, extra or of another shape (the first five named).
@@ -286,7 +287,8 @@ def params_for(model: nn.Module, params: Params) -> Params:
       >>> interface.params_for(model, saved)["encoder"]["mean"]["kernel"].shape
       (8, 2)
     """
-    template = jax.eval_shape(lambda: init(model, jax.random.key(0)))
+    template = shapes if shapes is not None else jax.eval_shape(
+        lambda: init(model, jax.random.key(0)))
     if jax.tree.structure(template) != jax.tree.structure(params):
         raise ValueError("the starting parameters do not have the model's parameters: "
                          f"{jax.tree.structure(params)} against {jax.tree.structure(template)}")

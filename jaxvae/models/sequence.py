@@ -252,10 +252,14 @@ def sequence_vae(vocab_size: int, embed_dim: int = 64, hidden_dim: int = 256,
 # The functional API.
 
 
+@functools.partial(jax.jit, static_argnums=(0, 2))
 def init(model: SequenceVAE, key: jax.Array, length: int = 8) -> Params:
-    """The model's parameters from ``key`` (a dummy batch of one row of ``length`` tokens)."""
+    """The model's parameters from ``key`` (a dummy batch of one row of ``length`` tokens).
+
+    One compiled program per model configuration in a process: a second model with the same
+    sizes reuses it."""
     tokens = jnp.full((1, length), EOS_ID, jnp.int32)
-    return jax.jit(model.init)(key, tokens)["params"]
+    return model.init(key, tokens)["params"]
 
 
 @functools.partial(jax.jit, static_argnums=0)

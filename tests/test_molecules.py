@@ -251,9 +251,11 @@ def test_syntax_masked_samples_are_well_formed_and_end_within_the_length():
     assert (np.asarray(masked[:, 1]) == EOS_ID).all()
 
 
-def test_molecules_script_rescores_a_finished_run_without_touching_it(monkeypatch, tmp_path):
+def test_molecules_script_rescores_a_finished_run_without_touching_it(monkeypatch, tmp_path,
+                                                                     capsys):
     import hashlib
     import json
+    import shutil
     script = _tiny_moses(monkeypatch)
     run = tmp_path / "run"
     common = ["--num-samples", "60", "--temperature", "1", "--no-distribution-metrics",
@@ -272,6 +274,18 @@ def test_molecules_script_rescores_a_finished_run_without_touching_it(monkeypatc
     # the plain sampler with the run's seed (read from the run) draws its own samples again
     assert (out / "samples_T1.0.txt").read_text() == (run / "samples_T1.0.txt").read_text()
     assert len((out / "samples_T1.0_syntax.txt").read_text().split("\n")) == 61
+    # a run whose parameters are not the shapes its results.json describes is refused
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    results = json.loads((other / "results.json").read_text())
+    results["config"]["hidden_dim"] = 12
+    (other / "results.json").write_text(json.dumps(results))
+    capsys.readouterr()
+    assert script.main(["--from-run", str(other), "--outdir", str(tmp_path / "o"), *common]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "does not hold this model's parameters" in err
+    assert err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
 
 
 def test_molecules_script_refuses_syntax_masking_without_smiles(monkeypatch, tmp_path, capsys):

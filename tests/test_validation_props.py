@@ -2,6 +2,7 @@
 ValueError/TypeError or give a correct finite result; never an XLA crash or a silent NaN."""
 
 import collections
+import functools
 
 import jax
 import numpy as np
@@ -18,7 +19,14 @@ SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
 TRIED = collections.Counter()  # inputs tried per test, printed at the end (pytest -s)
 
 MODEL = jaxvae.mlp_vae(hidden=(3,), latent_dim=Z, data_shape=(D,))
-PARAMS = jaxvae.init(MODEL, jax.random.key(0))
+
+
+@functools.cache
+def params():
+    """MODEL's parameters, made when a test first needs them (not when pytest collects)."""
+    return jaxvae.init(MODEL, jax.random.key(0))
+
+
 KEY = jax.random.key(1)
 
 
@@ -86,7 +94,7 @@ def _well_formed_batch(x) -> bool:
 @given(x=arrays())
 def test_encode_rejects_malformed_batches_cleanly(x):
     TRIED["encode"] += 1
-    out = _clean_or_finite(jaxvae.encode, MODEL, PARAMS, x)
+    out = _clean_or_finite(jaxvae.encode, MODEL, params(), x)
     if _well_formed_batch(x):  # a valid batch must not be rejected
         assert out is not None and out[0].shape == (x.shape[0], Z)
 
@@ -95,7 +103,7 @@ def test_encode_rejects_malformed_batches_cleanly(x):
 @given(z=arrays())
 def test_decode_rejects_malformed_latents_cleanly(z):
     TRIED["decode"] += 1
-    out = _clean_or_finite(jaxvae.decode, MODEL, PARAMS, z)
+    out = _clean_or_finite(jaxvae.decode, MODEL, params(), z)
     if out is not None:
         assert out.shape == (z.shape[0], D)
 
@@ -105,7 +113,7 @@ def test_decode_rejects_malformed_latents_cleanly(z):
        beta=st.sampled_from([1.0, 0.0, -1.0, np.nan, "1"]))
 def test_loss_rejects_malformed_data_and_arguments_cleanly(x, likelihood, beta):
     TRIED["loss"] += 1
-    out = _clean_or_finite(jaxvae.loss, MODEL, PARAMS, x, KEY, beta=beta, likelihood=likelihood)
+    out = _clean_or_finite(jaxvae.loss, MODEL, params(), x, KEY, beta=beta, likelihood=likelihood)
     if out is not None and likelihood == "bernoulli":
         assert np.min(x) >= 0 and np.max(x) <= 1  # Bernoulli data outside [0, 1] is refused
 
@@ -118,7 +126,7 @@ KEYS = st.sampled_from([jax.random.key(2), jax.random.PRNGKey(2), 0, 3.5, None, 
 @given(key=KEYS, n=st.sampled_from([1, 3, 0, -2, 2.0, True, "4", None]))
 def test_sample_rejects_bad_keys_and_counts_cleanly(key, n):
     TRIED["sample"] += 1
-    out = _clean_or_finite(jaxvae.sample, MODEL, PARAMS, key, n)
+    out = _clean_or_finite(jaxvae.sample, MODEL, params(), key, n)
     if out is not None:
         assert out.shape == (n, D)
 
@@ -128,7 +136,7 @@ def test_sample_rejects_bad_keys_and_counts_cleanly(key, n):
        spherical=st.booleans())
 def test_interpolate_rejects_bad_end_points_and_steps_cleanly(x0, steps, spherical):
     TRIED["interpolate"] += 1
-    out = _clean_or_finite(jaxvae.interpolate, MODEL, PARAMS, x0, np.full(D, 0.5), steps,
+    out = _clean_or_finite(jaxvae.interpolate, MODEL, params(), x0, np.full(D, 0.5), steps,
                            spherical=spherical)
     if out is not None:
         assert out.shape == (steps, D)

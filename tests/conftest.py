@@ -125,9 +125,9 @@ def pytest_configure(config):
 
 # One device unless a test asks for all: on the 4 forced CPU devices each training program is
 # partitioned for four devices and each step sums its gradients across four device threads, on 2
-# cores (the whole suite, back to back: 435 s of CPU with one device, 495 s with four). Tests of
-# the multi-device path carry the ``multidevice`` mark; scripts that tests start as subprocesses
-# see all 4 devices.
+# cores (the whole suite on one pytest-xdist worker, two clones run side by side: 434 s of CPU
+# with one device, 454 s with four). Tests of the multi-device path carry the ``multidevice``
+# mark; scripts that tests start as subprocesses see all 4 devices.
 _ALL_DEVICES = [False]
 
 

@@ -257,7 +257,8 @@ def init(model: SequenceVAE, key: jax.Array, length: int = 8) -> Params:
     """The model's parameters from ``key`` (a dummy batch of one row of ``length`` tokens).
 
     One compiled program per model configuration in a process: a second model with the same
-    sizes reuses it."""
+    sizes reuses it.
+    """
     tokens = jnp.full((1, length), EOS_ID, jnp.int32)
     return model.init(key, tokens)["params"]
 

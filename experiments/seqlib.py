@@ -179,9 +179,8 @@ def load_model(run_dir: Path):
         raise ValueError(f"{paths[0]} has no {e.args[0]!r}: not written by a sequence "
                          "script") from None
     shapes = jax.eval_shape(lambda: sequence.init(model, jax.random.key(0)))
-    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     try:
-        params = serialization.from_bytes(template, paths[2].read_bytes())
+        params = serialization.from_bytes(shapes, paths[2].read_bytes())
         params = interface.params_for(model, params, shapes)
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{paths[2]} does not hold this model's parameters ({e}); it is "

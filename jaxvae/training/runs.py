@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
-import numpy as np
 from flax import serialization
 
 from jaxvae import config as config_lib
@@ -192,8 +191,8 @@ def load_params(params_path, model: nn.Module, what: str = "the model") -> Any:
     if not params_path.is_file():
         raise ValueError(f"{params_path} not found: pass a run directory written by "
                          "experiments/train.py (it holds summary.json and params.msgpack)")
+    # from_bytes takes only the names from its template: shapes, without arrays, are enough
     template = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
-    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
     try:
         params = serialization.from_bytes(template, params_path.read_bytes())
     except (ValueError, KeyError, TypeError) as e:
@@ -245,7 +244,6 @@ def load_code_prior(path, run: Run) -> tuple[nn.Module, Any]:
                          f"params.msgpack differs from {run.path / 'params.msgpack'}): train a "
                          f"prior for this run with python -m experiments.vq_prior {run.path}")
     template = jax.eval_shape(lambda: code_prior.init(prior, jax.random.key(0)))
-    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
     try:
         params = serialization.from_bytes(template,
                                           (path / "prior_params.msgpack").read_bytes())

@@ -1,6 +1,7 @@
 """Test setup: 4 CPU devices (training uses one unless a test is marked ``multidevice``) and a
-fast-compiling XLA (set before JAX is imported), one compilation cache for the whole run, a
-garbage collector that runs less often, and the slowest test files scheduled first.
+fast-compiling XLA (set before JAX is imported), one folder for the whole run (its compilation
+cache and temporary files), a garbage collector that runs less often, and the slowest test files
+scheduled first.
 
 The repository root is on the import path through pytest's ``pythonpath`` setting
 (pyproject.toml), so tests import ``jaxvae``, ``experiments`` and ``benchmarks`` as packages.
@@ -44,18 +45,28 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # t-SNE of 40 points under load: 0.1 s of CPU with one thread, 12 s (150 s wall) with two.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# Many tests build the same program anew (each call of a script's main() or of fit() makes
-# fresh closures, which jit's in-memory cache does not recognise). JAX's persistent cache keys
-# programs by their HLO, so an identical program compiles once per run, across tests, pytest-xdist
-# workers and the scripts that tests start as subprocesses (they inherit the environment). The
-# directory lives for one run (the first process that loads this file makes it and removes it at
-# exit), so every run still compiles everything once. No size limit: with one, JAX rescans the
-# whole directory on every write. An entry read while another worker still writes it fails to
-# decompress, and JAX compiles the program instead (the warning is ignored in pyproject.toml).
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _cache_dir = tempfile.mkdtemp(prefix="jaxvae-test-compile-cache-")
-    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+# One folder for the whole run, made by the first process that loads this file (the pytest-xdist
+# controller, or pytest itself without workers) and removed when it exits; the workers and the
+# scripts that tests start as subprocesses inherit it through the environment.
+if "JAXVAE_TEST_RUN_DIR" not in os.environ:
+    _run_dir = tempfile.mkdtemp(prefix="jaxvae-test-run-")
+    atexit.register(shutil.rmtree, _run_dir, ignore_errors=True)
+    os.environ["JAXVAE_TEST_RUN_DIR"] = _run_dir
+    # Temporary files go inside it: tensorflow-datasets makes an empty temporary folder each time
+    # it builds a dataset whose files are not prepared (every mock_data test) and never removes
+    # it, 39 per run left in /tmp before. pytest's tmp_path folders stay where they were.
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+    os.makedirs(os.path.join(_run_dir, "tmp"))
+    os.environ["TMPDIR"] = os.path.join(_run_dir, "tmp")
+    tempfile.tempdir = None  # read TMPDIR again
+    # Many tests build the same program anew (each call of a script's main() or of fit() makes
+    # fresh closures, which jit's in-memory cache does not recognise). JAX's persistent cache
+    # keys programs by their HLO, so an identical program compiles once per run, across tests,
+    # pytest-xdist workers and subprocesses; every run still compiles everything once. No size
+    # limit: with one, JAX rescans the whole directory on every write. An entry read while
+    # another worker still writes it fails to decompress, and JAX compiles the program instead
+    # (the warning is ignored in pyproject.toml).
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_run_dir, "compile-cache"))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 

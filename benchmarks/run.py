@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--call-gflop", type=float,
                    help="matmul GFLOP of one timed call; sets the steps per call (default 12; "
                         "--quick 0.3)")
+    p.add_argument("--min-steps", type=int,
+                   help="optimizer steps per timed call at least, whatever --call-gflop gives: "
+                        "a scan epoch of one step pays once per step what fit's epoch-long "
+                        "chunks pay once per epoch (XLA maps its temporary buffers anew for "
+                        "each call) (default 8; --quick 1)")
     p.add_argument("--gemm-size", type=int, help="n of the n x n x n GEMM peak (default 2048 "
                                                  "on CPU, 8192 on accelerators; --quick 512)")
     p.add_argument("--stream-mb", type=float,
@@ -144,6 +149,7 @@ def settings(args: argparse.Namespace, backend: str = "cpu") -> dict:
                         list(TRAIN_METHODS)),
         "repeats": pick(args.repeats, 2, 5),
         "call_gflop": pick(args.call_gflop, 0.3, 12.0 if cpu else 500.0),
+        "min_steps": pick(args.min_steps, 1, 8),
         "gemm_size": pick(args.gemm_size, 512, 2048 if cpu else 8192),
         "stream_mb": pick(args.stream_mb, 16.0, 128.0 if cpu else 1024.0),
         "nll_samples": pick(args.nll_samples, [100], [1000, 5000]),
@@ -156,7 +162,7 @@ def settings(args: argparse.Namespace, backend: str = "cpu") -> dict:
         "max_minutes": args.max_minutes,
         "quick": q,
     }
-    for name in ("repeats", "gemm_size", "torch_threads"):
+    for name in ("repeats", "gemm_size", "torch_threads", "min_steps"):
         if s[name] < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {s[name]}")
     for m in s["models"]:

@@ -21,6 +21,23 @@ PRECISIONS = ("float32", "bfloat16")
 MAX_SAMPLES_PER_CALL = 131072  # bounds the pre-placed batches (400 MB of float32 at 784)
 
 
+def steps_per_call(call_gflop: float, min_steps: int, flops_per_sample: float,
+                   batch: int) -> int:
+    """Optimizer steps in one timed call: ``call_gflop`` of matrix products, at least
+    ``min_steps``, at most ``MAX_SAMPLES_PER_CALL`` examples, at least 1.
+
+    Examples:
+      >>> steps_per_call(12.0, 8, 3.28e6, 128)  # the reference MLP: 12 GFLOP are 29 steps
+      29
+      >>> steps_per_call(12.0, 8, 35.47e6, 512)  # the conv VAE: 18 GFLOP a step, the floor
+      8
+      >>> steps_per_call(12.0, 8, 3.28e6, 32768)  # 131,072 examples at most
+      4
+    """
+    by_work = round(call_gflop * 1e9 / (flops_per_sample * batch))
+    return max(1, min(max(min_steps, by_work), MAX_SAMPLES_PER_CALL // batch))
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -101,8 +118,7 @@ def train_section(s, jax, torch, torch_device, backend, devices, x_train, notes,
             name = f"train {model_name} batch {batch}"
             if budget is not None and not budget.allows(name, notes):
                 continue
-            steps = max(1, min(round(s["call_gflop"] * 1e9 / (per_sample * batch)),
-                               MAX_SAMPLES_PER_CALL // batch))
+            steps = steps_per_call(s["call_gflop"], s["min_steps"], per_sample, batch)
             x = work.train_data(x_train, steps * batch)
             log(f"train {model_name} batch {batch}: {steps} steps per call, "
                 f"{s['repeats']} rounds" + (f", {' and '.join(precisions)}"

@@ -220,6 +220,17 @@ def test_torch_log_likelihood_estimators_compute_the_importance_weights(monkeypa
     np.testing.assert_allclose(batched.numpy(), expected, rtol=1e-5)
 
 
+def test_a_timed_call_runs_the_work_of_call_gflop_but_at_least_min_steps_steps():
+    # the reference MLP at batch 128: 3.28 MFLOP a sample, 12 GFLOP are 28.6 steps
+    assert sections.steps_per_call(12.0, 8, 3.28e6, 128) == 29
+    # the conv VAE at batch 512 (18 GFLOP a step) and the MLP at 8192: the floor
+    assert sections.steps_per_call(12.0, 8, 35.47e6, 512) == 8
+    assert sections.steps_per_call(12.0, 8, 3.28e6, 8192) == 8
+    # never more examples than MAX_SAMPLES_PER_CALL, never fewer than one step
+    assert sections.steps_per_call(12.0, 32, 3.28e6, 8192) == sections.MAX_SAMPLES_PER_CALL // 8192
+    assert sections.steps_per_call(0.001, 1, 3.28e6, 1 << 20) == 1
+
+
 def test_bad_arguments_stop_with_a_clear_message(capsys, tmp_path):
     assert run.main(["--quick", "--repeats", "0", "--outdir", str(tmp_path)]) == 2
     assert "--repeats must be >= 1" in capsys.readouterr().err
@@ -227,6 +238,8 @@ def test_bad_arguments_stop_with_a_clear_message(capsys, tmp_path):
     assert "first is a warm-up" in capsys.readouterr().err
     assert run.main(["--quick", "--device", "tpu", "--outdir", str(tmp_path)]) == 2
     assert "--device tpu: jax cannot use that backend here" in capsys.readouterr().err
+    assert run.main(["--quick", "--min-steps", "0", "--outdir", str(tmp_path)]) == 2
+    assert "--min-steps must be >= 1" in capsys.readouterr().err
     assert run.main(["--quick", "--stream-mb", "0", "--outdir", str(tmp_path)]) == 2
     assert "--stream-mb must be > 0" in capsys.readouterr().err
     assert run.main(["--quick", "--models", "conv", "--conv-batch-sizes", "0",

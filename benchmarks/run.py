@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-steps", type=int,
                    help="optimizer steps per timed call at least, whatever --call-gflop gives: "
                         "a scan epoch of one step pays once per step what fit's epoch-long "
-                        "chunks pay once per epoch (XLA maps its temporary buffers anew for "
-                        "each call) (default 8; --quick 1)")
+                        "chunks pay once per epoch (each call allocates its temporary "
+                        "buffers anew, on fresh pages) (default 8; --quick 1)")
     p.add_argument("--gemm-size", type=int, help="n of the n x n x n GEMM peak (default 2048 "
                                                  "on CPU, 8192 on accelerators; --quick 512)")
     p.add_argument("--stream-mb", type=float,

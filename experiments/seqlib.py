@@ -16,7 +16,6 @@ from flax import serialization
 from tqdm import tqdm
 
 import jaxvae
-from jaxvae.models import interface
 from jaxvae.models import precision
 from jaxvae.models import sequence
 from jaxvae.data.vocab import Vocabulary
@@ -180,9 +179,8 @@ def load_model(run_dir: Path):
                          "script") from None
     shapes = jax.eval_shape(lambda: sequence.init(model, jax.random.key(0)))
     try:
-        params = serialization.from_bytes(shapes, paths[2].read_bytes())
-        params = interface.params_for(model, params, shapes)
-    except (ValueError, KeyError, TypeError) as e:
+        params = runs.read_params(paths[2], model, shapes, "the model of its results.json")
+    except ValueError as e:
         raise ValueError(f"{paths[2]} does not hold this model's parameters ({e}); it is "
                          "damaged or from another run") from None
     return model, params, vocab, length, results

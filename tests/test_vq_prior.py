@@ -246,6 +246,14 @@ def test_script_trains_a_prior_samples_and_evaluate_uses_it(tiny_vq_run, tmp_pat
                           "--output", str(tmp_path / "e2.json")]) == 2
     assert "trained on the codes of another VQ-VAE" in one_error_line(capsys)
 
+    # parameters of other shapes than the sizes in prior.json are refused, not loaded
+    (other / "prior.json").write_text(json.dumps({**saved, "prior": {**saved["prior"],
+                                                                     "mlp_dim": 32}}))
+    assert evaluate.main([str(tiny_vq_run), "--prior", str(other),
+                          "--output", str(tmp_path / "e3.json")]) == 2
+    assert "prior_params.msgpack has parameter shapes that do not fit the prior of" in \
+        one_error_line(capsys)
+
 
 def test_script_refuses_a_used_outdir_and_the_run_directory(tiny_vq_run, tmp_path, capsys):
     from experiments import vq_prior

@@ -191,14 +191,26 @@ def load_params(params_path, model: nn.Module, what: str = "the model") -> Any:
     if not params_path.is_file():
         raise ValueError(f"{params_path} not found: pass a run directory written by "
                          "experiments/train.py (it holds summary.json and params.msgpack)")
-    # from_bytes takes only the names from its template: shapes, without arrays, are enough
-    template = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
-    try:
-        params = serialization.from_bytes(template, params_path.read_bytes())
+    shapes = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
+    return read_params(params_path, model, shapes, what)
+
+
+def read_params(params_path, model: nn.Module, shapes: Any, what: str = "the model") -> Any:
+    """The parameters in the msgpack file ``params_path`` as ``model``'s tree, checked against
+    ``shapes`` (its parameters as ``jax.ShapeDtypeStruct`` leaves: ``jax.eval_shape`` of its
+    initializer, so no arrays are made).
+
+    Raises:
+      ValueError: the file does not hold the model's parameter names, or holds other shapes;
+        ``what`` names the model in the message.
+    """
+    params_path = Path(params_path)
+    try:  # from_bytes takes only the names from its template
+        params = serialization.from_bytes(shapes, params_path.read_bytes())
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{params_path} does not fit {what}: {e}") from None
-    try:  # from_bytes took the names from the template, not the shapes
-        return interface.params_for(model, params)
+    try:
+        return interface.params_for(model, params, shapes)
     except ValueError:
         raise ValueError(f"{params_path} has parameter shapes that do not fit {what}") from None
 
@@ -243,12 +255,8 @@ def load_code_prior(path, run: Run) -> tuple[nn.Module, Any]:
         raise ValueError(f"the prior in {path} was trained on the codes of another VQ-VAE (its "
                          f"params.msgpack differs from {run.path / 'params.msgpack'}): train a "
                          f"prior for this run with python -m experiments.vq_prior {run.path}")
-    template = jax.eval_shape(lambda: code_prior.init(prior, jax.random.key(0)))
-    try:
-        params = serialization.from_bytes(template,
-                                          (path / "prior_params.msgpack").read_bytes())
-    except (ValueError, KeyError) as e:
-        raise ValueError(f"{path / 'prior_params.msgpack'} does not fit the prior of "
-                         f"{path / 'prior.json'}: {e}") from None
+    shapes = jax.eval_shape(lambda: code_prior.init(prior, jax.random.key(0)))
+    params = read_params(path / "prior_params.msgpack", prior, shapes,
+                         f"the prior of {path / 'prior.json'}")
     return (code_prior.with_prior(run.model, prior),
             code_prior.join_params(run.params, params))

@@ -7,7 +7,8 @@ The model is ``--model conv`` (28x28x1, channels 32-64, hidden 400, latent 20), 
 BCE(sum) + KL, Adam 1e-3, batch 128. Each jax variant runs two ways: a Python loop of jitted
 steps (``make_train_step``) and ``--steps`` steps in one ``make_train_chunk`` call (the
 ``lax.scan`` chunk that ``fit`` runs, NaN guard included). Then per layer, forward + backward
-(gradients of input, kernel and bias) of each convolution in both formulations, in a jitted
+(gradients of input, kernel and bias) of each convolution: the matrix-product layers on
+(B, H, W, C) and on batch-last (C, H, W, B) maps, and Flax's, in a jitted
 call and per step inside a ``lax.scan``. All timed calls of a table are interleaved round-robin
 (alternating order) and the medians reported, so background load hits them alike; the load
 average is printed before and after: under load, torch's OpenMP threads slow down far more than
@@ -38,11 +39,13 @@ B, H, C1, C2, HIDDEN, Z = 128, 28, 32, 64, 400, 20
 @contextlib.contextmanager
 def flax_conv_layers():
     """While tracing: the conv VAE built from Flax's nn.Conv / nn.ConvTranspose (XLA convs)."""
-    def strided(features, dtype=None, name=None):
+    # batch_last is ignored: ConvEncoder / ConvDecoder keep (B, H, W, C) maps around layers
+    # without that attribute
+    def strided(features, dtype=None, name=None, batch_last=False):
         return nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME", name=name,
                        **precision.conv_kwargs(dtype))
 
-    def transposed(features, dtype=None, name=None):
+    def transposed(features, dtype=None, name=None, batch_last=False):
         return nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", name=name,
                                 **precision.conv_kwargs(dtype, transpose=True))
 
@@ -135,18 +138,24 @@ def torch_calls(steps: int, data_x: np.ndarray, compile_: bool) -> dict:
 
 
 def layer_calls(steps: int) -> dict:
-    """Forward + backward of each conv layer, both formulations, jitted and inside a scan."""
+    """Forward + backward of each conv layer, jitted and inside a scan: the matrix-product
+    layers on (B, H, W, C) and on batch-last (C, H, W, B) maps (the layout of ConvEncoder and
+    ConvDecoder), and Flax's."""
     layers = [("conv_0", "strided", (B, 28, 28, 1), C1), ("conv_1", "strided", (B, 14, 14, C1), C2),
               ("deconv_0", "transposed", (B, 7, 7, C2), C1),
               ("deconv_1", "transposed", (B, 14, 14, C1), 1)]
     calls = {}
     for name, kind, shape, features in layers:
         x = jax.random.normal(jax.random.key(0), shape)
-        ours = (conv.StridedConv if kind == "strided" else conv.StridedConvTranspose)(features)
+        layer_class = conv.StridedConv if kind == "strided" else conv.StridedConvTranspose
         flax_ = (nn.Conv if kind == "strided" else nn.ConvTranspose)(
             features, (4, 4), strides=(2, 2), padding="SAME")
         params = flax_.init(jax.random.key(1), x)
-        for variant, layer in (("matmul", ours), ("flax_conv", flax_)):
+        for variant, layer, x in (
+                ("matmul", layer_class(features), x),
+                ("matmul batch-last", layer_class(features, batch_last=True),
+                 x.transpose(3, 1, 2, 0)),
+                ("flax_conv", flax_, x)):
             # x is an argument, not a constant XLA would fold into the program.
             def body(carry, _, layer=layer):
                 p, x = carry
@@ -192,7 +201,7 @@ def main(argv=None) -> None:
         medians = harness.timed_rounds(layer_calls(args.steps), args.rounds)
         print(f"\nper layer, forward + backward (ms per step), medians of {args.rounds} rounds:")
         for name, s in medians.items():
-            print(f"  {name:28s} {s * 1e3:8.2f}")
+            print(f"  {name:34s} {s * 1e3:8.2f}")
         print(f"load average after: {os.getloadavg()}")
 
 

@@ -137,38 +137,79 @@ CONV_CASES = [((2, 28, 28, 1), 5), ((3, 14, 14, 12), 9), ((2, 8, 6, 3), 4), ((1,
 
 def _conv_layer_pair(new_layer, flax_layer, x_shape, features, seed):
     """The new layer's and Flax's outputs and gradients on a random input, cotangent and
-    parameters (the new layer's init must equal Flax's); grads w.r.t. input and parameters."""
+    parameters (the new layer's init must equal Flax's); grads w.r.t. input and parameters.
+    A ``batch_last`` new layer gets the input as (C, H, W, B) and its output and input
+    gradient are compared after the swap back to (B, H, W, C)."""
     kx, kp, kg = jax.random.split(jax.random.key(seed), 3)
     x = jax.random.normal(kx, x_shape)
+    swap = (lambda a: a.transpose(3, 1, 2, 0)) if new_layer.batch_last else (lambda a: a)
     params = flax_layer.init(kp, x)
-    chex.assert_trees_all_equal(new_layer.init(kp, x), params)  # same names, shapes, init
+    chex.assert_trees_all_equal(new_layer.init(kp, swap(x)), params)  # names, shapes, init
     params = jax.tree.map(lambda p: p + jax.random.normal(kg, p.shape), params)  # bias != 0
     cotangent = jax.random.normal(kg, flax_layer.apply(params, x).shape)
 
-    def outputs_and_grads(layer):
-        out, vjp = jax.vjp(layer.apply, params, x)
+    def outputs_and_grads(apply):
+        out, vjp = jax.vjp(apply, params, x)
         return out, vjp(cotangent)
 
-    return jax.jit(lambda: (outputs_and_grads(new_layer), outputs_and_grads(flax_layer)))()
+    return jax.jit(lambda: (
+        outputs_and_grads(lambda p, x: swap(new_layer.apply(p, swap(x)))),
+        outputs_and_grads(flax_layer.apply)))()
 
 
+@pytest.mark.parametrize("batch_last", [False, True])
 @pytest.mark.parametrize("x_shape, features", CONV_CASES)
-def test_strided_conv_equals_flax_conv_in_outputs_and_gradients(x_shape, features):
+def test_strided_conv_equals_flax_conv_in_outputs_and_gradients(x_shape, features, batch_last):
     ours, flax_ = _conv_layer_pair(
-        conv.StridedConv(features),
+        conv.StridedConv(features, batch_last=batch_last),
         nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME"), x_shape, features, 0)
     chex.assert_shape(ours[0], (x_shape[0], x_shape[1] // 2, x_shape[2] // 2, features))
     chex.assert_trees_all_close(ours, flax_, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("batch_last", [False, True])
 @pytest.mark.parametrize("x_shape, features", CONV_CASES)
 def test_strided_conv_transpose_equals_flax_conv_transpose_in_outputs_and_gradients(
-        x_shape, features):
+        x_shape, features, batch_last):
     ours, flax_ = _conv_layer_pair(
-        conv.StridedConvTranspose(features),
+        conv.StridedConvTranspose(features, batch_last=batch_last),
         nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME"), x_shape, features, 1)
     chex.assert_shape(ours[0], (x_shape[0], 2 * x_shape[1], 2 * x_shape[2], features))
     chex.assert_trees_all_close(ours, flax_, rtol=1e-5, atol=1e-4)
+
+
+def test_conv_encoder_and_decoder_equal_their_batch_first_layers():
+    """The encoder and decoder (batch-last maps inside) compute what a stack of the batch-first
+    layers computes with the same parameters: both formulations of the transposed layer (8
+    outputs and 1), a non-square image, float32 tolerance, outputs and parameter gradients."""
+    x = jax.random.normal(jax.random.key(0), (3, 8, 12, 2))
+    encoder, decoder = conv.ConvEncoder((8, 5)), conv.ConvDecoder((5, 8), out_channels=1)
+    enc_params = encoder.init(jax.random.key(1), x)["params"]
+    h = encoder.apply({"params": enc_params}, x)
+    dec_params = decoder.init(jax.random.key(2), h)["params"]
+
+    def batch_first_encoder(params, x):
+        for i, features in enumerate((8, 5)):
+            x = nn.relu(conv.StridedConv(features).apply({"params": params[f"conv_{i}"]}, x))
+        return x
+
+    def batch_first_decoder(params, h):
+        for i, features in enumerate((8, 1)):
+            h = conv.StridedConvTranspose(features).apply({"params": params[f"deconv_{i}"]}, h)
+            h = nn.relu(h) if i == 0 else h
+        return h
+
+    def loss(apply_enc, apply_dec, enc_params, dec_params):
+        out = apply_dec(dec_params, apply_enc(enc_params, x))
+        return jnp.sum(jnp.sin(out)), out
+
+    ours = jax.value_and_grad(loss, argnums=(2, 3), has_aux=True)(
+        lambda p, x: encoder.apply({"params": p}, x),
+        lambda p, h: decoder.apply({"params": p}, h), enc_params, dec_params)
+    reference = jax.value_and_grad(loss, argnums=(2, 3), has_aux=True)(
+        batch_first_encoder, batch_first_decoder, enc_params, dec_params)
+    chex.assert_shape(ours[0][1], (3, 8, 12, 1))
+    chex.assert_trees_all_close(ours, reference, rtol=1e-5, atol=1e-5)
 
 
 def test_conv_vae_keeps_the_flax_conv_parameter_names_and_shapes():

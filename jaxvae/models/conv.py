@@ -6,6 +6,13 @@ transposed convolutions. The model implements the model interface of ``jaxvae.mo
 (``encode(x) -> (mean_BxZ, logvar_BxZ)``, ``decode(z) -> out``, ``latent_dim``, ``data_shape``,
 the standard-normal prior), so the objectives, evaluation and latent views work unchanged.
 
+Inside the encoder and the decoder the feature maps are laid out batch-last, (C, H, W, B): every
+matrix product of a layer, forward and backward, then has its long dimension (pixels times
+batch) last in both operands, the form XLA's CPU backend runs at its GEMM rate. In the
+batch-first layout the kernel gradient contracts the leading dimension of both operands, which
+XLA runs in Eigen at a third of that rate (docs/benchmarks.md). The layers' batch-first form
+(``StridedConv``, ``StridedConvTranspose`` on (B, H, W, C)) stays for use on its own.
+
 Flat data is accepted: examples of shape (784,) are read as 28x28x1 images, (3072,) as
 32x32x3, in general (s*s,) as s x s x 1 and (3*s*s,) as s x s x 3 (see ``image_shape_for``);
 the decoder's outputs always have the data's own shape.
@@ -86,18 +93,24 @@ class StridedConv(nn.Module):
     inside ``lax.scan``; its convolutions with stride 2 ran several times slower in a jitted
     step and 10-20x slower inside a scan (see docs/benchmarks.md).
 
-    ``(B, H, W, C) -> (B, H / 2, W / 2, features)``.
+    ``(B, H, W, C) -> (B, H / 2, W / 2, features)``; with ``batch_last``,
+    ``(C, H, W, B) -> (features, H / 2, W / 2, B)`` (``_strided_conv_batch_last``).
     """
 
     features: int
     dtype: Any = None  # the precision policy's compute dtype (jaxvae.models.precision)
+    batch_last: bool = False  # feature maps laid out (C, H, W, B) instead of (B, H, W, C)
 
     @nn.compact
-    def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
-        b, h, w, c = x_BxHxWxC.shape
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[0 if self.batch_last else -1]
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (4, 4, c, self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        x, kernel, bias = nn.dtypes.promote_dtype(x_BxHxWxC, kernel, bias)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
+        if self.batch_last:
+            return (_strided_conv_batch_last(x, kernel, self.dtype)
+                    + bias.reshape(-1, 1, 1, 1))
+        b, h, w, _ = x.shape
         blocks = _space_to_depth(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))))
         ho, wo = h // 2, w // 2
         # Feature order (a, c, r, s, C), the kernel's (p, q, C) = (2a + r, 2c + s, C) to match.
@@ -139,23 +152,30 @@ class StridedConvTranspose(nn.Module):
     8x as long as the whole layer in PyTorch, and more inside ``lax.scan`` (see
     docs/benchmarks.md).
 
-    ``(B, H, W, C) -> (B, 2H, 2W, features)``.
+    ``(B, H, W, C) -> (B, 2H, 2W, features)``; with ``batch_last``,
+    ``(C, H, W, B) -> (features, 2H, 2W, B)`` (the same two forms, ``_batch_last``).
     """
 
     features: int
     dtype: Any = None  # the precision policy's compute dtype (jaxvae.models.precision)
+    batch_last: bool = False  # feature maps laid out (C, H, W, B) instead of (B, H, W, C)
 
     # Measured on a 2-core AVX-512 CPU, forward and backward inside lax.scan: shared patches
     # 1.2-1.8x faster than col2im at F >= 16, about even at F = 4 to 8; col2im 2x faster at F = 1.
     PHASE_MIN_FEATURES = 8
 
     @nn.compact
-    def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
-        b, h, w, c = x_BxHxWxC.shape
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[0 if self.batch_last else -1]
         f = self.features
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (4, 4, c, f))
         bias = self.param("bias", nn.initializers.zeros_init(), (f,))
-        x, kernel, bias = nn.dtypes.promote_dtype(x_BxHxWxC, kernel, bias)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
+        if self.batch_last:
+            by_phases = f >= self.PHASE_MIN_FEATURES
+            y = (_transposed_by_phases_batch_last if by_phases
+                 else _transposed_by_col2im_batch_last)(x, kernel, self.dtype)
+            return y + bias.reshape(-1, 1, 1, 1)
         if f >= self.PHASE_MIN_FEATURES:
             y = _transposed_by_phases(x, kernel, self.dtype)
         else:
@@ -216,6 +236,63 @@ def _transposed_by_col2im(x_BxHxWxC: jax.Array, kernel: jax.Array, dtype: Any = 
     return y.reshape(b, 2 * h, 2 * w, f)
 
 
+def _strided_conv_batch_last(x_CxHxWxB: jax.Array, kernel: jax.Array, dtype: Any = None
+                             ) -> jax.Array:
+    """``StridedConv`` (no bias) on (C, H, W, B) maps: (F, 16 C) x (16 C, H/2 W/2 B).
+
+    The patches' rows are (a, c, r, s, C) as in the batch-first form; their columns (i, j, B)
+    hold output pixel (i, j) of every example, so building them copies runs of B contiguous
+    values. Forward, input gradient and kernel gradient are then products whose operands both
+    have the (H/2 W/2 B)-long dimension last or are the small kernel.
+    """
+    c, h, w, b = x_CxHxWxB.shape
+    f = kernel.shape[-1]
+    ho, wo = h // 2, w // 2
+    x_pad = jnp.pad(x_CxHxWxB, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    blocks = x_pad.reshape(c, ho + 1, 2, wo + 1, 2, b)  # (C, i, r, j, s, B)
+    patches = jnp.stack([blocks[:, a:a + ho, :, c_:c_ + wo] for a in (0, 1) for c_ in (0, 1)])
+    patches = patches.transpose(0, 3, 5, 1, 2, 4, 6).reshape(16 * c, ho * wo * b)
+    kernel = kernel.reshape(2, 2, 2, 2, c, f).transpose(0, 2, 1, 3, 4, 5).reshape(16 * c, f)
+    return _matmul(kernel.T, patches, dtype).reshape(f, ho, wo, b)
+
+
+def _transposed_by_phases_batch_last(x_CxHxWxB: jax.Array, kernel: jax.Array,
+                                     dtype: Any = None) -> jax.Array:
+    """``_transposed_by_phases`` on (C, H, W, B) maps: (4 F, 4 C) x (4 C, (H+1) (W+1) B)."""
+    c, h, w, b = x_CxHxWxB.shape
+    f = kernel.shape[-1]
+    x_pad = jnp.pad(x_CxHxWxB, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    patches = jnp.stack([x_pad[:, a:a + h + 1, c_:c_ + w + 1] for a in (0, 1) for c_ in (0, 1)])
+    patches = patches.reshape(4 * c, (h + 1) * (w + 1) * b)  # rows (a, c, C)
+    kernel = kernel.reshape(2, 2, 2, 2, c, f)[:, ::-1, :, ::-1]
+    kernel = kernel.transpose(1, 3, 5, 0, 2, 4).reshape(4 * f, 4 * c)  # rows (1 - r, 1 - s, F)
+    y = _matmul(kernel, patches, dtype).reshape(2, 2, f, h + 1, w + 1, b)  # (1-r, 1-s, F, p, q, B)
+    y = y.transpose(2, 3, 0, 4, 1, 5).reshape(f, 2 * h + 2, 2 * w + 2, b)
+    return y[:, 1:2 * h + 1, 1:2 * w + 1]
+
+
+def _transposed_by_col2im_batch_last(x_CxHxWxB: jax.Array, kernel: jax.Array,
+                                     dtype: Any = None) -> jax.Array:
+    """``_transposed_by_col2im`` on (C, H, W, B) maps: (16 F, C) x (C, H W B), shifted sums."""
+    c, h, w, b = x_CxHxWxB.shape
+    f = kernel.shape[-1]
+    cols = _matmul(kernel.transpose(0, 1, 3, 2).reshape(16 * f, c),
+                   x_CxHxWxB.reshape(c, h * w * b), dtype)
+    cols = cols.reshape(2, 2, 2, 2, f, h, w, b)  # (a, r, c, s, F, H, W, B)
+    cols = jnp.pad(cols, ((0, 0),) * 5 + ((1, 1), (0, 0), (0, 0)))
+    rows = jnp.stack([cols[0, r, :, :, :, r:r + h] + cols[1, r, :, :, :, r + 1:r + 1 + h]
+                      for r in (0, 1)], axis=4)  # (c, s, F, H, 2, W, B): rows 2i + r
+    rows = jnp.pad(rows.reshape(2, 2, f, 2 * h, w, b), ((0, 0),) * 4 + ((1, 1), (0, 0)))
+    y = jnp.stack([rows[0, s, :, :, s:s + w] + rows[1, s, :, :, s + 1:s + 1 + w]
+                   for s in (0, 1)], axis=3)  # (F, 2H, W, 2, B): columns 2j + s
+    return y.reshape(f, 2 * h, 2 * w, b)
+
+
+def _swap_batch_and_channels(x: jax.Array) -> jax.Array:
+    """(B, H, W, C) <-> (C, H, W, B)."""
+    return x.transpose(3, 1, 2, 0)
+
+
 class ConvEncoder(nn.Module):
     """Images -> features: stride-2 4x4 convolutions + ReLU, one per entry of ``channels``.
 
@@ -227,10 +304,14 @@ class ConvEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
-        h = x_BxHxWxC
-        for i, features in enumerate(self.channels):
-            h = nn.relu(StridedConv(features, dtype=self.dtype, name=f"conv_{i}")(h))
-        return h
+        layers = [StridedConv(features, dtype=self.dtype, batch_last=True, name=f"conv_{i}")
+                  for i, features in enumerate(self.channels)]
+        # batch-last between the layers (the module docstring), unless a layer is another kind
+        batch_last = all(getattr(layer, "batch_last", False) for layer in layers)
+        h = _swap_batch_and_channels(x_BxHxWxC) if batch_last else x_BxHxWxC
+        for layer in layers:
+            h = nn.relu(layer(h))
+        return _swap_batch_and_channels(h) if batch_last else h
 
 
 class ConvDecoder(nn.Module):
@@ -247,11 +328,16 @@ class ConvDecoder(nn.Module):
     @nn.compact
     def __call__(self, h: jax.Array) -> jax.Array:
         outs = list(self.channels[1:]) + [self.out_channels]
-        for i, features in enumerate(outs):
-            h = StridedConvTranspose(features, dtype=self.dtype, name=f"deconv_{i}")(h)
-            if i < len(outs) - 1:
+        layers = [StridedConvTranspose(features, dtype=self.dtype, batch_last=True,
+                                       name=f"deconv_{i}")
+                  for i, features in enumerate(outs)]
+        batch_last = all(getattr(layer, "batch_last", False) for layer in layers)
+        h = _swap_batch_and_channels(h) if batch_last else h
+        for i, layer in enumerate(layers):
+            h = layer(h)
+            if i < len(layers) - 1:
                 h = nn.relu(h)
-        return h
+        return _swap_batch_and_channels(h) if batch_last else h
 
 
 class ConvVAE(interface.LatentVariableModel):

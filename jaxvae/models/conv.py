@@ -153,7 +153,8 @@ class StridedConvTranspose(nn.Module):
     docs/benchmarks.md).
 
     ``(B, H, W, C) -> (B, 2H, 2W, features)``; with ``batch_last``,
-    ``(C, H, W, B) -> (features, 2H, 2W, B)`` (the same two forms, ``_batch_last``).
+    ``(C, H, W, B) -> (features, 2H, 2W, B)`` (``_transposed_by_phases_batch_last``,
+    ``_transposed_by_col2im_batch_last``).
     """
 
     features: int

@@ -7,12 +7,12 @@ The model is ``--model conv`` (28x28x1, channels 32-64, hidden 400, latent 20), 
 BCE(sum) + KL, Adam 1e-3, batch 128. Each jax variant runs two ways: a Python loop of jitted
 steps (``make_train_step``) and ``--steps`` steps in one ``make_train_chunk`` call (the
 ``lax.scan`` chunk that ``fit`` runs, NaN guard included). Then per layer, forward + backward
-(gradients of input, kernel and bias) of each convolution: the matrix-product layers on
-(B, H, W, C) and on batch-last (C, H, W, B) maps, and Flax's, in a jitted
-call and per step inside a ``lax.scan``. All timed calls of a table are interleaved round-robin
-(alternating order) and the medians reported, so background load hits them alike; the load
-average is printed before and after: under load, torch's OpenMP threads slow down far more than
-XLA (treat torch numbers from a loaded machine as unreliable).
+(gradients of input, kernel and bias) of each convolution in both formulations (jaxvae's on
+the batch-last maps of its encoder and decoder), in a jitted call and per step inside a
+``lax.scan``. All timed calls of a table are interleaved round-robin (alternating order) and
+the medians reported, so background load hits them alike; the load average is printed before
+and after: under load, torch's OpenMP threads slow down far more than XLA (treat torch numbers
+from a loaded machine as unreliable).
 """
 
 from __future__ import annotations
@@ -138,9 +138,7 @@ def torch_calls(steps: int, data_x: np.ndarray, compile_: bool) -> dict:
 
 
 def layer_calls(steps: int) -> dict:
-    """Forward + backward of each conv layer, jitted and inside a scan: the matrix-product
-    layers on (B, H, W, C) and on batch-last (C, H, W, B) maps (the layout of ConvEncoder and
-    ConvDecoder), and Flax's."""
+    """Forward + backward of each conv layer, both formulations, jitted and inside a scan."""
     layers = [("conv_0", "strided", (B, 28, 28, 1), C1), ("conv_1", "strided", (B, 14, 14, C1), C2),
               ("deconv_0", "transposed", (B, 7, 7, C2), C1),
               ("deconv_1", "transposed", (B, 14, 14, C1), 1)]
@@ -151,10 +149,9 @@ def layer_calls(steps: int) -> dict:
         flax_ = (nn.Conv if kind == "strided" else nn.ConvTranspose)(
             features, (4, 4), strides=(2, 2), padding="SAME")
         params = flax_.init(jax.random.key(1), x)
+        # jaxvae's layer on batch-last maps, as ConvEncoder and ConvDecoder run it
         for variant, layer, x in (
-                ("matmul", layer_class(features), x),
-                ("matmul batch-last", layer_class(features, batch_last=True),
-                 x.transpose(3, 1, 2, 0)),
+                ("matmul", layer_class(features, batch_last=True), x.transpose(3, 1, 2, 0)),
                 ("flax_conv", flax_, x)):
             # x is an argument, not a constant XLA would fold into the program.
             def body(carry, _, layer=layer):
@@ -201,7 +198,7 @@ def main(argv=None) -> None:
         medians = harness.timed_rounds(layer_calls(args.steps), args.rounds)
         print(f"\nper layer, forward + backward (ms per step), medians of {args.rounds} rounds:")
         for name, s in medians.items():
-            print(f"  {name:34s} {s * 1e3:8.2f}")
+            print(f"  {name:28s} {s * 1e3:8.2f}")
         print(f"load average after: {os.getloadavg()}")
 
 

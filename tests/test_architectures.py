@@ -179,9 +179,10 @@ def test_strided_conv_transpose_equals_flax_conv_transpose_in_outputs_and_gradie
 
 
 def test_conv_encoder_and_decoder_equal_their_batch_first_layers():
-    """The encoder and decoder (batch-last maps inside) compute what a stack of the batch-first
-    layers computes with the same parameters: both formulations of the transposed layer (8
-    outputs and 1), a non-square image, float32 tolerance, outputs and parameter gradients."""
+    """The encoder and decoder (batch-last maps inside, swapped once at each end) compute what
+    a stack of the layers on (B, H, W, C) maps computes with the same parameters: both
+    formulations of the transposed layer (8 outputs and 1), a non-square image, float32
+    tolerance, outputs and parameter gradients."""
     x = jax.random.normal(jax.random.key(0), (3, 8, 12, 2))
     encoder, decoder = conv.ConvEncoder((8, 5)), conv.ConvDecoder((5, 8), out_channels=1)
     enc_params = encoder.init(jax.random.key(1), x)["params"]

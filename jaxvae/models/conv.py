@@ -10,8 +10,8 @@ Inside the encoder and the decoder the feature maps are laid out batch-last, (C,
 matrix product of a layer, forward and backward, then has its long dimension (pixels times
 batch) last in both operands, the form XLA's CPU backend runs at its GEMM rate. In the
 batch-first layout the kernel gradient contracts the leading dimension of both operands, which
-XLA runs in Eigen at a third of that rate (docs/benchmarks.md). The layers' batch-first form
-(``StridedConv``, ``StridedConvTranspose`` on (B, H, W, C)) stays for use on its own.
+XLA runs in Eigen at a third of that rate (docs/benchmarks.md). On their own the layers
+(``StridedConv``, ``StridedConvTranspose``) also take (B, H, W, C) maps.
 
 Flat data is accepted: examples of shape (784,) are read as 28x28x1 images, (3072,) as
 32x32x3, in general (s*s,) as s x s x 1 and (3*s*s,) as s x s x 3 (see ``image_shape_for``);
@@ -71,13 +71,6 @@ def check_conv_shape(image_shape: tuple[int, int, int], num_downsamplings: int) 
                          f"(--conv-channels) or pad the images")
 
 
-def _space_to_depth(x_BxHxWxC: jax.Array) -> jax.Array:
-    """(B, H, W, C) -> (B, H/2, W/2, 4C): the pixels of each 2x2 block, (row, column, channel)."""
-    b, h, w, c = x_BxHxWxC.shape
-    x = x_BxHxWxC.reshape(b, h // 2, 2, w // 2, 2, c)
-    return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2, w // 2, 4 * c)
-
-
 class StridedConv(nn.Module):
     """A 4x4 stride-2 "SAME" convolution, computed as space-to-depth plus one matrix product.
 
@@ -88,13 +81,14 @@ class StridedConv(nn.Module):
 
     with x_pad the input padded by one zero pixel on each side. With p = 2a + r and q = 2c + s
     (a, c, r, s in {0, 1}) the window of output (i, j) is the 2x2 blocks (i + a, j + c) of
-    x_pad cut into 2x2 blocks (space-to-depth): the layer is one (B H/2 W/2, 16 C) x (16 C, F)
-    product. XLA's CPU backend runs matrix products and their gradients at its GEMM rate, also
-    inside ``lax.scan``; its convolutions with stride 2 ran several times slower in a jitted
-    step and 10-20x slower inside a scan (see docs/benchmarks.md).
+    x_pad cut into 2x2 blocks (space-to-depth): the layer is one (F, 16 C) x (16 C, H/2 W/2 B)
+    product (``_strided_conv``). XLA's CPU backend runs matrix products and their gradients at
+    its GEMM rate, also inside ``lax.scan``; its convolutions with stride 2 ran several times
+    slower in a jitted step and 10-20x slower inside a scan (see docs/benchmarks.md).
 
     ``(B, H, W, C) -> (B, H / 2, W / 2, features)``; with ``batch_last``,
-    ``(C, H, W, B) -> (features, H / 2, W / 2, B)`` (``_strided_conv_batch_last``).
+    ``(C, H, W, B) -> (features, H / 2, W / 2, B)``, the layout the products are computed in
+    (the batch-first form swaps the batch and channel axes around them).
     """
 
     features: int
@@ -103,23 +97,13 @@ class StridedConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        c = x.shape[0 if self.batch_last else -1]
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (4, 4, c, self.features))
+        x = x if self.batch_last else _swap_batch_and_channels(x)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (4, 4, x.shape[0], self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
-        if self.batch_last:
-            return (_strided_conv_batch_last(x, kernel, self.dtype)
-                    + bias.reshape(-1, 1, 1, 1))
-        b, h, w, _ = x.shape
-        blocks = _space_to_depth(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))))
-        ho, wo = h // 2, w // 2
-        # Feature order (a, c, r, s, C), the kernel's (p, q, C) = (2a + r, 2c + s, C) to match.
-        patches = jnp.concatenate([blocks[:, a:a + ho, c_:c_ + wo]
-                                   for a in (0, 1) for c_ in (0, 1)], axis=-1)
-        kernel = kernel.reshape(2, 2, 2, 2, c, self.features).transpose(0, 2, 1, 3, 4, 5)
-        y = _matmul(patches.reshape(b * ho * wo, 16 * c), kernel.reshape(16 * c, self.features),
-                    self.dtype)
-        return y.reshape(b, ho, wo, self.features) + bias.reshape(1, 1, 1, -1)
+        y = _strided_conv(x, kernel, self.dtype) + bias.reshape(-1, 1, 1, 1)
+        return y if self.batch_last else _swap_batch_and_channels(y)
 
 
 class StridedConvTranspose(nn.Module):
@@ -138,23 +122,23 @@ class StridedConvTranspose(nn.Module):
 
     * F >= ``PHASE_MIN_FEATURES``: output phase (r, s) reads the 2x2 patch of the padded input
       at position (i + r, j + s), so every phase uses the same (H + 1) x (W + 1) patches. One
-      (B (H+1) (W+1), 4 C) x (4 C, 4 F) product gives every patch's contribution to all four
-      phases, which interleaved (depth-to-space) and cropped by one pixel are the output.
-      This does (H+1)(W+1) / (H W) of the minimal FLOPs (1.31x at 7x7) but reads the input's
-      patches once and makes one wide product instead of four narrow ones: 1.5x faster than
-      four per-phase products, forward and backward, in a ``lax.scan`` at 7x7x64 -> 14x14x32,
-      batch 128;
+      (4 F, 4 C) x (4 C, (H+1) (W+1) B) product gives every patch's contribution to all four
+      phases, which interleaved (depth-to-space) and cropped by one pixel are the output
+      (``_transposed_by_phases``). This does (H+1)(W+1) / (H W) of the minimal FLOPs (1.31x at
+      7x7) but reads the input's patches once and makes one wide product instead of four
+      narrow ones: 1.5x faster than four per-phase products, forward and backward, in a
+      ``lax.scan`` at 7x7x64 -> 14x14x32, batch 128;
     * fewer outputs (the image layer: 1 or 3 channels), where that product would be a thin
-      one: all x[m] @ kernel[k] as one (B H W, C) x (C, 16 F) product, then the sums as
-      shifted slices of it added along the rows, then the columns (overlap-add, or col2im).
+      one: all x[m] @ kernel[k] as one (16 F, C) x (C, H W B) product, then the sums as
+      shifted slices of it added along the rows, then the columns (overlap-add, or col2im:
+      ``_transposed_by_col2im``).
 
     Why not ``lax.conv_transpose``: on XLA's CPU backend its weight gradient alone took about
     8x as long as the whole layer in PyTorch, and more inside ``lax.scan`` (see
     docs/benchmarks.md).
 
     ``(B, H, W, C) -> (B, 2H, 2W, features)``; with ``batch_last``,
-    ``(C, H, W, B) -> (features, 2H, 2W, B)`` (``_transposed_by_phases_batch_last``,
-    ``_transposed_by_col2im_batch_last``).
+    ``(C, H, W, B) -> (features, 2H, 2W, B)``, the layout the products are computed in.
     """
 
     features: int
@@ -167,21 +151,15 @@ class StridedConvTranspose(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        c = x.shape[0 if self.batch_last else -1]
+        x = x if self.batch_last else _swap_batch_and_channels(x)
         f = self.features
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (4, 4, c, f))
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (4, 4, x.shape[0], f))
         bias = self.param("bias", nn.initializers.zeros_init(), (f,))
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)
-        if self.batch_last:
-            by_phases = f >= self.PHASE_MIN_FEATURES
-            y = (_transposed_by_phases_batch_last if by_phases
-                 else _transposed_by_col2im_batch_last)(x, kernel, self.dtype)
-            return y + bias.reshape(-1, 1, 1, 1)
-        if f >= self.PHASE_MIN_FEATURES:
-            y = _transposed_by_phases(x, kernel, self.dtype)
-        else:
-            y = _transposed_by_col2im(x, kernel, self.dtype)
-        return y + bias.reshape(1, 1, 1, -1)
+        by_phases = f >= self.PHASE_MIN_FEATURES
+        y = (_transposed_by_phases if by_phases else _transposed_by_col2im)(x, kernel, self.dtype)
+        y = y + bias.reshape(-1, 1, 1, 1)
+        return y if self.batch_last else _swap_batch_and_channels(y)
 
 
 def _matmul(a_MxK: jax.Array, b_KxN: jax.Array, dtype: Any) -> jax.Array:
@@ -191,60 +169,14 @@ def _matmul(a_MxK: jax.Array, b_KxN: jax.Array, dtype: Any) -> jax.Array:
     return a_MxK @ b_KxN
 
 
-def _transposed_by_phases(x_BxHxWxC: jax.Array, kernel: jax.Array, dtype: Any = None
-                          ) -> jax.Array:
-    """Sub-pixel form of ``StridedConvTranspose`` (no bias): one product for all four phases.
-
-    With x_pad[m + 1] = x[m], phase (r, s) of output (i, j) is
-    ``sum_{a, c} x_pad[i + r + a, j + s + c] @ kernel[2a + r, 2c + s]``: the 2x2 patch of x_pad
-    at (p, q) = (i + r, j + s) times the phase's (4 C, F) block of the kernel. The product gives
-    every patch (p, q) all four blocks, in the order (1 - r, 1 - s); interleaved as pixel
-    (2p + 1 - r, 2q + 1 - s) of a (2H + 2) x (2W + 2) image, output (2i + r, 2j + s) is its pixel
-    (2i + r + 1, 2j + s + 1): the output is that image without its border, one pixel wide.
-    """
-    b, h, w, c = x_BxHxWxC.shape
-    f = kernel.shape[-1]
-    x_pad = jnp.pad(x_BxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    # patches[p, q] = the 2x2 patch of x_pad at (p, q), features (a, c, C), p <= H, q <= W.
-    patches = jnp.concatenate([x_pad[:, a:a + h + 1, c_:c_ + w + 1]
-                               for a in (0, 1) for c_ in (0, 1)], axis=-1)
-    # kernel[2a + r, 2c + s, C, F] -> rows (a, c, C), columns (1 - r, 1 - s, F).
-    kernel = kernel.reshape(2, 2, 2, 2, c, f)[:, ::-1, :, ::-1]
-    kernel = kernel.transpose(0, 2, 4, 1, 3, 5).reshape(4 * c, 4 * f)
-    y = _matmul(patches.reshape(b * (h + 1) * (w + 1), 4 * c), kernel, dtype)
-    y = y.reshape(b, h + 1, w + 1, 2, 2, f).transpose(0, 1, 3, 2, 4, 5)  # (B, p, 1-r, q, 1-s, F)
-    return y.reshape(b, 2 * h + 2, 2 * w + 2, f)[:, 1:2 * h + 1, 1:2 * w + 1]
-
-
-def _transposed_by_col2im(x_BxHxWxC: jax.Array, kernel: jax.Array, dtype: Any = None
-                          ) -> jax.Array:
-    """Overlap-add form of ``StridedConvTranspose`` (no bias): one product, shifted sums."""
-    b, h, w, c = x_BxHxWxC.shape
-    f = kernel.shape[-1]
-    # cols[m, n, a, r, (c, s, F)] = x[m, n] @ kernel[2a + r, 2c + s]
-    cols = _matmul(x_BxHxWxC.reshape(b * h * w, c),
-                   kernel.transpose(2, 0, 1, 3).reshape(c, 16 * f), dtype)
-    cols = cols.reshape(b, h, w, 2, 2, 4 * f)
-    # Overlap-add along the rows, then the columns; padded so that index m + 1 holds input
-    # pixel m. Row 2i + r sums taps a = 0, 1 of input rows i - 1 + a + r.
-    cols = jnp.pad(cols, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0), (0, 0)))
-    rows = jnp.stack([cols[:, r:r + h, :, 0, r] + cols[:, r + 1:r + 1 + h, :, 1, r]
-                      for r in (0, 1)], axis=2)  # (B, H, 2, W, 4F): rows 2i + r
-    rows = jnp.pad(rows.reshape(b, 2 * h, w, 2, 2, f),
-                   ((0, 0), (0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))
-    y = jnp.stack([rows[:, :, s:s + w, 0, s] + rows[:, :, s + 1:s + 1 + w, 1, s]
-                   for s in (0, 1)], axis=3)  # (B, 2H, W, 2, F): columns 2j + s
-    return y.reshape(b, 2 * h, 2 * w, f)
-
-
-def _strided_conv_batch_last(x_CxHxWxB: jax.Array, kernel: jax.Array, dtype: Any = None
-                             ) -> jax.Array:
+def _strided_conv(x_CxHxWxB: jax.Array, kernel: jax.Array, dtype: Any = None) -> jax.Array:
     """``StridedConv`` (no bias) on (C, H, W, B) maps: (F, 16 C) x (16 C, H/2 W/2 B).
 
-    The patches' rows are (a, c, r, s, C) as in the batch-first form; their columns (i, j, B)
-    hold output pixel (i, j) of every example, so building them copies runs of B contiguous
-    values. Forward, input gradient and kernel gradient are then products whose operands both
-    have the (H/2 W/2 B)-long dimension last or are the small kernel.
+    The patches' rows are (a, c, r, s, C), the kernel's (p, q, C) = (2a + r, 2c + s, C) to
+    match; their columns (i, j, B) hold output pixel (i, j) of every example, so building them
+    copies runs of B contiguous values. Forward, input gradient and kernel gradient are then
+    products whose operands both have the (H/2 W/2 B)-long dimension last or are the small
+    kernel.
     """
     c, h, w, b = x_CxHxWxB.shape
     f = kernel.shape[-1]
@@ -257,29 +189,44 @@ def _strided_conv_batch_last(x_CxHxWxB: jax.Array, kernel: jax.Array, dtype: Any
     return _matmul(kernel.T, patches, dtype).reshape(f, ho, wo, b)
 
 
-def _transposed_by_phases_batch_last(x_CxHxWxB: jax.Array, kernel: jax.Array,
-                                     dtype: Any = None) -> jax.Array:
-    """``_transposed_by_phases`` on (C, H, W, B) maps: (4 F, 4 C) x (4 C, (H+1) (W+1) B)."""
+def _transposed_by_phases(x_CxHxWxB: jax.Array, kernel: jax.Array, dtype: Any = None
+                          ) -> jax.Array:
+    """Sub-pixel form of ``StridedConvTranspose`` (no bias) on (C, H, W, B) maps: one
+    (4 F, 4 C) x (4 C, (H+1) (W+1) B) product for all four phases.
+
+    With x_pad[m + 1] = x[m], phase (r, s) of output (i, j) is
+    ``sum_{a, c} x_pad[i + r + a, j + s + c] @ kernel[2a + r, 2c + s]``: the 2x2 patch of x_pad
+    at (p, q) = (i + r, j + s) times the phase's (4 C, F) block of the kernel. The product gives
+    every patch (p, q) all four blocks, in the order (1 - r, 1 - s); interleaved as pixel
+    (2p + 1 - r, 2q + 1 - s) of a (2H + 2) x (2W + 2) image, output (2i + r, 2j + s) is its pixel
+    (2i + r + 1, 2j + s + 1): the output is that image without its border, one pixel wide.
+    """
     c, h, w, b = x_CxHxWxB.shape
     f = kernel.shape[-1]
     x_pad = jnp.pad(x_CxHxWxB, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    # patches[(a, c, C), (p, q, B)] = the 2x2 patch of x_pad at (p, q), p <= H, q <= W.
     patches = jnp.stack([x_pad[:, a:a + h + 1, c_:c_ + w + 1] for a in (0, 1) for c_ in (0, 1)])
-    patches = patches.reshape(4 * c, (h + 1) * (w + 1) * b)  # rows (a, c, C)
+    patches = patches.reshape(4 * c, (h + 1) * (w + 1) * b)
+    # kernel[2a + r, 2c + s, C, F] -> rows (1 - r, 1 - s, F), columns (a, c, C).
     kernel = kernel.reshape(2, 2, 2, 2, c, f)[:, ::-1, :, ::-1]
-    kernel = kernel.transpose(1, 3, 5, 0, 2, 4).reshape(4 * f, 4 * c)  # rows (1 - r, 1 - s, F)
+    kernel = kernel.transpose(1, 3, 5, 0, 2, 4).reshape(4 * f, 4 * c)
     y = _matmul(kernel, patches, dtype).reshape(2, 2, f, h + 1, w + 1, b)  # (1-r, 1-s, F, p, q, B)
     y = y.transpose(2, 3, 0, 4, 1, 5).reshape(f, 2 * h + 2, 2 * w + 2, b)
     return y[:, 1:2 * h + 1, 1:2 * w + 1]
 
 
-def _transposed_by_col2im_batch_last(x_CxHxWxB: jax.Array, kernel: jax.Array,
-                                     dtype: Any = None) -> jax.Array:
-    """``_transposed_by_col2im`` on (C, H, W, B) maps: (16 F, C) x (C, H W B), shifted sums."""
+def _transposed_by_col2im(x_CxHxWxB: jax.Array, kernel: jax.Array, dtype: Any = None
+                          ) -> jax.Array:
+    """Overlap-add form of ``StridedConvTranspose`` (no bias) on (C, H, W, B) maps: one
+    (16 F, C) x (C, H W B) product, then shifted sums."""
     c, h, w, b = x_CxHxWxB.shape
     f = kernel.shape[-1]
+    # cols[a, r, c, s, F, m, n, B] = (x[m, n] @ kernel[2a + r, 2c + s])[F]
     cols = _matmul(kernel.transpose(0, 1, 3, 2).reshape(16 * f, c),
                    x_CxHxWxB.reshape(c, h * w * b), dtype)
-    cols = cols.reshape(2, 2, 2, 2, f, h, w, b)  # (a, r, c, s, F, H, W, B)
+    cols = cols.reshape(2, 2, 2, 2, f, h, w, b)
+    # Overlap-add along the rows, then the columns; padded so that index m + 1 holds input
+    # pixel m. Row 2i + r sums taps a = 0, 1 of input rows i - 1 + a + r.
     cols = jnp.pad(cols, ((0, 0),) * 5 + ((1, 1), (0, 0), (0, 0)))
     rows = jnp.stack([cols[0, r, :, :, :, r:r + h] + cols[1, r, :, :, :, r + 1:r + 1 + h]
                       for r in (0, 1)], axis=4)  # (c, s, F, H, 2, W, B): rows 2i + r

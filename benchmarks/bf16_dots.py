@@ -14,8 +14,10 @@ jaxvae's precision policy does. The report gives each product's median time and 
 whether XLA kept it in bfloat16: XLA's CPU compiler upcasts a bfloat16 product that its matrix
 library cannot take (its operands are converted back to float32 before the product), and the
 compiled program then holds ``f32[...] convert`` of the bfloat16 operands. On the 2-vCPU AVX-512
-machine of docs/benchmarks.md the weight gradient, whose left operand contracts its first
-dimension, is upcast, so it runs at the float32 rate.
+machines of docs/benchmarks.md the weight gradient as written above, whose left operand
+contracts its first dimension, is upcast, so it runs at the float32 rate. A fourth row times it
+as jaxvae's backward pass computes it (``jaxvae.models.precision.transposed_copy``): x^T copied
+to a row-major (K, B) array first, then a product that contracts x^T's last dimension.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ PRODUCTS = {  # name: (lhs, rhs, (lhs contracting dims, rhs contracting dims))
     "forward y = x @ W": ("x", "w", ((1,), (0,))),
     "input grad dx = dy @ W^T": ("dy", "w", ((1,), (1,))),
     "weight grad dW = x^T @ dy": ("x", "dy", ((0,), (0,))),
+    "weight grad dW = copy(x^T) @ dy": ("x^T copy", "dy", ((1,), (0,))),
 }
 
 
@@ -47,6 +50,8 @@ def measure(batch: int, k: int, n: int, rounds: int) -> list[dict]:
     import jax.numpy as jnp
     import numpy as np
 
+    from jaxvae.models import precision
+
     keys = jax.random.split(jax.random.key(0), 3)
     arrays = {"x": jax.random.normal(keys[0], (batch, k)),
               "w": jax.random.normal(keys[1], (k, n)),
@@ -55,10 +60,11 @@ def measure(batch: int, k: int, n: int, rounds: int) -> list[dict]:
     rows = []
     for dtype_name, dtype in (("float32", jnp.float32), ("bfloat16", jnp.bfloat16)):
         for name, (lhs, rhs, dims) in PRODUCTS.items():
-            fn = jax.jit(lambda a, b, dims=dims: jax.lax.dot_general(
-                a.astype(dtype), b.astype(dtype), (dims, ((), ())),
+            lhs_of = precision.transposed_copy if lhs == "x^T copy" else (lambda a: a)
+            fn = jax.jit(lambda a, b, dims=dims, lhs_of=lhs_of: jax.lax.dot_general(
+                lhs_of(a.astype(dtype)), b.astype(dtype), (dims, ((), ())),
                 preferred_element_type=jnp.float32))
-            a, b = arrays[lhs], arrays[rhs]
+            a, b = arrays[lhs.removesuffix("^T copy")], arrays[rhs]
             compiled = fn.lower(a, b).compile()
             jax.block_until_ready(compiled(a, b))
             times = []

@@ -2,6 +2,9 @@
 float32 parameters, optimizer state and losses, in every model family."""
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +54,31 @@ def test_matmul_is_the_float64_product_of_the_rounded_inputs():
     np.testing.assert_allclose(dx, _round(g) @ _round(w).T, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dw, _round(x).reshape(-1, 50).T @ _round(g).reshape(-1, 7),
                                rtol=1e-5, atol=1e-5)
+
+
+_CONVERTS_OF_A_DENSE_LAYERS_GRADIENT = """
+import re, jax, jax.numpy as jnp
+from jaxvae.models import precision
+x, w = jnp.ones((64, 32)), jnp.ones((32, 16))
+grad = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(precision.matmul(x, w))), (0, 1)))
+hlo = grad.lower(x, w).compile().as_text()
+print(len(re.findall(r"bf16\\[[0-9,]*\\]\\{[0-9,]*\\} convert\\(", hlo)),
+      len(re.findall(r"f32\\[[0-9,]*\\]\\{[0-9,]*\\} convert\\(", hlo)))
+"""
+
+
+def test_every_product_of_a_dense_layer_reads_bfloat16_inputs():
+    # XLA's CPU backend converts the inputs of a product that contracts their leading axes (the
+    # weight gradient x^T g) to float32 before multiplying; the backward pass feeds it a
+    # transposed copy instead, so the compiled gradient converts nothing back to float32. Checked
+    # in a process with XLA's default CPU flags: the tests' --xla_cpu_multi_thread_eigen=false
+    # (tests/conftest.py) makes XLA convert every bfloat16 product to float32.
+    env = dict(os.environ, XLA_FLAGS="")
+    out = subprocess.run([sys.executable, "-c", _CONVERTS_OF_A_DENSE_LAYERS_GRADIENT], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert int(out[0]) >= 3 and int(out[1]) == 0  # x, w and g rounded to bfloat16; no upcast
+    x = jax.random.normal(jax.random.key(3), (5, 3))
+    np.testing.assert_array_equal(precision.transposed_copy(x), x.T)
 
 
 def test_dot_general_with_batch_axes_accumulates_in_float32():

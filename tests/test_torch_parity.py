@@ -4,6 +4,8 @@ The torch model runs the pytorch/examples formulas; its weights are converted wi
 and both see the same inputs and the same reparameterization noise.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,10 +69,16 @@ def test_kl_recon_and_loss_match_the_reference_formula(setup):
     np.testing.assert_allclose(metrics["loss"], loss, rtol=0)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _grads(model, params, x, key):
+    """d loss / d params, as one compiled program (shared by the tests below)."""
+    return jax.grad(lambda p: jaxvae.loss(model, p, x, key)[0])(params)
+
+
 def test_every_gradient_matches(setup):
     net, model, params, x, key, eps = setup
     _, torch_grads = _torch_grads(net, x, eps)
-    grads = jax.grad(lambda p: jaxvae.loss(model, p, x, key)[0])(params)
+    grads = _grads(model, params, x, key)
     converted = jaxvae.from_torch(model, {k: v for k, v in torch_grads.items()})
     for (path, ours), theirs in zip(jax.tree_util.tree_leaves_with_path(grads),
                                     jax.tree_util.tree_leaves(converted)):
@@ -89,8 +97,8 @@ def test_one_adam_step_gives_the_same_parameters(setup):
 
     tx = train.make_optimizer(1e-3)
     state = train.create_train_state(params, tx)
-    grads = jax.grad(lambda p: jaxvae.loss(model, p, x, key)[0])(params)
-    updates, _ = tx.update(grads, state.opt_state, params)
+    grads = _grads(model, params, x, key)
+    updates, _ = jax.jit(tx.update)(grads, state.opt_state, params)
     new_params = optax.apply_updates(params, updates)
     expected = jaxvae.from_torch(model, net.state_dict())
     # Adam's first step is lr * g / (|g| + eps): where |g| is near eps = 1e-8 the float32

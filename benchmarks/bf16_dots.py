@@ -30,11 +30,12 @@ import time
 
 from experiments import cli
 
-PRODUCTS = {  # name: (lhs, rhs, (lhs contracting dims, rhs contracting dims))
-    "forward y = x @ W": ("x", "w", ((1,), (0,))),
-    "input grad dx = dy @ W^T": ("dy", "w", ((1,), (1,))),
-    "weight grad dW = x^T @ dy": ("x", "dy", ((0,), (0,))),
-    "weight grad dW = copy(x^T) @ dy": ("x^T copy", "dy", ((1,), (0,))),
+# name: (lhs, rhs, (lhs contracting dims, rhs contracting dims), lhs as a transposed copy)
+PRODUCTS = {
+    "forward y = x @ W": ("x", "w", ((1,), (0,)), False),
+    "input grad dx = dy @ W^T": ("dy", "w", ((1,), (1,)), False),
+    "weight grad dW = x^T @ dy": ("x", "dy", ((0,), (0,)), False),
+    "weight grad dW = copy(x^T) @ dy": ("x", "dy", ((1,), (0,)), True),
 }
 
 
@@ -59,12 +60,12 @@ def measure(batch: int, k: int, n: int, rounds: int) -> list[dict]:
     flops = 2.0 * batch * k * n
     rows = []
     for dtype_name, dtype in (("float32", jnp.float32), ("bfloat16", jnp.bfloat16)):
-        for name, (lhs, rhs, dims) in PRODUCTS.items():
-            lhs_of = precision.transposed_copy if lhs == "x^T copy" else (lambda a: a)
+        for name, (lhs, rhs, dims, copy_lhs) in PRODUCTS.items():
+            lhs_of = precision.transposed_copy if copy_lhs else (lambda a: a)
             fn = jax.jit(lambda a, b, dims=dims, lhs_of=lhs_of: jax.lax.dot_general(
                 lhs_of(a.astype(dtype)), b.astype(dtype), (dims, ((), ())),
                 preferred_element_type=jnp.float32))
-            a, b = arrays[lhs.removesuffix("^T copy")], arrays[rhs]
+            a, b = arrays[lhs], arrays[rhs]
             compiled = fn.lower(a, b).compile()
             jax.block_until_ready(compiled(a, b))
             times = []

@@ -35,7 +35,8 @@ def model_layers(model: str) -> list[tuple[int, int]]:
 MODELS = ("reference", "wide")
 
 # name: (lhs, rhs, (lhs contracting dims, rhs contracting dims)), the contractions of bf16_dots
-PRODUCTS = dict(zip(("forward", "input grad", "weight grad"), bf16_dots.PRODUCTS.values()))
+PRODUCTS = dict(zip(("forward", "input grad", "weight grad"),
+                    (product[:3] for product in bf16_dots.PRODUCTS.values())))
 
 
 def products(layers: list[tuple[int, int]]) -> list[tuple[int, str, tuple[int, int]]]:

@@ -106,6 +106,70 @@ def test_decoder_step_t_sees_only_earlier_tokens(tiny):
     assert not np.allclose(a[:, 4], b[:, 4])
 
 
+# ------------------------------------------- the GRU layer, against a scan of the cell (autodiff)
+
+
+def _cell_scan(cell_params, hidden, e_LxBxD, h0, keep, reverse):
+    """The reference: lax.scan of the Flax cell, differentiated by JAX."""
+    cell = sequence.GRUCell(hidden)
+
+    def body(h, xs):
+        e_t, keep_t = xs
+        new_h = cell.apply({"params": cell_params}, h, e_t)[0]
+        new_h = jnp.where(keep_t[:, None], new_h, h)
+        return new_h, new_h
+
+    return jax.lax.scan(body, h0, (e_LxBxD, keep), reverse=reverse)[1]
+
+
+@pytest.mark.parametrize("reverse,final_only,with_z", [(False, False, True), (True, True, False),
+                                                       (False, True, False)])
+def test_gru_layer_equals_a_scan_of_the_cell_in_values_and_gradients(reverse, final_only, with_z):
+    from jaxvae.models import gru
+    vocab, embed, latent, hidden, batch, length = 9, 5, 3, 7, 4, 6
+    keys = jax.random.split(jax.random.key(0), 6)
+    dim = embed + (latent if with_z else 0)
+    cell_params = sequence.GRUCell(hidden).init(keys[0], jnp.zeros((1, hidden)),
+                                                jnp.zeros((1, dim)))["params"]
+    cell_params = jax.tree.map(lambda a: a + 0.1, cell_params)  # biases away from 0
+    embedding = jax.random.normal(keys[1], (vocab, embed))
+    tokens = jax.random.randint(keys[2], (length, batch), 0, vocab)
+    keep = jax.random.uniform(keys[3], (length, batch)) > 0.3
+    h0 = jax.random.normal(keys[4], (batch, hidden))
+    z = jax.random.normal(keys[5], (batch, latent))
+    weights = jnp.linspace(-1.0, 1.0, length * batch * hidden).reshape(length, batch, hidden)
+
+    def reference(p, emb, h0, z):
+        e = emb[tokens]
+        if with_z:
+            e = jnp.concatenate([e, jnp.broadcast_to(z, (length,) + z.shape)], axis=-1)
+        hs = _cell_scan(p, hidden, e, h0, keep, reverse)
+        return hs[0 if reverse else -1] if final_only else hs
+
+    def layer(p, emb, h0, z):
+        w = gru.cell_weights(p)
+        table = emb @ w.kernel_i[:embed] + w.bias_i[None]
+        extra = z @ w.kernel_i[embed:] if with_z else None
+        return gru.token_gru(table, tokens, w.kernel_h, w.bias_hn, h0, keep, extra,
+                             reverse=reverse, final_only=final_only)
+
+    def loss(fn):  # a weighted sum, so every state's gradient differs
+        def f(*args):
+            out = fn(*args)
+            return jnp.sum(out * (weights[0] if final_only else weights)), out
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3), has_aux=True))
+
+    (value, out), grads = loss(layer)(cell_params, embedding, h0, z)
+    (ref_value, ref_out), ref_grads = loss(reference)(cell_params, embedding, h0, z)
+    assert out.shape == ref_out.shape
+    np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 grads, ref_grads)
+    if with_z:  # z reaches every step
+        assert float(jnp.abs(grads[3]).sum()) > 0
+
+
 # ------------------------------------------------- the model interface, against NumPy (float64)
 
 

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxvae import distributions, validation
-from jaxvae.models import interface
+from jaxvae.models import gru, interface
 from jaxvae.models import mlp as models
 from jaxvae.models import precision
 from jaxvae.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
@@ -268,29 +268,23 @@ def encode(model: SequenceVAE, params: Params, tokens_BxL: jax.Array
            ) -> tuple[jax.Array, jax.Array]:
     """q(z | x): ``(mean_BxZ, logvar_BxZ)``.
 
-    Both GRU directions run under one ``lax.scan`` over the L positions; at PAD positions a
-    direction keeps its state, so the forward state ends at the last real token and the backward
-    one (which starts from zeros at the end of the padding) first sees the last real token.
+    Each GRU direction runs over the L positions (``jaxvae.models.gru.token_gru``, forwards and
+    backwards); at PAD positions a direction keeps its state, so the forward state ends at the
+    last real token and the backward one (which starts from zeros at the end of the padding)
+    first sees the last real token.
     """
-    variables = {"params": params}
-    e_BxLxE = model.apply(variables, tokens_BxL, method=model.embed_tokens)
-    real_LxB = (tokens_BxL != PAD_ID).T
-    batch, length = tokens_BxL.shape
-    h0 = jnp.zeros((batch, model.hidden_dim), e_BxLxE.dtype)
-    e_LxBxE = jnp.transpose(e_BxLxE, (1, 0, 2))
-
-    def body(carry, xs):
-        h_fwd, h_bwd = carry
-        e_fwd, e_bwd, real_fwd, real_bwd = xs
-        new_fwd, new_bwd = model.apply(variables, h_fwd, h_bwd, e_fwd, e_bwd,
-                                       method=model.encoder_step)
-        return (jnp.where(real_fwd[:, None], new_fwd, h_fwd),
-                jnp.where(real_bwd[:, None], new_bwd, h_bwd)), None
-
-    # step t reads position t forwards and position L-1-t backwards
-    xs = (e_LxBxE, e_LxBxE[::-1], real_LxB, real_LxB[::-1])
-    (h_fwd, h_bwd), _ = jax.lax.scan(body, (h0, h0), xs)
-    return model.apply(variables, h_fwd, h_bwd, method=model.to_posterior)
+    tokens_LxB = tokens_BxL.T
+    keep_LxB = tokens_LxB != PAD_ID
+    h0_BxH = jnp.zeros((tokens_BxL.shape[0], model.hidden_dim), jnp.float32)
+    finals = []
+    for name, reverse in (("encoder_fwd", False), ("encoder_bwd", True)):
+        w = gru.cell_weights(params[name])
+        table_Vx3H = (gru.product(params["embed"]["embedding"], w.kernel_i, model.dtype)
+                      + w.bias_i[None])
+        finals.append(gru.token_gru(table_Vx3H, tokens_LxB, w.kernel_h, w.bias_hn, h0_BxH,
+                                    keep_LxB, reverse=reverse, final_only=True,
+                                    dtype=model.dtype))
+    return model.apply({"params": params}, *finals, method=model.to_posterior)
 
 
 def decoder_inputs(tokens_BxL: jax.Array) -> jax.Array:
@@ -301,15 +295,23 @@ def decoder_inputs(tokens_BxL: jax.Array) -> jax.Array:
 
 def teacher_forced_logits(model: SequenceVAE, params: Params, z_BxZ: jax.Array,
                           inputs_BxL: jax.Array) -> jax.Array:
-    """Decoder logits ``(B, L, V)`` for the given inputs (teacher forcing), under lax.scan."""
-    variables = {"params": params}
-    h0 = model.apply(variables, z_BxZ, method=model.initial_state)
+    """Decoder logits ``(B, L, V)`` for the given inputs (teacher forcing).
 
-    def body(h, token_B):
-        return model.apply(variables, h, token_B, z_BxZ, method=model.decode_step)
-
-    _, logits_LxBxV = jax.lax.scan(body, h0, inputs_BxL.T)
-    return jnp.transpose(logits_LxBxV, (1, 0, 2))
+    The decoder cell reads ``[embed(x_{t-1}), z]``: its input gates are a row of the table
+    ``embedding @ W_i[:E] + b_i`` plus ``z @ W_i[E:]``, the same at every step
+    (``jaxvae.models.gru.token_gru``); the output layer runs once over all L * B states.
+    """
+    h0_BxH = model.apply({"params": params}, z_BxZ, method=model.initial_state)
+    w = gru.cell_weights(params["decoder_cell"])
+    embed = model.embed_dim
+    table_Vx3H = (gru.product(params["embed"]["embedding"], w.kernel_i[:embed], model.dtype)
+                  + w.bias_i[None])
+    from_z_Bx3H = gru.product(z_BxZ, w.kernel_i[embed:], model.dtype)
+    hs_LxBxH = gru.token_gru(table_Vx3H, inputs_BxL.T, w.kernel_h, w.bias_hn, h0_BxH,
+                             extra_Bx3H=from_z_Bx3H, dtype=model.dtype)
+    out = params["out"]
+    return (gru.product(jnp.transpose(hs_LxBxH, (1, 0, 2)), out["kernel"], model.dtype)
+            + out["bias"][None, None])
 
 
 def token_mask(tokens_BxL: jax.Array) -> jax.Array:

@@ -20,8 +20,8 @@ projection's gradient the same way. Here the backward loop computes only what is
 and after the loop each weight gradient is one product over all L * B rows: ``dW_h = H_prev^T dA``
 and ``dT = onehot(x)^T dG`` (with the table, a ``(V, L B) x (L B, 3H)`` product instead of the
 embedding's ``(E, L B) x (L B, 3H)`` and ``(L B, 3H) x (3H, E)``). On a 2-vCPU AMD EPYC the
-sequence VAE's training step runs 1.18x faster in float32 and 1.41x in bfloat16 at batch 128
-(``docs/benchmark_cpu_models.md``).
+sequence VAE's training step at batch 128 runs 1.14x as fast as with the scan of the cell in
+float32 and 1.53x in bfloat16 (``docs/benchmarks.md``).
 
 The gradients equal those of the scan of ``GRUCell`` (tests/test_sequence.py, float32 tolerance).
 """

@@ -56,6 +56,28 @@ def test_matmul_is_the_float64_product_of_the_rounded_inputs():
                                rtol=1e-5, atol=1e-5)
 
 
+
+def test_a_dense_layers_gradients_come_back_in_float32_from_the_products():
+    # The layer hands float32 inputs and kernel to the product, which rounds them itself: the
+    # kernel's and the inputs' gradients are the float32 results of the bfloat16 products, not
+    # rounded to bfloat16 on their way back (as a cast of the kernel before the product would).
+    import flax.linen as nn
+    kx, kw, kg = jax.random.split(jax.random.key(5), 3)
+    x, g = jax.random.normal(kx, (16, 40)), jax.random.normal(kg, (16, 9))
+    layer = nn.Dense(9, **precision.dense_kwargs(BF16))
+    params = layer.init(kw, x)["params"]
+    y, vjp = jax.vjp(lambda p, x: layer.apply({"params": p}, x), params, x)
+    dparams, dx = vjp(g)
+    dw = dparams["kernel"]
+    assert y.dtype == dw.dtype == dx.dtype == jnp.float32
+    w = params["kernel"]
+    np.testing.assert_allclose(y, _round(x) @ _round(w) + np.asarray(params["bias"]), rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(dw, _round(x).T @ _round(g), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, _round(g) @ _round(w).T, rtol=1e-6, atol=1e-6)
+    for grad in (dw, dx):  # float32 values, most of them not representable in bfloat16
+        assert np.mean(np.asarray(grad) != _round(grad)) > 0.9
+
 _CONVERTS_OF_A_DENSE_LAYERS_GRADIENT = """
 import re, jax, jax.numpy as jnp
 from jaxvae.models import precision

@@ -15,10 +15,13 @@ the float32 modules are exactly the unannotated ones) and hands it to its layers
 ``dense_kwargs(dtype)`` / ``conv_kwargs(dtype)``, the keyword arguments of ``nn.Dense`` /
 ``nn.Conv`` / ``nn.ConvTranspose`` that apply it:
 
-    dtype            the layer's compute dtype (the kernel and inputs are cast to it)
+    dtype            the layer's compute dtype
     param_dtype      float32 (Flax's default, kept)
-    promote_dtype    casts inputs and kernel to ``dtype`` and leaves the bias float32, so the
-                     bias is added in float32 and the layer's output is float32
+    promote_dtype    dense layers: ``keep_inputs_and_kernel``, inputs, kernel and bias stay
+                     float32 and the product rounds its inputs itself, so the gradients of the
+                     inputs and of the kernel come back float32 from its accumulation;
+                     convolutions: ``promote_inputs_and_kernel``, inputs and kernel cast to
+                     ``dtype``; the bias stays float32 in both, so the output is float32
     dot_general      ``matmul``: bfloat16 x bfloat16 -> float32 in the forward pass and in both
                      products of the backward pass (the incoming gradient is rounded to bfloat16,
                      as under torch.autocast)
@@ -70,6 +73,18 @@ def promote_inputs_and_kernel(*arrays, dtype=None, inexact: bool = True):
 
 
 _F32 = jnp.float32
+
+
+def keep_inputs_and_kernel(*arrays, dtype=None, inexact: bool = True):
+    """Flax's ``promote_dtype`` for a dense layer: ``(inputs, kernel, bias)`` left float32.
+
+    The layer's product (``dot_general``) rounds its inputs to bfloat16 itself, so its gradients
+    with respect to the inputs and the kernel come back in float32 straight from the product's
+    float32 accumulation: no bfloat16 copy of the kernel's gradient, and no conversion of it
+    back to float32 for the optimizer."""
+    del dtype, inexact
+    return arrays
+
 
 
 def _contract_last_first(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -134,16 +149,16 @@ def matmul(x_BxK: jax.Array, w_KxN: jax.Array) -> jax.Array:
 
 def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
                 preferred_element_type=None) -> jax.Array:
-    """``lax.dot_general`` with float32 results; ``matmul`` for a dense layer's product (the
-    last axis of ``lhs`` with the first of a 2-D ``rhs``), which also keeps its backward pass in
-    bfloat16."""
+    """``lax.dot_general`` on bfloat16 inputs with float32 results; ``matmul`` for a dense
+    layer's product (the last axis of ``lhs`` with the first of a 2-D ``rhs``), which also keeps
+    its backward pass in bfloat16."""
     del preferred_element_type
     (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
     if (rhs.ndim == 2 and tuple(lhs_contract) == (lhs.ndim - 1,) and tuple(rhs_contract) == (0,)
             and not lhs_batch and not rhs_batch):
         return matmul(lhs, rhs)
-    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                           preferred_element_type=_F32)
+    return lax.dot_general(lhs.astype(jnp.bfloat16), rhs.astype(jnp.bfloat16), dimension_numbers,
+                           precision=precision, preferred_element_type=_F32)
 
 
 def conv_general_dilated(*args, **kwargs) -> jax.Array:
@@ -156,7 +171,8 @@ def dense_kwargs(dtype: Any) -> dict:
     """The ``nn.Dense`` keyword arguments of the compute dtype ``dtype`` (none for float32)."""
     if not _low(dtype):
         return {}
-    return {"dtype": dtype, "promote_dtype": promote_inputs_and_kernel,
+    return {"dtype": dtype,
+            "promote_dtype": keep_inputs_and_kernel,
             "dot_general": dot_general}
 
 

@@ -178,6 +178,15 @@ def test_strided_conv_transpose_equals_flax_conv_transpose_in_outputs_and_gradie
     chex.assert_trees_all_close(ours, flax_, rtol=1e-5, atol=1e-4)
 
 
+def test_the_layout_swap_is_a_transpose_in_both_passes_whatever_the_values():
+    x = jax.random.normal(jax.random.key(0), (3, 4, 5, 2))
+    g = jax.random.normal(jax.random.key(1), (2, 4, 5, 3))
+    for x_ in (x, x.at[0, 0, 0, 0].set(jnp.nan)):  # the conditional's predicate either way
+        y, vjp = jax.jit(lambda a: jax.vjp(conv._swap_batch_and_channels, a))(x_)
+        np.testing.assert_array_equal(y, np.transpose(np.asarray(x_), (3, 1, 2, 0)))
+        np.testing.assert_array_equal(vjp(g)[0], np.transpose(np.asarray(g), (3, 1, 2, 0)))
+
+
 def test_conv_encoder_and_decoder_equal_their_batch_first_layers():
     """The encoder and decoder (batch-last maps inside, swapped once at each end) compute what
     a stack of the layers on (B, H, W, C) maps computes with the same parameters: both

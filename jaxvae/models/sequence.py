@@ -108,12 +108,10 @@ class SequenceVAE(interface.LatentVariableModel):
         self.decoder_cell = GRUCell(self.hidden_dim, dtype=self.dtype, name="decoder_cell")
         self.out = nn.Dense(self.vocab_size, name="out", **dense)
 
-    def embed_tokens(self, tokens_BxL: jax.Array) -> jax.Array:
-        return self.embed(tokens_BxL)
-
     def encoder_step(self, h_fwd_BxH: jax.Array, h_bwd_BxH: jax.Array, e_fwd_BxE: jax.Array,
                      e_bwd_BxE: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """One step of both encoder directions (the caller masks PAD positions)."""
+        """One step of both encoder directions, through the Flax cells (creates their parameters;
+        ``encode`` runs the directions with ``jaxvae.models.gru.token_gru``)."""
         return self.encoder_fwd(h_fwd_BxH, e_fwd_BxE)[0], self.encoder_bwd(h_bwd_BxH, e_bwd_BxE)[0]
 
     def to_posterior(self, h_fwd_BxH: jax.Array, h_bwd_BxH: jax.Array

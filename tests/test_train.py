@@ -231,6 +231,21 @@ def test_fit_on_four_devices_equals_one_device(feed, microbatch_size):
 
 
 @pytest.mark.multidevice
+def test_conv_fit_on_four_devices_equals_one_device():
+    # the conv VAE's layout swaps run inside conditionals (jaxvae.models.conv): their predicate
+    # reads one element of a batch that is split over the devices
+    x = np.random.default_rng(0).uniform(size=(16, 64)).astype(np.float32)
+    data = jaxvae.Dataset(x, np.zeros(16, np.int32), x[:8], np.zeros(8, np.int32))
+    config = jaxvae.TrainConfig.from_flat(model="conv", conv_channels=(4, 8), hidden=(8,),
+                                          latent_dim=2, batch_size=8, epochs=1, lr=1e-2)
+    one, four = jaxvae.fit(config.replace(num_devices=1), data), jaxvae.fit(config, data)
+    assert one.devices_used == 1 and four.devices_used == 4
+    chex.assert_trees_all_close(four.state.params, one.state.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(four.history[0]["test_loss"], one.history[0]["test_loss"],
+                               rtol=1e-5)
+
+
+@pytest.mark.multidevice
 def test_fit_uses_the_largest_device_count_that_divides_the_batch():
     x = np.random.default_rng(1).uniform(size=(12, 4)).astype(np.float32)
     data = jaxvae.Dataset(x, np.zeros(12, np.int32), x[:4], np.zeros(4, np.int32))

@@ -56,7 +56,6 @@ def test_matmul_is_the_float64_product_of_the_rounded_inputs():
                                rtol=1e-5, atol=1e-5)
 
 
-
 def test_a_dense_layers_gradients_come_back_in_float32_from_the_products():
     # The layer hands float32 inputs and kernel to the product, which rounds them itself: the
     # kernel's and the inputs' gradients are the float32 results of the bfloat16 products, not
@@ -77,6 +76,7 @@ def test_a_dense_layers_gradients_come_back_in_float32_from_the_products():
     np.testing.assert_allclose(dx, _round(g) @ _round(w).T, rtol=1e-6, atol=1e-6)
     for grad in (dw, dx):  # float32 values, most of them not representable in bfloat16
         assert np.mean(np.asarray(grad) != _round(grad)) > 0.9
+
 
 _CONVERTS_OF_A_DENSE_LAYERS_GRADIENT = """
 import re, jax, jax.numpy as jnp

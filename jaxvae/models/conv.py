@@ -162,13 +162,6 @@ class StridedConvTranspose(nn.Module):
         return y if self.batch_last else _swap_batch_and_channels(y)
 
 
-def _matmul(a_MxK: jax.Array, b_KxN: jax.Array, dtype: Any) -> jax.Array:
-    """a @ b under the precision policy of ``dtype`` (bfloat16 inputs, float32 accumulation)."""
-    if precision.precision_name(dtype) == "bfloat16":
-        return precision.matmul(a_MxK, b_KxN)
-    return a_MxK @ b_KxN
-
-
 def _strided_conv(x_CxHxWxB: jax.Array, kernel: jax.Array, dtype: Any = None) -> jax.Array:
     """``StridedConv`` (no bias) on (C, H, W, B) maps: (F, 16 C) x (16 C, H/2 W/2 B).
 
@@ -186,7 +179,7 @@ def _strided_conv(x_CxHxWxB: jax.Array, kernel: jax.Array, dtype: Any = None) ->
     patches = jnp.stack([blocks[:, a:a + ho, :, c_:c_ + wo] for a in (0, 1) for c_ in (0, 1)])
     patches = patches.transpose(0, 3, 5, 1, 2, 4, 6).reshape(16 * c, ho * wo * b)
     kernel = kernel.reshape(2, 2, 2, 2, c, f).transpose(0, 2, 1, 3, 4, 5).reshape(16 * c, f)
-    return _matmul(kernel.T, patches, dtype).reshape(f, ho, wo, b)
+    return precision.product(kernel.T, patches, dtype).reshape(f, ho, wo, b)
 
 
 def _transposed_by_phases(x_CxHxWxB: jax.Array, kernel: jax.Array, dtype: Any = None
@@ -210,7 +203,8 @@ def _transposed_by_phases(x_CxHxWxB: jax.Array, kernel: jax.Array, dtype: Any = 
     # kernel[2a + r, 2c + s, C, F] -> rows (1 - r, 1 - s, F), columns (a, c, C).
     kernel = kernel.reshape(2, 2, 2, 2, c, f)[:, ::-1, :, ::-1]
     kernel = kernel.transpose(1, 3, 5, 0, 2, 4).reshape(4 * f, 4 * c)
-    y = _matmul(kernel, patches, dtype).reshape(2, 2, f, h + 1, w + 1, b)  # (1-r, 1-s, F, p, q, B)
+    # (1-r, 1-s, F, p, q, B)
+    y = precision.product(kernel, patches, dtype).reshape(2, 2, f, h + 1, w + 1, b)
     y = y.transpose(2, 3, 0, 4, 1, 5).reshape(f, 2 * h + 2, 2 * w + 2, b)
     return y[:, 1:2 * h + 1, 1:2 * w + 1]
 
@@ -222,7 +216,7 @@ def _transposed_by_col2im(x_CxHxWxB: jax.Array, kernel: jax.Array, dtype: Any = 
     c, h, w, b = x_CxHxWxB.shape
     f = kernel.shape[-1]
     # cols[a, r, c, s, F, m, n, B] = (x[m, n] @ kernel[2a + r, 2c + s])[F]
-    cols = _matmul(kernel.transpose(0, 1, 3, 2).reshape(16 * f, c),
+    cols = precision.product(kernel.transpose(0, 1, 3, 2).reshape(16 * f, c),
                    x_CxHxWxB.reshape(c, h * w * b), dtype)
     cols = cols.reshape(2, 2, 2, 2, f, h, w, b)
     # Overlap-add along the rows, then the columns; padded so that index m + 1 holds input

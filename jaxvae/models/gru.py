@@ -63,29 +63,20 @@ def cell_weights(cell_params: dict) -> CellWeights:
         p["hn"]["bias"])
 
 
-def product(a: jax.Array, b_KxN: jax.Array, dtype: Any = None) -> jax.Array:
-    """``a @ b`` (``a``: ``(..., K)``) with a float32 result; with the bfloat16 policy
-    (``dtype``, ``jaxvae.models.precision``) ``precision.matmul``: bfloat16 inputs, float32
-    accumulation, and a backward pass in bfloat16 too."""
-    if precision.precision_name(dtype) == "bfloat16":
-        return precision.matmul(a, b_KxN)
-    return lax.dot_general(a, b_KxN, (((a.ndim - 1,), (0,)), ((), ())))
-
-
 def _product_tn(a_NxK: jax.Array, b_NxM: jax.Array, dtype: Any) -> jax.Array:
     """``a^T b`` ``(K, M)`` over the N rows of both, as a product of a row-major ``(K, N)`` copy
     of ``a`` (XLA's CPU backend runs a product that contracts both operands' leading axis
     slower, and in bfloat16 converts it to float32: ``precision.transposed_copy``)."""
     if precision.precision_name(dtype) == "bfloat16":
         a_NxK = a_NxK.astype(jnp.bfloat16)
-    return product(precision.transposed_copy(a_NxK), b_NxM, dtype)
+    return precision.product(precision.transposed_copy(a_NxK), b_NxM, dtype)
 
 
 def _step(h_BxH, g_Bx3H, kernel_h, bias_hn, dtype):
     """One GRU step: the new state and the gates (r, u, n, a_n + b_hn) that the backward pass
     reads."""
     hidden = h_BxH.shape[-1]
-    a_Bx3H = product(h_BxH, kernel_h, dtype)
+    a_Bx3H = precision.product(h_BxH, kernel_h, dtype)
     r = jax.nn.sigmoid(g_Bx3H[:, :hidden] + a_Bx3H[:, :hidden])
     u = jax.nn.sigmoid(g_Bx3H[:, hidden:2 * hidden] + a_Bx3H[:, hidden:2 * hidden])
     an = a_Bx3H[:, 2 * hidden:] + bias_hn[None]
@@ -154,7 +145,7 @@ def _token_gru_bwd(reverse, final_only, dtype, saved, cotangent):
         dgr = dgn * an_t * r_t * (1.0 - r_t)
         dgu = dstep * (hp - n_t) * u_t * (1.0 - u_t)
         da_Bx3H = jnp.concatenate([dgr, dgu, dgn * r_t], axis=-1)
-        dh_prev = dskip + dstep * u_t + product(da_Bx3H, kernel_h_T, dtype)
+        dh_prev = dskip + dstep * u_t + precision.product(da_Bx3H, kernel_h_T, dtype)
         if with_extra:
             dextra_Bx3H = dextra_Bx3H + jnp.concatenate([dgr, dgu, dgn], axis=-1)
         return (dh_prev, dextra_Bx3H), (dgn, da_Bx3H)
@@ -176,8 +167,8 @@ def _token_gru_bwd(reverse, final_only, dtype, saved, cotangent):
     onehot_VxN = (jnp.arange(vocab, dtype=tokens_LxB.dtype)[:, None]
                   == tokens_LxB.reshape(1, rows)).astype(_F32)
     dtable = jnp.concatenate(
-        [product(onehot_VxN, da_Nx3H[:, :2 * hidden], dtype),
-         product(onehot_VxN, dgn_LxBxH.reshape(rows, hidden), dtype)], axis=1)
+        [precision.product(onehot_VxN, da_Nx3H[:, :2 * hidden], dtype),
+         precision.product(onehot_VxN, dgn_LxBxH.reshape(rows, hidden), dtype)], axis=1)
     return (dtable.astype(table.dtype), None, dkernel_h.astype(kernel_h.dtype), dbias_hn, dh0,
             None, dextra)
 

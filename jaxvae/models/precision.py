@@ -146,6 +146,14 @@ def matmul(x_BxK: jax.Array, w_KxN: jax.Array) -> jax.Array:
     return _matmul(x_BxK, w_KxN, jnp.dtype(x_BxK.dtype), jnp.dtype(w_KxN.dtype))
 
 
+def product(a: jax.Array, b_KxN: jax.Array, dtype: Any = None) -> jax.Array:
+    """``a @ b`` (``a``: ``(..., K)``) under the policy of the compute dtype ``dtype``: float32,
+    or ``matmul`` (bfloat16 inputs, float32 accumulation and result, in both passes)."""
+    if _low(dtype):
+        return matmul(a, b_KxN)
+    return a @ b_KxN
+
+
 def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
                 preferred_element_type=None) -> jax.Array:
     """``lax.dot_general`` on bfloat16 inputs with float32 results; ``matmul`` for a dense

@@ -277,7 +277,7 @@ def encode(model: SequenceVAE, params: Params, tokens_BxL: jax.Array
     finals = []
     for name, reverse in (("encoder_fwd", False), ("encoder_bwd", True)):
         w = gru.cell_weights(params[name])
-        table_Vx3H = (gru.product(params["embed"]["embedding"], w.kernel_i, model.dtype)
+        table_Vx3H = (precision.product(params["embed"]["embedding"], w.kernel_i, model.dtype)
                       + w.bias_i[None])
         finals.append(gru.token_gru(table_Vx3H, tokens_LxB, w.kernel_h, w.bias_hn, h0_BxH,
                                     keep_LxB, reverse=reverse, final_only=True,
@@ -302,13 +302,13 @@ def teacher_forced_logits(model: SequenceVAE, params: Params, z_BxZ: jax.Array,
     h0_BxH = model.apply({"params": params}, z_BxZ, method=model.initial_state)
     w = gru.cell_weights(params["decoder_cell"])
     embed = model.embed_dim
-    table_Vx3H = (gru.product(params["embed"]["embedding"], w.kernel_i[:embed], model.dtype)
+    table_Vx3H = (precision.product(params["embed"]["embedding"], w.kernel_i[:embed], model.dtype)
                   + w.bias_i[None])
-    from_z_Bx3H = gru.product(z_BxZ, w.kernel_i[embed:], model.dtype)
+    from_z_Bx3H = precision.product(z_BxZ, w.kernel_i[embed:], model.dtype)
     hs_LxBxH = gru.token_gru(table_Vx3H, inputs_BxL.T, w.kernel_h, w.bias_hn, h0_BxH,
                              extra_Bx3H=from_z_Bx3H, dtype=model.dtype)
     out = params["out"]
-    return (gru.product(jnp.transpose(hs_LxBxH, (1, 0, 2)), out["kernel"], model.dtype)
+    return (precision.product(jnp.transpose(hs_LxBxH, (1, 0, 2)), out["kernel"], model.dtype)
             + out["bias"][None, None])
 
 

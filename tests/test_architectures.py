@@ -178,6 +178,39 @@ def test_strided_conv_transpose_equals_flax_conv_transpose_in_outputs_and_gradie
     chex.assert_trees_all_close(ours, flax_, rtol=1e-5, atol=1e-4)
 
 
+def _rounded(a):
+    return a.astype(jnp.bfloat16).astype(jnp.float32)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("x_shape, features", [CONV_CASES[1], CONV_CASES[4]])
+def test_bfloat16_conv_layers_are_float32_convolutions_of_the_rounded_inputs(
+        x_shape, features, transpose):
+    # Under the bfloat16 policy a layer's products read bfloat16 inputs and accumulate in
+    # float32: with the input, the kernel and the cotangent already representable in bfloat16,
+    # the output, the kernel's and the bias's gradients are Flax's float32 layer on those
+    # values. The strided convolution's input gradient comes back from its product in bfloat16
+    # (each patch's gradient is rounded before the overlapping patches are summed): equal to
+    # within bfloat16's 8-bit mantissa.
+    kx, kp, kg = jax.random.split(jax.random.key(7), 3)
+    x = _rounded(jax.random.normal(kx, x_shape))
+    ours = (conv.StridedConvTranspose if transpose else conv.StridedConv)(
+        features, dtype=jnp.bfloat16, batch_last=True)
+    flax_ = (nn.ConvTranspose if transpose else nn.Conv)(features, (4, 4), strides=(2, 2),
+                                                         padding="SAME")
+    params = jax.tree.map(_rounded, flax_.init(kp, x))
+    swap = lambda a: a.transpose(3, 1, 2, 0)  # noqa: E731
+    y, vjp = jax.vjp(lambda p, x: swap(ours.apply(p, swap(x))), params, x)
+    y_ref, vjp_ref = jax.vjp(flax_.apply, params, x)
+    g = _rounded(jax.random.normal(kg, y_ref.shape))
+    (dp, dx), (dp_ref, dx_ref) = vjp(g), vjp_ref(g)
+    assert y.dtype == dx.dtype == jnp.float32
+    assert {a.dtype for a in jax.tree.leaves(dp)} == {jnp.dtype(jnp.float32)}
+    chex.assert_trees_all_close((y, dp), (y_ref, dp_ref), rtol=1e-5, atol=1e-4)
+    scale = float(jnp.max(jnp.abs(dx_ref)))
+    np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=(1e-5 if transpose else 2 ** -7) * scale)
+
+
 def test_the_layout_swap_is_a_transpose_in_both_passes_whatever_the_values():
     x = jax.random.normal(jax.random.key(0), (3, 4, 5, 2))
     g = jax.random.normal(jax.random.key(1), (2, 4, 5, 3))

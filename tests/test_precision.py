@@ -108,6 +108,36 @@ def test_every_product_of_a_dense_layer_reads_bfloat16_inputs():
     np.testing.assert_array_equal(precision.transposed_copy(x), x.T)
 
 
+_FLOAT32_PRODUCTS_OF_THE_CONV_VAES_GRADIENT = r"""
+import re, jax, jax.numpy as jnp
+from jaxvae.config import TrainConfig
+from jaxvae.models import registry
+config = TrainConfig.from_flat(model="conv", conv_channels=(4, 8), hidden=(16,), latent_dim=4,
+                               precision="bfloat16")
+model, loss_fn = registry.build(config, (784,))
+params = model.init(jax.random.key(0), jnp.zeros((2, 784)))["params"]
+grad = jax.grad(lambda p, x: loss_fn(p, {"x": x}, jax.random.key(1), 0)[0])
+hlo = jax.jit(grad).lower(params, jnp.zeros((8, 784))).compile().as_text()
+types = dict(re.findall(r"(%[\w.-]+) = (\w+)\[", hlo))
+products = re.findall(r" dot\((%[\w.-]+), (%[\w.-]+)\)", hlo)
+print(len(products), sum("f32" in (types[a], types[b]) for a, b in products))
+"""
+
+
+def test_every_product_of_the_conv_vaes_gradient_reads_bfloat16_inputs():
+    # The strided convolutions' forward products read a row-major copy of the kernel: as its
+    # transpose, XLA's CPU backend converted the kernel and the patch matrix to float32. Checked
+    # with XLA's default CPU flags, as above.
+    env = dict(os.environ, XLA_FLAGS="")
+    out = subprocess.run([sys.executable, "-c", _FLOAT32_PRODUCTS_OF_THE_CONV_VAES_GRADIENT],
+                         env=env, capture_output=True, text=True, check=True).stdout.split()
+    products, float32_products = map(int, out)
+    assert products >= 18  # 3 per conv and dense layer (6 layers), in the compiled program
+    if float32_products == products:  # a CPU whose matrix library takes no bfloat16 product
+        pytest.skip("XLA converts every bfloat16 product back to float32 on this CPU")
+    assert float32_products == 0
+
+
 def test_dot_general_with_batch_axes_accumulates_in_float32():
     a = jax.random.normal(jax.random.key(1), (4, 3, 5)).astype(BF16)
     b = jax.random.normal(jax.random.key(2), (4, 5, 2)).astype(BF16)

@@ -59,7 +59,8 @@ def precision_name(dtype: Any) -> str:
     return "float32" if dtype is None or jnp.dtype(dtype) == jnp.float32 else "bfloat16"
 
 
-def _low(dtype: Any) -> bool:
+def is_low(dtype: Any) -> bool:
+    """Whether the compute dtype ``dtype`` is a low-precision one (not None, not float32)."""
     return dtype is not None and jnp.dtype(dtype) != jnp.float32
 
 
@@ -149,7 +150,7 @@ def matmul(x_BxK: jax.Array, w_KxN: jax.Array) -> jax.Array:
 def product(a: jax.Array, b_KxN: jax.Array, dtype: Any = None) -> jax.Array:
     """``a @ b`` (``a``: ``(..., K)``) under the policy of the compute dtype ``dtype``: float32,
     or ``matmul`` (bfloat16 inputs, float32 accumulation and result, in both passes)."""
-    if _low(dtype):
+    if is_low(dtype):
         return matmul(a, b_KxN)
     return a @ b_KxN
 
@@ -176,7 +177,7 @@ def conv_general_dilated(*args, **kwargs) -> jax.Array:
 
 def dense_kwargs(dtype: Any) -> dict:
     """The ``nn.Dense`` keyword arguments of the compute dtype ``dtype`` (none for float32)."""
-    if not _low(dtype):
+    if not is_low(dtype):
         return {}
     return {"dtype": dtype,
             "promote_dtype": keep_inputs_and_kernel,
@@ -187,7 +188,7 @@ def conv_kwargs(dtype: Any, transpose: bool = False) -> dict:
     """The ``nn.Conv`` (or, with ``transpose``, ``nn.ConvTranspose``) keyword arguments of the
     compute dtype ``dtype`` (none for float32). ``nn.ConvTranspose`` takes no convolution
     function: its product returns bfloat16, and the float32 bias makes its output float32."""
-    if not _low(dtype):
+    if not is_low(dtype):
         return {}
     kwargs = {"dtype": dtype, "promote_dtype": promote_inputs_and_kernel}
     if not transpose:

@@ -20,6 +20,7 @@ the decoder's outputs always have the data's own shape.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -169,32 +170,78 @@ def _strided_conv(x_CxHxWxB: jax.Array, kernel: jax.Array, dtype: Any = None) ->
     match; their columns (i, j, B) hold output pixel (i, j) of every example, so building them
     copies runs of B contiguous values. Forward, input gradient and kernel gradient are then
     products whose operands both have the (H/2 W/2 B)-long dimension last or are the small
-    kernel.
-
-    Under the bfloat16 policy the patches are rounded before their reordering, which is compiled
-    on its own (``_transpose_alone``; fused with the slices it took 10 ms at batch 512, against 2
-    ms alone), and the kernel is a row-major (F, 16 C) copy (``precision.transposed_copy``): as
-    ``kernel.T`` XLA folds the transpose into the product, which then contracts the kernel's
-    leading axis, and XLA's CPU backend converts such a product's inputs back to float32 (the
-    patch matrix too: 6 ms for conv_1 at batch 512). The patches' gradient comes back from the
-    product in bfloat16, as the layer's input gradient does under torch.autocast; it is converted
-    to float32 before the overlapping patches are summed.
+    kernel. Under the bfloat16 policy: ``_strided_conv_low``.
     """
+    if precision.is_low(dtype):
+        return _strided_conv_low(x_CxHxWxB, kernel, jnp.dtype(dtype))
     c, h, w, b = x_CxHxWxB.shape
     f = kernel.shape[-1]
+    patches = _patches(x_CxHxWxB).transpose(_TO_ROWS).reshape(16 * c, h // 2 * (w // 2) * b)
+    return (_kernel_matrix(kernel).T @ patches).reshape(f, h // 2, w // 2, b)
+
+
+_TO_ROWS = (0, 3, 5, 1, 2, 4, 6)  # (a, c, C, i, r, j, s, B) -> (a, c, r, s, C, i, j, B)
+
+
+def _patches(x_CxHxWxB: jax.Array) -> jax.Array:
+    """The 2x2 blocks (i + a, j + c) of the padded input, as (a, c, C, i, r, j, s, B)."""
+    c, h, w, b = x_CxHxWxB.shape
     ho, wo = h // 2, w // 2
     x_pad = jnp.pad(x_CxHxWxB, ((0, 0), (1, 1), (1, 1), (0, 0)))
     blocks = x_pad.reshape(c, ho + 1, 2, wo + 1, 2, b)  # (C, i, r, j, s, B)
-    patches = jnp.stack([blocks[:, a:a + ho, :, c_:c_ + wo] for a in (0, 1) for c_ in (0, 1)])
-    to_rows = (0, 3, 5, 1, 2, 4, 6)  # (a, c, C, i, r, j, s, B) -> (a, c, r, s, C, i, j, B)
-    kernel_KxF = kernel.reshape(2, 2, 2, 2, c, f).transpose(0, 2, 1, 3, 4, 5).reshape(16 * c, f)
-    if precision.is_low(dtype):
-        patches = _transpose_alone(patches.astype(dtype), to_rows)
-        kernel_FxK = precision.transposed_copy(kernel_KxF)
-    else:
-        patches, kernel_FxK = patches.transpose(to_rows), kernel_KxF.T
-    patches = patches.reshape(16 * c, ho * wo * b)
-    return precision.product(kernel_FxK, patches, dtype).reshape(f, ho, wo, b)
+    return jnp.stack([blocks[:, a:a + ho, :, c_:c_ + wo] for a in (0, 1) for c_ in (0, 1)])
+
+
+def _kernel_matrix(kernel: jax.Array) -> jax.Array:
+    """(4, 4, C, F) -> (16 C, F), rows (a, c, r, s, C) for tap (p, q) = (2a + r, 2c + s)."""
+    c, f = kernel.shape[2:]
+    return kernel.reshape(2, 2, 2, 2, c, f).transpose(0, 2, 1, 3, 4, 5).reshape(16 * c, f)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _strided_conv_low(x_CxHxWxB: jax.Array, kernel: jax.Array, dtype: Any) -> jax.Array:
+    """``_strided_conv`` on ``dtype`` (bfloat16) inputs with float32 accumulation and result.
+
+    Forward: the patches are rounded before their reordering, which is compiled on its own
+    (``_transpose_alone``; fused with the slices it took 10 ms at batch 512, against 2 ms
+    alone), and the product reads a row-major (F, 16 C) copy of the kernel
+    (``precision.transposed_copy``): from ``kernel.T`` XLA makes a product that contracts the
+    kernel's leading axis, and its CPU backend converts such a product's inputs, the patch matrix
+    among them, back to float32. Backward: the kernel's gradient is dY (F, N) times the stored
+    patches' transpose; the input's is the transposed convolution of dY with the kernel flipped
+    and its channels swapped, dx[n] = sum_i dY[i] K[n + 1 - 2i]^T, computed as
+    ``_transposed_by_phases``: one (4 C, 4 F) x (4 F, (H/2 + 1)(W/2 + 1) B) product, where the
+    gradient of the patches is a (16 C, F) x (F, H/2 W/2 B) product, a contraction over only F,
+    whose result, 4x the input's size, must then be summed back (conv_1 of the conv VAE at batch
+    128: 1.6 against 2.3 ms). Both gradients are float32 sums of bfloat16 products.
+    """
+    return _strided_conv_low_fwd(x_CxHxWxB, kernel, dtype)[0]
+
+
+def _strided_conv_low_fwd(x_CxHxWxB, kernel, dtype):
+    c, h, w, b = x_CxHxWxB.shape
+    f = kernel.shape[-1]
+    patches = _transpose_alone(_patches(x_CxHxWxB).astype(dtype), _TO_ROWS)
+    patches = patches.reshape(16 * c, h // 2 * (w // 2) * b)
+    kernel_FxK = precision.transposed_copy(_kernel_matrix(kernel)).astype(dtype)
+    y = jax.lax.dot_general(kernel_FxK, patches, (((1,), (0,)), ((), ())),
+                            preferred_element_type=jnp.float32)
+    return y.reshape(f, h // 2, w // 2, b), (patches, kernel, jnp.zeros((), x_CxHxWxB.dtype))
+
+
+def _strided_conv_low_bwd(dtype, residuals, g_FxHoxWoxB):
+    patches, kernel, x_zero = residuals  # x_zero: the input's dtype
+    c, f = kernel.shape[2:]
+    g_lo = g_FxHoxWoxB.astype(dtype)
+    dkernel_FxK = jax.lax.dot_general(g_lo.reshape(f, -1), patches, (((1,), (1,)), ((), ())),
+                                      preferred_element_type=jnp.float32)
+    dkernel = dkernel_FxK.T.reshape(2, 2, 2, 2, c, f).transpose(0, 2, 1, 3, 4, 5)
+    flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)  # K'[k] = K[3 - k]^T: (4, 4, F, C)
+    dx = _transposed_by_phases(g_lo, flipped, dtype)
+    return dx.astype(x_zero.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_strided_conv_low.defvjp(_strided_conv_low_fwd, _strided_conv_low_bwd)
 
 
 def _transposed_by_phases(x_CxHxWxB: jax.Array, kernel: jax.Array, dtype: Any = None

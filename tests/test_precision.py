@@ -115,9 +115,10 @@ from jaxvae.models import registry
 config = TrainConfig.from_flat(model="conv", conv_channels=(4, 8), hidden=(16,), latent_dim=4,
                                precision="bfloat16")
 model, loss_fn = registry.build(config, (784,))
-params = model.init(jax.random.key(0), jnp.zeros((2, 784)))["params"]
+x = jax.ShapeDtypeStruct((8, 784), jnp.float32)
+params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]  # shapes only
 grad = jax.grad(lambda p, x: loss_fn(p, {"x": x}, jax.random.key(1), 0)[0])
-hlo = jax.jit(grad).lower(params, jnp.zeros((8, 784))).compile().as_text()
+hlo = jax.jit(grad).lower(params, x).compile().as_text()
 types = dict(re.findall(r"(%[\w.-]+) = (\w+)\[", hlo))
 products = re.findall(r" dot\((%[\w.-]+), (%[\w.-]+)\)", hlo)
 print(len(products), sum("f32" in (types[a], types[b]) for a, b in products))

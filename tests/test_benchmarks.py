@@ -2,11 +2,13 @@
 warning, its torch models and estimators, and --quick smoke runs whose JSON is checked for the
 documented schema (no speed assertions)."""
 
+import collections
 import json
 import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -462,6 +464,60 @@ def test_bf16_dots_times_the_three_products_of_a_layer_in_both_precisions(capsys
     assert not bf16_dots.upcast("%c = f32[8,16]{1,0} convert(%b)", "float32")
     assert bf16_dots.main(["--rounds", "0"]) == 2
     assert capsys.readouterr().err == "error: --rounds must be >= 1, got 0\n"
+
+
+def _products_of_the_jaxpr(fn, *args) -> collections.Counter:
+    """(contraction length, sorted output dims) of every dot_general ``fn`` traces, nested
+    jaxprs (conditionals, custom derivatives) included."""
+    from jax.extend import core as jax_core
+    found = collections.Counter()
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                (lc, rc), _ = eqn.params["dimension_numbers"]
+                a, b = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+                out = [d for i, d in enumerate(a) if i not in lc]
+                out += [d for i, d in enumerate(b) if i not in rc]
+                found[(int(np.prod([a[i] for i in lc])), tuple(sorted(out)))] += 1
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (tuple, list)) else [value]:
+                    if isinstance(sub, jax_core.ClosedJaxpr):
+                        walk(sub.jaxpr)
+                    elif isinstance(sub, jax_core.Jaxpr):
+                        walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+def test_layer_products_lists_every_product_of_the_conv_vaes_step(capsys):
+    # The rows are the products JAX traces for the conv VAE's float32 gradient, one for one, and
+    # their FLOPs the harness's credited training FLOPs plus the transposed convolution's border
+    # (by phases it multiplies over (H + 1) x (W + 1) patches of its H x W input).
+    from benchmarks import harness, layer_products, workloads
+    batch = 3
+    rows = layer_products.conv_products(batch)
+    want = collections.Counter()
+    for r in rows:
+        (lc, rc), a, b = r["dims"], r["lhs"], r["rhs"]
+        assert a[lc] == b[rc]
+        want[(a[lc], tuple(sorted((a[1 - lc], b[1 - rc]))))] += 1
+    work = workloads.WORKLOADS["conv"]
+    model = work.jax_model("float32")
+    params = jax.eval_shape(lambda: jaxvae.init(model, jax.random.key(0)))  # shapes only
+    x = jnp.zeros((batch, 784))
+    grad = jax.grad(lambda p: jaxvae.loss(model, p, x, jax.random.key(1))[0])
+    assert _products_of_the_jaxpr(grad, params) == want
+    layers = harness.conv_vae_layers((28, 28, 1), work.channels, work.hidden, work.latent_dim)
+    deconv_0 = layers[-2].flops  # 7x7x64 -> 14x14x32
+    border = 3 * deconv_0 * (8 * 8 / (7 * 7) - 1)
+    assert sum(r["flops"] for r in rows) == pytest.approx(
+        batch * (harness.train_flops(layers) + border), rel=1e-12)
+    assert layer_products.main(["--model", "conv", "--batch", "2", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| conv_1 | patches grad: (512, 64) . (64, 98), contracting axes (1, 0) |" in out
+    assert "| all, batch 2 |" in out
 
 
 def test_layer_products_times_every_product_of_a_step_in_both_libraries(capsys):

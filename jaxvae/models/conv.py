@@ -176,7 +176,7 @@ def _strided_conv(x_CxHxWxB: jax.Array, kernel: jax.Array, dtype: Any = None) ->
         return _strided_conv_low(x_CxHxWxB, kernel, jnp.dtype(dtype))
     c, h, w, b = x_CxHxWxB.shape
     f = kernel.shape[-1]
-    patches = _patches(x_CxHxWxB).transpose(_TO_ROWS).reshape(16 * c, h // 2 * (w // 2) * b)
+    patches = _patches_to_rows(_patches(x_CxHxWxB)).reshape(16 * c, h // 2 * (w // 2) * b)
     return (_kernel_matrix(kernel).T @ patches).reshape(f, h // 2, w // 2, b)
 
 
@@ -190,6 +190,30 @@ def _patches(x_CxHxWxB: jax.Array) -> jax.Array:
     x_pad = jnp.pad(x_CxHxWxB, ((0, 0), (1, 1), (1, 1), (0, 0)))
     blocks = x_pad.reshape(c, ho + 1, 2, wo + 1, 2, b)  # (C, i, r, j, s, B)
     return jnp.stack([blocks[:, a:a + ho, :, c_:c_ + wo] for a in (0, 1) for c_ in (0, 1)])
+
+
+@jax.custom_vjp
+def _patches_to_rows(patches: jax.Array) -> jax.Array:
+    """``patches.transpose(_TO_ROWS)``: forward a transpose of its own (``_transpose_alone``),
+    backward a plain one.
+
+    Forward, XLA fused the reordering with the slices and the concatenation that build the
+    patches into one loop that took 10 ms for conv_1 at batch 512 (a copy of its own: 2 ms);
+    backward, it fuses the plain transpose into the sum of the overlapping patches' gradients
+    well. Measured in one process: 1-2 % off the float32 step at batches 128 and 512.
+    """
+    return _transpose_alone(patches, _TO_ROWS)
+
+
+def _patches_to_rows_fwd(patches):
+    return _transpose_alone(patches, _TO_ROWS), None
+
+
+def _patches_to_rows_bwd(_, g):
+    return (g.transpose(np.argsort(_TO_ROWS)),)
+
+
+_patches_to_rows.defvjp(_patches_to_rows_fwd, _patches_to_rows_bwd)
 
 
 def _kernel_matrix(kernel: jax.Array) -> jax.Array:
@@ -221,7 +245,7 @@ def _strided_conv_low(x_CxHxWxB: jax.Array, kernel: jax.Array, dtype: Any) -> ja
 def _strided_conv_low_fwd(x_CxHxWxB, kernel, dtype):
     c, h, w, b = x_CxHxWxB.shape
     f = kernel.shape[-1]
-    patches = _transpose_alone(_patches(x_CxHxWxB).astype(dtype), _TO_ROWS)
+    patches = _patches_to_rows(_patches(x_CxHxWxB).astype(dtype))
     patches = patches.reshape(16 * c, h // 2 * (w // 2) * b)
     kernel_FxK = precision.transposed_copy(_kernel_matrix(kernel)).astype(dtype)
     y = jax.lax.dot_general(kernel_FxK, patches, (((1,), (0,)), ((), ())),

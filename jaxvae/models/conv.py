@@ -227,8 +227,7 @@ def _strided_conv_low(x_CxHxWxB: jax.Array, kernel: jax.Array, dtype: Any) -> ja
     """``_strided_conv`` on ``dtype`` (bfloat16) inputs with float32 accumulation and result.
 
     Forward: the patches are rounded before their reordering, which is compiled on its own
-    (``_transpose_alone``; fused with the slices it took 10 ms at batch 512, against 2 ms
-    alone), and the product reads a row-major (F, 16 C) copy of the kernel
+    (``_patches_to_rows``), and the product reads a row-major (F, 16 C) copy of the kernel
     (``precision.transposed_copy``): from ``kernel.T`` XLA makes a product that contracts the
     kernel's leading axis, and its CPU backend converts such a product's inputs, the patch matrix
     among them, back to float32. Backward: the kernel's gradient is dY (F, N) times the stored

@@ -1,6 +1,7 @@
 """The precision policy (jaxvae.models.precision): bfloat16 products with float32 accumulation,
 float32 parameters, optimizer state and losses, in every model family."""
 
+import functools
 import json
 import os
 import subprocess
@@ -78,28 +79,47 @@ def test_a_dense_layers_gradients_come_back_in_float32_from_the_products():
         assert np.mean(np.asarray(grad) != _round(grad)) > 0.9
 
 
-_CONVERTS_OF_A_DENSE_LAYERS_GRADIENT = """
+# Compiled in a process with XLA's default CPU flags: the tests' --xla_cpu_multi_thread_eigen=false
+# (tests/conftest.py) makes XLA convert every bfloat16 product to float32. One process for both
+# checks below: the conversions in a dense layer's compiled gradient (to bfloat16, to float32; its
+# forward product's likewise), then the products of the conv VAE's compiled gradient and how many
+# of them read a float32 operand.
+_COMPILED_BFLOAT16_PRODUCTS = r"""
 import re, jax, jax.numpy as jnp
-from jaxvae.models import precision
-def converts(fn, *args):
-    hlo = jax.jit(fn).lower(*args).compile().as_text()
-    return [len(re.findall(t + r"\\[[0-9,]*\\]\\{[0-9,]*\\} convert\\(", hlo)) for t in ("bf16", "f32")]
+from jaxvae.config import TrainConfig
+from jaxvae.models import precision, registry
+def compiled(fn, *args):
+    return jax.jit(fn).lower(*args).compile().as_text()
+def converts(hlo):
+    return [len(re.findall(t + r"\[[0-9,]*\]\{[0-9,]*\} convert\(", hlo)) for t in ("bf16", "f32")]
 x, w = jnp.ones((64, 32)), jnp.ones((32, 16))
-print(*converts(jax.grad(lambda x, w: jnp.sum(jnp.sin(precision.matmul(x, w))), (0, 1)), x, w),
-      *converts(precision.matmul, x, w))
+dense = converts(compiled(jax.grad(lambda x, w: jnp.sum(jnp.sin(precision.matmul(x, w))), (0, 1)), x, w))
+dense += converts(compiled(precision.matmul, x, w))
+config = TrainConfig.from_flat(model="conv", conv_channels=(4, 8), hidden=(16,), latent_dim=4,
+                               precision="bfloat16")
+model, loss_fn = registry.build(config, (784,))
+x = jax.ShapeDtypeStruct((8, 784), jnp.float32)
+params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]  # shapes only
+hlo = compiled(jax.grad(lambda p, x: loss_fn(p, {"x": x}, jax.random.key(1), 0)[0]), params, x)
+types = dict(re.findall(r"(%[\w.-]+) = (\w+)\[", hlo))
+products = re.findall(r" dot\((%[\w.-]+), (%[\w.-]+)\)", hlo)
+print(*dense, len(products), sum("f32" in (types[a], types[b]) for a, b in products))
 """
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_bfloat16_products() -> tuple[int, ...]:
+    env = dict(os.environ, XLA_FLAGS="")
+    out = subprocess.run([sys.executable, "-c", _COMPILED_BFLOAT16_PRODUCTS], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    return tuple(map(int, out))
 
 
 def test_every_product_of_a_dense_layer_reads_bfloat16_inputs():
     # XLA's CPU backend converts the inputs of a product that contracts their leading axes (the
     # weight gradient x^T g) to float32 before multiplying; the backward pass feeds it a
-    # transposed copy instead, so the compiled gradient converts nothing back to float32. Checked
-    # in a process with XLA's default CPU flags: the tests' --xla_cpu_multi_thread_eigen=false
-    # (tests/conftest.py) makes XLA convert every bfloat16 product to float32.
-    env = dict(os.environ, XLA_FLAGS="")
-    out = subprocess.run([sys.executable, "-c", _CONVERTS_OF_A_DENSE_LAYERS_GRADIENT], env=env,
-                         capture_output=True, text=True, check=True).stdout.split()
-    grad_to_bf16, grad_to_f32, forward_to_bf16, forward_to_f32 = map(int, out)
+    # transposed copy instead, so the compiled gradient converts nothing back to float32.
+    grad_to_bf16, grad_to_f32, forward_to_bf16, forward_to_f32 = _compiled_bfloat16_products()[:4]
     if forward_to_f32:  # a CPU whose matrix library takes no bfloat16 product at all
         pytest.skip("XLA converts every bfloat16 product back to float32 on this CPU")
     assert forward_to_bf16 >= 1 and grad_to_bf16 >= 3  # x, w (and g) rounded to bfloat16
@@ -108,31 +128,10 @@ def test_every_product_of_a_dense_layer_reads_bfloat16_inputs():
     np.testing.assert_array_equal(precision.transposed_copy(x), x.T)
 
 
-_FLOAT32_PRODUCTS_OF_THE_CONV_VAES_GRADIENT = r"""
-import re, jax, jax.numpy as jnp
-from jaxvae.config import TrainConfig
-from jaxvae.models import registry
-config = TrainConfig.from_flat(model="conv", conv_channels=(4, 8), hidden=(16,), latent_dim=4,
-                               precision="bfloat16")
-model, loss_fn = registry.build(config, (784,))
-x = jax.ShapeDtypeStruct((8, 784), jnp.float32)
-params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]  # shapes only
-grad = jax.grad(lambda p, x: loss_fn(p, {"x": x}, jax.random.key(1), 0)[0])
-hlo = jax.jit(grad).lower(params, x).compile().as_text()
-types = dict(re.findall(r"(%[\w.-]+) = (\w+)\[", hlo))
-products = re.findall(r" dot\((%[\w.-]+), (%[\w.-]+)\)", hlo)
-print(len(products), sum("f32" in (types[a], types[b]) for a, b in products))
-"""
-
-
 def test_every_product_of_the_conv_vaes_gradient_reads_bfloat16_inputs():
     # The strided convolutions' forward products read a row-major copy of the kernel: as its
-    # transpose, XLA's CPU backend converted the kernel and the patch matrix to float32. Checked
-    # with XLA's default CPU flags, as above.
-    env = dict(os.environ, XLA_FLAGS="")
-    out = subprocess.run([sys.executable, "-c", _FLOAT32_PRODUCTS_OF_THE_CONV_VAES_GRADIENT],
-                         env=env, capture_output=True, text=True, check=True).stdout.split()
-    products, float32_products = map(int, out)
+    # transpose, XLA's CPU backend converted the kernel and the patch matrix to float32.
+    products, float32_products = _compiled_bfloat16_products()[4:]
     assert products >= 18  # 3 per conv and dense layer (6 layers), in the compiled program
     if float32_products == products:  # a CPU whose matrix library takes no bfloat16 product
         pytest.skip("XLA converts every bfloat16 product back to float32 on this CPU")

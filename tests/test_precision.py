@@ -93,8 +93,8 @@ def compiled(fn, *args):
 def converts(hlo):
     return [len(re.findall(t + r"\[[0-9,]*\]\{[0-9,]*\} convert\(", hlo)) for t in ("bf16", "f32")]
 x, w = jnp.ones((64, 32)), jnp.ones((32, 16))
-dense = converts(compiled(jax.grad(lambda x, w: jnp.sum(jnp.sin(precision.matmul(x, w))), (0, 1)), x, w))
-dense += converts(compiled(precision.matmul, x, w))
+loss = lambda x, w: jnp.sum(jnp.sin(precision.matmul(x, w)))
+dense = converts(compiled(jax.grad(loss, (0, 1)), x, w)) + converts(compiled(precision.matmul, x, w))
 config = TrainConfig.from_flat(model="conv", conv_channels=(4, 8), hidden=(16,), latent_dim=4,
                                precision="bfloat16")
 model, loss_fn = registry.build(config, (784,))
@@ -132,7 +132,9 @@ def test_every_product_of_the_conv_vaes_gradient_reads_bfloat16_inputs():
     # The strided convolutions' forward products read a row-major copy of the kernel: as its
     # transpose, XLA's CPU backend converted the kernel and the patch matrix to float32.
     products, float32_products = _compiled_bfloat16_products()[4:]
-    assert products >= 18  # 3 per conv and dense layer (6 layers), in the compiled program
+    # 26 products in the model (9 layers, 3 each, less the data layer's input gradient); XLA may
+    # compile a tiny one as elementwise work
+    assert products >= 18
     if float32_products == products:  # a CPU whose matrix library takes no bfloat16 product
         pytest.skip("XLA converts every bfloat16 product back to float32 on this CPU")
     assert float32_products == 0

@@ -67,8 +67,8 @@ def _product_tn(a_NxK: jax.Array, b_NxM: jax.Array, dtype: Any) -> jax.Array:
     """``a^T b`` ``(K, M)`` over the N rows of both, as a product of a row-major ``(K, N)`` copy
     of ``a`` (XLA's CPU backend runs a product that contracts both operands' leading axis
     slower, and in bfloat16 converts it to float32: ``precision.transposed_copy``)."""
-    if precision.precision_name(dtype) == "bfloat16":
-        a_NxK = a_NxK.astype(jnp.bfloat16)
+    if precision.is_low(dtype):
+        a_NxK = a_NxK.astype(dtype)  # the copy moves half the bytes
     return precision.product(precision.transposed_copy(a_NxK), b_NxM, dtype)
 
 
